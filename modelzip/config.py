@@ -1,0 +1,64 @@
+"""Method configs: what a recipe step says, checked at construction, round-tripping through YAML.
+
+A method config is a :class:`~modelzip.frozen.ConfigBase` with a registry name (``method``) and a
+layer selector (``select``). See :mod:`modelzip.frozen` for the validation rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+
+from modelzip.errors import ConfigError
+from modelzip.frozen import ConfigBase, check_choice, check_range
+from modelzip.select import Select
+
+__all__ = ["ConfigBase", "MethodConfig", "check_choice", "check_range", "load_yaml"]
+
+M = TypeVar("M", bound="MethodConfig")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfig(ConfigBase):
+    """Base of every compression method's config.
+
+    ``method`` (a class variable) is the registry name used in recipe files. ``select`` chooses the
+    layers the method applies to; a subclass sets ``default_types`` to the layer types it handles.
+    """
+
+    method: ClassVar[str] = ""
+    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")
+    select: Select = dataclasses.field(default_factory=Select)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        select = data.pop("select")
+        out: dict[str, Any] = {"method": self.method, **data}
+        if self.select != Select():
+            out["select"] = select
+        return out
+
+    @classmethod
+    def from_dict(cls: type[M], data: Mapping[str, Any]) -> M:
+        data = dict(data)
+        name = data.pop("method", cls.method)  # type: ignore[attr-defined]
+        if name != cls.method:  # type: ignore[attr-defined]
+            raise ConfigError(f"{cls.__name__} is method {cls.method!r}, not {name!r}")  # type: ignore[attr-defined]
+        if "select" in data and not isinstance(data["select"], Select):
+            data["select"] = Select.from_dict(data["select"] or {})
+        return super().from_dict(data)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file safely (no arbitrary objects), with a clear error on bad syntax."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such file: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None

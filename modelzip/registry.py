@@ -1,0 +1,139 @@
+"""The one table of compression methods: config type -> handler.
+
+A family registers each method next to its implementation::
+
+    @register_method(MagnitudePruneConfig, family="prune", noop=MagnitudePruneConfig(sparsity=0.0))
+    def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
+        ...
+
+A *layer* handler receives one selected module and returns its replacement (or raises
+:class:`SkipLayer` with the reason). A *model* handler (``scope="model"``) receives the whole model,
+changes it in place and returns the names of the layers it replaced; it is for methods that need a
+global view (global thresholds, channel removal across coupled layers, BN folding).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+from modelzip.config import MethodConfig
+from modelzip.errors import ConfigError, ModelzipError, unknown_name
+
+# Families whose import registers their methods. Imported on first use of the registry, so that
+# ``import modelzip`` stays light.
+BUILTIN_FAMILIES = (
+    "modelzip.prune",
+    "modelzip.quantize",
+    "modelzip.decompose",
+    "modelzip.compact",
+    "modelzip.joint",
+)
+
+
+class SkipLayer(ModelzipError):
+    """Raised by a layer handler that cannot handle a selected layer; the reason is reported."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One registered method."""
+
+    name: str
+    config_type: type[MethodConfig]
+    handler: Callable[..., Any]
+    scope: Literal["layer", "model"]
+    family: str
+    summary: str
+    #: A config that must leave the model's outputs unchanged (e.g. sparsity 0), or None when the
+    #: method has no such setting; the contract tests then check idempotence instead.
+    noop: MethodConfig | None
+    #: A sensible setting for the demo and the contract tests.
+    example: MethodConfig
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_BY_TYPE: dict[type[MethodConfig], MethodSpec] = {}
+_loaded = False
+
+
+def register_method(
+    config_type: type[MethodConfig],
+    *,
+    family: str,
+    example: MethodConfig | None = None,
+    noop: MethodConfig | None = None,
+    scope: Literal["layer", "model"] = "layer",
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``handler`` for ``config_type`` under ``config_type.method``."""
+    name = config_type.method
+    if not name:
+        raise ConfigError(f"{config_type.__name__} has no method name (class variable 'method')")
+
+    def decorator(handler: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _METHODS and _METHODS[name].handler is not handler:
+            raise ConfigError(f"method {name!r} is registered twice")
+        doc = (handler.__doc__ or config_type.__doc__ or "").strip().splitlines()
+        spec = MethodSpec(
+            name=name,
+            config_type=config_type,
+            handler=handler,
+            scope=scope,
+            family=family,
+            summary=doc[0] if doc else "",
+            noop=noop,
+            example=example if example is not None else config_type(),
+        )
+        _METHODS[name] = spec
+        _BY_TYPE[config_type] = spec
+        return handler
+
+    return decorator
+
+
+def _load_builtins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for family in BUILTIN_FAMILIES:
+        try:
+            importlib.import_module(family)
+        except ModuleNotFoundError as e:
+            if e.name != family:  # a family exists but one of its imports is missing
+                raise
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, sorted."""
+    _load_builtins()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> MethodSpec:
+    """The :class:`MethodSpec` registered under ``name``."""
+    _load_builtins()
+    if name not in _METHODS:
+        raise unknown_name("method", name, list(_METHODS))
+    return _METHODS[name]
+
+
+def spec_for(config: MethodConfig) -> MethodSpec:
+    """The :class:`MethodSpec` that handles ``config``."""
+    _load_builtins()
+    try:
+        return _BY_TYPE[type(config)]
+    except KeyError:
+        raise ConfigError(f"{type(config).__name__} is not a registered method config") from None
+
+
+def config_from_dict(step: dict[str, Any]) -> MethodConfig:
+    """Build a method config from one recipe step (``{method: name, ...fields, select: {...}}``)."""
+    if not isinstance(step, dict):
+        raise ConfigError(f"a recipe step must be a mapping with 'method:', got {step!r}")
+    if "method" not in step:
+        raise ConfigError(f"recipe step {step!r} has no 'method:' key; known: {list_methods()}")
+    spec = get_method(str(step["method"]))
+    return spec.config_type.from_dict(step)

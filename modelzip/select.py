@@ -1,0 +1,72 @@
+"""Which layers a method applies to: module types, name patterns and exclusions.
+
+A :class:`Select` is part of every method config (``select:`` in a recipe step). Names are the
+fully-qualified module names of ``model.named_modules()`` (``features.0``, ``fc3``) and are matched
+with :func:`re.fullmatch`, so ``fc3`` means exactly that layer and ``features\\..*`` a whole block.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+from modelzip.errors import ConfigError
+from modelzip.frozen import ConfigBase
+
+
+@dataclasses.dataclass(frozen=True)
+class Select(ConfigBase):
+    """Layer selector.
+
+    Parameters
+    ----------
+    types:
+        Class names of the modules to include (``Linear``, ``Conv2d``, ``LSTM``); empty means the
+        method's own default types.
+    names:
+        Regular expressions; when given, a layer must fully match one of them.
+    exclude:
+        Regular expressions; a layer fully matching any of them is left alone.
+    """
+
+    types: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for field in ("names", "exclude"):
+            for pattern in getattr(self, field):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ConfigError(
+                        f"Select.{field} has an invalid regular expression {pattern!r}: {e}"
+                    ) from None
+
+    def matches(self, name: str, module: nn.Module, default_types: tuple[str, ...] = ()) -> bool:
+        """Whether ``module`` (named ``name``) is selected."""
+        types = self.types or default_types
+        if types and type(module).__name__ not in types:
+            return False
+        if self.names and not any(re.fullmatch(p, name) for p in self.names):
+            return False
+        return not any(re.fullmatch(p, name) for p in self.exclude)
+
+    def select(
+        self, model: nn.Module, default_types: tuple[str, ...] = ()
+    ) -> Iterator[tuple[str, nn.Module]]:
+        """The selected ``(name, module)`` pairs of ``model``, in definition order.
+
+        A selected module's own children are not visited again: replacing a layer replaces its
+        whole subtree.
+        """
+        taken: list[str] = []
+        for name, module in model.named_modules():
+            if not name or any(name.startswith(t + ".") for t in taken):
+                continue
+            if self.matches(name, module, default_types):
+                taken.append(name)
+                yield name, module
