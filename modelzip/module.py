@@ -1,0 +1,90 @@
+"""The protocol every compressed layer follows, and the table of layer classes a file may name.
+
+A compressed layer is built from the dense one and compares equal to it::
+
+    layer = SomeCompressedLinear.from_dense(dense, config)
+    torch.testing.assert_close(layer(x), layer.to_dense()(x))
+
+It stores itself compactly: its ``state_dict`` holds the compact tensors (int8 codes, packed bits,
+factors), so a saved file is really smaller, and :meth:`storage_bytes` says how many bytes that is.
+It can be rebuilt empty from :meth:`spec` (JSON-able constructor arguments) before its state is
+loaded, which is how :func:`modelzip.load` rebuilds a model without pickle: only classes registered
+here with :func:`register_layer` may be named in a file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from modelzip.errors import ModelError
+from modelzip.workload import Workload
+
+L = TypeVar("L", bound="CompressedModule")
+
+_LAYERS: dict[str, type[CompressedModule]] = {}
+
+
+def register_layer(cls: type[L]) -> type[L]:
+    """Allow ``cls`` to be rebuilt from a file (by its qualified name)."""
+    _LAYERS[layer_key(cls)] = cls
+    return cls
+
+
+def layer_key(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def layer_class(key: str) -> type[CompressedModule]:
+    """The registered class named ``key``; anything else is refused (files name classes)."""
+    from modelzip.registry import _load_builtins
+
+    _load_builtins()
+    if key not in _LAYERS:
+        raise ModelError(f"the file names layer class {key!r}, which is not a modelzip layer")
+    return _LAYERS[key]
+
+
+class CompressedModule(nn.Module):
+    """Base of modelzip's compressed layers. Subclasses implement the methods below."""
+
+    #: Inspection treats the layer as one unit (its children are not walked) when True.
+    leaf: ClassVar[bool] = True
+
+    @classmethod
+    def from_dense(cls: type[L], dense: nn.Module, config: Any) -> L:
+        """Build from a dense layer (``nn.Linear``, ``nn.Conv2d`` ...) and a method config."""
+        raise NotImplementedError
+
+    def to_dense(self) -> nn.Module:
+        """The plain torch layer this one computes (weights reconstructed)."""
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        """JSON-able constructor arguments: ``type(self).from_spec(self.spec())`` has the same
+        parameter and buffer shapes, so ``load_state_dict(self.state_dict())`` restores it."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls: type[L], spec: dict[str, Any]) -> L:
+        return cls(**spec)
+
+    def storage_bytes(self) -> int:
+        """Bytes of the stored form (what :func:`modelzip.save` writes for this layer)."""
+        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+
+    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
+        """The layer's computation for the hardware model, given one forward call's tensors.
+
+        The default asks the dense equivalent, so a masked or quantized layer is described as its
+        dense op; subclasses add bit-widths and sparsity, or list their small ops.
+        """
+        from modelzip.inspect import dense_workload
+
+        return [dense_workload(name, self.to_dense(), inputs, output, params=self.param_count())]
+
+    def param_count(self) -> int:
+        """Stored parameters (numbers), the quantity papers compare."""
+        return sum(p.numel() for p in self.parameters())
