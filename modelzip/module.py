@@ -5,8 +5,9 @@ A compressed layer is built from the dense one and compares equal to it::
     layer = SomeCompressedLinear.from_dense(dense, config)
     torch.testing.assert_close(layer(x), layer.to_dense()(x))
 
-It stores itself compactly: its ``state_dict`` holds the compact tensors (int8 codes, packed bits,
-factors), so a saved file is really smaller, and :meth:`storage_bytes` says how many bytes that is.
+It stores itself compactly: :meth:`packed_state` holds the compact tensors (int8 codes, packed bits,
+factors, kept values and a bit mask), so a saved file is really smaller, and :meth:`storage_bytes`
+says how many bytes that is.
 It can be rebuilt empty from :meth:`spec` (JSON-able constructor arguments) before its state is
 loaded, which is how :func:`modelzip.load` rebuilds a model without pickle: only classes registered
 here with :func:`register_layer` may be named in a file.
@@ -52,6 +53,10 @@ class CompressedModule(nn.Module):
 
     #: Inspection treats the layer as one unit (its children are not walked) when True.
     leaf: ClassVar[bool] = True
+    #: Class name of the torch layer this one replaces (``Linear``); selectors match on it too,
+    #: so a later recipe step that selects ``Linear`` finds the compressed layer and can refuse
+    #: it with a reason instead of silently passing it by.
+    stands_for: ClassVar[str] = ""
 
     @classmethod
     def from_dense(cls: type[L], dense: nn.Module, config: Any) -> L:
@@ -64,16 +69,28 @@ class CompressedModule(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments: ``type(self).from_spec(self.spec())`` has the same
-        parameter and buffer shapes, so ``load_state_dict(self.state_dict())`` restores it."""
+        parameter and buffer shapes, so ``load_packed_state(self.packed_state())`` restores it."""
         raise NotImplementedError
 
     @classmethod
     def from_spec(cls: type[L], spec: dict[str, Any]) -> L:
         return cls(**spec)
 
+    def packed_state(self) -> dict[str, torch.Tensor]:
+        """The tensors :func:`modelzip.save` writes for this layer.
+
+        The default is the ``state_dict``; a layer that trains in an expanded form (a dense weight
+        under a mask) overrides this with its compact form (kept values plus a bit mask).
+        """
+        return dict(self.state_dict())
+
+    def load_packed_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`packed_state` on a module built by :meth:`from_spec`."""
+        self.load_state_dict(state)
+
     def storage_bytes(self) -> int:
         """Bytes of the stored form (what :func:`modelzip.save` writes for this layer)."""
-        return sum(t.numel() * t.element_size() for t in self.state_dict().values())
+        return sum(t.numel() * t.element_size() for t in self.packed_state().values())
 
     def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
         """The layer's computation for the hardware model, given one forward call's tensors.
@@ -83,7 +100,17 @@ class CompressedModule(nn.Module):
         """
         from modelzip.inspect import dense_workload
 
-        return [dense_workload(name, self.to_dense(), inputs, output, params=self.param_count())]
+        return [
+            dense_workload(
+                name,
+                self.to_dense(),
+                inputs,
+                output,
+                params=self.param_count(),
+                weight_bytes=self.storage_bytes(),
+                weight_bits=getattr(self, "weight_bits", None),
+            )
+        ]
 
     def param_count(self) -> int:
         """Stored parameters (numbers), the quantity papers compare."""

@@ -49,7 +49,8 @@ class Select(ConfigBase):
     def matches(self, name: str, module: nn.Module, default_types: tuple[str, ...] = ()) -> bool:
         """Whether ``module`` (named ``name``) is selected."""
         types = self.types or default_types
-        if types and type(module).__name__ not in types:
+        kinds = {type(module).__name__, getattr(module, "stands_for", "")}
+        if types and not kinds.intersection(types):
             return False
         if self.names and not any(re.fullmatch(p, name) for p in self.names):
             return False

@@ -1,0 +1,280 @@
+"""Per-layer parameters, MACs and bytes, as :class:`~modelzip.workload.Workload` records.
+
+One forward pass with hooks on the compute layers records each layer's real input and output
+shapes, so the counts follow the model as it runs (strides, padding, flattening) rather than a
+guess from its definition. Counting rules:
+
+- conv: ``N·K·P·Q·(C/g)·R·S`` MACs (per group ``g``), the textbook count without bias adds;
+- linear: ``N·out·in`` with ``N`` the number of rows the layer sees (batch × tokens);
+- LSTM / GRU / RNN: per layer and direction, ``gates·H·(I + H)`` MACs per sample per time step
+  (gates 4, 3 and 1), input and hidden matrices both counted;
+- embedding: a lookup, no MACs.
+
+Weight bytes are the stored bytes of a compressed layer (:meth:`CompressedModule.storage_bytes`),
+otherwise ``params × bits / 8`` at the tensor's own dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.module import CompressedModule
+from modelzip.workload import Workload
+
+_RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def count_params(module: nn.Module) -> int:
+    """Stored numbers of a module: parameters of plain layers, :meth:`param_count` of compressed."""
+    total = 0
+    for sub in _units(module):
+        if isinstance(sub, CompressedModule):
+            total += sub.param_count()
+        else:
+            total += sum(p.numel() for p in sub.parameters(recurse=False))
+    return total
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes a module occupies when saved: compressed layers' packed state, others' tensors."""
+    total = 0
+    for sub in _units(module):
+        if isinstance(sub, CompressedModule):
+            total += sub.storage_bytes()
+        else:
+            tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
+            total += sum(t.numel() * t.element_size() for t in tensors)
+    return total
+
+
+def _units(module: nn.Module) -> Iterator[nn.Module]:
+    """Modules to count once each: a compressed layer stands for its whole subtree."""
+    stack = [module]
+    seen: set[int] = set()
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        yield m
+        if not (isinstance(m, CompressedModule) and m.leaf):
+            stack.extend(reversed(list(m.children())))
+
+
+def weight_sparsity(module: nn.Module) -> float:
+    """Fraction of exactly-zero entries in a layer's weight (0 when it has none)."""
+    if isinstance(module, CompressedModule) and hasattr(module, "sparsity"):
+        return float(module.sparsity())
+    w = getattr(module, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.numel() == 0:
+        return 0.0
+    return float((w == 0).sum().item()) / w.numel()
+
+
+def _bits(t: torch.Tensor | None) -> int:
+    if t is None:
+        return 32
+    return t.element_size() * 8
+
+
+def dense_workload(
+    name: str,
+    module: nn.Module,
+    inputs: tuple[Any, ...],
+    output: Any,
+    *,
+    params: int | None = None,
+    weight_bits: int | None = None,
+    sparsity: float | None = None,
+    weight_bytes: int | None = None,
+) -> Workload:
+    """The workload of one call of a plain torch compute layer, from its real tensors."""
+    x = inputs[0] if inputs else None
+    out = output[0] if isinstance(output, tuple) else output
+    act_bits = _bits(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else 32
+    wbits = weight_bits if weight_bits is not None else _bits(getattr(module, "weight", None))
+    n_params = params if params is not None else sum(p.numel() for p in module.parameters())
+    sp = sparsity if sparsity is not None else weight_sparsity(module)
+    common: dict[str, Any] = {
+        "name": name,
+        "module_type": type(module).__name__,
+        "params": n_params,
+        "weight_bits": wbits,
+        "act_bits": act_bits,
+        "weight_sparsity": sp,
+        "input_bytes": _nbytes(x),
+        "output_bytes": _nbytes(out),
+    }
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        g = module.groups
+        if isinstance(module, nn.Conv2d):
+            n, c, h, w = x.shape
+            _, k, p, q = out.shape
+            r, s = module.kernel_size
+            sh, sw = module.stride
+        else:
+            n, c, h = x.shape
+            _, k, p = out.shape
+            w, q, (r,), s, (sh,), sw = 1, 1, module.kernel_size, 1, module.stride, 1
+        wl = Workload(op="conv", N=n, C=c // g, K=k // g, R=r, S=s, P=p, Q=q, H=h, W=w,
+                      stride_h=sh, stride_w=sw, groups=g, **common)
+    elif isinstance(module, nn.Linear):
+        rows = x.numel() // x.shape[-1] if x.dim() else 1
+        wl = Workload(op="linear", N=rows, C=module.in_features, K=module.out_features, **common)
+    elif isinstance(module, nn.Embedding):
+        wl = Workload(op="embedding", N=x.numel(), C=module.num_embeddings,
+                      K=module.embedding_dim, **common)
+    else:
+        raise TypeError(f"no workload rule for {type(module).__name__}")
+    if weight_bytes is None:
+        weight_bytes = (wl.weight_count * wbits + 7) // 8
+    return dataclasses.replace(wl, weight_bytes=weight_bytes)
+
+
+def _nbytes(t: Any) -> int:
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) -> list[Workload]:
+    """One workload per layer of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` call (directions as groups)."""
+    x = inputs[0]
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        batch, steps = int(x.batch_sizes[0]), len(x.batch_sizes)
+    elif x.dim() == 2:
+        batch, steps = 1, x.shape[0]
+    else:
+        batch, steps = (x.shape[0], x.shape[1]) if module.batch_first else (x.shape[1], x.shape[0])
+    gates = _RECURRENT_GATES[type(module).__name__]
+    dirs = 2 if module.bidirectional else 1
+    hidden = module.hidden_size
+    out_hidden = getattr(module, "proj_size", 0) or hidden
+    result = []
+    for layer in range(module.num_layers):
+        in_size = module.input_size if layer == 0 else out_hidden * dirs
+        params = sum(
+            p.numel() for n, p in module.named_parameters() if n.endswith(f"_l{layer}")
+            or n.endswith(f"_l{layer}_reverse")
+        )
+        c = in_size + out_hidden
+        result.append(
+            Workload(
+                name=f"{name}.l{layer}" if module.num_layers > 1 else name,
+                op="recurrent",
+                module_type=type(module).__name__,
+                N=batch,
+                C=c,
+                K=gates * hidden,
+                groups=dirs,
+                time_steps=steps,
+                params=params,
+                weight_bits=_bits(module.weight_ih_l0),
+                act_bits=_bits(x if isinstance(x, torch.Tensor) else None),
+                weight_bytes=(dirs * gates * hidden * c * _bits(module.weight_ih_l0) + 7) // 8,
+                input_bytes=batch * steps * in_size * 4,
+                output_bytes=batch * steps * out_hidden * dirs * 4,
+            )
+        )
+    return result
+
+
+def _is_compute(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.RNNBase))
+
+
+def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
+    """Run ``model(sample)`` once with hooks and return the workloads of its compute layers.
+
+    Compressed layers describe themselves (:meth:`CompressedModule.workloads`), so a decomposed
+    layer appears as its small ops and a quantized one with its bit-widths.
+    """
+    records: list[Workload] = []
+    hooks = []
+    skip_below: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(p + ".") for p in skip_below):
+            continue
+        if isinstance(module, CompressedModule) and module.leaf:
+            skip_below.append(name)
+            hook = _compressed_hook(name, records)
+        elif _is_compute(module):
+            hook = _dense_hook(name, records)
+        else:
+            continue
+        hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(*sample) if isinstance(sample, tuple) else model(sample)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return records
+
+
+def _dense_hook(name: str, records: list[Workload]):
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(module, nn.RNNBase):
+            records.extend(recurrent_workloads(name, module, inputs))
+        else:
+            records.append(dense_workload(name, module, inputs, output))
+
+    return hook
+
+
+def _compressed_hook(name: str, records: list[Workload]):
+    def hook(module: CompressedModule, inputs: tuple[Any, ...], output: Any) -> None:
+        records.extend(module.workloads(name, inputs, output))
+
+    return hook
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """One row of ``modelzip inspect``: a layer with its counts summed over its workloads."""
+
+    name: str
+    module_type: str
+    params: int
+    macs: int
+    effective_macs: int
+    weight_bits: int
+    weight_sparsity: float
+    weight_bytes: int
+    activation_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def layer_rows(workloads: list[Workload]) -> list[LayerRow]:
+    """Group workloads by layer (a decomposed layer's ops share the layer's name prefix)."""
+    rows: dict[str, list[Workload]] = {}
+    for w in workloads:
+        rows.setdefault(w.name.split(":")[0], []).append(w)
+    out = []
+    for name, ws in rows.items():
+        macs = sum(w.macs for w in ws)
+        out.append(
+            LayerRow(
+                name=name,
+                module_type=ws[0].module_type,
+                params=sum(w.params for w in ws),
+                macs=macs,
+                effective_macs=sum(w.effective_macs for w in ws),
+                weight_bits=max(w.weight_bits for w in ws),
+                weight_sparsity=(
+                    sum(w.weight_sparsity * w.weight_count for w in ws)
+                    / max(1, sum(w.weight_count for w in ws))
+                ),
+                weight_bytes=sum(w.weight_bytes for w in ws),
+                activation_bytes=ws[0].input_bytes + ws[-1].output_bytes,
+            )
+        )
+    return out

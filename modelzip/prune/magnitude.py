@@ -1,0 +1,71 @@
+"""Unstructured magnitude pruning (Han et al., "Learning both Weights and Connections", 2015).
+
+In each selected layer the ``round(sparsity · n)`` weights of smallest magnitude are removed, so
+the layer reaches its target sparsity exactly (ties broken by position, deterministically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from modelzip.config import MethodConfig, check_range
+from modelzip.context import Context
+from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
+from modelzip.registry import SkipLayer, register_method
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Boolean mask keeping the ``n - round(sparsity·n)`` largest-magnitude entries of ``weight``."""
+    n = weight.numel()
+    n_pruned = int(round(sparsity * n))
+    mask = torch.ones(n, dtype=torch.bool, device=weight.device)
+    if n_pruned:
+        # A stable sort makes the choice among equal magnitudes deterministic.
+        order = torch.sort(weight.detach().abs().reshape(-1), stable=True).indices
+        mask[order[:n_pruned]] = False
+    return mask.reshape(weight.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class MagnitudePruneConfig(MethodConfig):
+    """Remove the smallest-magnitude weights of each selected layer.
+
+    Parameters
+    ----------
+    sparsity:
+        Fraction of the layer's weights to remove, in [0, 1).
+    """
+
+    method = "magnitude_prune"
+    sparsity: float = 0.9
+
+    def validate(self) -> None:
+        check_range(self, "sparsity", 0.0, 1.0, high_open=True)
+
+
+_MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+
+
+@register_method(
+    MagnitudePruneConfig,
+    family="prune",
+    example=MagnitudePruneConfig(sparsity=0.9),
+    noop=MagnitudePruneConfig(sparsity=0.0),
+)
+def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
+    """Unstructured magnitude pruning to an exact per-layer sparsity (Han et al. 2015)."""
+    if isinstance(module, _Masked):
+        layer = module
+    elif type(module) in _MASKED:
+        try:
+            layer = _MASKED[type(module)].from_dense(module)
+        except ValueError as e:
+            raise SkipLayer(str(e)) from None
+    else:
+        raise SkipLayer(f"{type(module).__name__} has no masked form")
+    # Already-pruned weights count as the smallest, so pruning again only adds to the mask.
+    layer.set_mask(magnitude_mask(layer.masked_weight(), config.sparsity) & layer.mask)
+    return layer

@@ -1,0 +1,85 @@
+"""A recipe: an ordered list of method configs, saved as a YAML list of steps.
+
+Each step is a mapping with ``method:`` (the registry name), the config's fields and an optional
+``select:``::
+
+    - {method: magnitude_prune, sparsity: 0.9, select: {types: [Linear], exclude: ['fc3']}}
+    - {method: int8}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modelzip.config import MethodConfig, load_yaml
+from modelzip.errors import ConfigError
+from modelzip.io import write_text
+from modelzip.registry import config_from_dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Ordered method configs, applied one after the other by :func:`modelzip.compress`."""
+
+    steps: tuple[MethodConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        steps = tuple(self.steps)
+        for i, step in enumerate(steps):
+            if not isinstance(step, MethodConfig):
+                raise ConfigError(f"recipe step {i} is a {type(step).__name__}, not a method config")
+        object.__setattr__(self, "steps", steps)
+
+    @classmethod
+    def of(cls, recipe: Recipe | MethodConfig | Iterable[MethodConfig]) -> Recipe:
+        """Accept a Recipe, one config, or an iterable of configs."""
+        if isinstance(recipe, Recipe):
+            return recipe
+        if isinstance(recipe, MethodConfig):
+            return cls((recipe,))
+        return cls(tuple(recipe))
+
+    @classmethod
+    def from_list(cls, data: Any) -> Recipe:
+        """Build from plain data: a list of step mappings (``method:`` plus fields)."""
+        if isinstance(data, dict) and "steps" in data:
+            data = data["steps"]
+        if not isinstance(data, list):
+            raise ConfigError(
+                "a recipe is a YAML list of steps, each a mapping with 'method:'; "
+                f"got {type(data).__name__}"
+            )
+        steps = []
+        for i, step in enumerate(data):
+            try:
+                steps.append(config_from_dict(step))
+            except ConfigError as e:
+                raise ConfigError(f"recipe step {i}: {e}") from None
+        return cls(tuple(steps))
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [step.to_dict() for step in self.steps]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        """Read a recipe YAML file."""
+        data = load_yaml(path)
+        try:
+            return cls.from_list(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the recipe as YAML (atomically)."""
+        write_text(path, yaml.safe_dump(self.to_list(), sort_keys=False))
+
+    def __iter__(self) -> Iterator[MethodConfig]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)

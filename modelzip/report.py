@@ -1,0 +1,112 @@
+"""What :func:`modelzip.compress` did, as data: per layer and for the whole model, before and after.
+
+Rendering (terminal tables, Markdown, HTML) lives elsewhere; a Report only holds numbers and
+round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class LayerChange:
+    """One layer replaced by a method."""
+
+    name: str
+    method: str
+    before: str  # module type before
+    after: str  # module type after
+    params_before: int
+    params_after: int
+    bytes_before: int
+    bytes_after: int
+    note: str = ""
+
+    @property
+    def compression(self) -> float:
+        return self.bytes_before / self.bytes_after if self.bytes_after else float("inf")
+
+
+@dataclasses.dataclass
+class SkippedLayer:
+    """A selected layer a method left alone, and why."""
+
+    name: str
+    method: str
+    reason: str
+
+
+@dataclasses.dataclass
+class ModelStats:
+    """Whole-model figures. ``None`` where not measured (no data, no sample input)."""
+
+    params: int
+    size_bytes: int
+    macs: int | None = None
+    effective_macs: int | None = None
+    latency_ms: float | None = None
+    accuracy: float | None = None
+    latency_batch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Report:
+    """The result of one ``compress`` call."""
+
+    recipe: list[dict[str, Any]]
+    before: ModelStats
+    after: ModelStats
+    layers: list[LayerChange] = dataclasses.field(default_factory=list)
+    skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    finetune_epochs: int = 0
+
+    @property
+    def compression(self) -> float:
+        """Size before over size after (saved bytes)."""
+        return self.before.size_bytes / self.after.size_bytes if self.after.size_bytes else 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        """Measured latency before over after, when both were measured."""
+        if self.before.latency_ms and self.after.latency_ms:
+            return self.before.latency_ms / self.after.latency_ms
+        return None
+
+    @property
+    def mac_reduction(self) -> float | None:
+        """Dense MACs before over effective MACs after (the theoretical speedup)."""
+        if self.before.macs and self.after.effective_macs:
+            return self.before.macs / self.after.effective_macs
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "compression": self.compression,
+            "speedup": self.speedup,
+            "mac_reduction": self.mac_reduction,
+            "layers": [dataclasses.asdict(c) for c in self.layers],
+            "skipped": [dataclasses.asdict(s) for s in self.skipped],
+            "seconds": self.seconds,
+            "finetune_epochs": self.finetune_epochs,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(
+            recipe=list(data["recipe"]),
+            before=ModelStats(**data["before"]),
+            after=ModelStats(**data["after"]),
+            layers=[LayerChange(**c) for c in data.get("layers", [])],
+            skipped=[SkippedLayer(**s) for s in data.get("skipped", [])],
+            seconds=float(data.get("seconds", 0.0)),
+            finetune_epochs=int(data.get("finetune_epochs", 0)),
+        )

@@ -1,0 +1,187 @@
+"""Saving and loading compressed models: one safetensors file, no pickle.
+
+The file holds every tensor (compressed layers in their packed form, so the file is really small)
+and, in the safetensors header's metadata, one JSON document::
+
+    {"format": "modelzip/1",
+     "source": {"kind": "zoo", "name": "lenet300", "kwargs": {}},   # how to build the original
+     "recipe": [...],                                                 # the steps applied
+     "layers": {"fc1": {"class": "modelzip.prune.masked.MaskedLinear", "spec": {...}}},
+     "torch_layers": {"conv2": {"class": "Conv2d", "spec": {...}}}}  # plain layers resized
+
+Loading rebuilds the original model from its source, swaps in the recorded layers (only classes
+registered with :func:`modelzip.module.register_layer` and a short list of torch layers may be
+named), then loads the tensors. A model from outside the zoo is rebuilt from its
+``package.module:factory`` reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from modelzip.errors import ModelError
+from modelzip.io import atomic_path
+from modelzip.models.registry import SOURCE_ATTR
+from modelzip.module import CompressedModule, layer_class, layer_key
+
+FORMAT = "modelzip/1"
+RECIPE_ATTR = "_modelzip_recipe"
+
+# Plain torch layers a file may resize (structured pruning makes smaller dense layers), with the
+# constructor arguments read back from the module.
+_TORCH_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Linear": (nn.Linear, ("in_features", "out_features")),
+    "Conv1d": (
+        nn.Conv1d,
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+    ),
+    "Conv2d": (
+        nn.Conv2d,
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"),
+    ),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine")),
+    "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim")),
+}
+
+
+def _torch_spec(module: nn.Module) -> dict[str, Any]:
+    _, args = _TORCH_LAYERS[type(module).__name__]
+    spec = {a: getattr(module, a) for a in args}
+    if hasattr(module, "bias") and not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        spec["bias"] = module.bias is not None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
+
+
+def _top_compressed(model: nn.Module) -> dict[str, CompressedModule]:
+    found: dict[str, CompressedModule] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, CompressedModule) and not any(
+            name.startswith(p + ".") for p in found
+        ):
+            found[name] = module
+    return found
+
+
+def _build_source(source: dict[str, Any]) -> nn.Module:
+    from modelzip.models import build_from_source
+
+    return build_from_source(source)
+
+
+def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (compressed or not) to one file at ``path``, atomically.
+
+    Parameters
+    ----------
+    source:
+        How to rebuild the uncompressed model; defaults to what :func:`modelzip.models.create`
+        or :func:`modelzip.models.resolve_model` recorded on it.
+    """
+    path = Path(path)
+    source = source or getattr(model, SOURCE_ATTR, None)
+    if not source:
+        raise ModelError(
+            "cannot save a model without a recorded source: build it with "
+            "modelzip.models.create(name) / resolve_model('package.module:factory'), or pass "
+            "source={'kind': 'factory', 'ref': 'package.module:factory', 'kwargs': {...}}"
+        )
+    compressed = _top_compressed(model)
+    reference = _build_source(source)
+    ref_modules = dict(reference.named_modules())
+    tensors: dict[str, torch.Tensor] = {}
+    layers: dict[str, Any] = {}
+    torch_layers: dict[str, Any] = {}
+    for name, module in compressed.items():
+        layers[name] = {"class": layer_key(type(module)), "spec": module.spec()}
+        for key, t in module.packed_state().items():
+            tensors[f"{name}.{key}"] = t
+    for name, module in model.named_modules():
+        if name in compressed or any(name.startswith(p + ".") for p in compressed):
+            continue
+        kind = type(module).__name__
+        ref = ref_modules.get(name)
+        if kind in _TORCH_LAYERS and (ref is None or _torch_spec(ref) != _torch_spec(module)):
+            torch_layers[name] = {"class": kind, "spec": _torch_spec(module)}
+    for key, t in model.state_dict().items():
+        if not any(key.startswith(p + ".") for p in compressed):
+            tensors[key] = t
+    # safetensors wants contiguous CPU tensors that share no memory.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    meta = {
+        "format": FORMAT,
+        "source": source,
+        "recipe": list(getattr(model, RECIPE_ATTR, [])),
+        "layers": layers,
+        "torch_layers": torch_layers,
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"modelzip": json.dumps(meta)})
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON document of a modelzip file (no tensors are read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"no such file: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("modelzip")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path} is not a modelzip file (not safetensors: {e})") from None
+    if raw is None:
+        raise ModelError(f"{path} is a safetensors file without modelzip metadata")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path}: corrupt modelzip metadata ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+    for key, kind in (("source", dict), ("layers", dict), ("torch_layers", dict), ("recipe", list)):
+        if not isinstance(meta.get(key), kind):
+            raise ModelError(f"{path}: metadata field {key!r} is missing or not a {kind.__name__}")
+    return meta
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save`; its outputs are bit-identical to the saved one's."""
+    path = Path(path)
+    meta = read_metadata(path)
+    model = _build_source(meta["source"])
+    try:
+        for name, entry in meta["torch_layers"].items():
+            cls, _ = _TORCH_LAYERS[entry["class"]]
+            model.set_submodule(name, cls(**entry["spec"]))
+        compressed: dict[str, CompressedModule] = {}
+        for name, entry in meta["layers"].items():
+            layer = layer_class(entry["class"]).from_spec(entry["spec"])
+            model.set_submodule(name, layer)
+            compressed[name] = layer
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ModelError(f"{path}: cannot rebuild layer structure ({type(e).__name__}: {e})") from None
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    try:
+        for name, layer in compressed.items():
+            prefix = name + "."
+            layer.load_packed_state(
+                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            )
+        rest = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)}
+        missing, unexpected = model.load_state_dict(rest, strict=False)
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise ModelError(f"{path}: tensors do not fit the model ({e})") from None
+    missing = [k for k in missing if not any(k.startswith(p + ".") for p in compressed)]
+    if missing or unexpected:
+        raise ModelError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    setattr(model, SOURCE_ATTR, meta["source"])
+    setattr(model, RECIPE_ATTR, meta["recipe"])
+    return model.to(map_location).eval()
