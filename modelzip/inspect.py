@@ -163,7 +163,7 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
         c = in_size + out_hidden
         result.append(
             Workload(
-                name=f"{name}.l{layer}" if module.num_layers > 1 else name,
+                name=(f"{name}.l{layer}" if name else f"l{layer}") if module.num_layers > 1 else name,
                 op="recurrent",
                 module_type=type(module).__name__,
                 N=batch,

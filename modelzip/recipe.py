@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from modelzip.config import MethodConfig, load_yaml
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, UnknownNameError
 from modelzip.io import write_text
 from modelzip.registry import config_from_dict
 
@@ -32,7 +32,9 @@ class Recipe:
         steps = tuple(self.steps)
         for i, step in enumerate(steps):
             if not isinstance(step, MethodConfig):
-                raise ConfigError(f"recipe step {i} is a {type(step).__name__}, not a method config")
+                raise ConfigError(
+                    f"recipe step {i} is a {type(step).__name__}, not a method config"
+                )
         object.__setattr__(self, "steps", steps)
 
     @classmethod
@@ -58,7 +60,7 @@ class Recipe:
         for i, step in enumerate(data):
             try:
                 steps.append(config_from_dict(step))
-            except ConfigError as e:
+            except (ConfigError, UnknownNameError) as e:
                 raise ConfigError(f"recipe step {i}: {e}") from None
         return cls(tuple(steps))
 

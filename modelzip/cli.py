@@ -1,0 +1,391 @@
+"""The ``modelzip`` command: thin subcommands over the public API.
+
+Every error a user can cause ends as one line ``error: ...`` on stderr and exit status 2, never a
+traceback. ``--json`` prints exactly one JSON object on stdout (and silences progress bars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelzip.errors import ModelzipError
+
+STAT_KEYS = ("accuracy", "params", "size_bytes", "macs", "latency_ms")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=float))
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _stats_json(stats: Any) -> dict[str, Any]:
+    data = stats.to_dict()
+    return {**{k: data.get(k) for k in STAT_KEYS}, **data}
+
+
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    dataset: str | None = None,
+    pretrained: bool = True,
+    progress: bool = True,
+):
+    """A model from a saved file, a zoo name or ``package.module:factory`` (see ``--help``).
+
+    A zoo model without ``--weights`` is its trained baseline (trained once, then cached).
+    """
+    from modelzip.models import list_models, resolve_model
+    from modelzip.serialize import load
+
+    path = Path(spec)
+    if path.suffix in (".mzip", ".safetensors") or (path.is_file() and ":" not in spec):
+        if not path.is_file():
+            raise ModelzipError(f"no such file: {path}")
+        model = load(path)
+    elif weights is None and pretrained and spec in list_models():
+        from modelzip.baselines import pretrained as baseline
+
+        model = baseline(spec, dataset or _default_dataset(spec), progress=progress)
+    else:
+        model = resolve_model(spec)
+    if weights is not None:
+        _load_weights(model, weights)
+    return model
+
+
+def _load_weights(model, weights: str) -> None:
+    from modelzip.checkpoint import load_user_weights
+    from modelzip.serialize import load, read_metadata
+
+    path = Path(weights)
+    if path.suffix in (".mzip",) or (path.suffix == ".safetensors" and _is_modelzip(path)):
+        read_metadata(path)
+        model.load_state_dict(load(path).state_dict())
+    else:
+        load_user_weights(model, path)
+
+
+def _is_modelzip(path: Path) -> bool:
+    from modelzip.serialize import read_metadata
+
+    try:
+        read_metadata(path)
+        return True
+    except ModelzipError:
+        return False
+
+
+def _default_dataset(model: str) -> str:
+    from modelzip.models import model_info
+
+    return model_info(model).dataset
+
+
+def _dataset(name: str | None, model_spec: str | None = None):
+    from modelzip.data import load_dataset
+
+    if name is None:
+        if model_spec is None:
+            raise ModelzipError("--dataset is required")
+        from modelzip.models import list_models
+
+        if model_spec not in list_models():
+            raise ModelzipError("--dataset is required for models outside the zoo")
+        name = _default_dataset(model_spec)
+    return load_dataset(name)
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from modelzip.data import dataset_info, list_datasets
+    from modelzip.models import list_models, model_info
+    from modelzip.registry import get_method, list_methods
+
+    methods = [
+        {"name": n, "family": get_method(n).family, "summary": get_method(n).summary}
+        for n in list_methods()
+    ]
+    models = [{"name": n, "description": model_info(n).description} for n in list_models()]
+    datasets = [{"name": n, "description": dataset_info(n).description} for n in list_datasets()]
+    if args.json:
+        _print_json({"methods": methods, "models": models, "datasets": datasets})
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    for title, rows, cols in (
+        ("methods", methods, ("name", "family", "summary")),
+        ("models", models, ("name", "description")),
+        ("datasets", datasets, ("name", "description")),
+    ):
+        table = Table(title=title, title_justify="left")
+        for c in cols:
+            table.add_column(c)
+        for r in rows:
+            table.add_row(*(str(r[c]) for c in cols))
+        console.print(table)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from modelzip.api import model_stats
+    from modelzip.models import resolve_model
+    from modelzip.serialize import save
+    from modelzip.train import TrainConfig, default_train_config, train
+
+    data = _dataset(args.dataset, args.model)
+    model = resolve_model(args.model)
+    from modelzip.models import list_models
+
+    config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
+    changes = {
+        k: v
+        for k, v in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed))
+        if v is not None
+    }
+    config = config.replace(**changes)
+    result = train(model, data, config, progress=not (args.json or args.quiet))
+    save(model, args.out)
+    stats = model_stats(model, data=data, measure=False)
+    out = {**_stats_json(stats), "out": str(args.out), "seconds": result.seconds}
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"test accuracy {stats.accuracy:.4f} after {result.seconds:.0f} s; saved {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from modelzip.api import _sample_from, model_device, model_stats
+
+    data = _dataset(args.dataset, args.model)
+    model = load_model(args.model, args.weights, args.dataset, progress=not args.json)
+    sample = _sample_from(data, model_device(model))
+    stats = model_stats(model, sample, data=data, measure=not args.no_latency)
+    if args.json:
+        _print_json(_stats_json(stats))
+    else:
+        _print_stats_table("evaluation", [("model", stats)])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from modelzip.inspect import collect_workloads, layer_rows
+
+    model = load_model(args.model, args.weights, pretrained=False)
+    sample = _inspect_sample(args, model)
+    workloads = collect_workloads(model, sample)
+    rows = layer_rows(workloads)
+    from modelzip.api import model_stats
+
+    stats = model_stats(model, sample, measure=not args.no_latency)
+    if args.json:
+        _print_json(
+            {
+                **_stats_json(stats),
+                "layers": [r.to_dict() for r in rows],
+                "workloads": [w.to_dict() for w in workloads],
+            }
+        )
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"{args.model}: batch {sample.shape[0]}", title_justify="left")
+    for c in ("layer", "type", "params", "MACs", "bits", "sparsity", "weight bytes", "act bytes"):
+        table.add_column(c, justify="left" if c in ("layer", "type") else "right")
+    for r in rows:
+        table.add_row(
+            r.name,
+            r.module_type,
+            f"{r.params:,}",
+            f"{r.macs:,}",
+            str(r.weight_bits),
+            f"{r.weight_sparsity:.1%}",
+            f"{r.weight_bytes:,}",
+            f"{r.activation_bytes:,}",
+        )
+    table.add_row(
+        "total",
+        "",
+        f"{stats.params:,}",
+        f"{stats.macs:,}",
+        "",
+        "",
+        f"{stats.size_bytes:,}",
+        "",
+        style="bold",
+    )
+    _console().print(table)
+    return 0
+
+
+def _inspect_sample(args: argparse.Namespace, model):
+    import torch
+
+    from modelzip.api import model_device
+    from modelzip.models import list_models, model_info
+
+    if args.input_shape:
+        shape = tuple(int(s) for s in args.input_shape.split(","))
+    else:
+        source = getattr(model, "_modelzip_source", None) or {}
+        name = source.get("name") if source.get("kind") == "zoo" else args.model
+        if name not in list_models():
+            raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
+        shape = model_info(name).input_shape
+    device = model_device(model)
+    if len(shape) == 1:  # token ids
+        return torch.zeros((args.batch, *shape), dtype=torch.long, device=device)
+    return torch.rand((args.batch, *shape), device=device)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from modelzip.api import compress
+    from modelzip.recipe import Recipe
+    from modelzip.serialize import save
+    from modelzip.train import TrainConfig
+
+    recipe = Recipe.load(args.recipe)
+    data = _dataset(args.dataset, args.model)
+    model = load_model(args.model, args.weights, args.dataset, progress=not args.json)
+    finetune = None
+    if args.finetune_epochs:
+        finetune = TrainConfig(
+            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine"
+        )
+    small, report = compress(
+        model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not args.json
+    )
+    save(small, args.out)
+    if args.json:
+        _print_json(
+            {
+                "before": _stats_json(report.before),
+                "after": _stats_json(report.after),
+                **{k: v for k, v in report.to_dict().items() if k not in ("before", "after")},
+                "out": str(args.out),
+                "file_bytes": Path(args.out).stat().st_size,
+            }
+        )
+        return 0
+    _print_stats_table("compress", [("before", report.before), ("after", report.after)])
+    for s in report.skipped:
+        print(f"skipped {s.name} ({s.method}): {s.reason}")
+    print(f"saved {args.out} ({Path(args.out).stat().st_size:,} bytes)")
+    return 0
+
+
+def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for c in ("", "accuracy", "params", "bytes", "MACs", "latency ms"):
+        table.add_column(c, justify="right")
+    for name, s in rows:
+        table.add_row(
+            name,
+            "-" if s.accuracy is None else f"{s.accuracy:.4f}",
+            f"{s.params:,}",
+            f"{s.size_bytes:,}",
+            "-" if s.macs is None else f"{s.macs:,}",
+            "-" if s.latency_ms is None else f"{s.latency_ms:.3f}",
+        )
+    _console().print(table)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from modelzip.demo import run_demo
+
+    run_demo(Path(args.out_dir), quick=args.quick, progress=not args.quiet)
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+MODEL_HELP = "a zoo name (modelzip list), package.module:factory, or a saved .mzip file"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modelzip", description="Make neural networks smaller and faster, and measure it."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="methods, models and data sets")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a model and save it")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--out", required=True, help="output file (.mzip)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy, size, MACs and latency")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
+    p.add_argument("--dataset", help="data set name or .npz file")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="per-layer parameters, MACs and bytes")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--weights", help="weights file")
+    p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the counts (default 1)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("compress", help="apply a recipe, fine-tune, save")
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("--weights", help="weights file (default for zoo models: the cached baseline)")
+    p.add_argument("--recipe", required=True, help="recipe YAML: a list of {method: ..., ...}")
+    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
+    p.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    p.add_argument("--out", required=True, help="output file (.mzip)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("demo", help="LeNet-300-100 on MNIST through every method")
+    p.add_argument("--out-dir", default="out/demo", help="where report.md goes")
+    p.add_argument("--quick", action="store_true", help="less fine-tuning, fewer timing repeats")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ModelzipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

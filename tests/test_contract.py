@@ -1,0 +1,126 @@
+"""One battery of checks run on every registered method (parametrized over list_methods()).
+
+A new method gets these for free: its example changes some layer, a no-op setting leaves outputs
+unchanged (or, for methods without one, applying it again changes nothing), the Report's counts
+agree with the modules, the caller's model is untouched, and save/load is bit-exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import modelzip
+from modelzip.inspect import count_params, module_bytes
+from modelzip.models import create
+from modelzip.registry import get_method, list_methods
+
+RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}
+
+
+def _model_and_sample(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    spec = get_method(name)
+    if set(spec.config_type.default_types) & RECURRENT:
+        model = create("char_lstm", vocab_size=20, embed_dim=8, hidden_size=16, num_layers=2)
+        return model.eval(), torch.randint(0, 20, (2, 12))
+    return create("lenet5").eval(), torch.rand(4, 1, 28, 28)
+
+
+@pytest.fixture(params=list_methods())
+def method(request) -> str:
+    return request.param
+
+
+def test_example_changes_layers_and_counts_are_right(method):
+    model, x = _model_and_sample(method)
+    spec = get_method(method)
+    small, report = modelzip.compress(model, spec.example, sample=x, measure=False)
+    assert report.layers, f"{method}'s example changed no layer of its test model"
+    modules = dict(model.named_modules())
+    new_modules = dict(small.named_modules())
+    for change in report.layers:
+        assert change.params_before == count_params(modules[change.name])
+        assert change.params_after == count_params(new_modules[change.name])
+        assert change.bytes_before == module_bytes(modules[change.name])
+        assert change.bytes_after == module_bytes(new_modules[change.name])
+    assert report.before.params == count_params(model)
+    assert report.after.params == count_params(small)
+    assert report.before.params - report.after.params == sum(
+        c.params_before - c.params_after for c in report.layers
+    )
+    assert report.after.size_bytes == module_bytes(small)
+    assert small(x).shape == model(x).shape
+
+
+def test_noop_leaves_outputs_unchanged(method):
+    model, x = _model_and_sample(method)
+    spec = get_method(method)
+    with torch.inference_mode():
+        ref = model(x)
+    if spec.noop is not None:
+        small, _ = modelzip.compress(model, spec.noop, sample=x, measure=False)
+        with torch.inference_mode():
+            torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5)
+    else:
+        # No setting of this method is a no-op: applying it to its own result changes nothing.
+        once, report = modelzip.compress(model, spec.example, sample=x, measure=False)
+        dense = copy.deepcopy(model)
+        for change in report.layers:
+            dense.set_submodule(change.name, once.get_submodule(change.name).to_dense())
+        twice, _ = modelzip.compress(dense, spec.example, sample=x, measure=False)
+        with torch.inference_mode():
+            torch.testing.assert_close(twice(x), once(x), rtol=1e-4, atol=1e-4)
+
+
+def test_input_model_not_mutated(method):
+    model, x = _model_and_sample(method)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    types = [type(m) for m in model.modules()]
+    modelzip.compress(model, get_method(method).example, sample=x, measure=False)
+    assert [type(m) for m in model.modules()] == types
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_inplace_changes_the_model(method):
+    model, x = _model_and_sample(method)
+    small, report = modelzip.compress(
+        model, get_method(method).example, sample=x, measure=False, inplace=True
+    )
+    assert small is model
+    assert type(model.get_submodule(report.layers[0].name)).__name__ == report.layers[0].after
+
+
+def test_save_load_bit_exact(method, tmp_path):
+    model, x = _model_and_sample(method)
+    small, report = modelzip.compress(model, get_method(method).example, sample=x, measure=False)
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    loaded = modelzip.load(path)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), small.eval()(x))
+    # What the Report counts is what the file holds (plus the header and JSON metadata).
+    assert path.stat().st_size >= report.after.size_bytes
+    assert path.stat().st_size - report.after.size_bytes < 64 * 1024
+
+
+def test_compressed_layers_equal_their_dense_form(method):
+    model, x = _model_and_sample(method)
+    small, report = modelzip.compress(model, get_method(method).example, sample=x, measure=False)
+    for change in report.layers:
+        layer = small.get_submodule(change.name)
+        dense = layer.to_dense()
+        dense_model = copy.deepcopy(small)
+        dense_model.set_submodule(change.name, dense)
+        with torch.inference_mode():
+            got, want = small(x), dense_model(x)
+        if getattr(layer, "activations", "float") == "dynamic":
+            # The layer also quantizes its input per batch (fbgemm uses 7 of the 8 bits to avoid
+            # overflow): equal up to that rounding, a few percent of the output range.
+            assert (got - want).abs().max() <= 0.05 * want.abs().max()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
