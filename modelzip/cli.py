@@ -32,16 +32,33 @@ def _stats_json(stats: Any) -> dict[str, Any]:
     return {**{k: data.get(k) for k in STAT_KEYS}, **data}
 
 
+def zoo_kwargs(spec: str, data: Any) -> dict[str, Any]:
+    """Arguments that fit a zoo image model to a data set's input shape and classes."""
+    from modelzip.models import list_models, model_info
+
+    if spec not in list_models() or not hasattr(data, "input_shape"):
+        return {}
+    defaults = model_info(spec).defaults
+    kwargs: dict[str, Any] = {}
+    if "input_shape" in defaults and tuple(defaults["input_shape"]) != tuple(data.input_shape):
+        kwargs["input_shape"] = list(data.input_shape)
+    if "num_classes" in defaults and defaults["num_classes"] != data.num_classes:
+        kwargs["num_classes"] = int(data.num_classes)
+    return kwargs
+
+
 def load_model(
     spec: str,
     weights: str | None = None,
     dataset: str | None = None,
     pretrained: bool = True,
     progress: bool = True,
+    data: Any = None,
 ):
     """A model from a saved file, a zoo name or ``package.module:factory`` (see ``--help``).
 
-    A zoo model without ``--weights`` is its trained baseline (trained once, then cached).
+    A zoo model without ``--weights`` is its trained baseline on the data set (trained once,
+    then cached).
     """
     from modelzip.models import list_models, resolve_model
     from modelzip.serialize import load
@@ -51,12 +68,12 @@ def load_model(
         if not path.is_file():
             raise ModelzipError(f"no such file: {path}")
         model = load(path)
-    elif weights is None and pretrained and spec in list_models():
+    elif weights is None and pretrained and spec in list_models() and not zoo_kwargs(spec, data):
         from modelzip.baselines import pretrained as baseline
 
         model = baseline(spec, dataset or _default_dataset(spec), progress=progress)
     else:
-        model = resolve_model(spec)
+        model = resolve_model(spec, **zoo_kwargs(spec, data))
     if weights is not None:
         _load_weights(model, weights)
     return model
@@ -144,9 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modelzip.serialize import save
     from modelzip.train import TrainConfig, default_train_config, train
 
-    data = _dataset(args.dataset, args.model)
-    model = resolve_model(args.model)
     from modelzip.models import list_models
+
+    data = _dataset(args.dataset, args.model)
+    model = resolve_model(args.model, **zoo_kwargs(args.model, data))
 
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
     changes = {
@@ -154,6 +172,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         for k, v in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed))
         if v is not None
     }
+    n_train = len(getattr(data, "x_train", ()))
+    if n_train and config.val_size >= 1 and config.val_size >= n_train // 2:
+        changes["val_size"] = 0.1  # the tuned default holds out 5000: too many for a small set
     config = config.replace(**changes)
     result = train(model, data, config, progress=not (args.json or args.quiet))
     save(model, args.out)
@@ -170,7 +191,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from modelzip.api import _sample_from, model_device, model_stats
 
     data = _dataset(args.dataset, args.model)
-    model = load_model(args.model, args.weights, args.dataset, progress=not args.json)
+    model = load_model(args.model, args.weights, args.dataset, progress=not args.json, data=data)
     sample = _sample_from(data, model_device(model))
     stats = model_stats(model, sample, data=data, measure=not args.no_latency)
     if args.json:
@@ -258,12 +279,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     recipe = Recipe.load(args.recipe)
     data = _dataset(args.dataset, args.model)
-    model = load_model(args.model, args.weights, args.dataset, progress=not args.json)
+    model = load_model(args.model, args.weights, args.dataset, progress=not args.json, data=data)
     finetune = None
     if args.finetune_epochs:
         finetune = TrainConfig(
-            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine"
-        )
+            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine", val_size=0.1)
     small, report = compress(
         model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not args.json
     )
