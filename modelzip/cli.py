@@ -172,9 +172,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         for k, v in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed))
         if v is not None
     }
-    n_train = len(getattr(data, "x_train", ()))
-    if n_train and config.val_size >= 1 and config.val_size >= n_train // 2:
-        changes["val_size"] = 0.1  # the tuned default holds out 5000: too many for a small set
     config = config.replace(**changes)
     result = train(model, data, config, progress=not (args.json or args.quiet))
     save(model, args.out)
@@ -283,7 +280,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     finetune = None
     if args.finetune_epochs:
         finetune = TrainConfig(
-            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine", val_size=0.1)
+            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine")
     small, report = compress(
         model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not args.json
     )
@@ -322,6 +319,22 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
             "-" if s.latency_ms is None else f"{s.latency_ms:.3f}",
         )
     _console().print(table)
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from modelzip.hardware import cli_estimate, render_table
+    from modelzip.inspect import collect_workloads
+
+    workloads = None
+    if not args.topology and not str(args.model).endswith(".csv"):
+        model = load_model(args.model, args.weights, pretrained=False)
+        workloads = collect_workloads(model, _inspect_sample(args, model))
+    result = cli_estimate(vars(args) | {"model_or_file": args.model}, workloads=workloads)
+    if args.json:
+        _print_json(result)
+    else:
+        print(render_table(result))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -386,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_compress)
 
+    p = sub.add_parser("estimate", help="cycles, energy and area on a modelled accelerator")
+    p.add_argument("model", help=MODEL_HELP + ", or a SCALE-Sim topology .csv")
+    p.add_argument("--weights", help="weights file")
+    p.add_argument("--accelerator", default="eyeriss",
+                   help="preset name (tpu, eyeriss, os, stripes, bitfusion ...) or a spec YAML")
+    p.add_argument("--dataflow", choices=["os", "ws", "is", "rs"], help="default: the spec's")
+    p.add_argument("--topology", help="a SCALE-Sim topology CSV instead of a model")
+    p.add_argument("--scalesim-config", help="a SCALE-Sim .cfg file instead of --accelerator")
+    p.add_argument("--search", choices=["energy", "latency"], help="search mappings per layer")
+    p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_estimate)
+
     p = sub.add_parser("demo", help="LeNet-300-100 on MNIST through every method")
     p.add_argument("--out-dir", default="out/demo", help="where report.md goes")
     p.add_argument("--quick", action="store_true", help="less fine-tuning, fewer timing repeats")
@@ -405,6 +432,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

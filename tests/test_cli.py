@@ -86,6 +86,23 @@ def test_inspect_table_and_json(capsys):
     assert code == 0 and "fc1" in out and "235,500" in out
 
 
+def test_estimate_model_and_scalesim_topology(capsys, tmp_path):
+    code, out, _ = run(capsys, "estimate", "lenet5", "--accelerator", "tpu", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["accelerator"] == "tpu"
+    assert [r["layer"] for r in data["table"]][:4] == ["conv1", "conv2", "fc1", "fc2"]
+    assert sum(layer["macs"] for layer in data["layers"]) == 2_293_000
+    topo = tmp_path / "layers.csv"
+    topo.write_text(
+        "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, "
+        "Num Filter, Strides,\nconv1, 28, 28, 5, 5, 1, 20, 1,\n"
+    )
+    code, out, _ = run(capsys, "estimate", str(topo), "--accelerator", "os")
+    assert code == 0 and "conv1" in out
+    code, _, err = run(capsys, "estimate", "lenet5", "--accelerator", "nosuch")
+    assert code == 2 and "unknown accelerator 'nosuch'" in err
+
+
 def test_user_npz_dataset(capsys, tmp_path, trained):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
