@@ -15,6 +15,8 @@ here with :func:`register_layer` may be named in a file.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -40,9 +42,12 @@ def layer_key(cls: type) -> str:
 
 def layer_class(key: str) -> type[CompressedModule]:
     """The registered class named ``key``; anything else is refused (files name classes)."""
-    from modelzip.registry import _load_builtins
-
-    _load_builtins()
+    if key not in _LAYERS and key.startswith("modelzip."):
+        # Layers register when their module is imported; import it (modelzip's own modules only,
+        # so a file cannot make us import arbitrary code) and look again.
+        module_name = key.rsplit(".", 1)[0]
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module_name)
     if key not in _LAYERS:
         raise ModelError(f"the file names layer class {key!r}, which is not a modelzip layer")
     return _LAYERS[key]

@@ -1,0 +1,159 @@
+"""Executable layers equal their dense forms; materialize() replaces, checks and reports."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from modelzip.kernels import materialize
+from modelzip.kernels.int8 import Int8DynamicConv2d
+from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
+from modelzip.kernels.sparse_layers import SparseConv2d, SparseLinear
+from modelzip.prune.masked import MaskedConv2d, MaskedLinear
+from modelzip.quantize.int8 import Int8Config, Int8Conv2d, Int8Linear
+
+
+class Sign(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x < 0, -1.0, 1.0)
+
+
+def binarize_(layer: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        alpha = w.abs().mean(dim=1, keepdim=True)
+        layer.weight.copy_((torch.where(w < 0, -1.0, 1.0) * alpha).reshape(layer.weight.shape))
+    return layer
+
+
+def rebuilt(layer: nn.Module) -> nn.Module:
+    new = type(layer).from_spec(layer.spec())
+    new.load_packed_state(layer.packed_state())
+    return new
+
+
+@pytest.mark.parametrize("mode", ["xnor", "bwn"])
+def test_binary_layers_equal_dense(mode: str) -> None:
+    torch.manual_seed(0)
+    lin = binarize_(nn.Linear(67, 13))
+    conv = binarize_(nn.Conv2d(3, 5, 3, stride=2, padding=1))
+    assert binary_scales(lin.weight) is not None
+    assert binary_scales(nn.Linear(4, 3).weight) is None
+    x, xc = torch.randn(6, 67), torch.randn(2, 3, 9, 11)
+    with torch.no_grad():
+        for cls, dense, inp in ((BinaryLinear, lin, x), (BinaryConv2d, conv, xc)):
+            layer = cls.from_dense(dense, mode)
+            torch.testing.assert_close(layer(inp), layer.to_dense()(inp), rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(rebuilt(layer)(inp), layer(inp))
+            if mode == "bwn":
+                torch.testing.assert_close(layer(inp), dense(inp), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_sparse_layers_equal_dense(block: int) -> None:
+    torch.manual_seed(0)
+    lin, conv = (
+        MaskedLinear.from_dense(nn.Linear(37, 19)),
+        MaskedConv2d.from_dense(nn.Conv2d(4, 8, 3, padding=1)),
+    )
+    for layer in (lin, conv):
+        w = layer.weight.reshape(layer.weight.shape[0], -1)
+        keep = torch.rand(-(-w.shape[0] // block), -(-w.shape[1] // block)) < 0.2
+        mask = keep.repeat_interleave(block, 0).repeat_interleave(block, 1)
+        layer.set_mask(mask[: w.shape[0], : w.shape[1]].reshape(layer.weight.shape))
+    with torch.no_grad():
+        for cls, layer, inp in ((SparseLinear, lin, torch.randn(5, 37)),
+                                (SparseConv2d, conv, torch.randn(2, 4, 7, 6))):  # fmt: skip
+            sparse = cls.from_dense(layer, block)
+            torch.testing.assert_close(sparse(inp), layer(inp), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(rebuilt(sparse)(inp), layer(inp), rtol=1e-5, atol=1e-5)
+
+
+def test_int8_conv_kernel() -> None:
+    torch.manual_seed(0)
+    q = Int8Conv2d.from_dense(nn.Conv2d(3, 6, 3, padding=1), Int8Config())
+    layer = Int8DynamicConv2d.from_dense(q)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = q(x)
+        assert float((layer(x) - ref).abs().max()) < 0.05 * float(ref.abs().max())
+        torch.testing.assert_close(rebuilt(layer)(x), layer(x))
+
+
+def model_under_test() -> nn.Sequential:
+    torch.manual_seed(0)
+    masked = MaskedLinear.from_dense(nn.Linear(256, 128))
+    masked.set_mask(torch.rand(128, 256) > 0.95)
+    return nn.Sequential(
+        masked,
+        Sign(),
+        binarize_(nn.Linear(128, 64)),
+        nn.ReLU(),
+        binarize_(nn.Linear(64, 33)),
+        Int8Linear.from_dense(nn.Linear(33, 10), Int8Config(activations="float")),
+        nn.Linear(10, 4),
+    )
+
+
+def test_materialize_replaces_checks_and_reports() -> None:
+    model = model_under_test()
+    x = torch.randn(16, 256)
+    new, report = materialize(model, x, reps=2, choose="compressed")
+    assert isinstance(model[2], nn.Linear)  # the input model is left alone
+    rows = {r.name: r for r in report.layers}
+    assert set(rows) == {"0", "2", "4", "5", "6"}
+    assert isinstance(new[0], SparseLinear) and rows["0"].kernel == "CSR"
+    assert isinstance(new[2], BinaryLinear) and new[2].mode == "xnor"
+    assert rows["2"].kernel == "XNOR-popcount" and rows["2"].max_rel_error < 1e-5
+    assert isinstance(new[4], BinaryLinear) and new[4].mode == "bwn"  # inputs are not ±1
+    assert rows["5"].kernel == "x86 linear_dynamic" and new[5].activations == "dynamic"
+    assert rows["6"].after == "Linear" and "not ±α" in rows["6"].reason
+    assert report.max_rel_error is not None and report.max_rel_error < 0.05
+    assert "model output" in str(report) and len(report.rows()) == 5
+    measured, report = materialize(model, x, reps=2)
+    for row in report.layers:
+        assert row.reason  # each layer says why it was (not) replaced
+    torch.testing.assert_close(
+        measured(x), new(x), rtol=0.05, atol=0.05 * float(new(x).abs().max())
+    )
+
+
+def test_materialize_reverts_a_wrong_kernel() -> None:
+    model = model_under_test()
+    x = torch.randn(4, 256)
+    tolerance = sys.modules["modelzip.kernels.materialize"].TOLERANCE
+    old = tolerance["int8"]
+    tolerance["int8"] = 0.0  # the dynamic int8 kernel now counts as disagreeing
+    try:
+        new, report = materialize(model, x, reps=1, choose="compressed")
+    finally:
+        tolerance["int8"] = old
+    assert isinstance(new[5], Int8Linear) and new[5].activations == "float"
+    assert "disagrees" in report.layers[3].reason
+
+
+def test_materialize_without_sample_takes_kernels() -> None:
+    new, report = materialize(model_under_test())
+    assert isinstance(new[0], SparseLinear) and isinstance(new[2], BinaryLinear)
+    assert all(r.max_rel_error is None for r in report.layers)
+
+
+def test_materialized_model_saves_and_loads(tmp_path: object) -> None:
+    import modelzip
+    from modelzip.models import create
+
+    torch.manual_seed(0)
+    model = create("lenet5")
+    _ = [binarize_(model.conv2), binarize_(model.fc1)]
+    model.fc2 = Int8Linear.from_dense(model.fc2, Int8Config(activations="float"))
+    x = torch.randn(3, 1, 28, 28)
+    new, _ = materialize(model, x, reps=1, choose="compressed")
+    assert isinstance(new.conv2, BinaryConv2d) and new.conv2.mode == "bwn"
+    path = modelzip.save(new, tmp_path / "m.mzip")  # type: ignore[operator]
+    loaded = modelzip.load(path)
+    assert isinstance(loaded.conv2, BinaryConv2d) and isinstance(loaded.fc1, BinaryLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), new(x))
