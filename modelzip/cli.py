@@ -33,18 +33,11 @@ def _stats_json(stats: Any) -> dict[str, Any]:
 
 
 def zoo_kwargs(spec: str, data: Any) -> dict[str, Any]:
-    """Arguments that fit a zoo image model to a data set's input shape and classes."""
-    from modelzip.models import list_models, model_info
+    """Arguments that fit a zoo model to a data set (input shape, classes, vocabulary)."""
+    from modelzip.baselines import fit_kwargs
+    from modelzip.models import list_models
 
-    if spec not in list_models() or not hasattr(data, "input_shape"):
-        return {}
-    defaults = model_info(spec).defaults
-    kwargs: dict[str, Any] = {}
-    if "input_shape" in defaults and tuple(defaults["input_shape"]) != tuple(data.input_shape):
-        kwargs["input_shape"] = list(data.input_shape)
-    if "num_classes" in defaults and defaults["num_classes"] != data.num_classes:
-        kwargs["num_classes"] = int(data.num_classes)
-    return kwargs
+    return fit_kwargs(spec, data) if data is not None and spec in list_models() else {}
 
 
 def load_model(
@@ -68,7 +61,7 @@ def load_model(
         if not path.is_file():
             raise ModelzipError(f"no such file: {path}")
         model = load(path)
-    elif weights is None and pretrained and spec in list_models() and not zoo_kwargs(spec, data):
+    elif weights is None and pretrained and spec in list_models():
         from modelzip.baselines import pretrained as baseline
 
         model = baseline(spec, dataset or _default_dataset(spec), progress=progress)
@@ -157,11 +150,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from modelzip.api import model_stats
-    from modelzip.models import resolve_model
+    from modelzip.models import list_models, resolve_model
     from modelzip.serialize import save
     from modelzip.train import TrainConfig, default_train_config, train
-
-    from modelzip.models import list_models
 
     data = _dataset(args.dataset, args.model)
     model = resolve_model(args.model, **zoo_kwargs(args.model, data))

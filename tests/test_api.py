@@ -13,13 +13,6 @@ from modelzip.models import create
 from modelzip.prune import MaskedLinear
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from modelzip.data import load_dataset
-
-    return load_dataset("digits")
-
-
 def test_nan_and_inf_weights_are_refused():
     m = create("lenet300")
     with torch.no_grad():

@@ -1,0 +1,71 @@
+"""LeNet-300-100 and LeNet-5, the MNIST models of the pruning and quantisation literature.
+
+Both follow the versions used by Han et al., "Learning both Weights and Connections for Efficient
+Neural Networks" (NeurIPS 2015) and "Deep Compression" (ICLR 2016): LeNet-300-100 with 266,610
+parameters (1.64% test error) and the Caffe LeNet-5 with 431,080 (0.80%).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from torch import nn
+
+from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
+from modelzip.models.registry import register_model
+
+
+@register_model(
+    "lenet300",
+    "LeNet-300-100: MLP 784-300-100-10 (Han et al. 2015), 266,610 parameters",
+    MNIST_SHAPE,
+    "mnist",
+)
+def lenet300(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> nn.Sequential:
+    """LeNet-300-100: ``fc1`` 784-300, ReLU, ``fc2`` 300-100, ReLU, ``fc3`` 100-10."""
+    c, h, w = check_shape(input_shape, num_classes)
+    return nn.Sequential(
+        OrderedDict(
+            normalize=Normalize(),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(c * h * w, 300),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(300, 100),
+            relu2=nn.ReLU(),
+            fc3=nn.Linear(100, num_classes),
+        )
+    )
+
+
+@register_model(
+    "lenet5",
+    "LeNet-5 (Caffe): conv 20@5x5, pool, conv 50@5x5, pool, fc 800-500-10; 431,080 parameters",
+    MNIST_SHAPE,
+    "mnist",
+)
+def lenet5(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> nn.Sequential:
+    """The Caffe LeNet-5: ``conv1`` 20@5x5, max-pool 2, ``conv2`` 50@5x5, max-pool 2, ``fc1`` 500,
+    ReLU, ``fc2``.
+
+    As in Caffe's ``lenet_train_test.prototxt`` there is no non-linearity after the convolutions
+    (the max-pools are the only ones); this is the network whose figures the literature reports.
+    """
+    c, h, w = check_shape(input_shape, num_classes)
+    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if min(out_h, out_w) < 1:
+        raise ValueError(f"lenet5 needs inputs of at least 16 x 16 pixels, got {h} x {w}")
+    return nn.Sequential(
+        OrderedDict(
+            normalize=Normalize(),
+            conv1=nn.Conv2d(c, 20, 5),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(20, 50, 5),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(50 * math.prod((out_h, out_w)), 500),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(500, num_classes),
+        )
+    )
