@@ -1,5 +1,49 @@
 """Data quantization: fewer bits for weights, activations and training signals (Section IV)."""
 
+from modelzip.quantize import fake as _fake
+from modelzip.quantize import inq as _inq
+from modelzip.quantize import weights as _weights
+from modelzip.quantize.bn import fold_bn, quantize_bn
+from modelzip.quantize.fake import FakeQuantConv2d, FakeQuantLinear, QATConfig
+from modelzip.quantize.inq import INQConfig
 from modelzip.quantize.int8 import Int8Config, Int8Conv2d, Int8Linear, quantize_symmetric_int8
+from modelzip.quantize.layers import QuantConv2d, QuantLinear
+from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
+from modelzip.quantize.quantizer import Quantized, Quantizer, QuantizerConfig, quantize
+from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+from modelzip.quantize.weights import (
+    BinaryConfig,
+    MultibitConfig,
+    QuantizeWeightsConfig,
+    TernaryConfig,
+)
 
-__all__ = ["Int8Config", "Int8Conv2d", "Int8Linear", "quantize_symmetric_int8"]
+del _fake, _inq, _weights  # imported for their registrations
+
+__all__ = [
+    "BinaryConfig",
+    "FakeQuantConv2d",
+    "FakeQuantLinear",
+    "INQConfig",
+    "Int8Config",
+    "Int8Conv2d",
+    "Int8Linear",
+    "MultibitConfig",
+    "QATConfig",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantizeWeightsConfig",
+    "Quantized",
+    "Quantizer",
+    "QuantizerConfig",
+    "StaticInt8Conv2d",
+    "StaticInt8Linear",
+    "TernaryConfig",
+    "fold_bn",
+    "pack_bits",
+    "packed_bytes",
+    "quantize",
+    "quantize_bn",
+    "quantize_symmetric_int8",
+    "unpack_bits",
+]

@@ -7,7 +7,9 @@ A zero channel gets ``Δ = 1`` and codes 0, so all-zero and constant weights are
 Execution: a linear layer on the CPU can run its products on PyTorch's own int8 kernel
 (``activations="dynamic"``: activations quantized per batch to 8 bits, fbgemm/x86 int8 GEMM), or
 dequantize the weight on the fly and multiply in float (``activations="float"``, the only path on
-other devices and for convolutions).
+other devices and for convolutions), or quantize activations with ranges calibrated beforehand and
+run both linear and convolution layers on the int8 engine (``activations="static"``, see
+:mod:`modelzip.quantize.static_int8`).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig
+from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
+from modelzip.errors import ConfigError
 from modelzip.module import CompressedModule, register_layer
 from modelzip.registry import SkipLayer, register_method
 
@@ -31,12 +34,9 @@ QMAX = 127
 def quantize_symmetric_int8(
     weight: torch.Tensor, per_channel: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Codes (int8, same shape) and scales (float32, one per output channel or one) of ``weight``."""
+    """Codes (int8, same shape) and scales (float32, per output channel or one) of ``weight``."""
     w = weight.detach().float()
-    if per_channel:
-        amax = w.reshape(w.shape[0], -1).abs().amax(dim=1)
-    else:
-        amax = w.abs().amax().reshape(1)
+    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
     scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
     view = (-1,) + (1,) * (w.dim() - 1)
     codes = torch.clamp(torch.round(w / scale.reshape(view)), -QMAX, QMAX).to(torch.int8)
@@ -242,12 +242,33 @@ class Int8Config(MethodConfig):
         One scale per output channel (True) or one per tensor.
     activations:
         ``"dynamic"``: linear layers on the CPU quantize their input per batch and run PyTorch's
-        int8 GEMM; ``"float"``: weights are dequantized and products are in float.
+        int8 GEMM; ``"float"``: weights are dequantized and products are in float;
+        ``"static"``: inputs and outputs of linear and conv layers are quantized to uint8 with
+        ranges calibrated on ``calibration_size`` training inputs (or the sample batch), and
+        products run on PyTorch's int8 CPU engine (per-channel weights).
+    observer:
+        Calibration range of the static activations: ``minmax``, ``percentile`` or ``mse``.
+    percentile:
+        Percentile of the ``percentile`` observer.
+    calibration_size:
+        Training inputs used for calibration.
     """
 
     method = "int8"
     per_channel: bool = True
-    activations: Literal["float", "dynamic"] = "dynamic"
+    activations: Literal["float", "dynamic", "static"] = "dynamic"
+    observer: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = 99.99
+    calibration_size: int = 512
+
+    def validate(self) -> None:
+        check_range(self, "percentile", 50, 100, low_open=True)
+        check_range(self, "calibration_size", 1)
+        if self.activations == "static" and not self.per_channel:
+            raise ConfigError(
+                "Int8Config.per_channel=False is not allowed with activations='static' "
+                "(the static path uses per-channel weights); allowed: True"
+            )
 
 
 _LAYERS = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
@@ -264,4 +285,8 @@ def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
     cls = _LAYERS.get(type(module))
     if cls is None:
         raise SkipLayer(f"{type(module).__name__} has no int8 form")
+    if config.activations == "static":
+        from modelzip.quantize.static_int8 import static_int8_layer
+
+        return static_int8_layer(module, config, ctx)
     return cls.from_dense(module, config)

@@ -1,0 +1,511 @@
+"""Data quantization on MNIST: int8 PTQ speed, low-bit weights, training signals, TWN, DDP.
+
+    python benchmarks/quantize.py            # everything (about 40 min on 2 shared cores)
+    python benchmarks/quantize.py --quick    # shorter training everywhere (< 5 min after caches)
+    python benchmarks/quantize.py --parts int8,weights
+
+Parts: ``int8`` (static int8 PTQ of LeNet-5 and the small VGG: accuracy and latency against fp32
+and PyTorch's ``quantize_dynamic``), ``weights`` (4- and 2-bit weights: levels x formulation x
+rounding), ``influence`` (one data object quantized at a time during training), ``twn`` (the
+MNIST table of Li & Liu 2016), ``ddp`` (quantized gradients on two local processes).
+Writes ``benchmarks/results/quantize.json`` and the ``quantize`` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+from _common import (
+    RESULTS,
+    check,
+    markdown_table,
+    peak_rss_mb,
+    update_benchmarks_md,
+    write_results,
+)
+from torch import nn
+
+import modelzip
+from modelzip.baselines import baseline_path, pretrained
+from modelzip.data import load_dataset
+from modelzip.inspect import module_bytes
+from modelzip.models import create
+from modelzip.quantize import (
+    BinaryConfig,
+    Int8Config,
+    MultibitConfig,
+    QATConfig,
+    QuantizeWeightsConfig,
+    TernaryConfig,
+    fold_bn,
+)
+from modelzip.quantize.training import OBJECTS, QuantizedTraining, TrainingQuantConfig, wage
+from modelzip.train import TrainConfig, default_train_config, evaluate, train
+
+PARTS = ("int8", "weights", "influence", "twn", "ddp")  # in order of priority
+
+
+def _acc(model: nn.Module, data: Any, limit: int | None = None) -> float:
+    """Test accuracy in percent (on the first ``limit`` test images when given)."""
+    split: Any = "test" if limit is None else (data.x_test[:limit], data.y_test[:limit])
+    return round(100 * float(evaluate(model, data, split)["accuracy"]), 2)
+
+
+def _latency_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Best-of-rounds mean latency per model, measured interleaved (fair under shared CPUs)."""
+    best = {k: float("inf") for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            for _ in range(3):
+                m(x)
+        for _ in range(rounds):
+            for k, m in models.items():
+                t = time.perf_counter()
+                for _ in range(10):
+                    m(x)
+                best[k] = min(best[k], (time.perf_counter() - t) / 10 * 1000)
+    return {k: round(v, 3) for k, v in best.items()}
+
+
+def _trained(name: str, quick: bool) -> tuple[nn.Module, str]:
+    """The cached zoo baseline, else one epoch of its recipe (training VGG's three epochs
+    costs more than the rest of this benchmark on a shared 2-core machine)."""
+    if baseline_path(name, "mnist").is_file():
+        return pretrained(name, "mnist", progress=False).eval(), "zoo baseline"
+    config = default_train_config(name).replace(epochs=1, threads=1)
+    torch.manual_seed(0)
+    model = create(name)
+    train(model, load_dataset("mnist"), config, progress=False)
+    return model.eval(), "1 epoch (no cached baseline)"
+
+
+def part_int8(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+    rows, checks = [], []
+    x = data.x_test[:64]
+    for name in ("lenet5", "vgg_small"):
+        fp32, note = _trained(name, quick)
+        folded = copy.deepcopy(fp32)
+        folded_pairs = fold_bn(folded)
+        int8, _ = modelzip.compress(
+            folded, Int8Config(activations="static"), data, evaluate=False, measure=False
+        )
+        anchor = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {nn.Linear})
+        lat = _latency_ms({"fp32": fp32, "int8": int8, "anchor": anchor}, x, 5 if quick else 15)
+        a_fp, a_q, a_anchor = _acc(fp32, data), _acc(int8, data), _acc(anchor, data)
+        rows.append(
+            {
+                "part": "int8",
+                "model": name,
+                "fp32_acc": a_fp,
+                "int8_acc": a_q,
+                "dynamic_anchor_acc": a_anchor,
+                "bn_folded": len(folded_pairs),
+                "fp32_ms": lat["fp32"],
+                "int8_ms": lat["int8"],
+                "anchor_ms": lat["anchor"],
+                "speedup": round(lat["fp32"] / lat["int8"], 2),
+                "anchor_speedup": round(lat["fp32"] / lat["anchor"], 2),
+                "trained": note,
+                "fp32_bytes": module_bytes(fp32),
+                "int8_bytes": module_bytes(int8),
+            }
+        )
+        drop = round(a_fp - a_q, 2)
+        checks.append(check(f"{name} static int8 accuracy drop", drop, 0.1, "points", drop <= 0.1))
+        sp = rows[-1]["speedup"]
+        checks.append(check(f"{name} static int8 speed-up at batch 64", sp, 2.0, "x", sp >= 2.0))
+    table = markdown_table(
+        [
+            "model",
+            "fp32 acc",
+            "int8 acc",
+            "fp32 ms",
+            "int8 ms (ours)",
+            "speed-up",
+            "quantize_dynamic ms",
+            "its speed-up",
+            "its acc",
+            "trained",
+        ],
+        [
+            [
+                r["model"],
+                r["fp32_acc"],
+                r["int8_acc"],
+                r["fp32_ms"],
+                r["int8_ms"],
+                r["speedup"],
+                r["anchor_ms"],
+                r["anchor_speedup"],
+                r["dynamic_anchor_acc"],
+                r["trained"],
+            ]
+            for r in rows
+        ],
+    )
+    md = (
+        "### Post-training static int8 (batch 64, 1 thread)\n\n"
+        "Weights int8 per channel, activations uint8 with min/max ranges calibrated on 512 "
+        "training images; BN folded first. Products on PyTorch's x86 int8 engine "
+        "(`quantized::conv2d`/`linear`). Anchor: `torch.ao.quantization.quantize_dynamic` "
+        "(Linear layers only), measured in the same loop.\n\n" + table
+    )
+    return rows, checks, md
+
+
+WEIGHT_GRID = [
+    (levels, formulation, rounding)
+    for levels in ("uniform-symmetric", "log2", "adaptive")
+    for formulation in ("heuristic", "optimized")
+    for rounding in ("nearest", "stochastic")
+]
+
+
+def part_weights(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+    model = pretrained("lenet5", "mnist", progress=False).eval()
+    limit = 2000 if quick else None
+    base = _acc(model, data, limit)
+    rows: list[dict] = [
+        {"part": "weights", "method": "fp32", "bits": 32, "acc": base, "bytes": module_bytes(model)}
+    ]
+    configs: list[tuple[str, Any]] = []
+    for bits in (4, 2):
+        for levels, formulation, rounding in WEIGHT_GRID:
+            cfg = QuantizeWeightsConfig(
+                bits=bits, levels=levels, formulation=formulation, rounding=rounding
+            )
+            configs.append((f"{levels} / {formulation} / {rounding}", cfg))
+    configs += [
+        ("int8 (symmetric, per channel)", Int8Config(activations="float")),
+        ("ternary (TWN)", TernaryConfig()),
+        ("binary (BWN, per channel)", BinaryConfig()),
+        ("multibit 2 bases (LQ/ABC)", MultibitConfig(num_bases=2)),
+    ]
+    for label, cfg in configs:
+        small, _ = modelzip.compress(model, cfg, evaluate=False, measure=False)
+        bits = getattr(cfg, "bits", None) or {"int8": 8, "ternary": 2, "binary": 1}.get(
+            cfg.method, getattr(cfg, "num_bases", 0)
+        )
+        rows.append(
+            {
+                "part": "weights",
+                "method": label,
+                "bits": bits,
+                "acc": _acc(small, data, limit),
+                "bytes": module_bytes(small),
+            }
+        )
+    best4 = max(r["acc"] for r in rows if r["bits"] == 4)
+    checks = [
+        check(
+            "best 4-bit weights accuracy drop",
+            round(base - best4, 2),
+            0.5,
+            "points",
+            base - best4 <= 0.5,
+        )
+    ]
+    md = (
+        "### Weight-only quantization of LeNet-5 (no retraining)\n\n"
+        f"Test accuracy ({'first 2,000' if quick else 'all 10,000'} test images) and stored "
+        f"bytes (fp32: {base}%, {rows[0]['bytes']:,} bytes). Levels: "
+        "uniform symmetric, power-of-two (INQ rule), adaptive (k-means); formulation: heuristic "
+        "(min/max range; quantile levels) or optimized (clip search; Lloyd–Max); rounding: "
+        "nearest or stochastic. Per channel.\n\n"
+        + markdown_table(
+            ["bits", "levels / formulation / rounding", "accuracy %", "bytes"],
+            [[r["bits"], r["method"], r["acc"], f"{r['bytes']:,}"] for r in rows[1:]],
+        )
+    )
+    return rows, checks, md
+
+
+def _train_cfg(epochs: int, **kw: Any) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=128, lr=0.05, val_size=0, threads=1, **kw)
+
+
+def part_influence(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+    epochs, bits_list = (1, (4,)) if quick else (2, (4, 2))
+    rows = []
+    settings: list[tuple[str, int, TrainingQuantConfig]] = [
+        ("none (fp32)", 32, TrainingQuantConfig())
+    ]
+    for bits in bits_list:
+        settings += [(obj, bits, TrainingQuantConfig(**{obj: bits})) for obj in OBJECTS]
+    settings.append(("WAGE 2-8-8-8", 2, wage()))
+    for label, bits, qcfg in settings:
+        torch.manual_seed(0)
+        model = create("lenet300")
+        qt = QuantizedTraining(model, qcfg, seed=0)
+        try:
+            train(model, data, _train_cfg(epochs), progress=False, callbacks=qt.callbacks)
+            acc = _acc(model, data)  # evaluated with the weight and activation quantizers on
+        except modelzip.errors.ModelError:
+            acc = float("nan")  # diverged
+        qt.remove()
+        rows.append(
+            {"part": "influence", "object": label, "bits": bits, "acc": acc, "epochs": epochs}
+        )
+    base = rows[0]["acc"]
+    md_rows = [[r["object"], r["bits"], r["acc"], round(base - r["acc"], 2)] for r in rows]
+
+    def harm(obj: str, bits: int) -> float:
+        acc = next(r["acc"] for r in rows if r["object"] == obj and r["bits"] == bits)
+        return float("inf") if math.isnan(acc) else -acc  # a diverged run is the most harmful
+
+    order = {b: sorted(OBJECTS, key=lambda o, b=b: harm(o, b)) for b in bits_list}
+    found = "; ".join(f"{b} bits: " + " ≤ ".join(v) for b, v in order.items())
+    md = (
+        "### Influence of quantizing one data object (LeNet-300-100, trained from scratch)\n\n"
+        f"{epochs} epoch(s), SGD, per-tensor max scaling; gradients, errors and updates use "
+        "stochastic rounding. The seed claims impact gradient ≤ weight < activation < error < "
+        f"update. Measured (least to most harmful; one seed, so differences of a few tenths "
+        f"are noise; nan = diverged): {found}.\n\n"
+        + markdown_table(["quantized object", "bits", "accuracy %", "drop"], md_rows)
+    )
+    return rows, [], md
+
+
+TWN_PAPER = {"full precision": 99.41, "TWN (ternary)": 99.35, "BWN (binary)": 99.05}
+
+
+def part_twn(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+    epochs = 1 if quick else 2
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=128,
+        lr=0.1,
+        schedule="onecycle",
+        label_smoothing=0.1,
+        val_size=0,
+        threads=1,
+    )
+    rows, checks = [], []
+    for label, step in (
+        ("full precision", None),
+        ("TWN (ternary)", "ternary"),
+        ("BWN (binary)", "binary"),
+    ):
+        torch.manual_seed(0)
+        model = create("twn_net")
+        t0 = time.perf_counter()
+        if step is None:
+            train(model, data, cfg, progress=False)
+        else:
+            recipe = QATConfig(weights=step, per_channel=False)
+            model, _ = modelzip.compress(
+                model, recipe, data, finetune=cfg, evaluate=False, measure=False
+            )
+        acc = _acc(model, data)
+        paper = TWN_PAPER[label]
+        rows.append(
+            {
+                "part": "twn",
+                "model": label,
+                "acc": acc,
+                "paper": paper,
+                "epochs": epochs,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        gap = round(abs(paper - acc), 2)
+        checks.append(
+            check(f"TWN table: {label} within 0.3 of {paper}", gap, 0.3, "points", gap <= 0.3)
+        )
+    md = (
+        "### TWN (Li & Liu 2016), MNIST, 32C5-MP2-64C5-MP2-512FC with BN\n\n"
+        f"Trained from scratch, {epochs} epoch(s) each, SGD one-cycle lr 0.1, label smoothing "
+        "0.1, batch 128, no augmentation, 1 CPU thread; quantized nets train with "
+        "straight-through gradients (all conv and FC layers, one scale per layer).\n\n"
+        + markdown_table(
+            ["weights", "paper %", "ours %", "epochs", "seconds"],
+            [[r["model"], r["paper"], r["acc"], r["epochs"], r["seconds"]] for r in rows],
+        )
+    )
+    return rows, checks, md
+
+
+def _ddp_worker(rank: int, world: int, port: int, hook_name: str, epochs: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from modelzip.quantize.ddp_hooks import QuantHookState, onebit_hook, qsgd_hook, terngrad_hook
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    data = load_dataset("mnist")
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(create("lenet300"))
+    state = QuantHookState(levels=4, seed=rank)
+    hooks = {"terngrad": terngrad_hook, "qsgd": qsgd_hook, "onebit": onebit_hook}
+    if hook_name in hooks:
+        model.register_comm_hook(state, hooks[hook_name])
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = data.x_train[rank::world], data.y_train[rank::world]
+    g = torch.Generator().manual_seed(rank)
+    steps = 0
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+            steps += 1
+    seconds = time.perf_counter() - t0
+    if rank == 0:
+        acc = _acc(model.module, data)
+        n = sum(p.numel() for p in model.parameters())
+        result = {
+            "hook": hook_name,
+            "acc": acc,
+            "steps": steps,
+            "seconds": round(seconds, 1),
+            "bytes_per_step": state.bytes_sent / steps if hook_name in hooks else None,
+            "fp32_bytes_per_step": 4 * n,
+        }
+        with open(out, "w") as f:
+            json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def part_ddp(data: Any, quick: bool, tmp: str) -> tuple[list[dict], list[dict], str]:
+    import torch.multiprocessing as mp
+
+    epochs = 1 if quick else 3
+    rows, checks = [], []
+    for hook in ("fp32", "terngrad", "qsgd", "onebit"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = os.path.join(tmp, f"ddp-{hook}.json")
+        mp.spawn(_ddp_worker, args=(2, port, hook, epochs, out), nprocs=2, join=True)
+        with open(out) as f:
+            r = json.load(f)
+        r["part"] = "ddp"
+        r["bytes_per_step"] = r["bytes_per_step"] or r["fp32_bytes_per_step"]
+        r["compression"] = round(r["fp32_bytes_per_step"] / r["bytes_per_step"], 1)
+        rows.append(r)
+    base = rows[0]["acc"]
+    for r in rows[1:]:
+        drop = round(base - r["acc"], 2)
+        checks.append(
+            check(f"DDP {r['hook']} accuracy drop vs fp32", drop, 0.5, "points", drop <= 0.5)
+        )
+    md = (
+        "### DDP with quantized gradients (2 processes, gloo, LeNet-300-100)\n\n"
+        f"{epochs} epoch(s), batch 64 per process, SGD momentum 0.9; bytes each process sends "
+        "per step (all-gather of packed codes and scales vs the float32 all-reduce).\n\n"
+        + markdown_table(
+            ["gradients", "bytes/step", "fp32 bytes/step", "compression", "accuracy %", "seconds"],
+            [
+                [
+                    r["hook"],
+                    int(r["bytes_per_step"]),
+                    r["fp32_bytes_per_step"],
+                    r["compression"],
+                    r["acc"],
+                    r["seconds"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return rows, checks, md
+
+
+def _previous() -> dict[str, Any]:
+    """Per-part results of an earlier run (kept for the parts not run this time)."""
+    path = RESULTS / "quantize.json"
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return old.get("part_results", {}) if old.get("benchmark") == "quantize" else {}
+
+
+def _write(results: dict[str, Any]) -> Any:
+    """Results file and BENCHMARKS.md section from every part's latest run."""
+    done = [p for p in PARTS if p in results]
+    rows = [r for p in done for r in results[p]["rows"]]
+    checks = [c for p in done for c in results[p]["checks"]]
+    extra = {"part_results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}
+    path = write_results("quantize", checks, rows, extra)
+    summary = markdown_table(
+        ["check", "value", "target", "met"],
+        [
+            [
+                c["name"],
+                c["value"],
+                f"{c['target']} {c['unit']}",
+                "yes" if c["passed"] else "**no**",
+            ]
+            for c in checks
+        ],
+    )
+    runs = "; ".join(
+        f"{p}: {'quick' if results[p]['quick'] else 'full'} run of {results[p]['date'][:10]}, "
+        f"{results[p]['seconds']:.0f} s"
+        for p in done
+    )
+    header = f"## Data quantization (`benchmarks/quantize.py`)\n\n{runs}.\n\n{summary}\n\n"
+    update_benchmarks_md("quantize", header + "\n\n".join(results[p]["section"] for p in done))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short training everywhere")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
+    args = parser.parse_args(argv)
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    torch.set_num_threads(1)
+    data = load_dataset("mnist")
+    results = _previous()
+    tmp = tempfile.mkdtemp(prefix="modelzip-quantize-")
+    path = None
+    for part in parts:
+        print(f"[quantize] {part} ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
+        try:
+            if part == "ddp":
+                r, c, md = part_ddp(data, args.quick, tmp)
+            else:
+                r, c, md = globals()[f"part_{part}"](data, args.quick)
+        except Exception as e:  # one failing part must not lose the others' results
+            print(f"  {part} failed: {e!r}", file=sys.stderr)
+            r, c, md = [], [], f"### {part}\n\nFailed in this run: `{type(e).__name__}: {e}`"
+        for item in c:
+            print(
+                f"  {item['name']}: {item['value']} (target {item['target']}) "
+                f"{'met' if item['passed'] else 'MISSED'}",
+                file=sys.stderr,
+            )
+        results[part] = {
+            "rows": r,
+            "checks": c,
+            "section": md,
+            "quick": args.quick,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        path = _write(results)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

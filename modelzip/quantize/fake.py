@@ -1,0 +1,251 @@
+"""Quantization-aware training: fake-quantized layers with straight-through estimators.
+
+The forward pass uses quantized weights (and, optionally, PACT-quantized inputs); the backward
+pass treats the rounding as the identity (the straight-through estimator of Bengio et al. 2013,
+as in BinaryConnect and DoReFa-Net), so the float "shadow" weights keep learning. TTQ's learned
+positive and negative scales get their own gradients (Zhu et al. 2017):
+``∂L/∂W_p = Σ_{w>Δ} ∂L/∂w_q``, ``∂L/∂W_n = −Σ_{w<−Δ} ∂L/∂w_q``, and the shadow weights receive
+``W_p·g`` above the threshold, ``W_n·g`` below its negative and ``g`` between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modelzip.config import MethodConfig, check_range
+from modelzip.context import Context
+from modelzip.module import CompressedModule, register_layer
+from modelzip.quantize.observers import PACT
+from modelzip.quantize.quantizer import QuantizerConfig, quantize
+from modelzip.quantize.schemes import binarize, dorefa_weights, ternarize
+from modelzip.registry import SkipLayer, register_method
+
+__all__ = ["FakeQuantConv2d", "FakeQuantLinear", "QATConfig", "fake_quantize_weight", "ste"]
+
+WeightScheme = Literal["none", "uniform", "dorefa", "binary", "ternary", "ttq"]
+
+
+def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``q`` in the forward pass, the identity's gradient to ``x`` in the backward pass."""
+    return q.detach() + (x - x.detach())  # exactly q: x − x.detach() is exactly zero
+
+
+def _from_table(w: torch.Tensor, codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    return torch.gather(levels, 1, codes.reshape(levels.shape[0], -1)).reshape(w.shape)
+
+
+def fake_quantize_weight(
+    w: torch.Tensor, scheme: str, bits: int = 4, per_channel: bool = True
+) -> torch.Tensor:
+    """Quantized ``w`` (float, same shape) under ``scheme``, with a straight-through gradient."""
+    if scheme == "none":
+        return w
+    d = w.detach()
+    if scheme == "uniform":
+        gran = "channel" if per_channel else "tensor"
+        q = quantize(d, QuantizerConfig(bits=bits, granularity=gran))[1]
+    elif scheme == "dorefa":
+        q = _from_table(d, *dorefa_weights(d, bits, per_channel))
+    elif scheme == "binary":
+        q = _from_table(d, *binarize(d, per_channel))
+    elif scheme == "ternary":
+        q = _from_table(d, *ternarize(d, per_channel))
+    else:
+        raise ValueError(f"unknown weight scheme {scheme!r}")
+    return ste(w, q.to(w.dtype))
+
+
+class _TTQFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, wp, wn, delta):  # type: ignore[override]
+        pos, neg = w > delta, w < -delta
+        ctx.save_for_backward(pos, neg, wp, wn)
+        return wp * pos - wn * neg
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        pos, neg, wp, wn = ctx.saved_tensors
+        mid = ~(pos | neg)
+        grad_w = g * (wp * pos + wn * neg + mid)
+        return grad_w, (g * pos).sum().reshape(wp.shape), -(g * neg).sum().reshape(wn.shape), None
+
+
+class _FakeQuant(CompressedModule):
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _init_fake(
+        self,
+        shape: tuple[int, ...],
+        bias: bool,
+        scheme: str,
+        bits: int,
+        per_channel: bool,
+        act_bits: int | None,
+        act_clip: float,
+    ) -> None:
+        self.scheme, self.bits, self.per_channel = scheme, bits, per_channel
+        self.act_bits, self.act_clip = act_bits, act_clip
+        self.weight_bits = {"none": 32, "binary": 1, "ternary": 2, "ttq": 2}.get(scheme, bits)
+        self.weight = nn.Parameter(torch.zeros(shape))
+        self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
+        self.act = PACT(act_bits, act_clip) if act_bits else None
+        if scheme == "ttq":
+            self.wp, self.wn = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
+
+    def _fake_spec(self) -> dict[str, Any]:
+        return {"bias": self.bias is not None, "scheme": self.scheme, "bits": self.bits,
+                "per_channel": self.per_channel, "act_bits": self.act_bits,
+                "act_clip": self.act_clip}  # fmt: skip
+
+    @torch.no_grad()
+    def _copy_from(self, dense: nn.Module) -> None:
+        self.weight.copy_(dense.weight.float())
+        if self.bias is not None:
+            self.bias.copy_(dense.bias.float())
+        if self.scheme == "ttq":
+            _, levels = ternarize(dense.weight, per_channel=False, asymmetric=True)
+            self.wn.fill_(float(-levels[0, 0]))
+            self.wp.fill_(float(levels[0, 2]))
+
+    def quantized_weight(self) -> torch.Tensor:
+        if self.scheme == "ttq":
+            delta = 0.7 * self.weight.detach().abs().mean()
+            return _TTQFunction.apply(self.weight, self.wp, self.wn, delta)
+        return fake_quantize_weight(self.weight, self.scheme, self.bits, self.per_channel)
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act is None:
+            return x
+        return self.act(x)
+
+    def param_count(self) -> int:
+        return self.weight.numel() + (self.bias.numel() if self.bias is not None else 0)
+
+    def _dense(self, dense: nn.Module) -> nn.Module:
+        dense = dense.to(self.weight.device)
+        with torch.no_grad():
+            dense.weight.copy_(self.quantized_weight())
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+
+@register_layer
+class FakeQuantLinear(_FakeQuant):
+    """``nn.Linear`` trained with quantized weights (and inputs) in the forward pass."""
+
+    stands_for = "Linear"
+
+    def __init__(self, in_features: int, out_features: int, **settings: Any) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_fake((out_features, in_features), **settings)
+
+    def spec(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                **self._fake_spec()}  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self._input(x), self.quantized_weight().to(x.dtype), self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        return self._dense(nn.Linear(self.in_features, self.out_features, self.bias is not None))
+
+
+@register_layer
+class FakeQuantConv2d(_FakeQuant):
+    """``nn.Conv2d`` trained with quantized weights (and inputs) in the forward pass."""
+
+    stands_for = "Conv2d"
+
+    def __init__(self, conv: dict[str, Any], **settings: Any) -> None:
+        super().__init__()
+        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}
+        c = self.conv_args
+        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
+        self._init_fake(shape, **settings)
+
+    def spec(self) -> dict[str, Any]:
+        conv = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
+        return {"conv": conv, **self._fake_spec()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv_args
+        w = self.quantized_weight().to(x.dtype)
+        x = self._input(x)
+        return F.conv2d(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def to_dense(self) -> nn.Conv2d:
+        return self._dense(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
+
+
+@dataclasses.dataclass(frozen=True)
+class QATConfig(MethodConfig):
+    """Quantization-aware training: fake-quantized weights (and inputs) with straight-through
+    gradients; train with ``compress(..., finetune=TrainConfig(...))``.
+
+    Parameters
+    ----------
+    weights:
+        ``uniform`` (k-bit symmetric), ``dorefa`` (DoReFa-Net's tanh normalization), ``binary``
+        (``α·sign``), ``ternary`` (TWN), ``ttq`` (learned ``W_p``, ``W_n``) or ``none``.
+    bits:
+        Weight bits for ``uniform`` and ``dorefa``, 1-16.
+    per_channel:
+        Scales per output channel.
+    act_bits:
+        Quantize each layer's input to this many bits with PACT's learned clip (None: float).
+        Inputs are clipped to ``[0, α]``, the range after a ReLU; use it on layers fed by ReLUs.
+    act_clip:
+        Initial PACT clip ``α``.
+    """
+
+    method = "qat"
+    weights: WeightScheme = "uniform"
+    bits: int = 4
+    per_channel: bool = True
+    act_bits: int | None = None
+    act_clip: float = 6.0
+
+    def validate(self) -> None:
+        check_range(self, "bits", 1, 16)
+        check_range(self, "act_bits", 1, 16)
+        check_range(self, "act_clip", 0, low_open=True)
+
+
+@register_method(QATConfig, family="quantize", example=QATConfig(), noop=QATConfig(weights="none"))
+def qat(module: nn.Module, config: QATConfig, ctx: Context) -> nn.Module:
+    """Fake-quantized weights and inputs with straight-through estimators, for fine-tuning."""
+    if isinstance(module, CompressedModule):
+        raise SkipLayer(
+            f"already compressed as {type(module).__name__}; qat applies to dense layers"
+        )
+    settings = {"bias": module.bias is not None, "scheme": config.weights, "bits": config.bits,
+                "per_channel": config.per_channel, "act_bits": config.act_bits,
+                "act_clip": config.act_clip}  # fmt: skip
+    if type(module) is nn.Linear:
+        layer: _FakeQuant = FakeQuantLinear(module.in_features, module.out_features, **settings)
+    elif type(module) is nn.Conv2d:
+        if module.padding_mode != "zeros":
+            raise SkipLayer(f"padding_mode {module.padding_mode!r} is not supported")
+        conv = {
+            "in_channels": module.in_channels,
+            "out_channels": module.out_channels,
+            "kernel_size": tuple(module.kernel_size),
+            "stride": tuple(module.stride),
+            "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
+            "dilation": tuple(module.dilation),
+            "groups": module.groups,
+        }
+        layer = FakeQuantConv2d(conv, **settings)
+    else:
+        raise SkipLayer(f"{type(module).__name__} has no fake-quantized form")
+    layer = layer.to(module.weight.device)
+    layer._copy_from(module)
+    return layer
