@@ -196,8 +196,8 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     hooks = []
     skip_below: list[str] = []
     for name, module in model.named_modules():
-        if any(name.startswith(p + ".") for p in skip_below):
-            continue
+        if any(p == "" or name.startswith(p + ".") for p in skip_below):
+            continue  # inside a compressed layer, which describes itself ("" is the root)
         if isinstance(module, CompressedModule) and module.leaf:
             skip_below.append(name)
             hook = _compressed_hook(name, records)

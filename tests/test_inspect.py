@@ -82,3 +82,11 @@ def test_char_lstm_workloads_include_embedding():
     kinds = [w.op for w in ws]
     assert kinds.count("embedding") == 1 and kinds.count("recurrent") == 1
     assert next(w for w in ws if w.op == "embedding").macs == 0
+
+
+def test_compressed_root_module_is_counted_once():
+    from modelzip.prune import MaskedLinear
+
+    layer = MaskedLinear.from_dense(nn.Linear(6, 4))
+    ws = collect_workloads(layer, torch.rand(3, 6))
+    assert len(ws) == 1 and ws[0].macs == 3 * 6 * 4

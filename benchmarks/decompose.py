@@ -1,0 +1,637 @@
+"""Tensor decompositions: measured speed, HT against TT, Novikov's TT MNIST table, Tucker-2/CP
+conv fine-tuning, and a char-LSTM with decomposed gate matrices.
+
+Usage: ``python benchmarks/decompose.py [--quick] [--parts speed,ht,tt_mnist,conv,lstm]``.
+Writes ``benchmarks/results/decompose.json`` and the ``decompose`` section of BENCHMARKS.md.
+Speeds are ratios against the dense layer timed side by side in the same run (interleaved
+rounds, median, warm-up first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import math
+import statistics
+import sys
+import time
+import traceback
+from typing import Any
+
+import torch
+from _common import check, markdown_table, update_benchmarks_md, write_results
+from torch import nn
+
+from modelzip.decompose import (
+    ChannelLowRankConv2d,
+    CPConv2d,
+    HTLinear,
+    LowRankLinear,
+    SpatialLowRankConv2d,
+    TTConv2d,
+    TTLinear,
+    Tucker2Conv2d,
+    TuckerLinear,
+)
+from modelzip.inspect import collect_workloads
+
+DEVICE = torch.device("cpu")  # where the training parts run (--device)
+CHECKS: list[dict[str, Any]] = []
+SECTIONS: dict[str, str] = {}
+EXTRA: dict[str, Any] = {}
+
+
+def _macs(module: nn.Module, x: torch.Tensor) -> int:
+    # Wrapped, so that a compressed layer is never the root that inspection walks.
+    return sum(w.macs for w in collect_workloads(nn.Sequential(module), x))
+
+
+def _randomize(module: nn.Module) -> nn.Module:
+    """Weights drawn at random (speed does not depend on values; SVD of 4096² is skipped)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return module.eval()
+
+
+def _time_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, rounds: int) -> tuple[float, float]:
+    """Median seconds per call of ``a`` and ``b``, timed in interleaved rounds."""
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        for m in (a, b):
+            for _ in range(3):
+                m(x)
+        for _ in range(rounds):
+            for m, ts in ((a, times[0]), (b, times[1])):
+                reps = 3
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    m(x)
+                ts.append((time.perf_counter() - t0) / reps)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def part_speed(quick: bool) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    lin = nn.Linear(4096, 4096)
+    conv = nn.Conv2d(256, 256, 3, padding=1)
+    xl, xc = torch.randn(64, 4096), torch.randn(16, 256, 28, 28)
+    m6, m8 = (4,) * 6, (8,) * 4
+    cases = [
+        ("SVD linear r=256", lin, LowRankLinear(4096, 4096, 256), xl),
+        ("TT linear 4⁶×4⁶ r=8", lin, TTLinear(4096, 4096, m6, m6, (1,) + (8,) * 5 + (1,)), xl),
+        ("HT linear 4⁶×4⁶ r=8", lin, HTLinear(4096, 4096, m6, m6, (1,) + (8,) * 10), xl),
+        ("Tucker linear 8⁴×8⁴ r=8", lin, TuckerLinear(4096, 4096, m8, m8, (8,) * 4), xl),
+        ("Tucker-2 conv r=(64,64)", conv, Tucker2Conv2d(256, 256, 3, (64, 64), padding=1), xc),
+        ("CP conv r=128", conv, CPConv2d(256, 256, 3, 128, padding=1), xc),
+        ("SVD channel conv r=64", conv, ChannelLowRankConv2d(256, 256, 3, 64, padding=1), xc),
+        ("Spatial conv r=64", conv, SpatialLowRankConv2d(256, 256, 3, 64, padding=1), xc),
+        (
+            "TT conv 4⁴×4⁴ r=(4,8,8,8)",
+            conv,
+            TTConv2d(256, 256, 3, (4,) * 4, (4,) * 4, (4, 8, 8, 8, 1), padding=1),
+            xc,
+        ),
+    ]
+    rows = []
+    for name, dense, layer, x in cases:
+        dense, layer = _randomize(dense), _randomize(layer)
+        t_dense, t_layer = _time_pair(dense, layer, x, 5 if quick else 15)
+        mac_ratio = _macs(dense, x) / _macs(layer, x)
+        speedup = t_dense / t_layer
+        rows.append(
+            {
+                "layer": name,
+                "dense_ms": round(t_dense * 1e3, 3),
+                "decomposed_ms": round(t_layer * 1e3, 3),
+                "mac_reduction": round(mac_ratio, 2),
+                "speedup": round(speedup, 2),
+                "speedup_over_mac_reduction": round(speedup / mac_ratio, 2),
+                "params_dense": sum(p.numel() for p in dense.parameters()),
+                "params": layer.param_count(),
+            }
+        )
+        CHECKS.append(
+            check(
+                f"speed: {name} speedup / MAC reduction",
+                round(speedup / mac_ratio, 2),
+                0.7,
+                "ratio",
+                speedup >= 0.7 * mac_ratio,
+            )
+        )
+    SECTIONS["speed"] = (
+        f"### Measured speed against the dense layer (CPU, {torch.get_num_threads()} threads)\n\n"
+        "Linear 4096×4096 at batch 64; conv 256→256 3×3 on 28×28 at batch 16. Same run, "
+        "interleaved rounds, median.\n\n"
+        + markdown_table(
+            [
+                "layer",
+                "dense ms",
+                "decomposed ms",
+                "MAC reduction",
+                "measured speedup",
+                "speedup / MACs",
+                "params (dense → decomposed)",
+            ],
+            [
+                [
+                    r["layer"],
+                    r["dense_ms"],
+                    r["decomposed_ms"],
+                    f"{r['mac_reduction']}×",
+                    f"{r['speedup']}×",
+                    r["speedup_over_mac_reduction"],
+                    f"{r['params_dense']:,} → {r['params']:,}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return rows
+
+
+def _rel_error(approx: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((approx.detach().double() - ref.double()).norm() / ref.double().norm())
+
+
+def _interp(points: list[tuple[int, float]], params: int) -> float:
+    """Error at ``params`` by log-linear interpolation of an increasing-params curve."""
+    points = sorted(points)
+    for (p0, e0), (p1, e1) in itertools.pairwise(points):
+        if p0 <= params <= p1:
+            w = (math.log(params) - math.log(p0)) / (math.log(p1) - math.log(p0) or 1)
+            return e0 + w * (e1 - e0)
+    return float("nan")
+
+
+def part_ht(quick: bool) -> list[dict[str, Any]]:
+    import tensorly as tl
+    from tensorly.decomposition import parafac, partial_tucker, tensor_train_matrix
+
+    from modelzip.baselines import pretrained
+    from modelzip.decompose import HTConfig, TTConfig
+    from modelzip.decompose.factorized import weight_tensor
+
+    lenet300 = pretrained("lenet300", progress=False)
+    lenet5 = pretrained("lenet5", progress=False)
+    mats = {"lenet300.fc1 (300×784)": lenet300.fc1, "lenet5.fc1 (500×800)": lenet5.fc1}
+    rows: list[dict[str, Any]] = []
+    wins = 0
+    for name, layer in mats.items():
+        dense = nn.Linear(layer.in_features, layer.out_features)
+        dense.load_state_dict(layer.state_dict())
+        W = dense.weight.detach()
+        tt_pts, ht_pts = [], []
+        for r in (2, 4, 8, 16, 32):
+            tt = TTLinear.from_dense(dense, TTConfig(d=4, rank=r))
+            tt_pts.append((tt.param_count() - W.shape[0], _rel_error(tt.weight(), W)))
+        for r in (2, 3, 4, 6, 8, 12, 16, 24, 32):
+            ht = HTLinear.from_dense(dense, HTConfig(d=4, rank=r))
+            ht_pts.append((ht.param_count() - W.shape[0], _rel_error(ht.weight(), W)))
+        for params, tt_err in tt_pts:
+            ht_err = _interp(ht_pts, params)
+            if math.isnan(ht_err):
+                continue
+            wins += ht_err <= tt_err
+            rows.append(
+                {
+                    "matrix": name,
+                    "params": params,
+                    "tt_error": round(tt_err, 4),
+                    "ht_error_at_equal_params": round(ht_err, 4),
+                }
+            )
+    compared = len(rows)
+    CHECKS.append(
+        check(
+            "HT ≤ TT error at equal params (trained FC)", wins, compared, "points", wins == compared
+        )
+    )
+    # Decomposition time: TensorLy (NumPy backend, called directly) against modelzip's layers.
+    kernel = lenet5.conv2.weight.detach()
+    fc = lenet5.fc1
+    times = []
+    cases = [
+        (
+            "CP rank 32 (LeNet-5 conv2)",
+            lambda: parafac(kernel.double().numpy(), 32, n_iter_max=50, init="svd", tol=1e-8),
+            lambda: CPConv2d.from_dense(lenet5.conv2, type("C", (), {"n_iter_max": 50})(), rank=32),
+        ),
+        (
+            "Tucker-2 (16, 8) (LeNet-5 conv2)",
+            lambda: partial_tucker(
+                kernel.double().numpy(), rank=[16, 8], modes=[0, 1], n_iter_max=10
+            ),
+            lambda: Tucker2Conv2d.from_dense(lenet5.conv2, ranks=(16, 8)),
+        ),
+        (
+            "TT-matrix rank 8 (LeNet-5 fc1)",
+            lambda: tensor_train_matrix(
+                _tt_tensor(fc, weight_tensor).numpy(), rank=[1, 8, 8, 8, 1]
+            ),
+            lambda: TTLinear.from_dense(fc, TTConfig(d=4, rank=8)),
+        ),
+        (
+            "HT rank 8 (LeNet-5 fc1, no TensorLy equivalent)",
+            None,
+            lambda: HTLinear.from_dense(fc, HTConfig(d=4, rank=8)),
+        ),
+    ]
+    tl.set_backend("numpy")
+    for name, ref, ours in cases:
+        t_ref = _median_time(ref, 3) if ref is not None else None
+        t_ours = _median_time(ours, 3)
+        times.append({"decomposition": name, "tensorly_numpy_s": t_ref, "modelzip_s": t_ours})
+    EXTRA["decomposition_times"] = times
+    SECTIONS["ht"] = (
+        "### HT against TT on trained FC weights (relative error ‖W − Ŵ‖/‖W‖ at equal params)\n\n"
+        "Modes factorized into d = 4; HT on the balanced tree, its error interpolated "
+        "(log-params) to each TT point's parameter count.\n\n"
+        + markdown_table(
+            ["matrix", "params", "TT error", "HT error"],
+            [
+                [r["matrix"], f"{r['params']:,}", r["tt_error"], r["ht_error_at_equal_params"]]
+                for r in rows
+            ],
+        )
+        + "\n\nDecomposition time (median of 3):\n\n"
+        + markdown_table(
+            ["decomposition", "TensorLy, NumPy backend (s)", "modelzip layer (s)"],
+            [
+                [
+                    t["decomposition"],
+                    "—" if t["tensorly_numpy_s"] is None else f"{t['tensorly_numpy_s']:.3f}",
+                    f"{t['modelzip_s']:.3f}",
+                ]
+                for t in times
+            ],
+        )
+    )
+    return rows
+
+
+def _tt_tensor(fc: nn.Linear, weight_tensor: Any) -> torch.Tensor:
+    from modelzip.decompose.factorized import factorize
+
+    ins, outs = factorize(fc.in_features, 4), factorize(fc.out_features, 4)
+    t = weight_tensor(fc.weight.detach().double(), ins, outs)
+    t = t.reshape([s for mn in zip(outs, ins, strict=False) for s in mn])
+    return t.permute([0, 2, 4, 6, 1, 3, 5, 7]).contiguous()
+
+
+def _median_time(fn: Any, n: int) -> float:
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return round(statistics.median(ts), 4)
+
+
+def _tt_init(layer: TTLinear) -> TTLinear:
+    """Random cores with He variance for the product: Var(W) = r₁⋯r_{d-1}·∏σ_k² = 2/N."""
+    inner = math.prod(layer.ranks[1:-1])
+    sigma = (2.0 / (layer.in_features * inner)) ** (1 / (2 * layer.d))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for core in layer.tt_cores:
+            core.copy_(torch.randn(core.shape, generator=g) * sigma)
+        layer.bias.zero_()
+    return layer
+
+
+def _mlp(first: nn.Module) -> nn.Sequential:
+    from modelzip.models.common import Normalize
+
+    return nn.Sequential(Normalize(), nn.Flatten(), first, nn.ReLU(), nn.Linear(625, 10))
+
+
+def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
+    from modelzip.data import load_dataset
+    from modelzip.decompose import TTConfig
+    from modelzip.train import TrainConfig, evaluate, train
+
+    data = load_dataset("mnist")
+    modes = {"in_modes": (4, 7, 4, 7), "out_modes": (5, 5, 5, 5)}
+    adam = {"optimizer": "adam", "weight_decay": 0.0, "schedule": "cosine", "batch_size": 128}
+    rows = []
+    torch.manual_seed(0)
+    tt4 = _mlp(_tt_init(TTLinear(784, 625, ranks=(1, 4, 4, 4, 1), **modes))).to(DEVICE)
+    epochs = 3 if quick else 8
+    t0 = time.perf_counter()
+    train(tt4, data, TrainConfig(epochs=epochs, lr=3e-3, **adam), progress=False)
+    acc4 = evaluate(tt4, data)["accuracy"]
+    layer = tt4[2]
+    rows.append(
+        {
+            "model": f"TT rank 4, trained from scratch ({epochs} epochs)",
+            "first_layer_params": layer.param_count(),
+            "test_accuracy": acc4,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
+    CHECKS.append(
+        check(
+            "Novikov TT rank 4: first-layer params",
+            layer.param_count(),
+            1725,
+            "params",
+            layer.param_count() <= 1800,
+        )
+    )
+    CHECKS.append(
+        check("Novikov TT rank 4: test accuracy", round(100 * acc4, 2), 95.0, "%", acc4 >= 0.95)
+    )
+    torch.manual_seed(0)
+    dense = _mlp(nn.Linear(784, 625)).to(DEVICE)
+    d_epochs = 2 if quick else 5
+    train(dense, data, TrainConfig(epochs=d_epochs, lr=1e-3, **adam), progress=False)
+    acc_dense = evaluate(dense, data)["accuracy"]
+    rows.append(
+        {
+            "model": f"dense 784→625→10 ({d_epochs} epochs)",
+            "first_layer_params": 490_625,
+            "test_accuracy": acc_dense,
+        }
+    )
+    tt16 = copy.deepcopy(dense)
+    tt16[2] = TTLinear.from_dense(dense[2], TTConfig(rank=16, **modes))
+    acc_svd = evaluate(tt16, data)["accuracy"]
+    train(tt16, data, TrainConfig(epochs=2, lr=5e-4, **adam), progress=False)
+    acc16 = evaluate(tt16, data)["accuracy"]
+    rows.append(
+        {
+            "model": "TT-SVD rank 16 of the dense layer, no fine-tuning",
+            "first_layer_params": tt16[2].param_count(),
+            "test_accuracy": acc_svd,
+        }
+    )
+    rows.append(
+        {
+            "model": "TT-SVD rank 16 + 2 epochs fine-tuning",
+            "first_layer_params": tt16[2].param_count(),
+            "test_accuracy": acc16,
+        }
+    )
+    CHECKS.append(
+        check(
+            "Novikov TT-SVD rank 16 + 2 epochs: test accuracy",
+            round(100 * acc16, 2),
+            97.5,
+            "%",
+            acc16 >= 0.975,
+        )
+    )
+    SECTIONS["tt_mnist"] = (
+        "### Novikov et al. 2015, MNIST 784→625→10 with a TT first layer (4·7·4·7 → 5·5·5·5)\n\n"
+        "Published: rank 4 ≈ 95.0%, TT-SVD rank 16 + fine-tuning ≈ 97.5%.\n\n"
+        + markdown_table(
+            ["model", "first-layer params", "test accuracy"],
+            [
+                [r["model"], f"{r['first_layer_params']:,}", f"{100 * r['test_accuracy']:.2f}%"]
+                for r in rows
+            ],
+        )
+    )
+    return rows
+
+
+def _conv_macs(model: nn.Module, names: set[str], x: torch.Tensor) -> int:
+    return sum(w.macs for w in collect_workloads(model, x) if w.name.split(":")[0] in names)
+
+
+def _decompose(model: nn.Module, method: str, config: Any) -> nn.Module:
+    from modelzip.context import Context
+    from modelzip.registry import get_method
+
+    spec = get_method(method)
+    model = copy.deepcopy(model)
+    ctx = Context(model=model)
+    for name, module in list(config.select.select(model, spec.config_type.default_types)):
+        model.set_submodule(name, spec.handler(module, config, ctx))
+    return model
+
+
+def _trained(model_name: str, data: Any) -> nn.Module:
+    """The zoo's cached baseline, or the model trained now on ``DEVICE`` with its config."""
+    from modelzip.baselines import baseline_path, pretrained
+    from modelzip.models import create
+    from modelzip.train import default_train_config, train
+
+    if baseline_path(model_name).is_file() or DEVICE.type == "cpu":
+        return pretrained(model_name, progress=False)
+    torch.manual_seed(0)
+    model = create(model_name).to(DEVICE)
+    train(model, data, default_train_config(model_name), progress=False)
+    return model.eval()
+
+
+def part_conv(quick: bool) -> list[dict[str, Any]]:
+    from modelzip.data import load_dataset
+    from modelzip.decompose import CPConfig, Tucker2Config
+    from modelzip.select import Select
+    from modelzip.train import TrainConfig, evaluate, train
+
+    data = load_dataset("mnist")
+    x = data.x_test[:1].to(DEVICE)
+    rows = []
+    models = ["lenet5"] if quick else ["lenet5", "vgg_small"]
+    for model_name in models:
+        base = _trained(model_name, data).to(DEVICE)
+        base_acc = evaluate(base, data)["accuracy"]
+        convs = {n for n, m in base.named_modules() if isinstance(m, nn.Conv2d)}
+        first = min(convs)  # the first conv (1 input channel) stays dense, as in Kim et al.
+        dense_macs = _conv_macs(base, convs, x)
+        for method, make in (
+            ("tucker2", lambda f: Tucker2Config(rank_fraction=f)),
+            ("cp", lambda f: CPConfig(rank_fraction=f, n_iter_max=25)),
+        ):
+            for fraction in (0.4, 0.3, 0.22, 0.16, 0.12, 0.08, 0.05, 0.03):
+                config = make(fraction).replace(select=Select(exclude=(first,)))
+                small = _decompose(base, method, config)
+                ratio = dense_macs / _conv_macs(small, convs, x)
+                if ratio >= 3.0:
+                    break
+            acc0 = evaluate(small, data)["accuracy"]
+            epochs = 1 if quick else 2
+            train(
+                small,
+                data,
+                TrainConfig(epochs=epochs, lr=0.005, schedule="cosine", weight_decay=5e-4),
+                progress=False,
+            )
+            acc = evaluate(small, data)["accuracy"]
+            drop = 100 * (base_acc - acc)
+            rows.append(
+                {
+                    "model": model_name,
+                    "method": method,
+                    "rank_fraction": fraction,
+                    "conv_mac_reduction": round(ratio, 2),
+                    "dense_accuracy": base_acc,
+                    "accuracy_before_finetune": acc0,
+                    "accuracy": acc,
+                    "finetune_epochs": epochs,
+                    "drop_points": round(drop, 2),
+                }
+            )
+            CHECKS.append(
+                check(
+                    f"{model_name} {method}: accuracy drop at {ratio:.1f}× fewer conv MACs",
+                    round(drop, 2),
+                    0.5,
+                    "points",
+                    drop <= 0.5 and ratio >= 3,
+                )
+            )
+    SECTIONS["conv"] = (
+        "### Tucker-2 and CP conv layers at ≥ 3× fewer conv MACs, MNIST\n\n"
+        "All convs but the first decomposed; ranks by parameter fraction, lowered until the conv "
+        "MACs fall 3×; then fine-tuned with SGD.\n\n"
+        + markdown_table(
+            ["model", "method", "conv MACs", "dense acc.", "before FT", "after FT", "drop (pts)"],
+            [
+                [
+                    r["model"],
+                    r["method"],
+                    f"{r['conv_mac_reduction']}× fewer",
+                    f"{100 * r['dense_accuracy']:.2f}%",
+                    f"{100 * r['accuracy_before_finetune']:.2f}%",
+                    f"{100 * r['accuracy']:.2f}% ({r['finetune_epochs']} ep.)",
+                    r["drop_points"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    return rows
+
+
+def part_lstm(quick: bool) -> list[dict[str, Any]]:
+    from modelzip.data import load_dataset
+    from modelzip.decompose import RNNLowRankConfig, RNNTTConfig
+    from modelzip.inspect import count_params
+    from modelzip.models import create
+    from modelzip.train import TrainConfig, evaluate, train
+
+    corpus = load_dataset("shakespeare")
+    steps = 60 if quick else 200
+    cfg = TrainConfig(
+        epochs=2,
+        batch_size=32,
+        lr=3e-3,
+        optimizer="adam",
+        weight_decay=0.0,
+        grad_clip=1.0,
+        seq_len=64,
+        steps_per_epoch=steps,
+        channels_last=False,
+    )
+    val = corpus.val[:50_000] if quick else "val"
+    torch.manual_seed(0)
+    dense = create("char_lstm", vocab_size=corpus.vocab_size, hidden_size=256).to(DEVICE)
+    train(dense, corpus, cfg, progress=False)
+    rows = [
+        {
+            "model": "dense LSTM",
+            "lstm_params": count_params(dense.lstm),
+            "val_perplexity": evaluate(dense, corpus, val)["perplexity"],
+        }
+    ]
+    variants = [
+        ("low-rank r=32", "rnn_lowrank", RNNLowRankConfig(rank=32)),
+        ("low-rank r=8", "rnn_lowrank", RNNLowRankConfig(rank=8)),
+        ("TT r=16", "rnn_tt", RNNTTConfig(rank=16)),
+        ("TT r=4", "rnn_tt", RNNTTConfig(rank=4)),
+    ]
+    ft = cfg.replace(epochs=1, lr=1e-3)
+    for label, method, config in variants:
+        small = _decompose(dense, method, config)
+        train(small, corpus, ft, progress=False)
+        rows.append(
+            {
+                "model": label,
+                "lstm_params": count_params(small.lstm),
+                "val_perplexity": evaluate(small, corpus, val)["perplexity"],
+            }
+        )
+    EXTRA["lstm_note"] = (
+        f"dense: 2 epochs × {steps} steps (batch 32, 64 chars); each decomposed model: "
+        f"decomposed from it, then 1 epoch × {steps} steps of fine-tuning; validation on "
+        + ("the first 50,000 characters" if quick else "the whole validation split")
+    )
+    SECTIONS["lstm"] = (
+        "### Char-LSTM on Shakespeare with decomposed gate matrices (2 layers, hidden 256)\n\n"
+        + EXTRA["lstm_note"]
+        + ".\n\n"
+        + markdown_table(
+            ["model", "LSTM params", "val perplexity"],
+            [[r["model"], f"{r['lstm_params']:,}", f"{r['val_perplexity']:.2f}"] for r in rows],
+        )
+    )
+    return rows
+
+
+PARTS = {
+    "speed": part_speed,
+    "ht": part_ht,
+    "tt_mnist": part_tt_mnist,
+    "conv": part_conv,
+    "lstm": part_lstm,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller runs (< 5 minutes)")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument("--device", default="cpu", help="device of the training parts")
+    args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    results: dict[str, Any] = {}
+    for part in args.parts.split(","):
+        t0 = time.perf_counter()
+        try:
+            results[part] = PARTS[part](args.quick)
+        except Exception as e:  # a broken part is reported, the others still run
+            traceback.print_exc()
+            results[part] = {"error": f"{type(e).__name__}: {e}"}
+            CHECKS.append(check(f"{part}: ran", 0, 1, "ok", False))
+            SECTIONS[part] = f"### {part}\n\nFailed: `{type(e).__name__}: {e}`"
+        print(f"[decompose] {part}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        _write(results, args)  # after every part, so that a run cut short keeps what it measured
+
+
+def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
+    rows = [{"part": p, **r} for p, rs in results.items() if isinstance(rs, list) for r in rs]
+    extra = {"quick": args.quick, "training_device": str(DEVICE), "parts": results, **EXTRA}
+    write_results("decompose", CHECKS, rows, extra)
+    passed = sum(c["passed"] for c in CHECKS)
+    md = [
+        f"## Tensor decompositions{' (quick run)' if args.quick else ''}\n",
+        f"Checks passed: {passed} of {len(CHECKS)}. Training parts ran on `{DEVICE}`; speeds "
+        "are CPU.\n",
+        markdown_table(
+            ["check", "value", "target", "unit", "passed"],
+            [
+                [
+                    c["name"],
+                    c["value"],
+                    c["target"],
+                    c["unit"],
+                    "yes" if c["passed"] else "**missed**",
+                ]
+                for c in CHECKS
+            ],
+        ),
+    ]
+    md += [SECTIONS[p] for p in results if p in SECTIONS]
+    update_benchmarks_md("decompose", "\n\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

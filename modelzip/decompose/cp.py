@@ -1,0 +1,177 @@
+"""CP-decomposed convolution of Lebedev et al. 2015, with TensorLy's CP-ALS."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from tensorly.decomposition import parafac
+from torch import nn
+
+from modelzip.decompose.factorized import tensorly_torch
+from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
+from modelzip.decompose.rank import check_rank
+from modelzip.module import register_layer
+
+
+def cp_conv_params(O: int, I: int, kh: int, kw: int, rank: int) -> int:
+    """Weights of a CP conv: ``R·(I + kh + kw + O)``."""
+    return rank * (I + kh + kw + O)
+
+
+def exact_rank(shape: tuple[int, ...]) -> int:
+    """A rank at which every tensor of this shape has an exact CP decomposition: the product of
+    all modes but the largest (one term per fiber along the largest mode)."""
+    return math.prod(shape) // max(shape)
+
+
+def exact_cp(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The exact CP factors of rank :func:`exact_rank`: the fibers along the largest mode, and
+    one-hot columns selecting each fiber's position in the other modes."""
+    big = max(range(tensor.dim()), key=lambda k: tensor.shape[k])
+    others = [k for k in range(tensor.dim()) if k != big]
+    fibers = tensor.permute(big, *others).reshape(tensor.shape[big], -1)
+    grids = torch.meshgrid(*(torch.arange(tensor.shape[k]) for k in others), indexing="ij")
+    factors: list[torch.Tensor] = [fibers]
+    for k, grid in zip(others, grids, strict=False):
+        onehot = torch.zeros(tensor.shape[k], fibers.shape[1], dtype=tensor.dtype)
+        onehot[grid.reshape(-1), torch.arange(fibers.shape[1])] = 1
+        factors.append(onehot.to(tensor.device))
+    order = [big, *others]
+    return [factors[order.index(k)] for k in range(tensor.dim())]
+
+
+def cp_rank(weight: torch.Tensor, config: Any, what: str = "Conv2d") -> int:
+    """The CP rank a config asks for: ``rank`` (capped at :func:`exact_rank`, where the exact
+    decomposition is built instead of running ALS) or ``rank_fraction`` (default 0.25) of the
+    kernel's parameters."""
+    O, I, kh, kw = weight.shape
+    rank = getattr(config, "rank", None)
+    if rank is not None:
+        return min(check_rank(rank, 10**12, what), exact_rank((O, I, kh, kw)))
+    fraction = getattr(config, "rank_fraction", None) or 0.25
+    return max(1, int(fraction * O * I * kh * kw // (I + kh + kw + O)))
+
+
+class _Rank:
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+
+@register_layer
+class CPConv2d(_ConvChain):
+    """CP conv of Lebedev et al., "Speeding-up convolutional neural networks using fine-tuned
+    CP-decomposition", ICLR 2015.
+
+    ``W[o, i, y, x] ≈ Σ_r A_out[o, r]·A_in[i, r]·A_y[y, r]·A_x[x, r]``, run as a ``1×1`` conv
+    ``I → R``, a depthwise ``kh×1`` conv, a depthwise ``1×kw`` conv (stride, padding and dilation
+    split between them) and a ``1×1`` conv ``R → O`` with the bias.
+
+    Parameter count: ``R·(I + kh + kw + O) [+ O]``.
+    """
+
+    parts = ("first", "vertical", "horizontal", "last")
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        rank: int,
+        stride: Any = 1,
+        padding: Any = 0,
+        dilation: Any = 1,
+        padding_mode: str = "zeros",
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self._set_conv(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
+        )
+        self.rank, self.bias_enabled = int(rank), bias
+        kh, kw = self.kernel_size
+        (sh, sw), (dh, dw), pad = self.stride, self.dilation, self.padding
+        vpad = pad if isinstance(pad, str) else (pad[0], 0)
+        hpad = pad if isinstance(pad, str) else (0, pad[1])
+        kwargs = {"device": device, "dtype": dtype}
+        self.first = nn.Conv2d(in_channels, rank, 1, bias=False, **kwargs)
+        self.vertical = nn.Conv2d(
+            rank,
+            rank,
+            (kh, 1),
+            (sh, 1),
+            vpad,
+            (dh, 1),
+            groups=rank,
+            bias=False,
+            padding_mode=padding_mode,
+            **kwargs,
+        )
+        self.horizontal = nn.Conv2d(
+            rank,
+            rank,
+            (1, kw),
+            (1, sw),
+            hpad,
+            (1, dw),
+            groups=rank,
+            bias=False,
+            padding_mode=padding_mode,
+            **kwargs,
+        )
+        self.last = nn.Conv2d(rank, out_channels, 1, bias=bias, **kwargs)
+
+    @classmethod
+    def from_dense(
+        cls, dense: nn.Conv2d, config: Any = None, *, rank: int | None = None
+    ) -> CPConv2d:
+        _check_conv(dense)
+        W = dense.weight
+        r = cp_rank(W, config if rank is None else _Rank(rank))
+        if r == exact_rank(tuple(W.shape)):
+            A_out, A_in, A_y, A_x = exact_cp(W.detach().double())
+        else:
+            n_iter = getattr(config, "n_iter_max", 100)
+            init = getattr(config, "init", "svd")
+            with tensorly_torch(), warnings.catch_warnings():
+                # TensorLy pads the SVD initialisation when R exceeds a mode, and says so.
+                warnings.simplefilter("ignore", UserWarning)
+                cp = parafac(
+                    W.detach().double(),
+                    rank=r,
+                    n_iter_max=n_iter,
+                    init=init,
+                    random_state=0,
+                    tol=1e-8,
+                )
+            weights, (A_out, A_in, A_y, A_x) = cp
+            A_out = A_out * weights  # CP-ALS may leave scales in a weight vector
+        layer = cls(**_conv_args(dense), rank=r, device=W.device, dtype=W.dtype)
+        with torch.no_grad():
+            layer.first.weight.copy_(A_in.T[:, :, None, None])
+            layer.vertical.weight.copy_(A_y.T[:, None, :, None])
+            layer.horizontal.weight.copy_(A_x.T[:, None, None, :])
+            layer.last.weight.copy_(A_out[:, :, None, None])
+            if dense.bias is not None:
+                layer.last.bias.copy_(dense.bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.horizontal(self.vertical(self.first(x))))
+
+    def to_dense(self) -> nn.Conv2d:
+        weight = torch.einsum(
+            "or,ri,ry,rx->oiyx",
+            self.last.weight[:, :, 0, 0],
+            self.first.weight[:, :, 0, 0],
+            self.vertical.weight[:, 0, :, 0],
+            self.horizontal.weight[:, 0, 0, :],
+        )
+        return self._dense_conv(weight, self.last.bias)
+
+    def spec(self) -> dict[str, Any]:
+        return {**self._conv_spec(), "rank": self.rank}

@@ -1,0 +1,149 @@
+"""TT embedding: the lookup table of ``nn.Embedding`` as a TT-matrix (TensorLy's TT-SVD)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from tensorly.decomposition import tensor_train_matrix
+from torch import nn
+
+from modelzip.decompose._ops import letters, matmul_workloads
+from modelzip.decompose.factorized import (
+    FactorizedLinear,
+    factorize,
+    modes_for,
+    tensorly_torch,
+    weight_tensor,
+)
+from modelzip.decompose.tt import tt_ranks
+from modelzip.errors import ModelError
+from modelzip.module import register_layer
+from modelzip.workload import Workload
+
+
+@register_layer
+class TTEmbedding(FactorizedLinear):
+    """TT embedding (Hrinchuk et al., "Tensorized embedding layers", 2020): the ``V × D`` table as
+    a TT-matrix with vocabulary modes ``v_k`` and embedding modes ``e_k``; a lookup multiplies
+    the ``d`` core slices picked by the digits of the token id, never forming the table.
+
+    Parameter count: ``Σ_k r_{k-1}·v_k·e_k·r_k``.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        vocab_modes: Any,
+        embedding_modes: Any,
+        ranks: Any,
+        padding_idx: int | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__()
+        self._init_linear(
+            embedding_dim, num_embeddings, embedding_modes, vocab_modes, False, device, dtype
+        )
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        self.ranks = tuple(int(r) for r in ranks)
+        self.tt_cores = nn.ParameterList(
+            nn.Parameter(
+                torch.zeros(self.ranks[k], v, e, self.ranks[k + 1], device=device, dtype=dtype)
+            )
+            for k, (v, e) in enumerate(zip(self.out_modes, self.in_modes, strict=False))
+        )
+
+    @classmethod
+    def from_dense(
+        cls, dense: nn.Embedding, config: Any = None, *, ranks: Any = None
+    ) -> TTEmbedding:
+        if dense.max_norm is not None or dense.sparse:
+            raise ModelError("TT embedding does not support max_norm or sparse gradients")
+        W = dense.weight  # V × D, read as an "out × in" matrix: rows are looked up
+        V, D = W.shape
+        d = getattr(config, "d", None) or 3
+        vocab = tuple(getattr(config, "out_modes", None) or factorize(V, d))
+        emb = tuple(getattr(config, "in_modes", None) or factorize(D, len(vocab)))
+        proxy = type("M", (), {"in_modes": emb, "out_modes": vocab, "d": len(vocab)})()
+        emb, vocab = modes_for(D, V, proxy)
+        sizes = [v * e for v, e in zip(vocab, emb, strict=False)]
+        if ranks is None:
+            ranks = tt_ranks(sizes, config, "Embedding", W.numel())
+        tensor = weight_tensor(W.double(), emb, vocab)
+        k = len(vocab)
+        tensor = tensor.reshape([s for pair in zip(vocab, emb, strict=False) for s in pair])
+        tensor = tensor.permute([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
+        with tensorly_torch():
+            cores = tensor_train_matrix(tensor, rank=list(ranks))
+        layer = cls(
+            V,
+            D,
+            vocab,
+            emb,
+            [c.shape[0] for c in cores] + [1],
+            dense.padding_idx,
+            W.device,
+            W.dtype,
+        )
+        with torch.no_grad():
+            for p, c in zip(layer.tt_cores, cores, strict=False):
+                p.copy_(c)
+        return layer
+
+    def factors(self) -> list[torch.Tensor]:
+        return list(self.tt_cores)
+
+    def factor_indices(self, n_idx: list[str], m_idx: list[str], skip: str) -> list[str]:
+        r_idx = letters(self.d + 1, skip)
+        return [r_idx[k] + m_idx[k] + n_idx[k] + r_idx[k + 1] for k in range(self.d)]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)
+        out: torch.Tensor | None = None
+        stride = math.prod(self.out_modes)
+        for core, v in zip(self.tt_cores, self.out_modes, strict=False):
+            stride //= v
+            part = core[:, (flat // stride) % v].permute(1, 0, 2, 3)  # n, r, e, r'
+            if out is None:
+                out = part[:, 0]  # n, e, r'
+            else:
+                n, _p, r = out.shape
+                out = torch.bmm(out, part.reshape(n, r, -1)).reshape(n, -1, part.shape[-1])
+        rows = out.reshape(len(flat), -1)[:, : self.embedding_dim]
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+    def to_dense(self) -> nn.Embedding:
+        W = self.weight()
+        dense = nn.Embedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            self.padding_idx,
+            device=W.device,
+            dtype=W.dtype,
+        )
+        with torch.no_grad():
+            dense.weight.copy_(W)
+        return dense
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "num_embeddings": self.num_embeddings,
+            "embedding_dim": self.embedding_dim,
+            "vocab_modes": list(self.out_modes),
+            "embedding_modes": list(self.in_modes),
+            "ranks": list(self.ranks),
+            "padding_idx": self.padding_idx,
+        }
+
+    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
+        n = inputs[0].numel()
+        steps, rows = [], n * self.in_modes[0]
+        for k in range(1, self.d):
+            steps.append((rows, self.ranks[k], self.in_modes[k] * self.ranks[k + 1]))
+            rows *= self.in_modes[k]
+        bits = self.tt_cores[0].element_size() * 8
+        return matmul_workloads(name, type(self).__name__, steps, self.param_count(), bits)
