@@ -1,0 +1,166 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean, 2015): a student learns the teacher's outputs.
+
+.. math::
+
+    L = \\alpha \\, T^2 \\, \\mathrm{KL}\\big(\\sigma(z_t / T) \\,\\|\\, \\sigma(z_s / T)\\big)
+        + (1 - \\alpha) \\, \\mathrm{CE}(z_s, y)
+
+The ``T^2`` keeps the soft term's gradients on the scale of the hard term's as ``T`` grows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from modelzip.data.dataset import Dataset
+from modelzip.errors import ConfigError, DataError, ModelError
+from modelzip.train import EpochRecord, TrainConfig, TrainResult, evaluate, lr_factor, random_shift
+
+__all__ = ["distill", "distillation_loss", "recalibrate_batchnorm"]
+
+
+def distillation_loss(
+    student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float, alpha: float
+) -> Tensor:
+    """Hinton's KD loss (module docstring); ``alpha=0`` is plain cross-entropy."""
+    t = temperature
+    soft = F.kl_div(
+        F.log_softmax(student_logits / t, dim=-1),
+        F.log_softmax(teacher_logits / t, dim=-1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * t * t * soft + (1.0 - alpha) * hard
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, images: Tensor, batch_size: int = 256, batches: int = 20
+) -> None:
+    """Re-estimate every BatchNorm's running mean and variance on ``images``, in place.
+
+    A replaced layer changes the activations its BatchNorm was calibrated for, so a compactified
+    CNN can be at chance level until the statistics are measured again (as AdaBN, Li et al.
+    2016, does across domains); weights are not touched. Uses ``batches`` batches at most.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    saved = [(m.momentum, m.training) for m in norms]
+    was_training = model.training
+    device = _device(model)
+    try:
+        model.train()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches seen
+        for i in range(min(batches, max(len(images) // batch_size, 1))):
+            model(images[i * batch_size : (i + 1) * batch_size].to(device))
+    finally:
+        for m, (momentum, _) in zip(norms, saved, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Dataset,
+    config: TrainConfig | None = None,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> TrainResult:
+    """Train ``student`` in place on ``data`` to match ``teacher`` (frozen, in eval mode).
+
+    Parameters
+    ----------
+    student, teacher : nn.Module
+        Classifiers with the same outputs; the teacher is only run, never changed.
+    data : Dataset
+        Image classification data; trains on the training part of ``data.split(val_size)``.
+    config : TrainConfig, optional
+        Optimizer, schedule, epochs, augmentation, as for :func:`modelzip.train.train`.
+    temperature : float
+        Softmax temperature ``T > 0`` of both models in the soft term.
+    alpha : float
+        Weight of the soft term in ``[0, 1]``.
+    """
+    config = config or TrainConfig()
+    if not temperature > 0:
+        raise ConfigError(f"distill: temperature={temperature!r} is out of range; allowed (0, inf)")
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"distill: alpha={alpha!r} is out of range; allowed [0, 1]")
+    if not isinstance(data, Dataset):
+        raise DataError(f"distill needs an image Dataset, got {type(data).__name__}")
+    val_size = config.val_size
+    if isinstance(val_size, int):
+        val_size = min(val_size, len(data.x_train) // 10)
+    (x, y), (xv, yv) = data.split(val_size, seed=0)
+    device = _device(student)
+    x, y = x.to(device), y.to(device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    else:
+        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    per_epoch = max(len(x) // config.batch_size, 1)
+    per_epoch = min(per_epoch, config.steps_per_epoch or per_epoch)
+    total, step = config.epochs * per_epoch, 0
+    gen = torch.Generator().manual_seed(config.seed)
+    teacher_was, student_was = teacher.training, student.training
+    teacher.eval()
+    history: list[EpochRecord] = []
+    start = time.perf_counter()
+    try:
+        for epoch in range(config.epochs):
+            student.train()
+            t0, loss_sum = time.perf_counter(), 0.0
+            order = torch.randperm(len(x), generator=gen)
+            for i in range(per_epoch):
+                idx = order[i * config.batch_size : (i + 1) * config.batch_size].to(device)
+                xb, yb = x[idx], y[idx]
+                if config.augment:
+                    xb = random_shift(xb, 2, gen)
+                with torch.no_grad():
+                    target = teacher(xb)
+                loss = distillation_loss(student(xb), target, yb, temperature, alpha)
+                lr = config.lr * lr_factor(config.schedule, step, total)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(params, config.grad_clip)
+                opt.step()
+                step += 1
+                loss_sum += float(loss.detach())
+            if not math.isfinite(loss_sum):
+                raise ModelError(f"distillation diverged in epoch {epoch + 1}; lower the lr")
+            val = evaluate(student, data, (xv, yv)) if len(xv) else {}
+            history.append(
+                EpochRecord(
+                    epoch=epoch + 1,
+                    train_loss=loss_sum / per_epoch,
+                    lr=lr,
+                    seconds=time.perf_counter() - t0,
+                    val_loss=val.get("loss"),
+                    val_accuracy=val.get("accuracy"),
+                )
+            )
+    finally:
+        teacher.train(teacher_was)
+        student.train(student_was)
+    return TrainResult(tuple(history), time.perf_counter() - start, step)
