@@ -59,8 +59,13 @@ def cpu_name() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """``{"cpu", "threads", "cores", "python", "torch"}`` of this machine and process."""
+    """``{"cpu", "threads", "cores", "load_average", "python", "torch"}`` of this machine.
+
+    ``load_average`` (1 minute, when called) tells whether other jobs shared the CPU: wall-clock
+    times measured on a loaded machine are longer than on an idle one.
+    """
     info: dict[str, Any] = {"cpu": cpu_name(), "threads": None, "cores": os.cpu_count()}
+    info["load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     info["python"] = platform.python_version()
     try:
         import torch

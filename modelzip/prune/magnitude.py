@@ -18,9 +18,9 @@ from modelzip.registry import SkipLayer, register_method
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Boolean mask keeping the ``n - round(sparsity·n)`` largest-magnitude entries of ``weight``."""
+    """Boolean mask keeping the ``n - round(sparsity·n)`` largest-magnitude weights."""
     n = weight.numel()
-    n_pruned = int(round(sparsity * n))
+    n_pruned = round(sparsity * n)
     mask = torch.ones(n, dtype=torch.bool, device=weight.device)
     if n_pruned:
         # A stable sort makes the choice among equal magnitudes deterministic.

@@ -192,9 +192,8 @@ class MaskedConv2d(_Masked):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.conv_args
-        return F.conv2d(
-            x, self.masked_weight(), self.bias, a["stride"], a["padding"], a["dilation"], a["groups"]
-        )
+        w = self.masked_weight()
+        return F.conv2d(x, w, self.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
 
     def to_dense(self) -> nn.Conv2d:
         dense = nn.Conv2d(**self.conv_args).to(device=self.weight.device, dtype=self.weight.dtype)

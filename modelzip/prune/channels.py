@@ -1,0 +1,230 @@
+"""Neuron (channel) pruning with real removal: the model becomes a smaller dense model.
+
+For each prunable group of coupled channels (:func:`modelzip.prune.dependency.channel_graph`),
+the ``round(sparsity · C)`` least important channels (:mod:`modelzip.prune.criteria`) are
+removed from every member: the producing filters, the BatchNorm entries, depthwise kernels, and
+the matching input channels (or, after a flatten, the ``H·W`` input features) of every consumer.
+
+:func:`mask_channels` zeroes the same channels instead (filters, biases, BN scales and shifts),
+which computes exactly what the removed model computes; it is the reference in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import torch
+from torch import nn
+
+from modelzip.config import MethodConfig, check_range
+from modelzip.context import Context
+from modelzip.errors import ModelError
+from modelzip.inspect import count_params, module_bytes
+from modelzip.prune.criteria import channel_scores
+from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph
+from modelzip.registry import register_method
+from modelzip.report import LayerChange
+
+
+def select_channels(
+    graph: ChannelGraph,
+    scores: dict[int, torch.Tensor],
+    sparsity: float,
+    groups: set[int] | None = None,
+    min_channels: int = 1,
+) -> dict[int, torch.Tensor]:
+    """``root -> kept channel indices`` (sorted): the ``C - round(sparsity·C)`` best per group."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity={sparsity!r} is out of range; allowed [0, 1)")
+    keep = {}
+    for root, channels in graph.groups.items():
+        if groups is not None and root not in groups:
+            continue
+        n_keep = max(min(min_channels, channels), channels - round(sparsity * channels))
+        order = torch.sort(scores[root].detach().float().cpu(), descending=True, stable=True)
+        keep[root] = torch.sort(order.indices[:n_keep]).values
+    return keep
+
+
+def _index(graph: ChannelGraph, segments: Segments, keep: dict[int, torch.Tensor]) -> torch.Tensor:
+    """Kept positions along a value's channel dimension (through concat and flatten)."""
+    parts, offset = [], 0
+    for space, channels, rep in segments:
+        root = graph.space_root.get(space, -1)
+        idx = keep[root] if root in keep else torch.arange(channels)
+        parts.append((idx[:, None] * rep + torch.arange(rep)).reshape(-1) + offset)
+        offset += channels * rep
+    return torch.cat(parts)
+
+
+def _slices(
+    graph: ChannelGraph, keep: dict[int, torch.Tensor]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """``module -> {"out"|"in"|"through": kept indices}`` for modules that lose channels."""
+    plan: dict[str, dict[str, torch.Tensor]] = {}
+    for m in graph.members:
+        idx = _index(graph, m.segments, keep)
+        total = sum(c * r for _, c, r in m.segments)
+        if len(idx) < total:
+            plan.setdefault(m.name, {})[m.role] = idx
+    return plan
+
+
+@torch.no_grad()
+def mask_channels(model: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> None:
+    """Zero the pruned channels in place (the reference :func:`remove_channels` must equal)."""
+    for name, roles in _slices(graph, keep).items():
+        mod = model.get_submodule(name)
+        for role, idx in roles.items():
+            if role == "in":
+                continue
+            drop = torch.ones(mod.weight.shape[0], dtype=torch.bool)
+            drop[idx] = False
+            drop = drop.to(mod.weight.device)
+            mod.weight[drop] = 0
+            if mod.bias is not None:
+                mod.bias[drop] = 0
+
+
+@torch.no_grad()
+def _slice_module(mod: nn.Module, roles: dict[str, torch.Tensor]) -> nn.Module:
+    device = mod.weight.device
+    out = roles.get("out", roles.get("through"))
+    inp = roles.get("in")
+    w = mod.weight
+    if out is not None:
+        w = w[out.to(device)]
+    if inp is not None:
+        w = w[:, inp.to(device)]
+    if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        new = type(mod)(len(out), mod.eps, mod.momentum, mod.affine, mod.track_running_stats)
+        if mod.track_running_stats:
+            new.running_mean.copy_(mod.running_mean[out.to(device)])
+            new.running_var.copy_(mod.running_var[out.to(device)])
+            new.num_batches_tracked.copy_(mod.num_batches_tracked)
+    elif isinstance(mod, nn.Conv2d):
+        depthwise = "through" in roles
+        groups = w.shape[0] if depthwise else mod.groups
+        new = nn.Conv2d(
+            w.shape[1] * groups,
+            w.shape[0],
+            mod.kernel_size,
+            mod.stride,
+            mod.padding,
+            mod.dilation,
+            groups,
+            mod.bias is not None,
+            mod.padding_mode,
+        )
+    else:
+        new = nn.Linear(w.shape[1], w.shape[0], mod.bias is not None)
+    new = new.to(device=device, dtype=mod.weight.dtype)
+    if getattr(new, "weight", None) is not None:
+        new.weight.copy_(w)
+    if getattr(mod, "bias", None) is not None:
+        new.bias.copy_(mod.bias[out.to(device)] if out is not None else mod.bias)
+    new.train(mod.training)
+    return new
+
+
+def remove_channels(
+    model: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor]
+) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """Replace every module that loses channels by a smaller dense one, in place.
+
+    Returns ``name -> (old, new)``.
+    """
+    changed = {}
+    for name, roles in _slices(graph, keep).items():
+        old = model.get_submodule(name)
+        new = _slice_module(old, roles)
+        model.set_submodule(name, new)
+        changed[name] = (old, new)
+    return changed
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelPruneConfig(MethodConfig):
+    """Remove output channels (filters, neurons) and everything coupled to them.
+
+    The model is traced with torch.fx; residual add groups, concatenations, flatten → linear and
+    depthwise convs are followed (see :mod:`modelzip.prune.dependency`). A group is pruned only
+    when all its producing layers are selected. Needs a sample input (``data`` or ``sample``).
+
+    Parameters
+    ----------
+    sparsity:
+        Fraction of each group's channels removed, in [0, 1); MACs of a conv between two pruned
+        groups fall to about ``(1 - sparsity)²``.
+    criterion:
+        ``l1``, ``l2`` (filter norm), ``bn`` (BatchNorm scale, network slimming), ``taylor``
+        (first-order Taylor from data) or ``random``.
+    min_channels:
+        Channels every group keeps at least.
+    taylor_batches:
+        Batches of 64 training images for the Taylor criterion.
+    """
+
+    method = "channel_prune"
+    sparsity: float = 0.5
+    criterion: Literal["l1", "l2", "bn", "taylor", "random"] = "l1"
+    min_channels: int = 1
+    taylor_batches: int = 4
+
+    def validate(self) -> None:
+        check_range(self, "sparsity", 0.0, 1.0, high_open=True)
+        check_range(self, "min_channels", 1)
+        check_range(self, "taylor_batches", 1)
+
+
+def plan_channels(
+    model: nn.Module, config: ChannelPruneConfig, sample: torch.Tensor, ctx: Context | None = None
+) -> tuple[ChannelGraph, dict[int, torch.Tensor]]:
+    """Trace, score and choose: the graph and ``root -> kept channels`` for ``config``."""
+    graph = channel_graph(model, sample)
+    selected = {n for n, _ in config.select.select(model, config.default_types)}
+    groups = {r for r, names in graph.producers.items() if all(n in selected for n in names)}
+    ctx = ctx or Context()
+    scores = channel_scores(
+        model,
+        graph,
+        config.criterion,
+        data=ctx.data,
+        generator=ctx.generator(),
+        batches=config.taylor_batches,
+    )
+    return graph, select_channels(graph, scores, config.sparsity, groups, config.min_channels)
+
+
+@register_method(
+    ChannelPruneConfig,
+    family="prune",
+    scope="model",
+    example=ChannelPruneConfig(sparsity=0.5),
+    noop=ChannelPruneConfig(sparsity=0.0),
+)
+def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) -> list[LayerChange]:
+    """Filter/neuron pruning with real removal of coupled channels (fx-traced)."""
+    if ctx.sample is None:
+        raise ModelError("channel_prune traces the model on a sample input: pass data or sample")
+    was_training = model.training
+    graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
+    model.train(was_training)
+    changes = []
+    for name, (old, new) in remove_channels(model, graph, keep).items():
+        note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"
+        changes.append(
+            LayerChange(
+                name=name,
+                method=config.method,
+                before=type(old).__name__,
+                after=type(new).__name__,
+                params_before=count_params(old),
+                params_after=count_params(new),
+                bytes_before=module_bytes(old),
+                bytes_after=module_bytes(new),
+                note=note,
+            )
+        )
+    return changes
