@@ -21,7 +21,6 @@ from modelzip.report import LayerChange, ModelStats, Report, SkippedLayer
 from modelzip.serialize import RECIPE_ATTR
 
 
-
 def check_finite(model: nn.Module) -> None:
     """Refuse a model with NaN or Inf in a parameter or floating buffer, naming it."""
     for name, t in [*model.named_parameters(), *model.named_buffers()]:
@@ -44,7 +43,7 @@ def model_stats(
     data: Any = None,
     measure: bool = True,
 ) -> ModelStats:
-    """Parameters, saved bytes, MACs (with a sample), latency (if ``measure``), accuracy (with data)."""
+    """Parameters, bytes, MACs (given a sample), latency (if ``measure``), accuracy (with data)."""
     stats = ModelStats(params=count_params(model), size_bytes=module_bytes(model))
     if sample is not None:
         workloads = collect_workloads(model, sample)

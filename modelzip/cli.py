@@ -271,7 +271,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     finetune = None
     if args.finetune_epochs:
         finetune = TrainConfig(
-            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine")
+            epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine"
+        )
     small, report = compress(
         model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not args.json
     )
@@ -393,8 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="cycles, energy and area on a modelled accelerator")
     p.add_argument("model", help=MODEL_HELP + ", or a SCALE-Sim topology .csv")
     p.add_argument("--weights", help="weights file")
-    p.add_argument("--accelerator", default="eyeriss",
-                   help="preset name (tpu, eyeriss, os, stripes, bitfusion ...) or a spec YAML")
+    p.add_argument(
+        "--accelerator",
+        default="eyeriss",
+        help="preset name (tpu, eyeriss, os, stripes, bitfusion ...) or a spec YAML",
+    )
     p.add_argument("--dataflow", choices=["os", "ws", "is", "rs"], help="default: the spec's")
     p.add_argument("--topology", help="a SCALE-Sim topology CSV instead of a model")
     p.add_argument("--scalesim-config", help="a SCALE-Sim .cfg file instead of --accelerator")

@@ -110,9 +110,10 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
         "# modelzip demo",
         "",
         "Trained baselines from the cache; each method with its registry example setting, "
-        f"{'no' if quick else '100 steps (batch 128) of'} fine-tuning. Latency ratio: baseline time over "
-        "compressed time, batch 64, median of repeated runs, measured in this run; the "
-        "compressed model is materialized (sparse, int8, binary kernels where faster).",
+        f"{'no' if quick else '100 steps (batch 128) of'} fine-tuning. "
+        "Latency ratio: baseline time over compressed time, batch 64, median of repeated "
+        "runs, measured in this run; the compressed model is materialized (sparse, int8, "
+        "binary kernels where faster).",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),

@@ -12,7 +12,7 @@ class ModelzipError(Exception):
 
 
 class ConfigError(ModelzipError, ValueError):
-    """A method config, recipe or spec is invalid; the message names field, value and allowed range."""
+    """An invalid config, recipe or spec; the message names field, value and allowed range."""
 
 
 class DataError(ModelzipError):

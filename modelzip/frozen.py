@@ -3,7 +3,7 @@
 Every config of modelzip (methods, selectors, training, accelerator specs) derives from
 :class:`ConfigBase`. A config is a frozen
 dataclass: it never changes after construction, and it is checked at construction, so an invalid
-value fails where it was written, with a message that names the field, the value and what is allowed.
+value fails where it was written, with a message naming the field, the value and what is allowed.
 
 Subclasses declare typed fields and, where a number has a range, call :func:`check_range` (or
 :func:`check_choice`) from ``validate``. The field types themselves (``int``, ``float``, ``bool``,
@@ -46,7 +46,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return value
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(f"{where}={value!r} is not allowed; choose one of {list(get_args(tp))}")
+            raise ConfigError(
+                f"{where}={value!r} is not allowed; choose one of {list(get_args(tp))}"
+            )
         return value
     if origin in (Union, types.UnionType):
         args = get_args(tp)
@@ -70,7 +72,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise ConfigError(f"{where}={value!r} must have {len(args)} entries")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(
+            _coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise bad
@@ -133,7 +137,8 @@ def check_choice(config: Any, name: str, allowed: tuple[Any, ...]) -> None:
     value = getattr(config, name)
     if value not in allowed:
         raise ConfigError(
-            f"{type(config).__name__}.{name}={value!r} is not allowed; choose one of {list(allowed)}"
+            f"{type(config).__name__}.{name}={value!r} is not allowed; "
+            f"choose one of {list(allowed)}"
         )
 
 

@@ -121,14 +121,29 @@ def dense_workload(
             n, c, h = x.shape
             _, k, p = out.shape
             w, q, (r,), s, (sh,), sw = 1, 1, module.kernel_size, 1, module.stride, 1
-        wl = Workload(op="conv", N=n, C=c // g, K=k // g, R=r, S=s, P=p, Q=q, H=h, W=w,
-                      stride_h=sh, stride_w=sw, groups=g, **common)
+        wl = Workload(
+            op="conv",
+            N=n,
+            C=c // g,
+            K=k // g,
+            R=r,
+            S=s,
+            P=p,
+            Q=q,
+            H=h,
+            W=w,
+            stride_h=sh,
+            stride_w=sw,
+            groups=g,
+            **common,
+        )
     elif isinstance(module, nn.Linear):
         rows = x.numel() // x.shape[-1] if x.dim() else 1
         wl = Workload(op="linear", N=rows, C=module.in_features, K=module.out_features, **common)
     elif isinstance(module, nn.Embedding):
-        wl = Workload(op="embedding", N=x.numel(), C=module.num_embeddings,
-                      K=module.embedding_dim, **common)
+        wl = Workload(
+            op="embedding", N=x.numel(), C=module.num_embeddings, K=module.embedding_dim, **common
+        )
     else:
         raise TypeError(f"no workload rule for {type(module).__name__}")
     if weight_bytes is None:
@@ -141,7 +156,7 @@ def _nbytes(t: Any) -> int:
 
 
 def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) -> list[Workload]:
-    """One workload per layer of an ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` call (directions as groups)."""
+    """One workload per layer of an ``nn.LSTM``/``GRU``/``RNN`` call (directions as groups)."""
     x = inputs[0]
     if isinstance(x, nn.utils.rnn.PackedSequence):
         batch, steps = int(x.batch_sizes[0]), len(x.batch_sizes)
@@ -157,13 +172,16 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
     for layer in range(module.num_layers):
         in_size = module.input_size if layer == 0 else out_hidden * dirs
         params = sum(
-            p.numel() for n, p in module.named_parameters() if n.endswith(f"_l{layer}")
-            or n.endswith(f"_l{layer}_reverse")
+            p.numel()
+            for n, p in module.named_parameters()
+            if n.endswith(f"_l{layer}") or n.endswith(f"_l{layer}_reverse")
         )
         c = in_size + out_hidden
         result.append(
             Workload(
-                name=(f"{name}.l{layer}" if name else f"l{layer}") if module.num_layers > 1 else name,
+                name=(f"{name}.l{layer}" if name else f"l{layer}")
+                if module.num_layers > 1
+                else name,
                 op="recurrent",
                 module_type=type(module).__name__,
                 N=batch,

@@ -144,7 +144,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ModelError(f"{path}: corrupt modelzip metadata ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        raise ModelError(
+            f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}"
+        )
     for key, kind in (("source", dict), ("layers", dict), ("torch_layers", dict), ("recipe", list)):
         if not isinstance(meta.get(key), kind):
             raise ModelError(f"{path}: metadata field {key!r} is missing or not a {kind.__name__}")
@@ -166,7 +168,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             model.set_submodule(name, layer)
             compressed[name] = layer
     except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ModelError(f"{path}: cannot rebuild layer structure ({type(e).__name__}: {e})") from None
+        raise ModelError(
+            f"{path}: cannot rebuild layer structure ({type(e).__name__}: {e})"
+        ) from None
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
     try:
@@ -175,7 +179,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             layer.load_packed_state(
                 {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             )
-        rest = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)}
+        rest = {
+            k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
+        }
         missing, unexpected = model.load_state_dict(rest, strict=False)
     except (RuntimeError, KeyError, ValueError) as e:
         raise ModelError(f"{path}: tensors do not fit the model ({e})") from None

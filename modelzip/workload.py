@@ -67,7 +67,7 @@ class Workload:
     @property
     def effective_macs(self) -> int:
         """MACs left when zero weights are skipped."""
-        return int(round(self.macs * (1.0 - self.weight_sparsity)))
+        return round(self.macs * (1.0 - self.weight_sparsity))
 
     @property
     def weight_count(self) -> int:

@@ -26,7 +26,7 @@ def test_nan_and_inf_weights_are_refused():
 
 
 def test_not_a_module_is_refused():
-    with pytest.raises(ModelError, match="nn.Module"):
+    with pytest.raises(ModelError, match=r"nn\.Module"):
         compress("lenet300", MagnitudePruneConfig())  # type: ignore[arg-type]
 
 
@@ -85,7 +85,7 @@ def test_zero_and_constant_weights_quantize_exactly():
 
 def test_report_with_data_has_accuracy_macs_and_latency(digits):
     m = create("lenet300", input_shape=[1, 8, 8])
-    small, report = compress(m, MagnitudePruneConfig(sparsity=0.5), digits)
+    _, report = compress(m, MagnitudePruneConfig(sparsity=0.5), digits)
     for stats in (report.before, report.after):
         assert 0.0 <= stats.accuracy <= 1.0
         assert stats.latency_ms > 0 and stats.latency_batch == 64
@@ -105,7 +105,7 @@ def test_shared_modules_stay_shared():
 
 def test_skipped_layers_are_reported():
     m = create("lenet300")
-    small, report = compress(m, [MagnitudePruneConfig(sparsity=0.5), Int8Config()], measure=False)
+    _, report = compress(m, [MagnitudePruneConfig(sparsity=0.5), Int8Config()], measure=False)
     assert {s.name for s in report.skipped} == {"fc1", "fc2", "fc3"}
     assert all("already compressed" in s.reason for s in report.skipped)
 

@@ -23,8 +23,22 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("cli") / "m.mzip"
-    assert main(["train", "lenet300", "--dataset", "digits", "--epochs", "10", "--out",
-                 str(path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "lenet300",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "10",
+                "--out",
+                str(path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     return str(path)
 
 
@@ -59,8 +73,20 @@ def test_train_eval_compress(capsys, trained, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
     out_file = tmp_path / "c.mzip"
-    code, out, _ = run(capsys, "compress", trained, "--recipe", str(recipe), "--dataset",
-                       "digits", "--finetune-epochs", "1", "--out", str(out_file), "--json")
+    code, out, _ = run(
+        capsys,
+        "compress",
+        trained,
+        "--recipe",
+        str(recipe),
+        "--dataset",
+        "digits",
+        "--finetune-epochs",
+        "1",
+        "--out",
+        str(out_file),
+        "--json",
+    )
     assert code == 0
     report = json.loads(out)
     for part in ("before", "after"):
@@ -70,8 +96,9 @@ def test_train_eval_compress(capsys, trained, tmp_path):
     assert [c["name"] for c in report["layers"]] == ["fc1", "fc2"]
     assert report["file_bytes"] == out_file.stat().st_size
 
-    code, out, _ = run(capsys, "eval", str(out_file), "--dataset", "digits", "--json",
-                       "--no-latency")
+    code, out, _ = run(
+        capsys, "eval", str(out_file), "--dataset", "digits", "--json", "--no-latency"
+    )
     assert code == 0
     assert json.loads(out)["accuracy"] == pytest.approx(report["after"]["accuracy"])
 
@@ -106,10 +133,13 @@ def test_estimate_model_and_scalesim_topology(capsys, tmp_path):
 def test_user_npz_dataset(capsys, tmp_path, trained):
     rng = np.random.default_rng(0)
     path = tmp_path / "mine.npz"
-    np.savez(path, x_train=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 40), x_test=rng.integers(0, 255, (20, 8, 8),
-                                                                  dtype=np.uint8),
-             y_test=rng.integers(0, 10, 20))
+    np.savez(
+        path,
+        x_train=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
+        y_train=rng.integers(0, 10, 40),
+        x_test=rng.integers(0, 255, (20, 8, 8), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 20),
+    )
     code, out, _ = run(capsys, "eval", trained, "--dataset", str(path), "--json", "--no-latency")
     assert code == 0 and 0.0 <= json.loads(out)["accuracy"] <= 1.0
 
@@ -150,14 +180,31 @@ def test_bad_input_gives_clear_error(capsys, argv, words):
 def test_bad_recipe_gives_clear_error(capsys, tmp_path, trained, recipe, words):
     path = tmp_path / "r.yaml"
     path.write_text(recipe)
-    code, _, err = run(capsys, "compress", trained, "--recipe", str(path), "--dataset", "digits",
-                       "--out", str(tmp_path / "o.mzip"))
+    code, _, err = run(
+        capsys,
+        "compress",
+        trained,
+        "--recipe",
+        str(path),
+        "--dataset",
+        "digits",
+        "--out",
+        str(tmp_path / "o.mzip"),
+    )
     assert code == 2 and words in err and "Traceback" not in err
 
 
 def test_nan_weights_give_clear_error(capsys, tmp_path):
-    code, _, err = run(capsys, "eval", "lenet300", "--weights", _weights_with_nan(tmp_path),
-                       "--dataset", "mnist", "--no-latency")
+    code, _, err = run(
+        capsys,
+        "eval",
+        "lenet300",
+        "--weights",
+        _weights_with_nan(tmp_path),
+        "--dataset",
+        "mnist",
+        "--no-latency",
+    )
     assert code == 2 and "NaN" in err and "Traceback" not in err
 
 

@@ -57,7 +57,7 @@ def test_invalid_values_name_field_value_and_range(kwargs, words):
 
 
 def test_unknown_field_lists_known_ones():
-    with pytest.raises(ConfigError, match="no field 'sparsty'.*sparsity"):
+    with pytest.raises(ConfigError, match=r"no field 'sparsty'.*sparsity"):
         MagnitudePruneConfig.from_dict({"sparsty": 0.5})
 
 

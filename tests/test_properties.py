@@ -1,4 +1,4 @@
-"""Property-based tests (Hypothesis) of the foundation's two methods over random shapes and values."""
+"""Property-based tests (Hypothesis) of the foundation's methods over random shapes and values."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_magnitude_mask_exact_sparsity_and_keeps_largest(data, shape, sparsity):
     w = data.draw(_tensor(shape))
     mask = magnitude_mask(w, sparsity)
     n = w.numel()
-    assert int((~mask).sum()) == int(round(sparsity * n))
+    assert int((~mask).sum()) == round(sparsity * n)
     if mask.any() and (~mask).any():
         assert w[mask].abs().min() >= w[~mask].abs().max()
 

@@ -82,17 +82,42 @@ def test_safetensors_without_metadata(tmp_path):
     [
         ("not json", "corrupt"),
         (json.dumps({"format": "other"}), "unsupported format"),
-        (json.dumps({"format": "modelzip/1", "source": {}, "layers": {}, "torch_layers": {},
-                     "recipe": {}}),
-         "'recipe'"),
-        (json.dumps({"format": "modelzip/1", "source": {"kind": "zoo", "name": "lenet300",
-                                                         "kwargs": {}}, "recipe": [],
-                     "torch_layers": {}, "layers": {"fc1": {"class": "os.system", "spec": {}}}}),
-         "not a modelzip layer"),
-        (json.dumps({"format": "modelzip/1", "source": {"kind": "factory", "ref": "os:system",
-                                                         "kwargs": {}}, "recipe": [],
-                     "torch_layers": {}, "layers": {}}),
-         "standard library"),
+        (
+            json.dumps(
+                {
+                    "format": "modelzip/1",
+                    "source": {},
+                    "layers": {},
+                    "torch_layers": {},
+                    "recipe": {},
+                }
+            ),
+            "'recipe'",
+        ),
+        (
+            json.dumps(
+                {
+                    "format": "modelzip/1",
+                    "source": {"kind": "zoo", "name": "lenet300", "kwargs": {}},
+                    "recipe": [],
+                    "torch_layers": {},
+                    "layers": {"fc1": {"class": "os.system", "spec": {}}},
+                }
+            ),
+            "not a modelzip layer",
+        ),
+        (
+            json.dumps(
+                {
+                    "format": "modelzip/1",
+                    "source": {"kind": "factory", "ref": "os:system", "kwargs": {}},
+                    "recipe": [],
+                    "torch_layers": {},
+                    "layers": {},
+                }
+            ),
+            "standard library",
+        ),
     ],
 )
 def test_malformed_metadata(tmp_path, meta, words):
@@ -107,7 +132,7 @@ def test_tensors_that_do_not_fit(tmp_path):
     path = modelzip.save(m, tmp_path / "m.mzip")
     meta = modelzip.serialize.read_metadata(path)
     save_file({"fc1.weight": torch.zeros(3, 3)}, str(path), metadata={"modelzip": json.dumps(meta)})
-    with pytest.raises(ModelError, match="do not fit|missing"):
+    with pytest.raises(ModelError, match=r"do not fit|missing"):
         modelzip.load(path)
 
 
