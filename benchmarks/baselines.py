@@ -12,12 +12,20 @@ quick run checks that training works, not the published targets; it writes
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 from typing import Any
 
-from _common import check, markdown_table, peak_rss_mb, update_benchmarks_md, write_results
+from _common import (
+    RESULTS,
+    check,
+    markdown_table,
+    peak_rss_mb,
+    update_benchmarks_md,
+    write_results,
+)
 
 QUICK_EPOCHS, QUICK_TARGET = 3, 3.0  # LeNet-300-100 reaches about 2% error in 3 epochs
 
@@ -84,8 +92,22 @@ def section(rows: list[dict[str, Any]], machine: str) -> str:
             got, pub_s, target = f"val ppl {r['val_perplexity']:.2f}", "-", f"< {r['target']:g}"
         status = "yes" if r["passed"] else "**no**"
         seconds, epochs = f"{r['seconds']:.0f} s", f"{r['epochs']} epochs"
-        table.append([r["model"], f"{r['params']:,}", got, pub_s, target, status, seconds, epochs])
-    headers = ["model", "params", "ours", "published", "target", "met", "train time", "schedule"]
+        load = r.get("load_average")
+        load_s = "-" if load is None else f"{load:.1f}"
+        table.append(
+            [r["model"], f"{r['params']:,}", got, pub_s, target, status, seconds, load_s, epochs]
+        )
+    headers = [
+        "model",
+        "params",
+        "ours",
+        "published",
+        "target",
+        "met",
+        "train time",
+        "load",
+        "schedule",
+    ]
     return "\n".join(
         [
             "## Baselines: training the zoo from scratch",
@@ -93,11 +115,33 @@ def section(rows: list[dict[str, Any]], machine: str) -> str:
             f"`python benchmarks/baselines.py` on {machine}: each model trained once with "
             "`default_train_config(model)` (MNIST: 55k training images, 5k held out for "
             "validation; test error on the 10k test images). Published figures: "
-            "Han et al., NeurIPS 2015.",
+            "Han et al., NeurIPS 2015. *load* is the machine's 1-minute load average when the "
+            "model finished: on 2 cores, a load well above 2 means other jobs shared the CPU and "
+            "the training time is longer than on an idle machine.",
             "",
             markdown_table(headers, table),
         ]
     )
+
+
+def _merge_previous(
+    rows: list[dict[str, Any]], checks: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    previous = RESULTS / "baselines.json"
+    if not previous.is_file():
+        return rows, checks
+    old = json.loads(previous.read_text())
+    fresh = {r["model"] for r in rows}
+    kept = [
+        (r, c) for r, c in zip(old["rows"], old["checks"], strict=True) if r["model"] not in fresh
+    ]
+    new = dict(zip([r["model"] for r in rows], zip(rows, checks, strict=True), strict=True))
+    order = [r["model"] for r in old["rows"]] + [
+        m for m in new if m not in {r["model"] for r in old["rows"]}
+    ]
+    merged = {r["model"]: (r, c) for r, c in kept} | new
+    pairs = [merged[m] for m in order if m in merged]
+    return [r for r, _ in pairs], [c for _, c in pairs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}", flush=True)
         row, result = run_model(name, args.quick, progress=not args.no_progress)
         row["passed"] = result["passed"]
+        row["load_average"] = round(os.getloadavg()[0], 2)
         rows.append(row)
         checks.append(result)
         mark = "PASS" if result["passed"] else "FAIL"
@@ -140,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
+    if not args.quick and args.models:
+        # A partial rerun replaces its models' rows and keeps the others from the last full run.
+        rows, checks = _merge_previous(rows, checks)
     path = write_results("baselines-quick" if args.quick else "baselines", checks, rows, extra)
     print(f"wrote {path}")
     if not args.quick:

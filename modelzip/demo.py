@@ -47,7 +47,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
     from modelzip.baselines import pretrained
     from modelzip.data import load_dataset
     from modelzip.kernels import materialize
-    from modelzip.train import TrainConfig, default_train_config
+    from modelzip.measure import measure_latency
+    from modelzip.train import TrainConfig, default_train_config, evaluate
 
     console = Console()
     start = time.perf_counter()
@@ -95,8 +96,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
         # measured on its materialized form, which is what would be deployed.
         stats = model_stats(small.eval(), data.x_test[:64], measure=False)
         fast, _ = materialize(small, data.x_test[:64])
-        run = model_stats(fast, data.x_test[:64], data=data)
-        stats.accuracy, stats.latency_ms = run.accuracy, run.latency_ms
+        stats.accuracy = evaluate(fast, data)["accuracy"]
+        stats.latency_ms = measure_latency(fast, data.x_test[:64])
         rows.append(_row(name, model_name, stats, base))
 
     table = Table(title="modelzip demo: MNIST", title_justify="left")

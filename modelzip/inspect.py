@@ -93,7 +93,15 @@ def dense_workload(
     sparsity: float | None = None,
     weight_bytes: int | None = None,
 ) -> Workload:
-    """The workload of one call of a plain torch compute layer, from its real tensors."""
+    """The workload of one call of a plain torch compute layer, from its real tensors.
+
+    A compressed layer found inside another (a decomposed layer's factor that ``materialize``
+    turned into a binary or sparse kernel) describes itself through its ``workloads``.
+    """
+    if isinstance(module, CompressedModule):
+        own = module.workloads(name, inputs, output)
+        if len(own) == 1:
+            return own[0] if params is None else dataclasses.replace(own[0], params=params)
     x = inputs[0] if inputs else None
     out = output[0] if isinstance(output, tuple) else output
     act_bits = _bits(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else 32

@@ -90,3 +90,19 @@ def test_compressed_root_module_is_counted_once():
     layer = MaskedLinear.from_dense(nn.Linear(6, 4))
     ws = collect_workloads(layer, torch.rand(3, 6))
     assert len(ws) == 1 and ws[0].macs == 3 * 6 * 4
+
+
+def test_compressed_child_inside_a_compressed_layer_describes_itself():
+    # materialize() may turn a factor of a compact layer into a kernel layer of its own.
+    import modelzip
+    from modelzip.prune import MaskedConv2d
+
+    m = create("lenet5").eval()
+    x = torch.rand(2, 1, 28, 28)
+    recipe = modelzip.Recipe.from_list([{"method": "bottleneck_conv"}])
+    small, _ = modelzip.compress(m, recipe, sample=x, measure=False)
+    before = sum(w.macs for w in collect_workloads(small, x))
+    layer = small.conv2
+    name, child = next((n, c) for n, c in layer.named_modules() if isinstance(c, nn.Conv2d))
+    layer.set_submodule(name, MaskedConv2d.from_dense(child))
+    assert sum(w.macs for w in collect_workloads(small, x)) == before
