@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -93,6 +94,10 @@ def register_method(
     return decorator
 
 
+#: Families that could not be imported, with the missing package's name.
+_UNAVAILABLE: dict[str, str] = {}
+
+
 def _load_builtins() -> None:
     global _loaded
     if _loaded:
@@ -102,8 +107,19 @@ def _load_builtins() -> None:
         try:
             importlib.import_module(family)
         except ModuleNotFoundError as e:
-            if e.name != family:  # a family exists but one of its imports is missing
-                raise
+            if e.name == family:
+                continue  # a family not written yet
+            if e.name and not e.name.startswith("modelzip"):
+                # One family's missing third-party package must not take every other family's
+                # methods down with it; its methods report the package when asked for.
+                _UNAVAILABLE[family] = e.name
+                warnings.warn(
+                    f"{family} is unavailable: package {e.name!r} is missing "
+                    f"(pip install {e.name})",
+                    stacklevel=2,
+                )
+                continue
+            raise
 
 
 def list_methods() -> list[str]:
@@ -116,7 +132,11 @@ def get_method(name: str) -> MethodSpec:
     """The :class:`MethodSpec` registered under ``name``."""
     _load_builtins()
     if name not in _METHODS:
-        raise unknown_name("method", name, list(_METHODS))
+        err = unknown_name("method", name, list(_METHODS))
+        if _UNAVAILABLE:
+            missing = ", ".join(f"{f} (needs {p})" for f, p in _UNAVAILABLE.items())
+            err = type(err)(f"{err} Unavailable families: {missing}")
+        raise err
     return _METHODS[name]
 
 

@@ -125,3 +125,40 @@ def test_bad_recipe_files(tmp_path, text, words):
 def test_missing_recipe_file(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         Recipe.load(tmp_path / "missing.yaml")
+
+
+def test_a_family_with_a_missing_package_leaves_the_others(monkeypatch):
+    import builtins
+    import sys
+
+    from modelzip import registry
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "tensorly" or name.startswith("tensorly."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="tensorly")
+        return real_import(name, *args, **kwargs)
+
+    registry.list_methods()  # everything registered once, then decompose's methods forgotten
+    kept = {k: v for k, v in registry._METHODS.items() if v.family != "decompose"}
+    monkeypatch.setattr(registry, "_METHODS", kept)
+    monkeypatch.setattr(registry, "_BY_TYPE", {v.config_type: v for v in kept.values()})
+    saved = {k: v for k, v in sys.modules.items() if k.startswith("modelzip.decompose")}
+    for k in saved:
+        monkeypatch.delitem(sys.modules, k)
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_UNAVAILABLE", {})
+    from modelzip import module
+
+    monkeypatch.setattr(module, "_LAYERS", dict(module._LAYERS))  # half-imported layers vanish
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.warns(UserWarning, match="tensorly"):
+        names = registry.list_methods()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    for k, v in saved.items():
+        sys.modules[k] = v
+    assert "magnitude_prune" in names and "svd" not in names
+    with pytest.raises(Exception, match=r"decompose \(needs tensorly\)"):
+        registry.get_method("svd")
