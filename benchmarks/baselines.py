@@ -120,6 +120,16 @@ def section(rows: list[dict[str, Any]], machine: str) -> str:
             "the training time is longer than on an idle machine.",
             "",
             markdown_table(headers, table),
+            *(
+                [
+                    "",
+                    "A load of '-' was not recorded: those rows come from an earlier full run on "
+                    "this machine while other jobs shared it (load average about 8 to 12), so "
+                    "their times are several times an idle machine's.",
+                ]
+                if any(r.get("load_average") is None for r in rows)
+                else []
+            ),
         ]
     )
 
