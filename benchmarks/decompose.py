@@ -630,6 +630,9 @@ def _write(results: dict[str, Any], args: argparse.Namespace) -> None:
         ),
     ]
     md += [SECTIONS[p] for p in results if p in SECTIONS]
+    skipped = [p for p in PARTS if p not in results]
+    if skipped:
+        md.append(f"Not run in this invocation (no numbers): {', '.join(skipped)}.")
     update_benchmarks_md("decompose", "\n\n".join(md))
 
 
