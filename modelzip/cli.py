@@ -299,7 +299,7 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
-    for c in ("", "accuracy", "params", "bytes", "MACs", "latency ms"):
+    for c in ("", "accuracy", "params", "bytes", "MACs (nonzero)", "latency ms"):
         table.add_column(c, justify="right")
     for name, s in rows:
         table.add_row(
@@ -307,7 +307,7 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
             "-" if s.accuracy is None else f"{s.accuracy:.4f}",
             f"{s.params:,}",
             f"{s.size_bytes:,}",
-            "-" if s.macs is None else f"{s.macs:,}",
+            "-" if s.effective_macs is None else f"{s.effective_macs:,}",
             "-" if s.latency_ms is None else f"{s.latency_ms:.3f}",
         )
     _console().print(table)
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", required=True, help="recipe YAML: a list of {method: ..., ...}")
     p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
-    p.add_argument("--finetune-lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--json", action="store_true", help="print JSON")
