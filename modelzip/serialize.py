@@ -49,6 +49,7 @@ _TORCH_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine")),
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine")),
     "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim")),
+    "Identity": (nn.Identity, ()),  # a layer folded away (BN folding)
 }
 
 

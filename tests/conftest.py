@@ -13,8 +13,11 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
+import torch
 
 from modelzip.data import Dataset, TextCorpus, load_dataset
+from modelzip.models import create
+from modelzip.registry import get_method
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,39 @@ def shakespeare() -> TextCorpus:
     data = load_dataset("shakespeare")
     assert isinstance(data, TextCorpus)
     return data
+
+
+RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}
+
+
+def model_and_sample_for(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A small zoo model that method ``name``'s example applies to, and an input batch."""
+    torch.manual_seed(0)
+    spec = get_method(name)
+    types = set(spec.config_type.default_types)
+    if types & RECURRENT:
+        model = create("char_lstm", vocab_size=20, embed_dim=8, hidden_size=16, num_layers=2)
+        return model.eval(), torch.randint(0, 20, (2, 12))
+    if "BatchNorm2d" in types:  # methods about BN need a model that has it
+        model = _with_bn_statistics(create("vgg_small"))
+        return model.eval(), torch.rand(4, 1, 28, 28)
+    return create("lenet5").eval(), torch.rand(4, 1, 28, 28)
+
+
+def _with_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics, so that folding them is tested for real."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+                m.weight.uniform_(0.5, 1.5, generator=g)
+                m.bias.uniform_(-0.2, 0.2, generator=g)
+    return model
+
+
+@pytest.fixture
+def model_for_method():
+    """``model_and_sample_for``, for tests parametrized over the registered methods."""
+    return model_and_sample_for

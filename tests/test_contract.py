@@ -14,19 +14,7 @@ import torch
 
 import modelzip
 from modelzip.inspect import count_params, module_bytes
-from modelzip.models import create
 from modelzip.registry import get_method, list_methods
-
-RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}
-
-
-def _model_and_sample(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    torch.manual_seed(0)
-    spec = get_method(name)
-    if set(spec.config_type.default_types) & RECURRENT:
-        model = create("char_lstm", vocab_size=20, embed_dim=8, hidden_size=16, num_layers=2)
-        return model.eval(), torch.randint(0, 20, (2, 12))
-    return create("lenet5").eval(), torch.rand(4, 1, 28, 28)
 
 
 def _dense_form(layer: torch.nn.Module) -> torch.nn.Module:
@@ -38,8 +26,8 @@ def method(request) -> str:
     return request.param
 
 
-def test_example_changes_layers_and_counts_are_right(method):
-    model, x = _model_and_sample(method)
+def test_example_changes_layers_and_counts_are_right(method, model_for_method):
+    model, x = model_for_method(method)
     spec = get_method(method)
     small, report = modelzip.compress(model, spec.example, sample=x, measure=False)
     assert report.layers, f"{method}'s example changed no layer of its test model"
@@ -59,8 +47,8 @@ def test_example_changes_layers_and_counts_are_right(method):
     assert small(x).shape == model(x).shape
 
 
-def test_noop_leaves_outputs_unchanged(method):
-    model, x = _model_and_sample(method)
+def test_noop_leaves_outputs_unchanged(method, model_for_method):
+    model, x = model_for_method(method)
     spec = get_method(method)
     with torch.inference_mode():
         ref = model(x)
@@ -81,8 +69,8 @@ def test_noop_leaves_outputs_unchanged(method):
             torch.testing.assert_close(twice(x), once(x), rtol=1e-4, atol=1e-4)
 
 
-def test_input_model_not_mutated(method):
-    model, x = _model_and_sample(method)
+def test_input_model_not_mutated(method, model_for_method):
+    model, x = model_for_method(method)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     types = [type(m) for m in model.modules()]
     modelzip.compress(model, get_method(method).example, sample=x, measure=False)
@@ -93,8 +81,8 @@ def test_input_model_not_mutated(method):
         assert torch.equal(before[k], after[k]), k
 
 
-def test_inplace_changes_the_model(method):
-    model, x = _model_and_sample(method)
+def test_inplace_changes_the_model(method, model_for_method):
+    model, x = model_for_method(method)
     small, report = modelzip.compress(
         model, get_method(method).example, sample=x, measure=False, inplace=True
     )
@@ -102,8 +90,8 @@ def test_inplace_changes_the_model(method):
     assert type(model.get_submodule(report.layers[0].name)).__name__ == report.layers[0].after
 
 
-def test_save_load_bit_exact(method, tmp_path):
-    model, x = _model_and_sample(method)
+def test_save_load_bit_exact(method, model_for_method, tmp_path):
+    model, x = model_for_method(method)
     small, report = modelzip.compress(model, get_method(method).example, sample=x, measure=False)
     path = modelzip.save(small, tmp_path / "m.mzip")
     loaded = modelzip.load(path)
@@ -114,8 +102,8 @@ def test_save_load_bit_exact(method, tmp_path):
     assert path.stat().st_size - report.after.size_bytes < 64 * 1024
 
 
-def test_compressed_layers_equal_their_dense_form(method):
-    model, x = _model_and_sample(method)
+def test_compressed_layers_equal_their_dense_form(method, model_for_method):
+    model, x = model_for_method(method)
     small, report = modelzip.compress(model, get_method(method).example, sample=x, measure=False)
     for change in report.layers:
         layer = small.get_submodule(change.name)

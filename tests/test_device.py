@@ -16,20 +16,10 @@ from modelzip.registry import get_method, list_methods
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}
-
-
-def _model_and_sample(name: str):
-    torch.manual_seed(0)
-    if set(get_method(name).config_type.default_types) & RECURRENT:
-        model = create("char_lstm", vocab_size=20, embed_dim=8, hidden_size=16, num_layers=2)
-        return model.eval(), torch.randint(0, 20, (2, 12))
-    return create("lenet5").eval(), torch.rand(4, 1, 28, 28)
-
 
 @pytest.mark.parametrize("method", list_methods())
-def test_compress_on_cuda_stays_on_cuda(method, tmp_path):
-    model, x = _model_and_sample(method)
+def test_compress_on_cuda_stays_on_cuda(method, tmp_path, model_for_method):
+    model, x = model_for_method(method)
     example = get_method(method).example
     cpu_small, _ = modelzip.compress(model, example, sample=x, measure=False)
     gpu_model = model.to("cuda")

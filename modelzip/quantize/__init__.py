@@ -1,6 +1,7 @@
 """Data quantization: fewer bits for weights, activations and training signals (Section IV)."""
 
 from modelzip.quantize import fake as _fake
+from modelzip.quantize import fold as _fold
 from modelzip.quantize import inq as _inq
 from modelzip.quantize import weights as _weights
 from modelzip.quantize.bn import fold_bn, quantize_bn
@@ -18,7 +19,7 @@ from modelzip.quantize.weights import (
     TernaryConfig,
 )
 
-del _fake, _inq, _weights  # imported for their registrations
+del _fake, _fold, _inq, _weights  # imported for their registrations
 
 __all__ = [
     "BinaryConfig",

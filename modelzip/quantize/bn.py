@@ -10,6 +10,7 @@ At inference a BN layer is the per-channel affine map ``y = a·x + b`` with
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -54,15 +55,25 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Mo
     return new
 
 
-def fold_bn(model: nn.Module) -> list[tuple[str, str]]:
+def fold_bn(
+    model: nn.Module,
+    *,
+    sequential_only: bool = False,
+    accept: Callable[[str, nn.Module], bool] | None = None,
+) -> list[tuple[str, str]]:
     """Fold every BN that directly follows a ``Linear`` or ``Conv2d`` in a container, in place.
 
     The BN is replaced by ``nn.Identity`` so that module names stay stable. Returns the
     ``(layer, bn)`` name pairs folded. Only consecutive children of one parent are paired: that
     is how sequential models (and the zoo's) are written; a BN used elsewhere is left alone.
+    Definition order is the data flow only in ``nn.Sequential`` (``sequential_only`` keeps to
+    those); the ``fold_bn`` recipe step checks other containers on a sample batch. ``accept``
+    (full name, layer) chooses which layers may absorb their BN.
     """
     folded: list[tuple[str, str]] = []
     for parent_name, parent in model.named_modules():
+        if sequential_only and not isinstance(parent, nn.Sequential):
+            continue
         children = list(parent.named_children())
         for (name, layer), (bn_name, bn) in itertools.pairwise(children):
             if type(layer) not in (nn.Linear, nn.Conv2d) or not isinstance(bn, _BN):
@@ -71,9 +82,11 @@ def fold_bn(model: nn.Module) -> list[tuple[str, str]]:
                 bn.training and bn.track_running_stats is False
             ):
                 continue
+            prefix = f"{parent_name}." if parent_name else ""
+            if accept is not None and not accept(prefix + name, layer):
+                continue
             setattr(parent, name, fold_bn_into(layer, bn))
             setattr(parent, bn_name, nn.Identity())
-            prefix = f"{parent_name}." if parent_name else ""
             folded.append((prefix + name, prefix + bn_name))
     return folded
 

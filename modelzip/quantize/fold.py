@@ -1,0 +1,83 @@
+"""``fold_bn`` as a recipe step: BN layers folded into the conv or linear layer before them.
+
+Pairs are found by :func:`modelzip.quantize.bn.fold_bn` (consecutive children of one container).
+Definition order is the data flow only in ``nn.Sequential``; elsewhere (a pre-activation block
+defines ``conv`` then ``bn`` but applies ``bn`` first) a fold would be wrong, so the handler checks
+the model's outputs on the sample batch before and after, and undoes the fold if they differ.
+Without a sample it folds only inside ``nn.Sequential`` containers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from modelzip.config import MethodConfig
+from modelzip.context import Context
+from modelzip.errors import ModelError
+from modelzip.inspect import count_params, module_bytes
+from modelzip.quantize.bn import fold_bn
+from modelzip.registry import register_method
+from modelzip.report import LayerChange
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldBNConfig(MethodConfig):
+    """Fold inference-mode batch normalization into the preceding conv / linear layer."""
+
+    method = "fold_bn"
+    default_types = ("Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d")
+
+
+def _outputs(model: nn.Module, sample: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    with torch.inference_mode():
+        out = model(sample)
+    model.train(was)
+    return out
+
+
+@register_method(FoldBNConfig, family="quantize", scope="model")
+def fold_batchnorm(model: nn.Module, config: FoldBNConfig, ctx: Context) -> list[LayerChange]:
+    """Fold BatchNorm into the preceding conv/linear layer (checked on the sample batch)."""
+    before = dict(model.named_modules())
+    reference = _outputs(model, ctx.sample) if ctx.sample is not None else None
+    pairs = fold_bn(
+        model,
+        sequential_only=ctx.sample is None,
+        accept=lambda name, layer: config.select.matches(name, layer, config.default_types),
+    )
+    if reference is not None and pairs:
+        got = _outputs(model, ctx.sample)
+        scale = float(reference.abs().max().clamp_min(1e-12))
+        if not torch.allclose(got, reference, rtol=1e-4, atol=1e-5 * scale):
+            for layer, bn in pairs:  # the originals are untouched: put them back
+                model.set_submodule(layer, before[layer])
+                model.set_submodule(bn, before[bn])
+            raise ModelError(
+                "fold_bn changed the model's outputs: in "
+                f"{', '.join(b for _, b in pairs)} a BN does not directly follow the layer "
+                "defined before it; exclude those layers with select"
+            )
+    after = dict(model.named_modules())
+    changes = []
+    for layer, bn in pairs:
+        for name in (layer, bn):
+            old, new = before[name], after[name]
+            changes.append(
+                LayerChange(
+                    name=name,
+                    method=config.method,
+                    before=type(old).__name__,
+                    after=type(new).__name__,
+                    params_before=count_params(old),
+                    params_after=count_params(new),
+                    bytes_before=module_bytes(old),
+                    bytes_after=module_bytes(new),
+                    note=f"folded into {layer}" if name == bn else f"absorbed {bn}",
+                )
+            )
+    return changes
