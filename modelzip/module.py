@@ -53,6 +53,33 @@ def layer_class(key: str) -> type[CompressedModule]:
     return _LAYERS[key]
 
 
+def conv_args(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: Any,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+    bias: bool = True,
+) -> dict[str, Any]:
+    """``nn.Conv2d`` constructor arguments with pairs as tuples (a spec from JSON has lists)."""
+
+    def pair(v: Any) -> tuple[int, int]:
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    return {
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "kernel_size": pair(kernel_size),
+        "stride": pair(stride),
+        "padding": padding if isinstance(padding, str) else pair(padding),
+        "dilation": pair(dilation),
+        "groups": groups,
+        "bias": bias,
+    }
+
+
 class CompressedModule(nn.Module):
     """Base of modelzip's compressed layers. Subclasses implement the methods below."""
 

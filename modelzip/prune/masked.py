@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv_args, register_layer
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -154,17 +154,12 @@ class MaskedConv2d(_Masked):
     ) -> None:
         super().__init__()
         self.conv_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "kernel_size": tuple(kernel_size),
-            "stride": tuple(stride),
-            "padding": padding if isinstance(padding, str) else tuple(padding),
-            "dilation": tuple(dilation),
-            "groups": groups,
-            "bias": bias,
+            **conv_args(
+                in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+            ),
             "padding_mode": padding_mode,
         }
-        shape = (out_channels, in_channels // groups, *kernel_size)
+        shape = (out_channels, in_channels // groups, *self.conv_args["kernel_size"])
         self.weight = nn.Parameter(torch.zeros(shape))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self._init_mask()

@@ -25,7 +25,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv_args, register_layer
 from modelzip.registry import SkipLayer, register_method
 
 QMAX = 127
@@ -180,18 +180,11 @@ class Int8Conv2d(_Int8):
         per_channel: bool = True,
     ) -> None:
         super().__init__()
-        self.conv_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "kernel_size": tuple(kernel_size),
-            "stride": tuple(stride),
-            "padding": padding if isinstance(padding, str) else tuple(padding),
-            "dilation": tuple(dilation),
-            "groups": groups,
-            "bias": bias,
-        }
+        self.conv_args = conv_args(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
+        )
         self.per_channel = per_channel
-        shape = (out_channels, in_channels // groups, *kernel_size)
+        shape = (out_channels, in_channels // groups, *self.conv_args["kernel_size"])
         self._init_storage(shape, bias, per_channel)
 
     @classmethod
