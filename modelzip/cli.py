@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from modelzip.errors import ModelzipError
 
 STAT_KEYS = ("accuracy", "params", "size_bytes", "macs", "latency_ms")
+
+# Subcommands that live with their family: each module has ``register(sub)``, which adds its
+# parsers; heavy imports (onnx, ray, matplotlib) stay inside the command functions so that
+# ``modelzip --help`` stays fast.
+EXTENSIONS = (
+    "modelzip.joint.command",
+    "modelzip.reporting.command",
+    "modelzip.export.command",
+    "modelzip.sweep.command",
+)
 
 
 def _print_json(data: Any) -> None:
@@ -413,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="less fine-tuning, fewer timing repeats")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    for module_name in EXTENSIONS:
+        import_module(module_name).register(sub)
     return parser
 
 

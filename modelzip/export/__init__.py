@@ -1,0 +1,1 @@
+"""Export of compressed models to ONNX."""

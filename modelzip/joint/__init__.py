@@ -1,0 +1,1 @@
+"""Joint compression: Deep Compression, combined methods, sensitivity and automatic compression."""
