@@ -1,0 +1,116 @@
+"""Int8 layers as ONNX integer and QDQ ops, so that the exported file stays int8 and runs in int8.
+
+* Weights are int8 initializers read through ``DequantizeLinear`` (per output channel, axis 0):
+  the file holds one byte per weight, as the ``.mzip`` does.
+* ``activations="static"``: the input and output are ``QuantizeLinear``/``DequantizeLinear``
+  pairs with the calibrated uint8 scale and zero point. onnxruntime's QDQ transformer fuses each
+  ``DQ → Conv/Gemm → Q`` group into ``QLinearConv``/``QLinearMatMul``, i.e. int8 arithmetic.
+* ``activations="dynamic"`` (linear layers): ``DynamicQuantizeLinear`` quantizes the input per
+  batch, ``MatMulInteger`` multiplies uint8 by int8 into int32, and the product is rescaled by
+  ``input_scale · weight_scale`` — the integer scheme of Jacob et al., CVPR 2018.
+
+The ops are emitted by ``symbolic`` methods of autograd Functions (the TorchScript exporter's
+documented hook for custom ONNX ops); their ``forward`` computes the same thing in float so the
+traced shapes and the eager check agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_INT8 = 3  # onnx.TensorProto.INT8
+_FLOAT = 1  # onnx.TensorProto.FLOAT
+_INT32 = 6  # onnx.TensorProto.INT32
+
+
+class _DequantizeWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        view = (-1,) + (1,) * (codes.dim() - 1)
+        return codes.float() * scale.float().reshape(view)
+
+    @staticmethod
+    def symbolic(g: Any, codes: Any, scale: Any) -> Any:
+        zero = g.op("Constant", value_t=torch.zeros(_len(scale), dtype=torch.int8))
+        return g.op("DequantizeLinear", codes, scale, zero, axis_i=0)
+
+
+def _len(value: Any) -> int:
+    sizes = value.type().sizes()
+    return int(sizes[0]) if sizes else 1
+
+
+def dequantized_weight(layer: Any) -> torch.Tensor:
+    """``layer.codes`` through a per-axis ``DequantizeLinear`` (a per-tensor scale is widened)."""
+    scale = layer.scale.float()
+    if scale.numel() != layer.codes.shape[0]:
+        scale = scale.reshape(-1)[:1].expand(layer.codes.shape[0]).contiguous()
+    return _DequantizeWeight.apply(layer.codes, scale)
+
+
+class _DynamicInt8Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, codes_t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        # Float stand-in for tracing only (the exported graph is the symbolic below); reading the
+        # input's range here would put data-dependent constants into the traced graph.
+        return x @ (codes_t.float() * scale.float()) + bias
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, codes_t: Any, scale: Any, bias: Any) -> Any:
+        xq, x_scale, x_zero = g.op("DynamicQuantizeLinear", x, outputs=3)
+        acc = g.op("MatMulInteger", xq, codes_t, x_zero)
+        y = g.op("Mul", g.op("Cast", acc, to_i=_FLOAT), g.op("Mul", x_scale, scale))
+        return g.op("Add", y, bias)
+
+
+def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    # Exported by torch as QuantizeLinear + DequantizeLinear with a uint8 zero point.
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), 0, 255)
+
+
+class QDQLinear(nn.Module):
+    """Export form of :class:`~modelzip.quantize.int8.Int8Linear` (and its static variant)."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.layer = layer
+        self.activations = getattr(layer, "activations", "float")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if self.activations == "dynamic":
+            bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+            codes_t = layer.codes.t().contiguous()
+            return _DynamicInt8Linear.apply(x, codes_t, layer.scale, bias)
+        if self.activations == "static":
+            x = _fake_quant(x, layer.in_scale, layer.in_zero)
+        y = F.linear(x, dequantized_weight(layer), layer.bias)
+        if self.activations == "static":
+            y = _fake_quant(y, layer.out_scale, layer.out_zero)
+        return y
+
+
+class QDQConv2d(nn.Module):
+    """Export form of :class:`~modelzip.quantize.int8.Int8Conv2d` (and its static variant)."""
+
+    def __init__(self, layer: Any) -> None:
+        super().__init__()
+        self.layer = layer
+        self.static = getattr(layer, "activations", "float") == "static"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        a = layer.conv_args
+        if self.static:
+            x = _fake_quant(x, layer.in_scale, layer.in_zero)
+        w = dequantized_weight(layer)
+        y = F.conv2d(x, w, layer.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        if self.static:
+            y = _fake_quant(y, layer.out_scale, layer.out_zero)
+        return y
