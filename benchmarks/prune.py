@@ -214,7 +214,11 @@ TARGET_KEPT = {
 }
 
 
-def _han(model_name: str, quick: bool) -> tuple[dict, list[dict]]:
+def _han(
+    model_name: str, quick: bool, models: dict[str, torch.nn.Module] | None = None
+) -> tuple[dict, list[dict]]:
+    """Han et al. 2015 on ``model_name``; the pruned model is put in ``models`` when given
+    (benchmarks/joint.py continues Deep Compression from it)."""
     import modelzip
     from modelzip.data import load_dataset
     from modelzip.inspect import count_params
@@ -250,6 +254,8 @@ def _han(model_name: str, quick: bool) -> tuple[dict, list[dict]]:
         config,
         callback=lambda i, m: 100 * (1 - evaluate(m, data)["accuracy"]),
     )
+    if models is not None:
+        models[model_name] = model
     layers = masked_layers(model)
     kept = {n: 1 - m.sparsity() for n, m in layers.items()}
     ratio = count_params(base) / count_params(model)
