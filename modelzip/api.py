@@ -77,6 +77,27 @@ def _names_of(model: nn.Module) -> dict[int, list[str]]:
     return names
 
 
+#: Modules whose forward reads their layers' ``.weight`` tensors directly (torch's fused
+#: attention and transformer fast paths) instead of calling the layers; found by
+#: tests/reliability/test_wild_models.py, where replacing ``linear1`` broke the forward pass.
+WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _weight_reader(model: nn.Module, name: str) -> str | None:
+    """The type name of an ancestor of layer ``name`` that reads its weight directly, if any."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        parent = model.get_submodule(".".join(parts[:i]))
+        if isinstance(parent, WEIGHT_READERS):
+            return type(parent).__name__
+    return None
+
+
+def _keeps_dense_weight(new: nn.Module, old: nn.Module) -> bool:
+    weight = getattr(new, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.shape == old.weight.shape
+
+
 def _apply_layer_method(
     model: nn.Module, config: MethodConfig, handler: Any, ctx: Context
 ) -> tuple[list[LayerChange], list[SkippedLayer]]:
@@ -90,6 +111,14 @@ def _apply_layer_method(
             skipped.append(SkippedLayer(name, config.method, str(e)))
             continue
         if new is None or new is module:
+            continue
+        reader = _weight_reader(model, name)
+        if reader is not None and not _keeps_dense_weight(new, module):
+            reason = (
+                f"inside {reader}, whose forward reads the layer's weight tensor directly; "
+                f"a {type(new).__name__} has none"
+            )
+            skipped.append(SkippedLayer(name, config.method, reason))
             continue
         for alias in aliases.get(id(module), [name]):  # keep shared modules shared
             model.set_submodule(alias, new)

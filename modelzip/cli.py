@@ -166,8 +166,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modelzip.train import TrainConfig, default_train_config, train
 
     data = _dataset(args.dataset, args.model)
-    model = resolve_model(args.model, **zoo_kwargs(args.model, data))
-
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
     changes = {
         k: v
@@ -175,7 +173,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         if v is not None
     }
     config = config.replace(**changes)
-    result = train(model, data, config, progress=not (args.json or args.quiet))
+    # The initial weights come from the seed too: torch seeds each process randomly, so the same
+    # command would otherwise train a different model every time (and a resumed run could not
+    # be compared with an uninterrupted one).
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = resolve_model(args.model, **zoo_kwargs(args.model, data))
+    result = train(
+        model, data, config, progress=not (args.json or args.quiet),
+        checkpoint_dir=args.checkpoint_dir,
+    )  # fmt: skip
     save(model, args.out)
     stats = model_stats(model, data=data, measure=False)
     out = {**_stats_json(stats), "out": str(args.out), "seconds": result.seconds}
@@ -190,7 +199,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from modelzip.api import _sample_from, model_device, model_stats
 
     data = _dataset(args.dataset, args.model)
-    model = load_model(args.model, args.weights, args.dataset, progress=not args.json, data=data)
+    quiet = args.json or args.quiet
+    model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     sample = _sample_from(data, model_device(model))
     stats = model_stats(model, sample, data=data, measure=not args.no_latency)
     if args.json:
@@ -278,16 +288,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     recipe = Recipe.load(args.recipe)
     data = _dataset(args.dataset, args.model)
-    model = load_model(args.model, args.weights, args.dataset, progress=not args.json, data=data)
+    quiet = args.json or args.quiet
+    model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     finetune = None
     if args.finetune_epochs:
         finetune = TrainConfig(
             epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine"
         )
     small, report = compress(
-        model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not args.json
+        model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not quiet
     )
     save(small, args.out)
+    if args.run_dir:
+        _write_run_dir(Path(args.run_dir), small, report)
     if args.json:
         _print_json(
             {
@@ -296,6 +309,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                 **{k: v for k, v in report.to_dict().items() if k not in ("before", "after")},
                 "out": str(args.out),
                 "file_bytes": Path(args.out).stat().st_size,
+                "run_dir": args.run_dir,
             }
         )
         return 0
@@ -304,6 +318,39 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(f"skipped {s.name} ({s.method}): {s.reason}")
     print(f"saved {args.out} ({Path(args.out).stat().st_size:,} bytes)")
     return 0
+
+
+def _write_run_dir(run_dir: Path, model, report) -> None:
+    """``report.json``, ``model.mzip`` and ``estimate.json`` (Eyeriss) for ``modelzip report``."""
+    from modelzip.hardware import estimate
+    from modelzip.inspect import collect_workloads
+    from modelzip.io import write_json
+    from modelzip.serialize import save
+
+    write_json(run_dir / "report.json", report.to_dict())
+    save(model, run_dir / "model.mzip")
+    sample = _sample_from_source(model)
+    if sample is not None:
+        workloads = collect_workloads(model, sample)
+        write_json(run_dir / "estimate.json", estimate(workloads, "eyeriss").to_dict())
+
+
+def _sample_from_source(model):
+    """One input of a zoo model's shape (None outside the zoo: the estimate is skipped)."""
+    import torch
+
+    from modelzip.api import model_device
+    from modelzip.models import list_models, model_info
+
+    source = getattr(model, "_modelzip_source", None) or {}
+    name = source.get("name") if source.get("kind") == "zoo" else None
+    if name not in list_models():
+        return None
+    shape = model_info(name).input_shape
+    device = model_device(model)
+    if len(shape) == 1:
+        return torch.zeros((1, *shape), dtype=torch.long, device=device)
+    return torch.rand((1, *shape), device=device)
 
 
 def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -369,6 +416,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--out", required=True, help="output file (.mzip)")
+    p.add_argument(
+        "--checkpoint-dir",
+        help="save training state there after every epoch; rerunning resumes from it",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -379,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="data set name or .npz file")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inspect", help="per-layer parameters, MACs and bytes")
@@ -399,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--run-dir", help="also write report.json, model.mzip, estimate.json here")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("estimate", help="cycles, energy and area on a modelled accelerator")
@@ -427,14 +481,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module_name in EXTENSIONS:
         import_module(module_name).register(sub)
+    _add_trust_flag(sub)
     return parser
+
+
+TRUST_HELP = (
+    "allow a package.module:factory model (named here or in a saved file) to import a module "
+    "outside the installed packages; that runs its code, so only for code you trust"
+)
+
+
+def _add_trust_flag(sub: argparse._SubParsersAction) -> None:
+    """``--trust-remote-code`` on every subcommand that takes a model (argparse lists a parser's
+    arguments only in ``_actions``)."""
+    for p in sub.choices.values():
+        dests = {a.dest for a in p._actions}
+        if "model" in dests and "trust_remote_code" not in dests:
+            p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from modelzip.models.registry import trusting_remote_code
+
     try:
-        return int(args.func(args) or 0)
+        with trusting_remote_code(getattr(args, "trust_remote_code", False)):
+            return int(args.func(args) or 0)
     except ModelzipError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -53,12 +53,52 @@ class MethodConfig(ConfigBase):
         return super().from_dict(data)
 
 
+#: Recipes and accelerator specs are a few kilobytes; a bigger file is refused unread.
+MAX_YAML_BYTES = 1 << 20
+#: Nesting deeper than this is no recipe or spec (and deep nesting exhausts Python's stack).
+MAX_YAML_DEPTH = 32
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no arbitrary objects) that also refuses aliases and deep nesting.
+
+    Aliases are refused because ``*a`` repeated inside anchored lists expands exponentially when
+    the data is walked (the "billion laughs" document); no recipe or spec needs them.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"YAML aliases (*name) are not supported (line {mark.line + 1})")
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"YAML nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file safely (no arbitrary objects), with a clear error on bad syntax."""
+    """Read a YAML file safely (no arbitrary objects, aliases, huge or deeply nested documents),
+    with a clear error on bad syntax."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such file: {path}")
     try:
-        return yaml.safe_load(path.read_text())
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path} is {size:,} bytes; YAML configs are limited to 1 MiB")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None

@@ -172,6 +172,12 @@ class ConfigBase:
         if not isinstance(data, Mapping):
             raise ConfigError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls) if f.init}
+        odd = [k for k in data if not isinstance(k, str)]
+        if odd:  # YAML reads unquoted on/off/yes/no/numbers as booleans and numbers (atheris)
+            raise ConfigError(
+                f"{cls.__name__} field names must be strings, got {odd[0]!r}; known fields: "
+                f"{sorted(known)}"
+            )
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(

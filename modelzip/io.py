@@ -53,6 +53,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def safe_join(root: str | Path, *parts: str) -> Path:
+    """``root / parts``, refusing a result outside ``root``.
+
+    For names read from files, recipes or grids that become paths under an output folder: an
+    absolute name, ``..`` or a symbolic link must not write elsewhere.
+    """
+    base = Path(root).resolve()
+    for part in parts:
+        if not isinstance(part, str) or not part or "\x00" in part:
+            raise ModelzipError(f"invalid file name {part!r} for a path under {root}")
+    path = base.joinpath(*parts).resolve()
+    if not path.is_relative_to(base):
+        raise ModelzipError(f"the path {'/'.join(parts)!r} escapes the output folder {root}")
+    return path
+
+
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Atomically write ``data`` to ``path``."""
     with atomic_path(path) as tmp:

@@ -62,12 +62,18 @@ class Select(ConfigBase):
         """The selected ``(name, module)`` pairs of ``model``, in definition order.
 
         A selected module's own children are not visited again: replacing a layer replaces its
-        whole subtree.
+        whole subtree. Nor are the children of a compressed layer (a decomposed layer's factor
+        convs, say): a later step meets the compressed layer itself and refuses it with a reason,
+        instead of replacing a factor under a parent that expects a plain layer there.
         """
-        taken: list[str] = []
+        from modelzip.module import CompressedModule
+
+        closed: list[str] = []
         for name, module in model.named_modules():
-            if not name or any(name.startswith(t + ".") for t in taken):
+            if not name or any(name.startswith(t + ".") for t in closed):
                 continue
             if self.matches(name, module, default_types):
-                taken.append(name)
+                closed.append(name)
                 yield name, module
+            elif isinstance(module, CompressedModule) and module.leaf:
+                closed.append(name)

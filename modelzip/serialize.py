@@ -12,12 +12,18 @@ and, in the safetensors header's metadata, one JSON document::
 Loading rebuilds the original model from its source, swaps in the recorded layers (only classes
 registered with :func:`modelzip.module.register_layer` and a short list of torch layers may be
 named), then loads the tensors. A model from outside the zoo is rebuilt from its
-``package.module:factory`` reference.
+``package.module:factory`` reference; a module outside the installed packages is imported only
+with ``trust_remote_code=True``.
+
+Files are untrusted input: the header length, the JSON's size and nesting, and the sizes the
+layer specs declare (checked on the ``meta`` device, which allocates nothing, against the file's
+size) are bounded before any memory is allocated for them.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,12 @@ from modelzip.module import CompressedModule, layer_class, layer_key
 
 FORMAT = "modelzip/1"
 RECIPE_ATTR = "_modelzip_recipe"
+#: A safetensors header (tensor table plus our JSON) larger than this is refused unread.
+MAX_HEADER_BYTES = 16 << 20
+#: The rebuilt model may hold at most this multiple of the file's size (plus a fixed allowance):
+#: bit-packed layers decode to more than they store, but not to gigabytes from a small file.
+MAX_EXPANSION = 64
+EXPANSION_ALLOWANCE = 256 << 20
 
 # Plain torch layers a file may resize (structured pruning makes smaller dense layers), with the
 # constructor arguments read back from the module.
@@ -71,10 +83,10 @@ def _top_compressed(model: nn.Module) -> dict[str, CompressedModule]:
     return found
 
 
-def _build_source(source: dict[str, Any]) -> nn.Module:
+def _build_source(source: dict[str, Any], trust_remote_code: bool = False) -> nn.Module:
     from modelzip.models import build_from_source
 
-    return build_from_source(source)
+    return build_from_source(source, trust_remote_code=trust_remote_code)
 
 
 def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = None) -> Path:
@@ -95,7 +107,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             "source={'kind': 'factory', 'ref': 'package.module:factory', 'kwargs': {...}}"
         )
     compressed = _top_compressed(model)
-    reference = _build_source(source)
+    # The record comes from the caller's own model (or argument), not from a file: trusted.
+    reference = _build_source(source, trust_remote_code=True)
     ref_modules = dict(reference.named_modules())
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, Any] = {}
@@ -128,11 +141,30 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     return path
 
 
+def _check_header(path: Path) -> None:
+    """Refuse a header length beyond the file or :data:`MAX_HEADER_BYTES` before reading it."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(head) < 8:
+        raise ModelError(f"{path} is not a modelzip file (only {size} bytes)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER_BYTES or 8 + n > size:
+        raise ModelError(
+            f"{path} is not a modelzip file: its header claims {n:,} bytes "
+            f"(file {size:,} bytes, limit {MAX_HEADER_BYTES:,})"
+        )
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON document of a modelzip file (no tensors are read)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"no such file: {path}")
+    _check_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get("modelzip")
@@ -142,38 +174,86 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"{path} is a safetensors file without modelzip metadata")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: corrupt modelzip metadata ({e})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ModelError(f"{path}: corrupt modelzip metadata ({type(e).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelError(
-            f"{path}: unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}"
-        )
+        fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{path}: unsupported format {str(fmt)[:80]!r}")
     for key, kind in (("source", dict), ("layers", dict), ("torch_layers", dict), ("recipe", list)):
         if not isinstance(meta.get(key), kind):
             raise ModelError(f"{path}: metadata field {key!r} is missing or not a {kind.__name__}")
+    for key in ("layers", "torch_layers"):
+        for name, entry in meta[key].items():
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("class"), str)
+                and isinstance(entry.get("spec"), dict)
+            ):
+                raise ModelError(f"{path}: {key}[{name[:80]!r}] needs a 'class' and a 'spec'")
     return meta
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save`; its outputs are bit-identical to the saved one's."""
-    path = Path(path)
-    meta = read_metadata(path)
-    model = _build_source(meta["source"])
+def _rebuild(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> tuple[nn.Module, dict]:
+    """The model structure the metadata describes, and its compressed layers by name."""
+    model = _build_source(meta["source"], trust_remote_code)
+    compressed: dict[str, CompressedModule] = {}
+    # Any exception here comes from a spec that does not describe a valid layer: report it as a
+    # bad file whatever torch or the layer class raised (a list of types would miss some).
     try:
         for name, entry in meta["torch_layers"].items():
+            if entry["class"] not in _TORCH_LAYERS:
+                raise KeyError(f"layer class {entry['class']!r} is not allowed")
             cls, _ = _TORCH_LAYERS[entry["class"]]
             model.set_submodule(name, cls(**entry["spec"]))
-        compressed: dict[str, CompressedModule] = {}
         for name, entry in meta["layers"].items():
             layer = layer_class(entry["class"]).from_spec(entry["spec"])
             model.set_submodule(name, layer)
             compressed[name] = layer
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
+    except ModelError:
+        raise
+    except Exception as e:
         raise ModelError(
-            f"{path}: cannot rebuild layer structure ({type(e).__name__}: {e})"
+            f"{path}: cannot rebuild layer structure ({type(e).__name__}: {str(e)[:200]})"
         ) from None
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    return model, compressed
+
+
+def _check_declared_size(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> None:
+    """Build the structure on the meta device (no memory) and bound what it would allocate."""
+    with torch.device("meta"):
+        model, _ = _rebuild(path, meta, trust_remote_code)
+    declared = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    limit = MAX_EXPANSION * path.stat().st_size + EXPANSION_ALLOWANCE
+    if declared > limit:
+        raise ModelError(
+            f"{path}: its layers declare {declared:,} bytes of tensors, more than a file of "
+            f"{path.stat().st_size:,} bytes can describe (limit {limit:,})"
+        )
+
+
+def load(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    trust_remote_code: bool = False,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save`; its outputs are bit-identical to the saved one's.
+
+    Parameters
+    ----------
+    trust_remote_code : bool
+        Allow the file's ``package.module:factory`` source to import a module that is neither
+        installed nor already imported (importing runs its code).
+    """
+    path = Path(path)
+    meta = read_metadata(path)
+    _check_declared_size(path, meta, trust_remote_code)
+    model, compressed = _rebuild(path, meta, trust_remote_code)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read tensors ({e})") from None
     try:
         for name, layer in compressed.items():
             prefix = name + "."
@@ -184,8 +264,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Modul
             k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
         }
         missing, unexpected = model.load_state_dict(rest, strict=False)
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise ModelError(f"{path}: tensors do not fit the model ({e})") from None
+    except ModelError:
+        raise
+    except Exception as e:  # a tensor of the wrong shape or dtype for its layer: a bad file
+        raise ModelError(
+            f"{path}: tensors do not fit the model ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
     missing = [k for k in missing if not any(k.startswith(p + ".") for p in compressed)]
     if missing or unexpected:
         raise ModelError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")

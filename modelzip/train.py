@@ -19,6 +19,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -29,6 +30,7 @@ from modelzip.data.dataset import Dataset
 from modelzip.data.text import TextCorpus, sequence_windows
 from modelzip.errors import DataError, ModelError, unknown_name
 from modelzip.frozen import ConfigBase, check_range
+from modelzip.train_checkpoint import load_training_state, save_training_state
 
 __all__ = [
     "Callback",
@@ -393,6 +395,8 @@ def train(
     progress: bool = True,
     callbacks: Sequence[Callback] = (),
     val: tuple[Tensor, Tensor] | Tensor | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` and return the per-epoch history.
 
@@ -412,6 +416,13 @@ def train(
         ``cb(model, step, epoch)`` after each optimizer step (see :data:`Callback`).
     val : (x, y) tensors or a token stream, optional
         Explicit validation data; the whole training set is then used for training.
+    checkpoint_dir : str or Path, optional
+        Save model, optimizer, step, history and RNG states there after every epoch, atomically
+        (:mod:`modelzip.train_checkpoint`; no pickle).
+    resume : bool
+        With ``checkpoint_dir``, continue from its last checkpoint: an interrupted run, rerun
+        with the same arguments, ends with the same weights as an uninterrupted one (on the
+        same device and thread count). The callbacks' own state is not saved.
     """
     config = config or TrainConfig()
     check_finite(model, "train")
@@ -441,7 +452,16 @@ def train(
             torch.set_num_threads(config.threads)
         with torch.random.fork_rng(devices=rng_devices), bar or contextlib.nullcontext():
             torch.manual_seed(config.seed)  # dropout and any other draw from the global RNG
-            for epoch in range(config.epochs):
+            first_epoch = 0
+            if checkpoint_dir is not None and resume:
+                state = load_training_state(
+                    Path(checkpoint_dir), model=model, optimizer=optimizer, generator=gen,
+                    config=config.to_dict(),
+                )  # fmt: skip
+                if state is not None:
+                    first_epoch, step = state.epoch, state.step
+                    history = [EpochRecord(**r) for r in state.history]
+            for epoch in range(first_epoch, config.epochs):
                 model.train()
                 t0, loss_sum = time.perf_counter(), torch.zeros((), device=device)
                 order = torch.randperm(n, generator=gen)
@@ -479,6 +499,12 @@ def train(
                     )
                 record = _epoch_record(model, epoch, train_loss, lr, t0, val_parts, config, fmt)
                 history.append(record)
+                if checkpoint_dir is not None:
+                    save_training_state(
+                        Path(checkpoint_dir), model=model, optimizer=optimizer, generator=gen,
+                        epoch=epoch + 1, step=step, config=config.to_dict(),
+                        history=[dataclasses.asdict(r) for r in history],
+                    )  # fmt: skip
                 if bar is not None:
                     bar.log(record)
     finally:

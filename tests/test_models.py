@@ -117,8 +117,24 @@ def test_factory_reference():
     assert model[1].out_features == 5
     source = model_source(model)
     assert source == {"kind": "factory", "ref": f"{__name__}:tiny_factory", "kwargs": {"width": 5}}
-    assert build_from_source(source)[1].out_features == 5
+    # A build record may come from a file: a factory function runs only with trust.
+    with pytest.raises(ModelError, match="not marked as a model factory"):
+        build_from_source(source)
+    assert build_from_source(source, trust_remote_code=True)[1].out_features == 5
     assert isinstance(resolve_model("lenet300"), nn.Module)
+
+
+class TinyNet(nn.Sequential):
+    def __init__(self, width: int = 3) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(4, width))
+
+
+def test_build_from_source_calls_module_classes_without_trust():
+    source = {"kind": "factory", "ref": f"{__name__}:TinyNet", "kwargs": {"width": 6}}
+    assert build_from_source(source)[1].out_features == 6
+    gadget = {"kind": "factory", "ref": "yaml:safe_dump", "kwargs": {"data": [1]}}
+    with pytest.raises(ModelError, match="not marked as a model factory"):
+        build_from_source(gadget)
 
 
 @pytest.mark.parametrize(

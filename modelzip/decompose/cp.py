@@ -55,6 +55,50 @@ def cp_rank(weight: torch.Tensor, config: Any, what: str = "Conv2d") -> int:
     return max(1, int(fraction * O * I * kh * kw // (I + kh + kw + O)))
 
 
+def _cp_als(tensor: torch.Tensor, rank: int, n_iter: int, init: str) -> list[torch.Tensor]:
+    """CP-ALS factors of ``rank`` columns.
+
+    ALS solves normal equations that are singular when the tensor's CP rank is below ``rank``
+    (a zero, constant or rank-one kernel; found by tests/reliability): the solve raises or
+    returns Inf/NaN. The rank is then lowered until ALS gives finite factors, which are padded
+    with zero columns; a zero tensor gets zero factors.
+    """
+    for r in range(rank, 0, -1):
+        try:
+            with tensorly_torch(), warnings.catch_warnings():
+                # TensorLy pads the SVD initialisation when R exceeds a mode, and says so.
+                warnings.simplefilter("ignore", UserWarning)
+                weights, factors = parafac(
+                    tensor, rank=r, n_iter_max=n_iter, init=init, random_state=0, tol=1e-8
+                )
+        except torch.linalg.LinAlgError:
+            continue
+        factors = [factors[0] * weights, *factors[1:]]  # CP-ALS may leave scales in weights
+        if not all(bool(torch.isfinite(f).all()) for f in factors):
+            continue  # a nearly singular solve gave Inf/NaN instead of raising (constant kernels)
+        return [_pad_columns(f, rank) for f in _balanced(factors)]
+    return [torch.zeros(n, rank, dtype=tensor.dtype, device=tensor.device) for n in tensor.shape]
+
+
+def _balanced(factors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same CP tensor with every component's norm split equally over its factors.
+
+    ALS leaves the scale of each component spread arbitrarily: on a constant kernel one factor
+    held 3e19 and another 5e-35 (tests/reliability), and the separable convolution's float32
+    intermediate activations overflowed although the product was fine.
+    """
+    norms = torch.stack([f.norm(dim=0) for f in factors])  # (modes, rank)
+    target = norms.prod(dim=0) ** (1.0 / len(factors))
+    scale = torch.where(norms > 0, target / torch.where(norms > 0, norms, 1), 0)
+    return [f * scale[k] for k, f in enumerate(factors)]
+
+
+def _pad_columns(factor: torch.Tensor, rank: int) -> torch.Tensor:
+    """``factor`` with zero columns appended up to ``rank``."""
+    extra = rank - factor.shape[1]
+    return torch.cat([factor, factor.new_zeros(factor.shape[0], extra)], dim=1)
+
+
 class _Rank:
     def __init__(self, rank: int) -> None:
         self.rank = rank
@@ -137,19 +181,7 @@ class CPConv2d(_ConvChain):
         else:
             n_iter = getattr(config, "n_iter_max", 100)
             init = getattr(config, "init", "svd")
-            with tensorly_torch(), warnings.catch_warnings():
-                # TensorLy pads the SVD initialisation when R exceeds a mode, and says so.
-                warnings.simplefilter("ignore", UserWarning)
-                cp = parafac(
-                    W.detach().double(),
-                    rank=r,
-                    n_iter_max=n_iter,
-                    init=init,
-                    random_state=0,
-                    tol=1e-8,
-                )
-            weights, (A_out, A_in, A_y, A_x) = cp
-            A_out = A_out * weights  # CP-ALS may leave scales in a weight vector
+            A_out, A_in, A_y, A_x = _cp_als(W.detach().double(), r, n_iter, init)
         layer = cls(**_conv_args(dense), rank=r, device=W.device, dtype=W.dtype)
         with torch.no_grad():
             layer.first.weight.copy_(A_in.T[:, :, None, None])

@@ -106,6 +106,8 @@ class FactorizedLinear(CompressedModule):
     indices, given the letters of the input and output modes).
     """
 
+    stands_for = "Linear"
+
     def _init_linear(
         self,
         in_features: int,

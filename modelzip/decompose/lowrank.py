@@ -52,6 +52,8 @@ class LowRankLinear(CompressedModule):
     Parameter count: ``r·(m + n) [+ r] [+ m]``; MACs per row ``r·(m + n)`` against ``m·n``.
     """
 
+    stands_for = "Linear"
+
     def __init__(
         self,
         in_features: int,
@@ -162,6 +164,8 @@ def _check_conv(conv: nn.Conv2d) -> None:
 
 class _ConvChain(CompressedModule):
     """A conv layer replaced by a chain of small convs held as submodules."""
+
+    stands_for = "Conv2d"
 
     parts: tuple[str, ...] = ()
 

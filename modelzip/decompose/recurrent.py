@@ -62,6 +62,8 @@ class DecomposedRNN(CompressedModule):
         if mode not in GATES:
             raise ModelError(f"recurrent mode {mode!r} is not allowed; choose one of {list(GATES)}")
         self.mode, self.input_size, self.hidden_size = mode, input_size, hidden_size
+        # Per instance: a later recipe step selecting LSTM (or GRU, RNN) meets this layer.
+        self.stands_for = mode if mode in ("LSTM", "GRU") else "RNN"  # type: ignore[misc]
         self.num_layers, self.bias, self.batch_first = num_layers, bias, batch_first
         self.dropout, self.bidirectional = float(dropout), bidirectional
         self.directions = 2 if bidirectional else 1

@@ -32,6 +32,8 @@ class TTEmbedding(FactorizedLinear):
     Parameter count: ``Σ_k r_{k-1}·v_k·e_k·r_k``.
     """
 
+    stands_for = "Embedding"
+
     def __init__(
         self,
         num_embeddings: int,

@@ -5,18 +5,30 @@ Every model that :func:`create` or :func:`resolve_model` returns carries
 ``{"kind": "factory", "ref": "package.module:factory", "kwargs"}``). A saved model stores this
 record next to its weights, and :func:`build_from_source` rebuilds the architecture from it, so
 loading a model never needs pickle.
+
+A ``package.module:factory`` reference runs code. Importing a module that is neither already
+imported nor part of an installed package (a ``.py`` file in the working directory or on
+``PYTHONPATH``, which a downloaded file could sit next to) needs the opt-in
+``trust_remote_code=True`` (``--trust-remote-code`` on the command line), like Hugging Face's
+option of that name; the standard library is refused always.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import inspect
 import json
+import site
 import sys
-from collections.abc import Callable
-from typing import Any
+import sysconfig
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -123,7 +135,66 @@ def create(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def _import_factory(ref: str) -> Callable[..., Any]:
+# The command line's --trust-remote-code, scoped to one command (see trusting_remote_code).
+_TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "modelzip_trust_remote_code", default=False
+)
+
+
+@contextlib.contextmanager
+def trusting_remote_code(trust: bool = True) -> Iterator[None]:
+    """Within the block, model references may import modules outside the installed packages."""
+    token = _TRUST_REMOTE_CODE.set(trust)
+    try:
+        yield
+    finally:
+        _TRUST_REMOTE_CODE.reset(token)
+
+
+def _install_roots() -> list[Path]:
+    paths = sysconfig.get_paths()
+    roots = {paths["purelib"], paths["platlib"], *site.getsitepackages()}
+    with contextlib.suppress(AttributeError):  # virtualenvs without user site-packages
+        roots.add(site.getusersitepackages())
+    return [Path(r).resolve() for r in roots if r]
+
+
+def is_installed_module(module_name: str) -> bool:
+    """Whether importing ``module_name`` runs only installed code: it is already imported, part
+    of modelzip, its top-level package lies in site-packages (located with
+    ``importlib.util.find_spec``, which runs no code) or does not exist at all."""
+    top = module_name.split(".")[0]
+    if module_name in sys.modules or top == "modelzip":
+        return True
+    if top in sys.modules:
+        where = getattr(sys.modules[top], "__file__", None)
+    else:
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            return False
+        if spec is None:
+            return True  # nothing to import: the import fails with its own clear message
+        where = spec.origin if spec.has_location else None
+        if where is None and spec.submodule_search_locations:
+            where = next(iter(spec.submodule_search_locations), None)
+    if not where:
+        return False
+    path = Path(where).resolve()
+    return any(path.is_relative_to(root) for root in _install_roots())
+
+
+def _check_trusted(ref: str, module_name: str, trust_remote_code: bool) -> None:
+    if trust_remote_code or _TRUST_REMOTE_CODE.get() or is_installed_module(module_name):
+        return
+    raise ModelError(
+        f"model reference {ref!r} imports {module_name!r}, which is not an installed package; "
+        "importing it runs its code: pass trust_remote_code=True (--trust-remote-code) if you "
+        "trust it"
+    )
+
+
+def _import_factory(ref: str, trust_remote_code: bool = False) -> Callable[..., Any]:
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ModelError(f"model reference {ref!r} must look like 'package.module:factory'")
@@ -132,6 +203,7 @@ def _import_factory(ref: str) -> Callable[..., Any]:
     # a file from naming e.g. 'os:system' or 'subprocess:run' as the "factory" to call.
     if top in sys.stdlib_module_names or top == "builtins":
         raise ModelError(f"model reference {ref!r} points into the standard library; refused")
+    _check_trusted(ref, module_name, trust_remote_code)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -149,7 +221,7 @@ def _import_factory(ref: str) -> Callable[..., Any]:
     return target
 
 
-def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
+def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> nn.Module:
     """Build a model from a zoo name or a ``package.module:factory`` reference.
 
     Parameters
@@ -157,6 +229,8 @@ def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     spec : str
         A zoo name (see :func:`list_models`) or ``"package.module:factory"``: the module is
         imported and ``factory(**kwargs)`` must return an ``nn.Module``.
+    trust_remote_code : bool
+        Allow importing a module that is neither imported yet nor an installed package.
     **kwargs
         Arguments of the factory; they are recorded, so they must be JSON data.
 
@@ -165,12 +239,13 @@ def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     UnknownNameError
         ``spec`` is neither a zoo name nor a reference.
     ModelError
-        The import fails, the attribute is missing or not callable, or it returns no ``nn.Module``.
+        The import fails or is not trusted, the attribute is missing or not callable, or it
+        returns no ``nn.Module``.
     """
     if ":" not in spec:
         return create(spec, **kwargs)
     plain = _plain_kwargs(f"model {spec!r}", kwargs)
-    factory = _import_factory(spec)
+    factory = _import_factory(spec, trust_remote_code)
     try:
         model = factory(**kwargs)
     except TypeError as e:
@@ -181,17 +256,39 @@ def resolve_model(spec: str, **kwargs: Any) -> nn.Module:
     return model
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+FACTORY_MARK = "__modelzip_factory__"
+
+
+def model_factory(fn: F) -> F:
+    """Mark ``fn`` as a model factory, so that files naming it load without trust_remote_code.
+
+    A build record read from a file may come from anyone; calling whatever function it names with
+    the file's arguments (``numpy:savetxt``, say) would be a gadget. Without trust a record may
+    name an ``nn.Module`` class, a factory of modelzip's zoo, or a function marked with this.
+    """
+    setattr(fn, FACTORY_MARK, True)
+    return fn
+
+
+def _safe_factory(target: Callable[..., Any]) -> bool:
+    if inspect.isclass(target):
+        return issubclass(target, nn.Module)
+    module = getattr(target, "__module__", "") or ""
+    return module.split(".")[0] == "modelzip" or getattr(target, FACTORY_MARK, False) is True
+
+
 def model_source(model: nn.Module) -> dict[str, Any] | None:
     """The build record of ``model`` (see the module docstring), or None if it has none."""
     source = getattr(model, SOURCE_ATTR, None)
     return dict(source) if isinstance(source, dict) else None
 
 
-def build_from_source(source: dict[str, Any]) -> nn.Module:
+def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False) -> nn.Module:
     """Rebuild an (untrained) model from its build record.
 
-    A ``"factory"`` record imports and runs the code it names: only rebuild records from files you
-    trust, as you would only import code you trust.
+    A ``"factory"`` record runs the code it names: a module outside the installed packages is
+    imported only with ``trust_remote_code=True`` (see the module docstring).
     """
     if not isinstance(source, dict):
         raise ModelError(f"a model source must be a dict, got {type(source).__name__}")
@@ -201,7 +298,18 @@ def build_from_source(source: dict[str, Any]) -> nn.Module:
     if kind == "zoo" and isinstance(source.get("name"), str):
         return create(source["name"], **kwargs)
     if kind == "factory" and isinstance(source.get("ref"), str) and ":" in source["ref"]:
-        return resolve_model(source["ref"], **kwargs)
+        trusted = trust_remote_code or _TRUST_REMOTE_CODE.get()
+        factory = _import_factory(source["ref"], trusted)
+        # A record read from a file may come from anyone: calling an arbitrary installed function
+        # (numpy:savetxt, say) with the file's arguments is a gadget, so without trust it must
+        # name an nn.Module class, whose constructor builds a model and nothing else.
+        if not trusted and not _safe_factory(factory):
+            raise ModelError(
+                f"the file names {source['ref']!r}, a function that is not marked as a model "
+                "factory (@modelzip.models.model_factory); calling it runs its code: pass "
+                "trust_remote_code=True (--trust-remote-code) if you trust the file"
+            )
+        return resolve_model(source["ref"], trust_remote_code=trusted, **kwargs)
     raise ModelError(
         f"cannot rebuild a model from source {source!r}; expected kind 'zoo' or 'factory'"
     )

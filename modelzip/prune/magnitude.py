@@ -29,6 +29,28 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.reshape(weight.shape)
 
 
+_MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
+
+
+def as_masked(module: nn.Module) -> _Masked:
+    """The masked form of a ``Linear``/``Conv2d`` (the layer itself if already masked)."""
+    if isinstance(module, _Masked):
+        return module
+    if type(module) in _MASKED:
+        try:
+            return _MASKED[type(module)].from_dense(module)
+        except ValueError as e:
+            raise SkipLayer(str(e)) from None
+    from modelzip.module import CompressedModule
+
+    if isinstance(module, CompressedModule):
+        raise SkipLayer(
+            f"already compressed as {type(module).__name__}; the factors of a decomposed layer "
+            "are pruned by the decompose_prune method"
+        )
+    raise SkipLayer(f"{type(module).__name__} has no masked form")
+
+
 @dataclasses.dataclass(frozen=True)
 class MagnitudePruneConfig(MethodConfig):
     """Remove the smallest-magnitude weights of each selected layer.
@@ -46,9 +68,6 @@ class MagnitudePruneConfig(MethodConfig):
         check_range(self, "sparsity", 0.0, 1.0, high_open=True)
 
 
-_MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
-
-
 @register_method(
     MagnitudePruneConfig,
     family="prune",
@@ -57,15 +76,7 @@ _MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
 )
 def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
     """Unstructured magnitude pruning to an exact per-layer sparsity (Han et al. 2015)."""
-    if isinstance(module, _Masked):
-        layer = module
-    elif type(module) in _MASKED:
-        try:
-            layer = _MASKED[type(module)].from_dense(module)
-        except ValueError as e:
-            raise SkipLayer(str(e)) from None
-    else:
-        raise SkipLayer(f"{type(module).__name__} has no masked form")
+    layer = as_masked(module)
     # Already-pruned weights count as the smallest, so pruning again only adds to the mask.
     layer.set_mask(magnitude_mask(layer.masked_weight(), config.sparsity) & layer.mask)
     return layer

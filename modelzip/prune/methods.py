@@ -13,22 +13,9 @@ from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
 from modelzip.prune.grains import block_mask, kernel_mask, nm_mask, vector_mask
-from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
+from modelzip.prune.magnitude import as_masked
+from modelzip.prune.masked import MaskedConv2d
 from modelzip.registry import SkipLayer, register_method
-
-_MASKED = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}
-
-
-def as_masked(module: nn.Module) -> _Masked:
-    """The masked form of a ``Linear``/``Conv2d`` (the layer itself if already masked)."""
-    if isinstance(module, _Masked):
-        return module
-    if type(module) in _MASKED:
-        try:
-            return _MASKED[type(module)].from_dense(module)
-        except ValueError as e:
-            raise SkipLayer(str(e)) from None
-    raise SkipLayer(f"{type(module).__name__} has no masked form")
 
 
 def _apply(module: nn.Module, mask_of) -> nn.Module:
@@ -145,7 +132,9 @@ def vector_prune(module: nn.Module, config: VectorPruneConfig, ctx: Context) -> 
 def han_threshold_mask(weight: torch.Tensor, quality: float) -> torch.Tensor:
     """Han et al. (2015): keep ``|w| > quality · std(w)`` (std over the layer's weights)."""
     w = weight.detach()
-    return w.abs() > quality * w.float().std().to(w.dtype)
+    # One weight has no sample std (NaN would prune it whatever its size; tests/reliability).
+    std = w.float().std() if w.numel() > 1 else w.new_zeros((), dtype=torch.float32)
+    return w.abs() > quality * std.to(w.dtype)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -215,7 +215,8 @@ def hidden_prune(model: nn.Module, config: HiddenPruneConfig, ctx: Context) -> l
             continue
         consumer_name = _consumer(model, name)
         consumer = model.get_submodule(consumer_name) if consumer_name else None
-        n_keep = rnn.hidden_size - round(config.sparsity * rnn.hidden_size)
+        # At least one unit: torch refuses an LSTM of hidden size 0 (found by tests/reliability).
+        n_keep = max(1, rnn.hidden_size - round(config.sparsity * rnn.hidden_size))
         if consumer is None or n_keep == rnn.hidden_size:
             continue  # without a linear reader the last layer's units are the model's output
         keep = [

@@ -29,9 +29,8 @@ from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.inspect import count_params, module_bytes
 from modelzip.prune.grains import keep_top
-from modelzip.prune.magnitude import magnitude_mask
+from modelzip.prune.magnitude import as_masked, magnitude_mask
 from modelzip.prune.masked import _Masked
-from modelzip.prune.methods import as_masked
 from modelzip.registry import SkipLayer, register_method
 from modelzip.report import LayerChange
 

@@ -20,6 +20,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.module import CompressedModule, register_layer
+from modelzip.quantize.layers import require_float32
 from modelzip.quantize.observers import PACT
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
 from modelzip.quantize.schemes import binarize, dorefa_weights, ternarize
@@ -226,6 +227,7 @@ def qat(module: nn.Module, config: QATConfig, ctx: Context) -> nn.Module:
         raise SkipLayer(
             f"already compressed as {type(module).__name__}; qat applies to dense layers"
         )
+    require_float32(module)
     settings = {"bias": module.bias is not None, "scheme": config.weights, "bits": config.bits,
                 "per_channel": config.per_channel, "act_bits": config.act_bits,
                 "act_clip": config.act_clip}  # fmt: skip

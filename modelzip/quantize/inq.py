@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 
 import torch
 from torch import nn
 
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
-from modelzip.errors import ConfigError
+from modelzip.errors import ConfigError, ModelError
 from modelzip.inspect import count_params, module_bytes
 from modelzip.module import CompressedModule
 from modelzip.quantize.layers import quantized_layer
@@ -103,11 +104,25 @@ class _Freezer:
 @register_method(INQConfig, family="quantize", example=INQConfig(), scope="model")
 def inq(model: nn.Module, config: INQConfig, ctx: Context) -> list[LayerChange]:
     """Incremental power-of-two weights (INQ), retraining the float share between stages."""
+    from modelzip.api import _weight_reader
+
     layers = {
         name: m
         for name, m in config.select.select(model, config.default_types)
         if type(m) in (nn.Linear, nn.Conv2d) and not isinstance(m, CompressedModule)
     }
+    for name in list(layers):
+        reader = _weight_reader(model, name)
+        if reader is not None:  # its forward reads the weight tensor, which QuantLinear lacks
+            del layers[name]
+            warnings.warn(f"inq skips {name!r}: inside {reader}, which reads its weight directly",
+                          stacklevel=2)  # fmt: skip
+    for name, layer in layers.items():
+        if layer.weight.dtype != torch.float32:  # quantized layers compute in float32
+            raise ModelError(
+                f"inq: layer {name!r} has {layer.weight.dtype} weights; quantized layers compute "
+                "in float32 (convert the model with .float() first)"
+            )
     if config.epochs_per_stage and ctx.data is not None and len(config.portions) > 1:
         from modelzip.train import TrainConfig, train
 

@@ -26,6 +26,7 @@ from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
 from modelzip.module import CompressedModule, conv_args, register_layer
+from modelzip.quantize.layers import require_float32
 from modelzip.registry import SkipLayer, register_method
 
 QMAX = 127
@@ -278,6 +279,7 @@ def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
     cls = _LAYERS.get(type(module))
     if cls is None:
         raise SkipLayer(f"{type(module).__name__} has no int8 form")
+    require_float32(module)
     if config.activations == "static":
         from modelzip.quantize.static_int8 import static_int8_layer
 

@@ -23,7 +23,7 @@ from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import Quantized, dequantize_codes, group_rows
 from modelzip.registry import SkipLayer
 
-__all__ = ["QuantConv2d", "QuantLinear", "quantized_layer"]
+__all__ = ["QuantConv2d", "QuantLinear", "quantized_layer", "require_float32"]
 
 
 class _QuantWeight(CompressedModule):
@@ -217,6 +217,18 @@ class QuantConv2d(_QuantWeight):
 
     def to_dense(self) -> nn.Conv2d:
         return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
+
+
+def require_float32(module: nn.Module) -> None:
+    """Skip a layer whose weight is not float32: the quantized layers store float32 levels and
+    compute in float32, so a float64 or bfloat16 model would get layers of another dtype than
+    its inputs (found by tests/reliability: the forward pass then failed with a dtype error)."""
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dtype != torch.float32:
+        raise SkipLayer(
+            f"weight dtype {weight.dtype} is not supported; quantized layers compute in "
+            "float32 (convert the model with .float() first)"
+        )
 
 
 def quantized_layer(module: nn.Module, q: Quantized) -> QuantLinear | QuantConv2d:

@@ -180,7 +180,10 @@ def _uniform_params(
             return 2 * alpha, -alpha, 1
         qmax = 2 ** (cfg.bits - 1) - 1
         amax = amax * clip
-        delta = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+        # Test the step, not the range: a denormal range divided by qmax underflows to a zero
+        # step and 0/0 codes (found by tests/reliability).
+        delta = amax / qmax
+        delta = torch.where(delta > 0, delta, torch.ones_like(amax))
         return delta, -qmax * delta, 2 * qmax
     if cfg.range == "percentile" and cfg.formulation == "heuristic":
         q = torch.tensor([1 - cfg.percentile / 100, cfg.percentile / 100], device=rows.device)
@@ -190,7 +193,8 @@ def _uniform_params(
     mid = (lo + hi) / 2  # clip symmetrically about the centre of the range
     lo, hi = mid + (lo - mid) * clip, mid + (hi - mid) * clip
     qmax = 2**cfg.bits - 1
-    delta = torch.where(hi > lo, (hi - lo) / qmax, torch.ones_like(hi))
+    delta = (hi - lo) / qmax
+    delta = torch.where(delta > 0, delta, torch.ones_like(hi))  # see the symmetric case
     return delta, lo, qmax
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.quantize.layers import quantized_layer
+from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
 from modelzip.quantize.schemes import binarize, multibit_bases, ternarize
 from modelzip.registry import SkipLayer, register_method
@@ -49,6 +49,7 @@ def _weight_of(module: nn.Module) -> torch.Tensor:
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise SkipLayer(f"{type(module).__name__} has no weight")
+    require_float32(module)
     return weight.detach()
 
 

@@ -1,0 +1,35 @@
+"""Hypothesis profiles and one-thread torch for the reliability tests.
+
+``ci`` (the default, used by ``make test``) keeps each property to a few dozen examples;
+``fuzz`` (``MODELZIP_HYPOTHESIS=fuzz``, used by ``make fuzz``) runs many more. The profile is
+applied per test through :data:`weight_strategies.PROFILE` rather than loaded globally, so the
+rest of the suite keeps its own settings.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Many tiny ops: a second thread only contends with other processes on a shared machine.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
