@@ -25,6 +25,7 @@ EXTENSIONS = (
     "modelzip.reporting.command",
     "modelzip.export.command",
     "modelzip.sweep.command",
+    "modelzip.compact.command",
 )
 
 

@@ -1,0 +1,113 @@
+"""``modelzip nas``: architecture search over the compact blocks from the shell.
+
+Regularized evolution (or the random-search baseline) over :class:`BlockSpace` or
+:class:`HierarchicalSpace`, each candidate trained briefly on held-out-split proxy data and
+rewarded against optional parameter, latency and energy targets (hardware-aware search). The
+search checkpoints after every evaluation; rerunning the same command resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nas",
+        help="architecture search over compact blocks (evolution or random; resumable)",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--dataset", default="mnist", help="data set name or .npz file")
+    p.add_argument("--space", choices=["block", "hierarchical"], default="block")
+    p.add_argument("--algorithm", choices=["evolution", "random"], default="evolution")
+    p.add_argument("--population", type=int, default=8, help="evolution's population")
+    p.add_argument("--cycles", type=int, default=16, help="evolution's mutation cycles")
+    p.add_argument("--trials", type=int, default=24, help="random search's evaluations")
+    p.add_argument("--max-params", type=int, default=50_000, help="reject larger candidates")
+    p.add_argument("--train-size", type=int, default=10_000, help="proxy training images")
+    p.add_argument("--val-size", type=int, default=5_000, help="held-out validation images")
+    p.add_argument("--epochs", type=int, default=1, help="proxy training epochs")
+    p.add_argument("--energy-target", type=float, help="hardware-aware: Eyeriss energy target")
+    p.add_argument("--latency-target-ms", type=float, help="measured CPU latency target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (nas.json; the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print the best entry as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_nas)
+
+
+def cmd_nas(args: argparse.Namespace) -> int:
+    from modelzip.cli import _dataset, _print_json
+    from modelzip.compact.nas import (
+        BlockSpace,
+        HierarchicalSpace,
+        SearchObjective,
+        arch_key,
+        random_search,
+        regularized_evolution,
+    )
+    from modelzip.errors import ConfigError
+    from modelzip.io import write_json
+    from modelzip.progress import progress_bar
+
+    data = _dataset(args.dataset)
+    shape, classes = tuple(data.input_shape), data.num_classes
+    space_cls = BlockSpace if args.space == "block" else HierarchicalSpace
+    space = space_cls(input_shape=shape, num_classes=classes)
+    objective = SearchObjective(
+        max_params=args.max_params,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        epochs=args.epochs,
+        seed=args.seed,
+        energy_target=args.energy_target,
+        latency_target_ms=args.latency_target_ms,
+    )
+    for flag in ("population", "cycles", "trials"):
+        if getattr(args, flag) < (1 if flag != "cycles" else 0):
+            low = 1 if flag != "cycles" else 0
+            raise ConfigError(f"--{flag}={getattr(args, flag)} is out of range; allowed >= {low}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint.json"
+    total = args.population + args.cycles if args.algorithm == "evolution" else args.trials
+
+    def evaluate(arch):
+        return objective(space.build(arch), data, arch_key(arch))
+
+    done = 0
+    if checkpoint.is_file():  # a resumed search: its finished evaluations are not redone
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            done = len(json.loads(checkpoint.read_text())["history"])
+    with progress_bar(f"nas ({args.algorithm})", total, not (args.quiet or args.json)) as bar:
+        bar.advance(min(done, total))
+
+        def advance(entry, n):
+            bar.advance()
+
+        if args.algorithm == "evolution":
+            result = regularized_evolution(
+                space, evaluate, population=args.population, sample_size=min(3, args.population),
+                cycles=args.cycles, seed=args.seed, checkpoint=checkpoint, callback=advance,
+            )  # fmt: skip
+        else:
+            result = random_search(
+                space, evaluate, trials=args.trials, seed=args.seed, checkpoint=checkpoint,
+                callback=advance,
+            )  # fmt: skip
+    summary = {"space": args.space, "dataset": args.dataset, **result.to_dict()}
+    write_json(out / "nas.json", summary)
+    best = result.best
+    if args.json:
+        _print_json({"best": best, "evaluations": len(result.history), "out": str(out)})
+        return 0
+    m = best["metrics"]
+    print(
+        f"best of {len(result.history)}: {best['arch']}\n"
+        f"  proxy accuracy {100 * m['accuracy']:.2f}%, {m['params']:,} parameters, "
+        f"score {m['score']:.4f}; written to {out / 'nas.json'}"
+    )
+    return 0
