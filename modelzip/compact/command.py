@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "nas",
         help="architecture search over compact blocks (evolution or random; resumable)",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0] + " --executor local|ray evaluates a random search in "
+        "parallel as sweep tasks.",
     )
     p.add_argument("--dataset", default="mnist", help="data set name or .npz file")
     p.add_argument("--space", choices=["block", "hierarchical"], default="block")
@@ -33,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--energy-target", type=float, help="hardware-aware: Eyeriss energy target")
     p.add_argument("--latency-target-ms", type=float, help="measured CPU latency target")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="random search only: evaluate in parallel as sweep tasks (default: in this process)",
+    )
+    p.add_argument("--workers", type=int, help="parallel evaluations (with --executor)")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray)")
     p.add_argument("--out", required=True, help="run directory (nas.json; the checkpoint)")
     p.add_argument("--json", action="store_true", help="print the best entry as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_nas(args: argparse.Namespace) -> int:
-    from modelzip.cli import _dataset, _print_json
+    from modelzip.cli import _dataset
     from modelzip.compact.nas import (
         BlockSpace,
         HierarchicalSpace,
@@ -50,7 +58,6 @@ def cmd_nas(args: argparse.Namespace) -> int:
         regularized_evolution,
     )
     from modelzip.errors import ConfigError
-    from modelzip.io import write_json
     from modelzip.progress import progress_bar
 
     data = _dataset(args.dataset)
@@ -78,6 +85,21 @@ def cmd_nas(args: argparse.Namespace) -> int:
     def evaluate(arch):
         return objective(space.build(arch), data, arch_key(arch))
 
+    if args.executor is not None:
+        if args.algorithm != "random":
+            raise ConfigError(
+                "--executor runs the candidates in parallel, which only --algorithm random allows "
+                "(evolution's next candidate depends on the last result)"
+            )
+        from modelzip.compact.nas.parallel import parallel_random_search
+
+        result = parallel_random_search(
+            args.space, args.dataset, data, objective, trials=args.trials, seed=args.seed,
+            out=out, executor=args.executor, workers=args.workers, address=args.address,
+            progress=not (args.quiet or args.json),
+        )  # fmt: skip
+        return _finish(args, out, result)
+
     done = 0
     if checkpoint.is_file():  # a resumed search: its finished evaluations are not redone
         with contextlib.suppress(ValueError, KeyError, TypeError):
@@ -98,6 +120,13 @@ def cmd_nas(args: argparse.Namespace) -> int:
                 space, evaluate, trials=args.trials, seed=args.seed, checkpoint=checkpoint,
                 callback=advance,
             )  # fmt: skip
+    return _finish(args, out, result)
+
+
+def _finish(args: argparse.Namespace, out: Path, result) -> int:
+    from modelzip.cli import _print_json
+    from modelzip.io import write_json
+
     summary = {"space": args.space, "dataset": args.dataset, **result.to_dict()}
     write_json(out / "nas.json", summary)
     best = result.best
