@@ -13,13 +13,15 @@ the top, so that scripts running in a foreign environment can import this module
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import resource
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +133,67 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+Part = Callable[[bool], tuple[list[dict], list[dict[str, Any]], str]]
+
+
+def run_parts(
+    name: str, title: str, parts: dict[str, Part], description: str, argv: list[str] | None = None
+) -> int:
+    """The driver of a benchmark made of parts (``fn(quick) -> (rows, checks, markdown)``).
+
+    ``--parts`` picks some, ``--keep`` keeps the other parts' results as the results file holds
+    them when this run ends (so runs of different parts at the same time do not drop each
+    other's), ``--quick`` writes ``NAME-quick.json`` and leaves BENCHMARKS.md alone.
+    """
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="under 5 minutes")
+    parser.add_argument("--parts", default=",".join(parts), help="comma-separated parts")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep other parts' last results")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.parts.split(",")) - set(parts))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {list(parts)}")
+    torch.set_num_threads(args.threads)
+    done: dict[str, Any] = {}
+    file = f"{name}-quick" if args.quick else name
+    start = time.perf_counter()
+    for part in args.parts.split(","):
+        t0 = time.perf_counter()
+        rows, checks, md = parts[part](args.quick)
+        seconds = time.perf_counter() - t0
+        done[part] = {"rows": rows, "checks": checks, "markdown": md, "quick": args.quick,
+                      "seconds": seconds}  # fmt: skip
+        print(f"[{part}] {seconds:.0f}s", file=sys.stderr)
+        for c in checks:
+            mark = "met" if c["passed"] else "MISSED"
+            print(f"  {mark}: {c['name']} = {c['value']:.3g} (target {c['target']} {c['unit']})")
+    previous = RESULTS / f"{file}.json"
+    if args.keep and previous.is_file():
+        done = {**json.loads(previous.read_text()).get("parts", {}), **done}
+    order = [p for p in parts if p in done]
+    checks = [c for p in order for c in done[p]["checks"]]
+    flat = [{"part": p, **r} for p in order for r in done[p]["rows"]]
+    quick = {p: done[p]["quick"] for p in order}
+    extra = {"quick": quick, "peak_rss_mb": peak_rss_mb(),
+             "seconds": time.perf_counter() - start, "parts": done}  # fmt: skip
+    path = write_results(file, checks, flat, extra)
+    print(f"wrote {path}", file=sys.stderr)
+    if args.quick:  # a quick run checks the plumbing; BENCHMARKS.md keeps the full numbers
+        return 0
+    summary = markdown_table(
+        ["check", "value", "target", "met"],
+        [[c["name"], f"{c['value']:.3g} {c['unit']}", f"{c['target']} {c['unit']}",
+          "yes" if c["passed"] else "**no**"] for c in checks],
+    )  # fmt: skip
+    runs = ", ".join(f"{p}{' (--quick)' if q else ''}" for p, q in quick.items())
+    head = (f"## {title}\n\nParts: {runs}. Peak RSS of the last run {peak_rss_mb():.0f} MiB."
+            "\n\n" + summary)  # fmt: skip
+    update_benchmarks_md(name, "\n\n".join([head, *(done[p]["markdown"] for p in order)]))
+    return 0

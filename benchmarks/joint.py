@@ -10,17 +10,17 @@ reruns some parts and keeps the others' last results.
 
 from __future__ import annotations
 
-import argparse
-import json
 import struct
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from _common import RESULTS, check, markdown_table, peak_rss_mb, update_benchmarks_md, write_results
+from _common import (
+    check,
+    markdown_table,
+    run_parts,
+)
 from _joint_more import PARTS as MORE_PARTS
 
 KB = 1000  # the paper's kilobytes (1070 KB for LeNet-300-100's 1,066,440 bytes)
@@ -281,69 +281,9 @@ PARTS = {"deep": part_deep, **MORE_PARTS}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="under 5 minutes")
-    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--keep", action="store_true", help="keep other parts' last results")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    parts: dict[str, Any] = {}
-    name = "joint-quick" if args.quick else "joint"
-    start = time.perf_counter()
-    for part in args.parts.split(","):
-        t0 = time.perf_counter()
-        part_rows, part_checks, md = PARTS[part](args.quick)
-        parts[part] = {
-            "rows": part_rows,
-            "checks": part_checks,
-            "markdown": md,
-            "quick": args.quick,
-            "seconds": time.perf_counter() - t0,
-        }
-        print(f"[{part}] {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        for c in part_checks:
-            mark = "met" if c["passed"] else "MISSED"
-            print(f"  {mark}: {c['name']} = {c['value']:.3g} (target {c['target']} {c['unit']})")
-    # Parts not run now are kept from the results file as it is when this run ends (--keep), so
-    # that runs of different parts at the same time do not drop each other's results.
-    previous = RESULTS / f"{name}.json"
-    if args.keep and previous.is_file():
-        parts = {**json.loads(previous.read_text()).get("parts", {}), **parts}
-    order = [p for p in PARTS if p in parts]
-    checks = [c for p in order for c in parts[p]["checks"]]
-    flat = [{"part": p, **r} for p in order for r in parts[p]["rows"]]
-    quick = {p: parts[p]["quick"] for p in order}
-    extra = {
-        "quick": quick,
-        "peak_rss_mb": peak_rss_mb(),
-        "seconds": time.perf_counter() - start,
-        "parts": parts,
-    }
-    path = write_results(name, checks, flat, extra)
-    print(f"wrote {path}", file=sys.stderr)
-    if args.quick:  # a quick run checks the plumbing; BENCHMARKS.md keeps the full numbers
-        return 0
-    summary = markdown_table(
-        ["check", "value", "target", "met"],
-        [
-            [
-                c["name"],
-                f"{c['value']:.3g} {c['unit']}",
-                f"{c['target']} {c['unit']}",
-                "yes" if c["passed"] else "**no**",
-            ]
-            for c in checks
-        ],
+    return run_parts(
+        "joint", "Joint compression (`benchmarks/joint.py`)", PARTS, __doc__.splitlines()[0], argv
     )
-    runs = ", ".join(f"{p}{' (--quick)' if q else ''}" for p, q in quick.items())
-    head = (
-        "## Joint compression (`benchmarks/joint.py`)\n\n"
-        f"Parts: {runs}. Peak RSS of the last run {peak_rss_mb():.0f} MiB.\n\n" + summary
-    )
-    sections = [parts[p]["markdown"] for p in order]
-    update_benchmarks_md("joint", "\n\n".join([head, *sections]))
-    return 0
 
 
 if __name__ == "__main__":

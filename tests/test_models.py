@@ -121,7 +121,11 @@ def test_factory_reference():
     with pytest.raises(ModelError, match="not marked as a model factory"):
         build_from_source(source)
     assert build_from_source(source, trust_remote_code=True)[1].out_features == 5
-    assert isinstance(resolve_model("lenet300"), nn.Module)
+    assert model_source(resolve_model("lenet300")) == {
+        "kind": "zoo",
+        "name": "lenet300",
+        "kwargs": {},
+    }
 
 
 class TinyNet(nn.Sequential):

@@ -114,7 +114,8 @@ def test_saved_file_naming_outside_code_needs_the_opt_in(outside_module, tmp_pat
 
 
 def test_installed_and_imported_code_needs_no_opt_in():
-    assert isinstance(resolve_model("modelzip.models.lenet:lenet300"), torch.nn.Module)
+    model = resolve_model("modelzip.models.lenet:lenet300")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     source = {"kind": "factory", "ref": "torch.nn:Linear", "kwargs": {"in_features": 2,
               "out_features": 3}}  # fmt: skip
     assert build_from_source(json.loads(json.dumps(source))).out_features == 3
