@@ -328,6 +328,7 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
     import modelzip
     from modelzip.data import load_dataset
     from modelzip.inspect import collect_workloads
+    from modelzip.kernels import materialize
     from modelzip.prune.channels import ChannelPruneConfig
     from modelzip.train import TrainConfig, evaluate, train
 
@@ -335,13 +336,49 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
     base = baseline("resnet_small")
     sample = data.x_test[:64]
     macs = sum(w.macs for w in collect_workloads(base, sample))
-    # The smallest uniform channel sparsity that halves the MACs.
+    # Both models run in their deployed form: materialize() picks the memory layout (NCHW or
+    # channels-last) by measurement, for the anchor as for the pruned model.
+    fast_base, base_report = materialize(base, sample)
+    rounds = 5 if quick else 15
+
+    def timed(model: torch.nn.Module) -> dict[str, float]:
+        with torch.inference_mode():
+            return interleaved_ms(
+                {"dense": lambda: fast_base(sample), "pruned": lambda: model(sample)},
+                rounds=rounds,
+            )
+
+    # NetAdapt-style search (Yang et al. 2018): the smallest uniform channel sparsity, widths
+    # rounded to multiples of 8, whose model halves the MACs and meets the latency target when
+    # measured; the accuracy after fine-tuning is what is then checked. The search aims at
+    # 1.7x so that the few percent by which two timings of one model differ do not fall
+    # under the 1.6x checked after fine-tuning.
+    trail: list[dict] = []
+    seen: set[tuple[int, ...]] = set()
+    best: tuple[float, Any] | None = None
     for sparsity in np.arange(0.20, 0.61, 0.02):
-        config = ChannelPruneConfig(sparsity=float(sparsity), criterion="l1")
+        config = ChannelPruneConfig(sparsity=float(sparsity), criterion="l1", round_to=8)
         small, _ = modelzip.compress(base, config, sample=sample, evaluate=False, measure=False)
+        widths = tuple(m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d))
         pruned_macs = sum(w.macs for w in collect_workloads(small, sample))
-        if pruned_macs <= 0.5 * macs:
+        if widths in seen or pruned_macs > 0.5 * macs:
+            continue
+        seen.add(widths)
+        ms = timed(materialize(small.eval(), sample)[0])
+        trail.append(
+            {
+                "sparsity": round(float(sparsity), 2),
+                "widths": list(widths),
+                "mac_ratio": pruned_macs / macs,
+                "speedup": ms["dense"] / ms["pruned"],
+            }
+        )
+        if best is None or trail[-1]["speedup"] > best[0]:
+            best = (trail[-1]["speedup"], (float(sparsity), small, widths, pruned_macs))
+        if trail[-1]["speedup"] >= 1.7:
             break
+    assert best is not None, "no channel sparsity up to 0.6 halves the MACs"
+    sparsity, small, widths, pruned_macs = best[1]  # the first to meet the target, else fastest
     base_acc = evaluate(base, data)["accuracy"]
     before_ft = evaluate(small, data)["accuracy"]
     # One epoch of fine-tuning suffices on MNIST; --quick stops after 100 steps.
@@ -356,13 +393,9 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
     train(small, data, ft, progress=False)
     ft_seconds = time.perf_counter() - t0
     small.eval()
-    acc = evaluate(small, data)["accuracy"]
-    batch = data.x_test[:64]
-    with torch.inference_mode():
-        ms = interleaved_ms(
-            {"dense": lambda: base(batch), "pruned": lambda: small(batch)},
-            rounds=5 if quick else 15,
-        )
+    fast_small, small_report = materialize(small, sample)
+    acc = evaluate(fast_small, data)["accuracy"]
+    ms = timed(fast_small)
     speedup = ms["dense"] / ms["pruned"]
     drop = 100 * (base_acc - acc)
     row = {
@@ -382,6 +415,10 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
         "params_after": sum(p.numel() for p in small.parameters()),
         "finetune_epochs": ft.epochs,
         "finetune_seconds": ft_seconds,
+        "widths": list(widths),
+        "layout_before": base_report.layout,
+        "layout_after": small_report.layout,
+        "search": trail,
     }
     checks = [
         check(
@@ -397,10 +434,22 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
     md = (
         "### Filter pruning with real removal: small ResNet on MNIST, batch 64, one thread\n\n"
         f"L1-norm filter pruning of {100 * sparsity:.0f}% of every channel group (residual add "
-        "groups pruned together), fine-tuned, against the unpruned model timed in turns. "
-        "Latency falls less than MACs: BN, ReLU, residual adds, pooling and memory traffic "
-        "shrink linearly, not quadratically, with the channels, and at these widths (16-64 "
-        "channels) the convolutions are far from peak throughput.\n\n"
+        "groups pruned together), kept widths rounded to multiples of 8 "
+        f"({'/'.join(map(str, sorted(set(widths))))} channels), fine-tuned one epoch, against "
+        "the unpruned model timed in turns; both materialized (memory layout chosen by "
+        f"measurement: {base_report.layout} unpruned, {small_report.layout} pruned). The "
+        "sparsity is searched NetAdapt-style: the smallest that halves the MACs and is measured "
+        "1.7x faster (the margin over 1.6x absorbs timing noise); it tried "
+        + "; ".join(
+            f"{t['sparsity']:.2f} ({'/'.join(map(str, sorted(set(t['widths']))))}, "
+            f"{100 * t['mac_ratio']:.0f}% of the MACs, {t['speedup']:.2f}x)"
+            for t in trail
+        )
+        + ". Widths matter as much as MACs here: unrounded "
+        "30% pruning (11/22/45 channels, 48% of the MACs) measured only 1.25x, as oneDNN runs "
+        "odd widths on slower kernels and its 1->16 stem kernel is slow for 16 outputs. BN, "
+        "ReLU, residual adds and pooling shrink linearly, not quadratically, with the "
+        "channels.\n\n"
         + markdown_table(
             ["", "params", "MACs", "accuracy", "latency ms"],
             [

@@ -70,6 +70,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
             models[name] = pretrained(name, "mnist", config=config, progress=progress)
             sample = data.x_test[:64]
             bases[name] = model_stats(models[name], sample, data=data)
+            # The anchor is materialized too, so that a ratio is compression, not memory layout.
+            bases[name].latency_ms = measure_latency(materialize(models[name], sample)[0], sample)
         return models[name], bases[name]
 
     rows: list[list[str]] = []
@@ -116,8 +118,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
         "every layer but the classifier, then "
         f"{'no' if quick else 'one epoch (Adam, lr 1e-3) of'} fine-tuning. "
         "Latency ratio: baseline time over compressed time, batch 64, median of repeated "
-        "runs, measured in this run; the compressed model is materialized (sparse, int8, "
-        "binary kernels where faster).",
+        "runs, measured in this run; both models are materialized (sparse, int8, binary "
+        "kernels and channels-last layout where measured faster).",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),

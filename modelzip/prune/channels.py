@@ -33,15 +33,22 @@ def select_channels(
     sparsity: float,
     groups: set[int] | None = None,
     min_channels: int = 1,
+    round_to: int = 1,
 ) -> dict[int, torch.Tensor]:
-    """``root -> kept channel indices`` (sorted): the ``C - round(sparsity·C)`` best per group."""
+    """``root -> kept channel indices`` (sorted): the ``C - round(sparsity·C)`` best per group,
+    that count rounded to the nearest multiple of ``round_to`` (never 0, never above ``C``)."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity={sparsity!r} is out of range; allowed [0, 1)")
     keep = {}
     for root, channels in graph.groups.items():
         if groups is not None and root not in groups:
             continue
-        n_keep = max(min(min_channels, channels), channels - round(sparsity * channels))
+        n_keep = channels - round(sparsity * channels)
+        if round_to > 1 and n_keep < channels:
+            # Widths that are multiples of the vector length run at full speed in oneDNN;
+            # odd widths (11, 45) fall to slower kernels and can cost more than they save.
+            n_keep = min(channels, max(round_to, round_to * round(n_keep / round_to)))
+        n_keep = max(min(min_channels, channels), n_keep)
         order = torch.sort(scores[root].detach().float().cpu(), descending=True, stable=True)
         keep[root] = torch.sort(order.indices[:n_keep]).values
     return keep
@@ -162,6 +169,9 @@ class ChannelPruneConfig(MethodConfig):
         (first-order Taylor from data) or ``random``.
     min_channels:
         Channels every group keeps at least.
+    round_to:
+        Round every pruned group's kept channels to the nearest multiple of this (8 or 16 suits
+        the vector width of CPU kernels; 1 keeps the exact count).
     taylor_batches:
         Batches of 64 training images for the Taylor criterion.
     """
@@ -170,11 +180,13 @@ class ChannelPruneConfig(MethodConfig):
     sparsity: float = 0.5
     criterion: Literal["l1", "l2", "bn", "taylor", "random"] = "l1"
     min_channels: int = 1
+    round_to: int = 1
     taylor_batches: int = 4
 
     def validate(self) -> None:
         check_range(self, "sparsity", 0.0, 1.0, high_open=True)
         check_range(self, "min_channels", 1)
+        check_range(self, "round_to", 1)
         check_range(self, "taylor_batches", 1)
 
 
@@ -194,7 +206,10 @@ def plan_channels(
         generator=ctx.generator(),
         batches=config.taylor_batches,
     )
-    return graph, select_channels(graph, scores, config.sparsity, groups, config.min_channels)
+    keep = select_channels(
+        graph, scores, config.sparsity, groups, config.min_channels, config.round_to
+    )
+    return graph, keep
 
 
 @register_method(

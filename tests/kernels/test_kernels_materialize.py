@@ -157,3 +157,32 @@ def test_materialized_model_saves_and_loads(tmp_path: object) -> None:
     assert isinstance(loaded.conv2, BinaryConv2d) and isinstance(loaded.fc1, BinaryLinear)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), new(x))
+
+
+def test_materialize_chooses_the_memory_layout(tmp_path: object) -> None:
+    import modelzip
+    from modelzip.models import create
+
+    torch.manual_seed(0)
+    model = create("lenet5").eval()
+    x = torch.randn(8, 1, 28, 28)
+    forced, report = materialize(model, x, reps=1, layout="channels_last")
+    assert report.layout == "channels_last"
+    assert forced.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv1.weight.is_contiguous()  # the caller's model keeps its layout
+    with torch.no_grad():
+        torch.testing.assert_close(forced(x), model(x), rtol=1e-4, atol=1e-5)
+    path = modelzip.save(forced, tmp_path / "cl.mzip")  # type: ignore[operator]
+    with torch.no_grad():
+        torch.testing.assert_close(modelzip.load(path)(x), model(x), rtol=1e-4, atol=1e-5)
+    measured, report = materialize(model, x, reps=1)
+    assert report.layout in ("contiguous", "channels_last") and "measured" in report.layout_reason
+    assert "memory layout" in str(report)
+    with torch.no_grad():
+        torch.testing.assert_close(measured(x), model(x), rtol=1e-4, atol=1e-5)
+    _, report = materialize(model, None)
+    assert report.layout == "contiguous" and "no sample" in report.layout_reason
+    _, report = materialize(nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4), reps=1)
+    assert report.layout_reason == "no 4-D weights"
+    with pytest.raises(ValueError, match="layout='nhwc' is not allowed"):
+        materialize(model, x, layout="nhwc")  # type: ignore[arg-type]

@@ -173,3 +173,22 @@ def test_rnn_hidden_unit_removal_equals_zeroed_units(kind, tmp_path):
     )
     assert small.lstm.rnn.hidden_size == 8 and small.fc.in_features == 8
     assert report.after.params < report.before.params
+
+
+def test_round_to_keeps_widths_that_are_multiples() -> None:
+    model = create("resnet_small")
+    x = torch.randn(2, 1, 28, 28)
+    exact, _ = modelzip.compress(model, ChannelPruneConfig(sparsity=0.3), sample=x, measure=False)
+    rounded, _ = modelzip.compress(
+        model, ChannelPruneConfig(sparsity=0.3, round_to=8), sample=x, measure=False
+    )
+
+    def widths(m: nn.Module) -> list[int]:
+        return [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
+
+    assert set(widths(exact)) == {11, 22, 45}  # 16, 32, 64 less round(0.3 C)
+    assert set(widths(rounded)) == {8, 24, 48}  # the nearest multiples of 8, never 0
+    tiny = ChannelPruneConfig(sparsity=0.9, round_to=8)  # 16 -> 2 rounds up to 8, not down to 0
+    assert min(widths(modelzip.compress(model, tiny, sample=x, measure=False)[0])) == 8
+    with pytest.raises(ValueError, match="round_to"):
+        ChannelPruneConfig(round_to=0)
