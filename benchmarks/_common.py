@@ -176,7 +176,10 @@ def run_parts(
             print(f"  {mark}: {c['name']} = {c['value']:.3g} (target {c['target']} {c['unit']})")
     previous = RESULTS / f"{file}.json"
     if args.keep and previous.is_file():
-        done = {**json.loads(previous.read_text()).get("parts", {}), **done}
+        kept = json.loads(previous.read_text()).get("parts", {})
+        # Results written before a benchmark moved to run_parts have another shape: dropped.
+        kept = {p: v for p, v in kept.items() if isinstance(v, dict) and "checks" in v}
+        done = {**kept, **done}
     order = [p for p in parts if p in done]
     checks = [c for p in order for c in done[p]["checks"]]
     flat = [{"part": p, **r} for p in order for r in done[p]["rows"]]

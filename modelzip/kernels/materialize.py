@@ -10,7 +10,8 @@ int8 layer (``codes`` + ``scale``)              PyTorch's x86 int8 kernels (dyna
 ``nn.Linear``/``nn.Conv2d`` with ``±α`` rows    :class:`BinaryLinear`/:class:`BinaryConv2d`:
                                                 XNOR-popcount when the sample's inputs are ±1,
                                                 else BWN (adds/subtracts)
-factorized layer (``tt_cores``/``ht_factors``)  kept factorized (MAC-minimal einsum) or made
+factorized layer (``tt_cores``/``ht_factors``)  kept factorized (MAC-minimal einsum), cut
+                                                into two GEMMs (:class:`SplitLinear`) or made
                                                 dense, whichever is measured faster
 =============================================  ==============================================
 
@@ -140,9 +141,20 @@ def _candidate(
         mode = "xnor" if _is_pm1(x) else "bwn"
         kind = "exact:XNOR-popcount" if mode == "xnor" else "float:BWN add/sub"
         return [(kind, lambda: cls.from_dense(module, mode))]
-    factorized = any(hasattr(module, a) for a in ("tt_cores", "ht_factors", "cores"))
+    factorized = any(
+        hasattr(module, a) for a in ("tt_cores", "ht_factors", "tucker_factors", "cores")
+    )
     if factorized and hasattr(module, "to_dense"):
-        return [("dense", module.to_dense)]
+        options: list[tuple[str, Callable[[], nn.Module]]] = [("dense", module.to_dense)]
+        if hasattr(module, "factor_indices") and hasattr(module, "in_modes"):
+            from modelzip.kernels.split_linear import SplitLinear, plan_cut
+
+            cut = plan_cut(module)
+            if cut is not None:
+                options.append(
+                    ("float:two-GEMM cut", lambda: SplitLinear.from_factorized(module, cut))
+                )
+        return options
     return []
 
 
@@ -282,6 +294,7 @@ def _candidate_cheap(m: nn.Module) -> bool:
         or type(m) in (nn.Linear, nn.Conv2d)
         or hasattr(m, "tt_cores")
         or hasattr(m, "ht_factors")
+        or hasattr(m, "tucker_factors")
     )
 
 
