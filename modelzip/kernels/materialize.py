@@ -13,10 +13,11 @@ int8 layer (``codes`` + ``scale``)              PyTorch's x86 int8 kernels (dyna
 factorized layer (``tt_cores``/``ht_factors``)  kept factorized (MAC-minimal einsum), cut
                                                 into two GEMMs (:class:`SplitLinear`) or made
                                                 dense, whichever is measured faster
+fake-quantized linear with k-bit inputs         :class:`BitSerialLinear` (AND-popcount over bit
+(``FakeQuantLinear``, ``act_bits`` ≤ 8)          planes) if measured faster; fake-quantized
+                                                convs stay as they are (no bit-serial conv yet)
 =============================================  ==============================================
 
-Low-bit fake-quantized layers would go to :mod:`modelzip.kernels.bitserial`; no such layer class
-exists in the quantize family yet, so :func:`_candidate` is where it will be added.
 With a sample batch every replacement is checked against the original layer on the input that
 layer saw, reverted if it disagrees, and the whole model's output is compared at the end.
 """
@@ -128,6 +129,12 @@ def _candidate(
 
             return [("int8:x86 conv2d_dynamic", lambda: Int8DynamicConv2d.from_dense(module))]
         return []
+    if type(module).__name__ == "FakeQuantLinear" and getattr(module, "act", None) is not None:
+        from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
+
+        if int(module.act.bits) > 8 or grid_codes(module.quantized_weight()) is None:
+            return []
+        return [("float:bit-serial AND-popcount", lambda: BitSerialLinear.from_fake_quant(module))]
     if type(module) in (nn.Linear, nn.Conv2d):
         from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
 
@@ -289,7 +296,8 @@ def _choose_layout(
 def _candidate_cheap(m: nn.Module) -> bool:
     """Whether ``m`` may have an executable form (without building it)."""
     return (
-        (hasattr(m, "mask") and hasattr(m, "masked_weight"))
+        (type(m).__name__ == "FakeQuantLinear" and getattr(m, "act", None) is not None)
+        or (hasattr(m, "mask") and hasattr(m, "masked_weight"))
         or (hasattr(m, "codes") and hasattr(m, "scale") and not _is_ours(m))
         or type(m) in (nn.Linear, nn.Conv2d)
         or hasattr(m, "tt_cores")

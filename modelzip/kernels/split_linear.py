@@ -133,10 +133,7 @@ class SplitLinear(CompressedModule):
         h, bond = cut.h, "".join(cut.bond)
         with torch.no_grad():
             left = torch.einsum(
-                ",".join(terms[i] for i in cut.left)
-                + "->"
-                + "".join(m_idx[:h] + n_idx[:h])
-                + bond,
+                ",".join(terms[i] for i in cut.left) + "->" + "".join(m_idx[:h] + n_idx[:h]) + bond,
                 *(factors[i] for i in cut.left),
             )
             right = torch.einsum(

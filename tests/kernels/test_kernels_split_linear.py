@@ -55,8 +55,8 @@ def test_split_equals_the_factorized_layer(cls: type, config: object) -> None:
 
 
 def test_tt_cut_is_the_rank_between_halves() -> None:
-    layer = _layer(TTLinear, TTConfig(ranks=(2, 6, 3), in_modes=(4, 5, 4, 4), out_modes=(4, 4, 4, 4)),
-                   320, 256)  # fmt: skip
+    config = TTConfig(ranks=(2, 6, 3), in_modes=(4, 5, 4, 4), out_modes=(4, 4, 4, 4))
+    layer = _layer(TTLinear, config, 320, 256)
     cut = plan_cut(layer)
     assert cut is not None and cut.bond_size == layer.ranks[cut.h]
     n, m = layer.in_modes, layer.out_modes
