@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from modelzip.kernels._jit import CHUNKS, pick, popcount
+from modelzip.kernels._native import native
 from modelzip.kernels.bitpack import pack_bits, unpack_bits, words_for
 
 
@@ -113,10 +114,7 @@ def _run_xnor(
     alpha: np.ndarray | None = None,
     beta: np.ndarray | None = None,
 ) -> np.ndarray:
-    # Row-packed operands have ⌈K/64⌉ words; tap-packed convolution operands may have more
-    # (each tap padded to whole words): any equal count that holds K bits is accepted.
-    if a.shape[1] != b.shape[1] or a.shape[1] < words_for(k):
-        raise ValueError(f"packed operands need equal word counts ≥ {words_for(k)} for K={k}")
+    _check_words(a, b, k)
     n = b.shape[0]
     affine = alpha is not None
     corr = np.zeros((1, n), np.float32) if corr is None else corr
@@ -127,12 +125,42 @@ def _run_xnor(
     return y
 
 
+def _words(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a).view(np.int64))
+
+
+def _transposed_words(b: np.ndarray) -> torch.Tensor:
+    """``B``'s words as ``(W, N')`` with ``N'`` a multiple of 16 (the native tile width)."""
+    n, w = b.shape
+    bt = np.zeros((w, -(-n // 16) * 16), dtype=np.uint64)
+    bt[:, :n] = b.T
+    return _words(bt)
+
+
+def _check_words(a: np.ndarray, b: np.ndarray, k: int) -> None:
+    # Row-packed operands have ⌈K/64⌉ words; tap-packed convolution operands may have more
+    # (each tap padded to whole words): any equal count that holds K bits is accepted.
+    if a.shape[1] != b.shape[1] or a.shape[1] < words_for(k):
+        raise ValueError(f"packed operands need equal word counts ≥ {words_for(k)} for K={k}")
+
+
 def xnor_gemm(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndarray:
     """``C = A·Bᵀ`` for ±1 matrices given packed: ``A`` ``(M, K)``, ``B`` ``(N, K)``.
 
     ``C[i, j] = K − 2·Σ_w popcount(A[i, w] ⊕ B[j, w])``, exact (``int32``). Both operands must be
-    packed by :func:`~modelzip.kernels.bitpack.pack_signs` with the same ``K``.
+    packed by :func:`~modelzip.kernels.bitpack.pack_signs` with the same ``K``. Runs the AVX-512
+    kernel where :func:`~modelzip.kernels._native.native` has one, else the Numba kernel.
     """
+    ext = native()
+    if ext is not None:
+        _check_words(a_words, b_words, k)
+        n = b_words.shape[0]
+        return ext.xnor_gemm(_words(a_words), _transposed_words(b_words), n, int(k)).numpy()
+    return xnor_gemm_numba(a_words, b_words, k)
+
+
+def xnor_gemm_numba(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndarray:
+    """:func:`xnor_gemm` on the portable Numba kernel."""
     c = np.empty((a_words.shape[0], b_words.shape[0]), dtype=np.int32)
     return _run_xnor(a_words, b_words, k, c)
 
@@ -148,8 +176,18 @@ def xnor_gemm_affine(
     """``Y[i, j] = (C[i, j] − corr[i mod L, j])·α_j + β_j`` (float32) with ``C`` the XNOR GEMM
     of :func:`xnor_gemm`: the layer's scale α, bias β and padding correction applied as each
     output is stored (one pass over the output)."""
-    y = np.empty((a_words.shape[0], b_words.shape[0]), dtype=np.float32)
     f32 = np.float32
+    ext = native()
+    if ext is not None:
+        _check_words(a_words, b_words, k)
+        n = b_words.shape[0]
+        c = np.zeros((1, n), f32) if corr is None else np.ascontiguousarray(corr, dtype=f32)
+        return ext.xnor_gemm_affine(
+            _words(a_words), _transposed_words(b_words), n, int(k), torch.from_numpy(c),
+            torch.from_numpy(np.ascontiguousarray(alpha, dtype=f32)),
+            torch.from_numpy(np.ascontiguousarray(beta, dtype=f32)),
+        ).numpy()  # fmt: skip
+    y = np.empty((a_words.shape[0], b_words.shape[0]), dtype=f32)
     return _run_xnor(a_words, b_words, k, y, None if corr is None else corr.astype(f32),
                      alpha.astype(f32), beta.astype(f32))  # fmt: skip
 
@@ -329,4 +367,5 @@ __all__ = [
     "padding_correction",
     "xnor_gemm",
     "xnor_gemm_affine",
+    "xnor_gemm_numba",
 ]

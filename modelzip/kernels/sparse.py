@@ -19,6 +19,7 @@ import torch
 from numba import njit, prange
 
 from modelzip.kernels._jit import CHUNKS, pick
+from modelzip.kernels._native import native
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,16 +176,35 @@ def bsr_matmul(w: BSRMatrix, x: np.ndarray) -> np.ndarray:
     """``W·X`` for a :class:`BSRMatrix` ``W`` (``M × K``) and dense ``X`` (``K × B``)."""
     bh, bw = w.block
     kp = -(-w.cols // bw) * bw
-    xp = np.zeros((kp, x.shape[1]), dtype=np.float32)
-    xp[: w.cols] = x
-    y = np.zeros((-(-w.rows // bh) * bh, x.shape[1]), dtype=np.float32)
-    work = w.blocks.size * x.shape[1]
+    if kp == w.cols and x.dtype == np.float32 and x.flags.c_contiguous:
+        xp = x  # already whole blocks: no padded copy
+    else:
+        xp = np.zeros((kp, x.shape[1]), dtype=np.float32)
+        xp[: w.cols] = x
+    rows = -(-w.rows // bh) * bh
+    ext = native() if w.block == (4, 4) else None
+    if ext is not None:
+        y = ext.bsr4_matmul(
+            torch.from_numpy(w.indptr), torch.from_numpy(w.indices),
+            torch.from_numpy(np.ascontiguousarray(w.blocks, dtype=np.float32)),
+            torch.from_numpy(xp), rows,
+        ).numpy()  # fmt: skip
+        return y[: w.rows]
+    return bsr_matmul_numba(w, xp)[: w.rows]
+
+
+def bsr_matmul_numba(w: BSRMatrix, xp: np.ndarray) -> np.ndarray:
+    """:func:`bsr_matmul` on the portable Numba kernels (``xp`` already padded to whole
+    blocks); returns all padded rows."""
+    bh = w.block[0]
+    y = np.zeros((-(-w.rows // bh) * bh, xp.shape[1]), dtype=np.float32)
+    work = w.blocks.size * xp.shape[1]
     if w.block == (4, 4):
         kernel = pick(_bsr_mm_4x4, _bsr_mm_4x4_serial, work)
     else:
         kernel = pick(_bsr_mm, _bsr_mm_serial, work)
     kernel(w.indptr, w.indices, w.blocks, xp, y)
-    return y[: w.rows]
+    return y
 
 
 @dataclasses.dataclass(frozen=True)

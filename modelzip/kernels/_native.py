@@ -1,0 +1,82 @@
+"""Optional AVX-512 kernels (``native/avx512.cpp``), compiled on first use and cached on disk.
+
+The XNOR-popcount GEMM and the 4 × 4 BSR product have hand-written AVX-512 versions that keep
+their accumulators in registers, which Numba cannot express (see the source's header); on these
+machines they run about 1.5× (XNOR) and 1.2–1.4× (BSR) faster than the Numba kernels
+(``benchmarks/kernels.py`` times both). They are built with ``torch.utils.cpp_extension`` into
+the modelzip cache the first time a kernel asks (about 20 s, once per source version; later
+processes load the cached library) — never at import. Without a C++ compiler, without
+AVX-512F + VPOPCNTDQ, or with ``MODELZIP_NATIVE=0``, :func:`native` returns None and the
+portable Numba kernels run instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+SOURCE = Path(__file__).with_name("native") / "avx512.cpp"
+#: CPU flags (``/proc/cpuinfo``) the kernels need.
+NEEDED_FLAGS = ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux); empty where unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def unavailable_reason() -> str | None:
+    """Why the native kernels cannot be used here, or None when they can be tried."""
+    if os.environ.get("MODELZIP_NATIVE", "1") == "0":
+        return "disabled by MODELZIP_NATIVE=0"
+    missing = [f for f in NEEDED_FLAGS if f not in cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _build() -> Any:
+    from torch.utils import cpp_extension
+
+    from modelzip.io import cache_dir
+
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    build = cache_dir() / "native" / digest
+    build.mkdir(parents=True, exist_ok=True)
+    flags = ["-O3", "-fopenmp", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+             "-mavx512vpopcntdq"]  # fmt: skip
+    return cpp_extension.load(
+        name=f"modelzip_avx512_{digest}",
+        sources=[str(SOURCE)],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build),
+        verbose=False,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def native() -> Any | None:
+    """The compiled extension, or None (with one warning if the build failed)."""
+    if unavailable_reason() is not None:
+        return None
+    try:
+        return _build()
+    except Exception as e:  # no compiler, no ninja, a failed build: the Numba kernels run
+        warnings.warn(f"modelzip: AVX-512 kernels unavailable ({e}); using Numba", stacklevel=2)
+        return None
+
+
+__all__ = ["NEEDED_FLAGS", "cpu_flags", "native", "unavailable_reason"]
