@@ -13,9 +13,11 @@ int8 layer (``codes`` + ``scale``)              PyTorch's x86 int8 kernels (dyna
 factorized layer (``tt_cores``/``ht_factors``)  kept factorized (MAC-minimal einsum), cut
                                                 into two GEMMs (:class:`SplitLinear`) or made
                                                 dense, whichever is measured faster
-fake-quantized linear with k-bit inputs         :class:`BitSerialLinear` (AND-popcount over bit
-(``FakeQuantLinear``, ``act_bits`` ≤ 8)          planes) if measured faster; fake-quantized
-                                                convs stay as they are (no bit-serial conv yet)
+fake-quantized layer (``FakeQuant*``)           its weights quantized once (frozen), or for a
+                                                linear with k-bit inputs (``act_bits`` ≤ 8)
+                                                :class:`BitSerialLinear` (AND-popcount over bit
+                                                planes), whichever is measured faster (no
+                                                bit-serial conv yet)
 =============================================  ==============================================
 
 With a sample batch every replacement is checked against the original layer on the input that
@@ -129,12 +131,15 @@ def _candidate(
 
             return [("int8:x86 conv2d_dynamic", lambda: Int8DynamicConv2d.from_dense(module))]
         return []
-    if type(module).__name__ == "FakeQuantLinear" and getattr(module, "act", None) is not None:
-        from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
+    if type(module).__name__ in ("FakeQuantLinear", "FakeQuantConv2d"):
+        options = [("dense", lambda: _frozen_fake_quant(module))]
+        if type(module).__name__ == "FakeQuantLinear" and getattr(module, "act", None) is not None:
+            from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
 
-        if int(module.act.bits) > 8 or grid_codes(module.quantized_weight()) is None:
-            return []
-        return [("float:bit-serial AND-popcount", lambda: BitSerialLinear.from_fake_quant(module))]
+            if int(module.act.bits) <= 8 and grid_codes(module.quantized_weight()) is not None:
+                build = lambda: BitSerialLinear.from_fake_quant(module)  # noqa: E731
+                options.append(("float:bit-serial AND-popcount", build))
+        return options
     if type(module) in (nn.Linear, nn.Conv2d):
         from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
 
@@ -243,6 +248,19 @@ def materialize(
     return model, report
 
 
+def _frozen_fake_quant(module: nn.Module) -> nn.Module:
+    """The fake-quantized layer with its quantized weight computed once (scheme ``none``): the
+    same outputs without re-quantizing the weights on every call."""
+    frozen = type(module).from_spec({**module.spec(), "scheme": "none"})
+    with torch.no_grad():
+        frozen.weight.copy_(module.quantized_weight())
+        if module.bias is not None:
+            frozen.bias.copy_(module.bias)
+        if module.act is not None:
+            frozen.act.alpha.copy_(module.act.alpha)
+    return frozen.to(module.weight.device).eval()
+
+
 def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
@@ -296,7 +314,7 @@ def _choose_layout(
 def _candidate_cheap(m: nn.Module) -> bool:
     """Whether ``m`` may have an executable form (without building it)."""
     return (
-        (type(m).__name__ == "FakeQuantLinear" and getattr(m, "act", None) is not None)
+        type(m).__name__ in ("FakeQuantLinear", "FakeQuantConv2d")
         or (hasattr(m, "mask") and hasattr(m, "masked_weight"))
         or (hasattr(m, "codes") and hasattr(m, "scale") and not _is_ours(m))
         or type(m) in (nn.Linear, nn.Conv2d)

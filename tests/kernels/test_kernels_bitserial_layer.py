@@ -61,5 +61,29 @@ def test_materialize_offers_bitserial_for_fake_quantized_linears() -> None:
     assert report.layers[0].kernel == "bit-serial AND-popcount"
     with torch.no_grad():
         torch.testing.assert_close(new(x), model(x), rtol=1e-4, atol=1e-5)
-    untouched, report = materialize(nn.Sequential(_fake("uniform", 4, None, 64, 32)), x, reps=1)
-    assert isinstance(untouched[0], FakeQuantLinear) and not report.layers  # float inputs
+    # Float inputs: no bit-serial form, but the weights are quantized once instead of per call.
+    float_in = nn.Sequential(_fake("ttq", 2, None, 64, 32))
+    frozen, report = materialize(float_in, x, reps=1, choose="compressed")
+    assert isinstance(frozen[0], FakeQuantLinear) and frozen[0].scheme == "none"
+    assert report.layers[0].kernel == "dense"
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), float_in(x))
+
+
+def test_materialize_freezes_fake_quantized_convs() -> None:
+    from modelzip.quantize.fake import FakeQuantConv2d
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    fake = FakeQuantConv2d({"in_channels": 3, "out_channels": 5, "kernel_size": (3, 3),
+                            "stride": (1, 1), "padding": (1, 1), "dilation": (1, 1),
+                            "groups": 1}, bias=True, scheme="dorefa", bits=3, per_channel=True,
+                           act_bits=4, act_clip=2.0)  # fmt: skip
+    fake._copy_from(conv)
+    model = nn.Sequential(fake.eval())
+    x = torch.randn(2, 3, 9, 9)
+    new, report = materialize(model, x, reps=1, choose="compressed")
+    assert isinstance(new[0], FakeQuantConv2d) and new[0].scheme == "none"
+    assert report.layers[0].max_rel_error == 0.0  # the same float ops, weights quantized once
+    with torch.no_grad():
+        torch.testing.assert_close(new(x), model(x))
