@@ -48,6 +48,8 @@ class ContractionPlan:
         path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=strategy)
         self.path = path
         self.macs = _macs_of(info)
+        #: MACs of the single-step contraction (the product of all index sizes), for comparison.
+        self.naive_macs = int(info.naive_cost) // 2
         self.steps = _steps_of(info)
         self._expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
 

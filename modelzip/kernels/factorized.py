@@ -16,33 +16,12 @@ import math
 import string
 from collections.abc import Sequence
 
-import opt_einsum
 import torch
 
+from modelzip.decompose._ops import ContractionPlan
 
-class FactorizedPlan:
-    """A MAC-minimal contraction order for ``equation`` on operands of ``shapes``.
-
-    Attributes
-    ----------
-    macs:
-        Multiply–accumulates of the chosen order (opt_einsum's flop count halved: it counts a
-        multiply and an add per term).
-    naive_macs:
-        MACs of the single-step contraction (the product of all index sizes), for comparison.
-    """
-
-    def __init__(self, equation: str, shapes: Sequence[Sequence[int]]) -> None:
-        shapes = [tuple(int(s) for s in shape) for shape in shapes]
-        strategy = "optimal" if len(shapes) <= 6 else "dp"
-        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=strategy)
-        self.equation, self.path = equation, path
-        self.macs = int(info.opt_cost) // 2
-        self.naive_macs = int(info.naive_cost) // 2
-        self._expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
-
-    def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
-        return self._expr(*operands, backend="torch")
+#: The contraction plan of the decomposed layers (one opt_einsum wrapper for the package).
+FactorizedPlan = ContractionPlan
 
 
 @functools.lru_cache(maxsize=256)
