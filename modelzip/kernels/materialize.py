@@ -207,6 +207,10 @@ def materialize(
         The executable model (eval mode, parameters frozen: the kernels are inference-only) and
         a :class:`MaterializeReport`.
     """
+    if layout not in ("measured", "contiguous", "channels_last"):
+        raise ValueError(
+            f"layout={layout!r} is not allowed; allowed: 'measured', 'contiguous', 'channels_last'"
+        )
     model = model if inplace else copy.deepcopy(model)
     model.eval()
     inputs: dict[str, torch.Tensor] = {}
@@ -274,10 +278,6 @@ def _choose_layout(
     report: MaterializeReport,
 ) -> nn.Module:
     """Convert ``model`` to channels-last when asked, or when measured faster and equal."""
-    if layout not in ("measured", "contiguous", "channels_last"):
-        raise ValueError(
-            f"layout={layout!r} is not allowed; allowed: 'measured', 'contiguous', 'channels_last'"
-        )
     if not _has_conv(model):
         report.layout_reason = "no 4-D weights"
         return model
