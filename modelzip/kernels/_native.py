@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ def _build() -> Any:
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
     build = cache_dir() / "native" / digest
     build.mkdir(parents=True, exist_ok=True)
+    # cpp_extension serializes builds with a lock file; a build killed midway leaves it behind
+    # and every later load would wait on it forever. A build takes ~20 s: 10 minutes is stale.
+    lock = build / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > 600:
+        lock.unlink(missing_ok=True)
     flags = ["-O3", "-fopenmp", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
              "-mavx512vpopcntdq"]  # fmt: skip
     return cpp_extension.load(

@@ -60,3 +60,28 @@ def test_disabled_native_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_native, "cpu_flags", lambda: {"avx2"})
     monkeypatch.delenv("MODELZIP_NATIVE")
     assert "avx512f" in (_native.unavailable_reason() or "")
+
+
+def test_a_stale_build_lock_is_removed(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("MODELZIP_CACHE", str(tmp_path))
+    digest = __import__("hashlib").sha256(_native.SOURCE.read_bytes()).hexdigest()[:12]
+    lock = tmp_path / "native" / digest / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    os.utime(lock, (0, 0))  # a build killed long ago
+    seen = {}
+
+    def fake_load(**kw):  # record what the build would meet, without compiling
+        seen["lock"] = (tmp_path / "native" / digest / "lock").exists()
+        return "ext"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    _native._build.cache_clear()
+    try:
+        assert _native._build() == "ext" and seen["lock"] is False
+    finally:
+        _native._build.cache_clear()
