@@ -70,8 +70,8 @@ BUDGETS: dict[str, dict[str, Any]] = {
               "lm_steps": 30, "lm_hidden": 64, "distill_epochs": 1, "nas_pop": 3,
               "nas_cycles": 3, "nas_train": 1000, "nas_minutes": 2.0, "nas_retrain": 1,
               "darts_epochs": 1, "darts_train": 1000},
-    "full": {"train": None, "rnn_epochs": 4, "rnn_params": 25_000, "cnn_epochs": 4,
-             "lm_steps": 300, "lm_hidden": 128, "distill_epochs": 2, "nas_pop": 8,
+    "full": {"train": None, "rnn_epochs": 8, "rnn_params": 25_000, "cnn_epochs": 4,
+             "lm_steps": 300, "lm_hidden": 128, "distill_epochs": 3, "nas_pop": 8,
              "nas_cycles": 24, "nas_train": 10_000, "nas_minutes": 20.0, "nas_retrain": 8,
              "darts_epochs": 2, "darts_train": 10_000},
     # For a loaded 2-core CPU: a 1-epoch teacher VGG, distillation and NAS retraining on subsets.
