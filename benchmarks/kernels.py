@@ -364,7 +364,7 @@ def e2e_models() -> dict[str, tuple[nn.Module, nn.Module]]:
             _binarize(mod)
         bvgg[name] = mod
     pairs["binarized VGG-small"] = (vgg, nn.Sequential(bvgg).eval())
-    # W2A2: DoReFa-style 2-bit weights and PACT 2-bit inputs on the hidden layers of
+    # W2A2: 2-bit uniform per-row weights and PACT 2-bit inputs on the hidden layers of
     # LeNet-300-100 (the first and last layers stay float), run bit-serially when materialized.
     from modelzip.quantize.fake import FakeQuantLinear
 
