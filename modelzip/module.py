@@ -53,6 +53,18 @@ def layer_class(key: str) -> type[CompressedModule]:
     return _LAYERS[key]
 
 
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding ``weight`` (``out × in``) and ``bias``, on their device and dtype
+    (the :meth:`CompressedModule.to_dense` of every linear-like layer)."""
+    out_features, in_features = weight.shape
+    dense = nn.Linear(in_features, out_features, bias is not None, weight.device, weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+        if bias is not None:
+            dense.bias.copy_(bias)
+    return dense
+
+
 def conv_args(
     in_channels: int,
     out_channels: int,

@@ -20,7 +20,7 @@ from torch import nn
 
 from modelzip.decompose._ops import ContractionPlan, matmul_workloads, rows_of
 from modelzip.errors import ModelError
-from modelzip.module import CompressedModule
+from modelzip.module import CompressedModule, dense_linear
 from modelzip.workload import Workload
 
 
@@ -174,15 +174,7 @@ class FactorizedLinear(CompressedModule):
         return W[: self.out_features, : self.in_features]
 
     def to_dense(self) -> nn.Linear:
-        W = self.weight()
-        dense = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None, W.device, W.dtype
-        )
-        with torch.no_grad():
-            dense.weight.copy_(W)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.weight(), self.bias)
 
     def _linear_spec(self) -> dict[str, Any]:
         return {

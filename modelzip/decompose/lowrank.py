@@ -17,7 +17,7 @@ from torch import nn
 from modelzip.decompose._ops import conv_chain_workloads, copy_bias, linear_workload, rows_of
 from modelzip.decompose.rank import matrix_rank
 from modelzip.errors import ModelError
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, dense_linear, register_layer
 from modelzip.workload import Workload
 
 
@@ -118,15 +118,7 @@ class LowRankLinear(CompressedModule):
         return F.linear(h, self.factor_out, self.bias)
 
     def to_dense(self) -> nn.Linear:
-        W = self.factor_in
-        dense = nn.Linear(
-            self.in_features, self.out_features, self.bias is not None, W.device, W.dtype
-        )
-        with torch.no_grad():
-            dense.weight.copy_(self.weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.weight(), self.bias)
 
     def spec(self) -> dict[str, Any]:
         return {

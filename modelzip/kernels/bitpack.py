@@ -26,6 +26,12 @@ def _as_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(x)
 
 
+def words_tensor(words: np.ndarray) -> torch.Tensor:
+    """Packed ``uint64`` words as an ``int64`` tensor (a copy): torch has no full uint64
+    support, so the bits live in an int64 buffer and are viewed back with ``.view(np.uint64)``."""
+    return torch.from_numpy(np.ascontiguousarray(words).view(np.int64).copy())
+
+
 def pack_bits(bits: torch.Tensor | np.ndarray) -> np.ndarray:
     """Pack a boolean array ``(..., K)`` into ``uint64`` words ``(..., ⌈K/64⌉)``; pad bits are 0."""
     b = _as_numpy(bits).astype(bool, copy=False)

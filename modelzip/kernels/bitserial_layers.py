@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelzip.kernels.bitpack import pack_planes, words_for
+from modelzip.kernels.bitpack import pack_planes, words_for, words_tensor
 from modelzip.kernels.bitserial import bitserial_gemm_packed, plane_weights
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, dense_linear, register_layer
 
 #: Widest codes the layer takes (the kernel's cost grows with weight bits × input bits).
 MAX_BITS = 8
@@ -50,11 +50,6 @@ def grid_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     if bits > MAX_BITS:
         return None
     return codes.long(), offset.float(), step.float(), bits
-
-
-def _words_tensor(words: np.ndarray) -> torch.Tensor:
-    # torch has no full uint64 support: the bits live in an int64 buffer and are viewed back.
-    return torch.from_numpy(np.ascontiguousarray(words).view(np.int64).copy())
 
 
 @register_layer
@@ -95,7 +90,7 @@ class BitSerialLinear(CompressedModule):
         has_bias = layer.bias is not None
         new = cls(layer.in_features, layer.out_features, bits, int(act.bits), has_bias)
         with torch.no_grad():
-            new.planes.copy_(_words_tensor(pack_planes(codes, bits)))
+            new.planes.copy_(words_tensor(pack_planes(codes, bits)))
             new.offset.copy_(offset)
             new.step.copy_(step)
             new.alpha.copy_(act.alpha.detach().abs() + 1e-6)  # PACT's clip, as its forward uses
@@ -128,12 +123,7 @@ class BitSerialLinear(CompressedModule):
 
     def to_dense(self) -> nn.Linear:
         """The weight-only equivalent (the input quantization is not part of ``nn.Linear``)."""
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.weight(), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:

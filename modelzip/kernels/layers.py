@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for
-from modelzip.module import CompressedModule, register_layer
+from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_tensor
+from modelzip.module import CompressedModule, dense_linear, register_layer
 
 BINARY_MODES = ("xnor", "bwn")
 
@@ -27,11 +27,6 @@ def binary_scales(weight: torch.Tensor) -> torch.Tensor | None:
     if bool((alpha == 0).any()) or not bool((w.abs() == alpha[:, None]).all()):
         return None
     return alpha
-
-
-def _words_tensor(words: np.ndarray) -> torch.Tensor:
-    # torch has no full uint64 support: the bits live in an int64 buffer and are viewed back.
-    return torch.from_numpy(np.ascontiguousarray(words).view(np.int64).copy())
 
 
 def _no_grad_input(x: torch.Tensor, name: str) -> None:
@@ -60,7 +55,7 @@ class _Binary(CompressedModule):
         if alpha is None:
             raise ValueError("weights are not ±α per output channel; binarize the layer first")
         self.alpha.copy_(alpha)
-        self.words.copy_(_words_tensor(self._pack(dense.weight)))
+        self.words.copy_(words_tensor(self._pack(dense.weight)))
         if self.bias is not None:
             self.bias.copy_(dense.bias)
 
@@ -136,11 +131,7 @@ class BinaryLinear(_Binary):
         return y.reshape(*lead, self.out_features).to(x.device)
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.binary_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
+        dense = dense_linear(self.binary_weight(), self.bias)
         if self.mode == "xnor":
             return _SignThen(dense)  # type: ignore[return-value]
         return dense

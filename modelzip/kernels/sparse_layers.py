@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.kernels.sparse import BSRMatrix, CSRMatrix, sparse_matmul
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, dense_linear, register_layer
 
 
 class _Sparse(CompressedModule):
@@ -108,12 +108,7 @@ class SparseLinear(_Sparse):
         return y.reshape(*lead, self.out_features).to(x.device)
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(self.weight2d())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.weight2d(), self.bias)
 
 
 @register_layer

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, dense_linear, register_layer
 
 #: Floats in one chunk's intermediate (8 MB): within L2 + L3 of one core on these machines.
 CHUNK_FLOATS = 1 << 21
@@ -222,13 +222,7 @@ class SplitLinear(CompressedModule):
         return W[: self.out_features, : self.in_features]
 
     def to_dense(self) -> nn.Linear:
-        W = self.weight()
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        with torch.no_grad():
-            dense.weight.copy_(W)
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense.to(W.device)
+        return dense_linear(self.weight(), self.bias)
 
 
 __all__ = ["CHUNK_FLOATS", "Cut", "SplitLinear", "plan_cut"]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, conv_args, register_layer
+from modelzip.module import CompressedModule, conv_args, dense_linear, register_layer
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -125,13 +125,7 @@ class MaskedLinear(_Masked):
         return F.linear(x, self.masked_weight(), self.bias)
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        dense = dense.to(device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.masked_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.masked_weight(), self.bias)
 
 
 @register_layer

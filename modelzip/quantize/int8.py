@@ -25,7 +25,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, conv_args, register_layer
+from modelzip.module import CompressedModule, conv_args, dense_linear, register_layer
 from modelzip.quantize.layers import require_float32
 from modelzip.registry import SkipLayer, register_method
 
@@ -149,13 +149,7 @@ class Int8Linear(_Int8):
         return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        dense = dense.to(self.codes.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.dequantized_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.dequantized_weight(), self.bias)
 
     def train(self, mode: bool = True) -> Int8Linear:
         self._packed = None if mode else self._packed
