@@ -163,10 +163,13 @@ def part_speed(quick: bool) -> list[dict[str, Any]]:
         "`materialize()` measured fastest for the decomposed layer (*as built*: its own "
         "forward), *layout* the memory format measured faster for dense / decomposed (each "
         "timed with its input already in that layout, as inside a network). The MAC "
-        "reduction is the layer's MAC-minimal contraction, whatever form runs. TT-conv "
-        "misses: its MAC-minimal order is a chain of small GEMMs over the channel modes at "
-        "every pixel (about half the dense GEMM rate here), and no cut of its network into "
-        "two GEMMs costs fewer MACs than the dense conv, so `materialize()` runs it dense.\n\n"
+        "reduction is the layer's MAC-minimal contraction, whatever form runs. TT-conv's "
+        "MAC-minimal order is a chain of small contractions over the channel modes at every "
+        "pixel; as batched einsums over the whole map it ran memory-bound (0.24 of the MAC "
+        "reduction, dense won), so it runs as `FusedTTConv2d`: one AVX-512 kernel per tile of "
+        "16 output pixels, one pixel per SIMD lane, every intermediate in cache and every "
+        "permutation of modes folded into offset tables (`modelzip/kernels/native/tt_conv.cpp`)."
+        "\n\n"
         + markdown_table(
             [
                 "layer",

@@ -216,6 +216,15 @@ class TTConv2d(_ConvChain):
         in_modes, out_modes = modes_for(I, O, config)
         d = len(in_modes)
         sizes = [kh * kw] + [s * c for s, c in zip(out_modes, in_modes, strict=False)]
+        if ranks is not None:
+            ranks = tuple(int(r) for r in ranks)
+            ranks = (*ranks, 1) if len(ranks) == d else ranks
+            if len(ranks) != d + 1 or ranks[-1] != 1 or min(ranks) < 1:
+                raise ModelError(
+                    f"TTConv2d.from_dense ranks={list(ranks)}: {d} mode pairs need {d} ranks ≥ 1 "
+                    "(the spatial rank, then one per bond between channel cores), optionally "
+                    "followed by the closing 1"
+                )
         if ranks is None:
             cfg_ranks = getattr(config, "ranks", None)
             if cfg_ranks is not None and len(cfg_ranks) == d:  # the spatial rank first

@@ -1,13 +1,14 @@
-"""Optional AVX-512 kernels (``native/avx512.cpp``), compiled on first use and cached on disk.
+"""Optional AVX-512 kernels (``native/*.cpp``), compiled on first use and cached on disk.
 
 The XNOR-popcount GEMM and the 4 × 4 BSR product have hand-written AVX-512 versions that keep
 their accumulators in registers, which Numba cannot express (see the source's header); on these
 machines they run about 1.5× (XNOR) and 1.2–1.4× (BSR) faster than the Numba kernels
-(``benchmarks/kernels.py`` times both). They are built with ``torch.utils.cpp_extension`` into
-the modelzip cache the first time a kernel asks (about 20 s, once per source version; later
-processes load the cached library) — never at import. Without a C++ compiler, without
-AVX-512F + VPOPCNTDQ, or with ``MODELZIP_NATIVE=0``, :func:`native` returns None and the
-portable Numba kernels run instead.
+(``benchmarks/kernels.py`` times both). The fused TT-conv (``native/tt_conv.cpp``) has no Numba
+twin: without it :class:`~modelzip.kernels.tt_conv.FusedTTConv2d` runs the PyTorch chain. They
+are built with ``torch.utils.cpp_extension`` into the modelzip cache the first time a kernel asks
+(about 30 s, once per source version; later processes load the cached library) — never at
+import. Without a C++ compiler, without AVX-512F + VPOPCNTDQ, or with ``MODELZIP_NATIVE=0``,
+:func:`native` returns None and the portable kernels run instead.
 """
 
 from __future__ import annotations
@@ -20,21 +21,25 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-SOURCE = Path(__file__).with_name("native") / "avx512.cpp"
+NATIVE = Path(__file__).with_name("native")
+#: Compiled into one extension; the bindings are in avx512.cpp.
+SOURCES = (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp")
+HEADERS = (NATIVE / "tt_conv.h",)
 #: CPU flags (``/proc/cpuinfo``) the kernels need.
 NEEDED_FLAGS = ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux); empty where unknown."""
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty where unknown. Read once: layers ask per call."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     for line in text.splitlines():
         if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
 
 
 def unavailable_reason() -> str | None:
@@ -47,13 +52,18 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def source_digest() -> str:
+    """Names the build directory: a changed source builds anew instead of loading a stale one."""
+    return hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:12]
+
+
 @functools.lru_cache(maxsize=1)
 def _build() -> Any:
     from torch.utils import cpp_extension
 
     from modelzip.io import cache_dir
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = source_digest()
     build = cache_dir() / "native" / digest
     build.mkdir(parents=True, exist_ok=True)
     # cpp_extension serializes builds with a lock file; a build killed midway leaves it behind
@@ -65,7 +75,8 @@ def _build() -> Any:
              "-mavx512vpopcntdq"]  # fmt: skip
     return cpp_extension.load(
         name=f"modelzip_avx512_{digest}",
-        sources=[str(SOURCE)],
+        sources=[str(p) for p in SOURCES],
+        extra_include_paths=[str(NATIVE)],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build),

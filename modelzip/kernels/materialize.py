@@ -11,8 +11,10 @@ int8 layer (``codes`` + ``scale``)              PyTorch's x86 int8 kernels (dyna
                                                 XNOR-popcount when the sample's inputs are ±1,
                                                 else BWN (adds/subtracts)
 factorized layer (``tt_cores``/``ht_factors``)  kept factorized (MAC-minimal einsum), cut
-                                                into two GEMMs (:class:`SplitLinear`) or made
-                                                dense, whichever is measured faster
+                                                into two GEMMs (:class:`SplitLinear`), a TT-conv
+                                                fused per 16-pixel tile (:class:`FusedTTConv2d`,
+                                                AVX-512) or made dense, whichever is measured
+                                                faster
 fake-quantized layer (``FakeQuant*``)           its weights quantized once (frozen), or for a
                                                 linear with k-bit inputs (``act_bits`` ≤ 8)
                                                 :class:`BitSerialLinear` (AND-popcount over bit
@@ -166,6 +168,14 @@ def _candidate(
                 options.append(
                     ("float:two-GEMM cut", lambda: SplitLinear.from_factorized(module, cut))
                 )
+        if hasattr(module, "spatial") and hasattr(module, "tt_cores") and x is not None:
+            from modelzip.kernels.tt_conv import FusedTTConv2d
+
+            fused = FusedTTConv2d.from_tt(module)
+            with torch.no_grad():
+                usable = fused.fused_unavailable(x) is None
+            if usable:
+                options.append(("float:fused TT-conv (AVX-512)", lambda: fused))
         return options
     return []
 

@@ -68,7 +68,7 @@ def test_a_stale_build_lock_is_removed(tmp_path, monkeypatch: pytest.MonkeyPatch
     from torch.utils import cpp_extension
 
     monkeypatch.setenv("MODELZIP_CACHE", str(tmp_path))
-    digest = __import__("hashlib").sha256(_native.SOURCE.read_bytes()).hexdigest()[:12]
+    digest = _native.source_digest()
     lock = tmp_path / "native" / digest / "lock"
     lock.parent.mkdir(parents=True)
     lock.touch()

@@ -7,8 +7,10 @@
 //    loads of B (transposed, so 8 consecutive output columns share one register), 8 broadcasts
 //    of A and 16 XOR + VPOPCNTQ + ADD;
 //  * bsr 4x4: a 4 x 64 output tile in 16 zmm float registers; per block, 16 X loads and 64 FMAs.
-// Threads: at::parallel_for (OpenMP) over row tiles.
+// Threads: at::parallel_for (OpenMP) over row tiles. The fused TT-conv is in tt_conv.cpp.
 #include <torch/extension.h>
+
+#include "tt_conv.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -141,4 +143,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("xnor_gemm", &xnor_gemm, "XNOR-popcount GEMM, int32 result");
   m.def("xnor_gemm_affine", &xnor_gemm_affine, "XNOR-popcount GEMM with scale, bias, correction");
   m.def("bsr4_matmul", &bsr4_matmul, "BSR (4 x 4 blocks) times dense");
+  m.def("tt_conv2d", &tt_conv2d, "fused TT-conv forward (tt_conv.cpp)");
 }
