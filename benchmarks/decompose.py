@@ -16,6 +16,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -226,29 +227,45 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
     lenet300 = pretrained("lenet300", progress=False)
     lenet5 = pretrained("lenet5", progress=False)
     mats = {"lenet300.fc1 (300×784)": lenet300.fc1, "lenet5.fc1 (500×800)": lenet5.fc1}
+    # Two rank rules: one rank everywhere (4 … 64), and each bond / node sized by its own
+    # unfolding's spectrum (energy kept per truncation), which is what TT-SVD and the
+    # hierarchical SVD do with an error tolerance.
+    rules: dict[str, tuple[list[Any], list[Any], Callable[[int, Any], Any]]] = {
+        "uniform rank": (
+            [4, 8, 16, 32, 64],
+            [4, 8, 12, 16, 24, 32, 48, 64],
+            lambda d, r: {"rank": r},
+        ),
+        "energy per unfolding": (
+            [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
+            [0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99],
+            lambda d, e: {"energy": e},
+        ),
+    }
+    dims = (3, 4) if quick else (3, 4, 6)
     rows: list[dict[str, Any]] = []
-    wins = 0
-    for (name, layer), d in itertools.product(mats.items(), (3, 4)):
+    for (name, layer), d, (rule, (tt_sweep, ht_sweep, kw)) in itertools.product(
+        mats.items(), dims, rules.items()
+    ):
         dense = nn.Linear(layer.in_features, layer.out_features)
         dense.load_state_dict(layer.state_dict())
         W = dense.weight.detach()
         tt_pts, ht_pts = [], []
-        # Ranks up to 64 reach the regime where the approximation is usable (error ≤ 0.5).
-        for r in (4, 8, 16, 32, 64):
-            tt = TTLinear.from_dense(dense, TTConfig(d=d, rank=r))
+        for v in tt_sweep:
+            tt = TTLinear.from_dense(dense, TTConfig(d=d, **kw(d, v)))
             tt_pts.append((tt.param_count() - W.shape[0], _rel_error(tt.weight(), W)))
-        for r in (4, 8, 12, 16, 24, 32, 48, 64):
-            ht = HTLinear.from_dense(dense, HTConfig(d=d, rank=r))
+        for v in ht_sweep:
+            ht = HTLinear.from_dense(dense, HTConfig(d=d, **kw(d, v)))
             ht_pts.append((ht.param_count() - W.shape[0], _rel_error(ht.weight(), W)))
         for params, tt_err in tt_pts:
             ht_err = _interp(ht_pts, params)
-            if math.isnan(ht_err):
+            if math.isnan(ht_err) or params >= W.numel():  # no HT point there / no compression
                 continue
-            wins += ht_err <= tt_err
             rows.append(
                 {
                     "matrix": name,
                     "d": d,
+                    "rule": rule,
                     "params": params,
                     "dense_params": W.numel(),
                     "tt_error": round(tt_err, 4),
@@ -256,16 +273,27 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
                 }
             )
     compared = len(rows)
+    holds = [r for r in rows if r["ht_error_at_equal_params"] <= r["tt_error"]]
     gaps = [r["ht_error_at_equal_params"] - r["tt_error"] for r in rows]
+    by_case = {}
+    for case in dict.fromkeys((r["matrix"], r["d"], r["rule"]) for r in rows):
+        mine = [r for r in rows if (r["matrix"], r["d"], r["rule"]) == case]
+        by_case[f"{case[0].split()[0]} d={case[1]} {case[2]}"] = (
+            f"{sum(r in holds for r in mine)} of {len(mine)}"
+        )
     EXTRA["ht_minus_tt_error"] = {"min": min(gaps), "max": max(gaps), "mean": sum(gaps) / len(gaps)}
-    # The survey's claim, tested; the issue asks for the comparison, not for HT to win.
+    EXTRA["survey_claim_ht_le_tt"] = {"holds": len(holds), "of": compared, "by_case": by_case}
+    # The issue asks for the comparison (the survey's claim is its context), so the check is
+    # that the comparison is made across enough of the ground: both matrices, every d, both
+    # rank rules, at compressing budgets. Whether the claim holds is the finding, reported.
     CHECKS.append(
         check(
-            "survey's claim HT ≤ TT error at equal params (trained FC): points where it holds",
-            wins,
+            "HT vs TT at equal params on trained FC layers: points compared (2 layers × d × 2 "
+            "rank rules)",
             compared,
+            20 if quick else 40,
             "points",
-            wins == compared,
+            compared >= (20 if quick else 40),
         )
     )
     # Decomposition time: TensorLy (NumPy backend, called directly) against modelzip's layers.
@@ -306,20 +334,31 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
     EXTRA["decomposition_times"] = times
     SECTIONS["ht"] = (
         "### HT against TT on trained FC weights (relative error ‖W − Ŵ‖/‖W‖ at equal params)\n\n"
-        f"Modes factorized into d = 3 and 4; HT on the balanced tree, its error interpolated "
-        f"(log-params) to each TT point's parameter count. HT is at most as good as TT at "
-        f"{wins} of {compared} points; HT − TT error ranges "
-        f"{min(gaps):+.3f} to {max(gaps):+.3f} (mean {sum(gaps) / len(gaps):+.3f}). The "
-        "survey's claim that HT suits FC matrices better shows only at some mid budgets of "
-        "d = 3; elsewhere TT is as good or slightly better. With d ≤ 4 modes the balanced "
-        "tree's root bond is one of the TT's bonds, so the formats differ little; "
-        "whether HT pulls ahead at larger d is not measured here.\n\n"
+        f"Modes factorized into d = {', '.join(map(str, dims))}; HT on the balanced tree, its "
+        "error interpolated (log-params) to each TT point's parameter count; points at or "
+        "above the dense size dropped. Two rank rules: one rank for every bond / node, and "
+        "each bond / node sized by its own unfolding's spectrum (`energy`, as TT-SVD and the "
+        "hierarchical SVD truncate to a tolerance). **The survey's claim that HT suits FC "
+        f"matrices better holds at {len(holds)} of {compared} points** (HT − TT error "
+        f"{min(gaps):+.3f} to {max(gaps):+.3f}, mean {sum(gaps) / len(gaps):+.3f}); by case: "
+        + ", ".join(f"{k} {v}" for k, v in by_case.items())
+        + ". By d: "
+        + ", ".join(
+            f"d = {d}: {sum(r['d'] == d for r in holds)} of {sum(r['d'] == d for r in rows)}"
+            for d in dims
+        )
+        + ". HT's advantage, where there is one, is at d = 3 (and mostly on LeNet-300's layer); "
+        f"from d = 4 on it holds at {sum(r['d'] >= 4 for r in holds)} of "
+        f"{sum(r['d'] >= 4 for r in rows)} points. The balanced tree stores 2d − 2 factors "
+        "against the TT's d cores, and on these matrices the extra transfer tensors cost more "
+        "parameters than they save in accuracy.\n\n"
         + markdown_table(
-            ["matrix", "d", "params (dense)", "TT error", "HT error"],
+            ["matrix", "d", "rank rule", "params (dense)", "TT error", "HT error"],
             [
                 [
                     r["matrix"],
                     r["d"],
+                    r["rule"],
                     f"{r['params']:,} ({r['dense_params']:,})",
                     r["tt_error"],
                     r["ht_error_at_equal_params"],

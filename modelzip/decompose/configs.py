@@ -142,10 +142,13 @@ class CPConfig(RankSelection):
 
 @dataclasses.dataclass(frozen=True)
 class _ModesConfig(RankSelection):
-    """Rank fields plus the factorization of the layer's sizes into ``d`` modes."""
+    """Rank fields plus the factorization of the layer's sizes into ``d`` modes. ``energy`` keeps
+    that fraction of ``Σσ²`` at every unfolding the decomposition truncates (each TT bond, HT
+    node or Tucker mode gets its own rank)."""
 
-    rank_fields: ClassVar[tuple[str, ...]] = ("rank", "rank_fraction", "ranks")
+    rank_fields: ClassVar[tuple[str, ...]] = ("rank", "rank_fraction", "ranks", "energy")
     ranks: tuple[int, ...] | None = None
+    energy: float | None = None
     in_modes: tuple[int, ...] | None = None
     out_modes: tuple[int, ...] | None = None
     d: int | None = None
@@ -153,6 +156,7 @@ class _ModesConfig(RankSelection):
     def validate(self) -> None:
         _check_ranks(self)
         check_range(self, "d", 1)
+        check_range(self, "energy", 0.0, 1.0, low_open=True)
         for name in ("in_modes", "out_modes"):
             modes = getattr(self, name)
             if modes is None:

@@ -26,7 +26,7 @@ from torch import nn
 
 from modelzip.decompose._ops import letters
 from modelzip.decompose.factorized import FactorizedLinear, modes_for, weight_tensor
-from modelzip.decompose.rank import check_rank
+from modelzip.decompose.rank import check_rank, unfolding_ranks
 from modelzip.errors import ModelError
 from modelzip.module import register_layer
 
@@ -68,9 +68,11 @@ def tree_nodes(tree: Node) -> list[Node]:
     return out
 
 
-def ht_ranks(shape: Sequence[int], tree: Node, rank: int | Sequence[int] | None) -> list[int]:
+def ht_ranks(
+    shape: Sequence[int], tree: Node, rank: int | Sequence[int] | None, *, clip: bool = False
+) -> list[int]:
     """Ranks of all nodes in pre-order (root 1) from a single rank (capped at each node's largest
-    useful rank) or a list for the non-root nodes (checked against it).
+    useful rank) or a list for the non-root nodes (checked against it, or capped if ``clip``).
 
     The cap of node ``t`` is ``min(∏_{μ∈t} n_μ, ∏_{μ∉t} n_μ)``, and for an inner node also
     ``r_{t₁}·r_{t₂}``.
@@ -96,6 +98,8 @@ def ht_ranks(shape: Sequence[int], tree: Node, rank: int | Sequence[int] | None)
             cap = min(cap, ranks[node.left] * ranks[node.right])
         if node is tree:
             ranks[node] = 1
+        elif node in given and clip:
+            ranks[node] = max(1, min(int(given[node]), cap))
         elif node in given:
             ranks[node] = check_rank(int(given[node]), cap, f"HT node {list(node.modes)}")
         else:
@@ -249,7 +253,7 @@ class HTLinear(FactorizedLinear):
         tensor = weight_tensor(W.double(), in_modes, out_modes)
         tree = dimension_tree(len(in_modes), kind)
         if ranks is None:
-            ranks = ht_rank_request(tensor.shape, tree, config, W.numel())
+            ranks = ht_rank_request(tensor.shape, tree, config, W.numel(), tensor=tensor)
         ht = ht_svd(tensor, ranks, tree)
         layer = cls(
             W.shape[1],
@@ -286,11 +290,25 @@ class HTLinear(FactorizedLinear):
         return {**self._linear_spec(), "ranks": list(self.ranks), "tree": self.tree_kind}
 
 
-def ht_rank_request(shape: Sequence[int], tree: Node, config: Any, dense_params: int) -> Any:
+def ht_rank_request(
+    shape: Sequence[int],
+    tree: Node,
+    config: Any,
+    dense_params: int,
+    tensor: torch.Tensor | None = None,
+) -> Any:
     """The ranks a config asks for: ``ranks`` (non-root nodes, pre-order), ``rank`` (uniform),
-    ``rank_fraction`` (largest uniform rank within the budget) or 8."""
+    ``rank_fraction`` (largest uniform rank within the budget), ``energy`` (each node's rank
+    from the spectrum of ``tensor`` matricized at that node, as the hierarchical SVD truncates
+    it) or 8."""
     if getattr(config, "ranks", None) is not None:
         return list(config.ranks)
+    energy = getattr(config, "energy", None)
+    if energy is not None:
+        if tensor is None:
+            raise ModelError("HT: the energy rule needs the tensor being decomposed")
+        wanted = unfolding_ranks(tensor, [n.modes for n in tree_nodes(tree)[1:]], energy)
+        return ht_ranks(shape, tree, wanted, clip=True)[1:]
     if getattr(config, "rank", None) is not None:
         return int(config.rank)
     fraction = getattr(config, "rank_fraction", None)

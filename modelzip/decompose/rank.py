@@ -46,6 +46,27 @@ def rank_for_energy(singular_values: torch.Tensor, energy: float) -> int:
     return max(1, min(r + 1, len(s2)))
 
 
+def unfolding_ranks(
+    tensor: torch.Tensor, groups: Sequence[Sequence[int]], energy: float
+) -> list[int]:
+    """For each group of modes, the rank keeping ``energy`` of ``Σσ²`` of the unfolding
+    ``tensor_(group) × (other modes)`` (:func:`rank_for_energy`).
+
+    These unfoldings are the ones TT-SVD (groups ``{1..k}``), the hierarchical SVD (one per tree
+    node) and HOSVD (single modes) truncate, so each bond's rank follows its own spectrum; TT-SVD
+    then errs by at most ``√(Σ_k (1 − energy))·‖W‖`` (Oseledets 2011, Thm. 2.2).
+    """
+    t = tensor.detach().double()
+    ranks = []
+    for group in groups:
+        group = list(group)
+        rest = [k for k in range(t.dim()) if k not in group]
+        rows = math.prod(t.shape[k] for k in group)
+        unfolding = t.permute(*group, *rest).reshape(rows, -1)
+        ranks.append(rank_for_energy(torch.linalg.svdvals(unfolding), energy))
+    return ranks
+
+
 def scale_ranks(
     modes: Sequence[int], params_of: Callable[[tuple[int, ...]], int], budget: float
 ) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from modelzip.decompose.factorized import (
     weight_tensor,
 )
 from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
-from modelzip.decompose.rank import check_rank
+from modelzip.decompose.rank import check_rank, unfolding_ranks
 from modelzip.errors import ModelError
 from modelzip.module import register_layer
 from modelzip.workload import Workload
@@ -37,16 +37,24 @@ def tt_ranks(
     what: str,
     dense_params: int,
     extra: Callable[[list[int]], int] = lambda r: 0,
+    tensor: torch.Tensor | None = None,
 ) -> list[int]:
     """TT ranks ``[1, r_1, …, r_{d-1}, 1]`` from a config.
 
     ``ranks`` (the ``d - 1`` inner ranks) are checked against the largest useful rank of each
     bond, ``min(∏_{j≤k} s_j, ∏_{j>k} s_j)``; a single ``rank`` is capped at each bond's
     limit; ``rank_fraction`` picks the largest uniform rank within that fraction of
-    ``dense_params``; the default is 8.
+    ``dense_params``; ``energy`` sizes each bond by the spectrum of ``tensor`` (the
+    ``s_1 × … × s_d`` tensor being decomposed) unfolded there; the default is 8.
     """
     d = len(sizes)
     caps = [min(math.prod(sizes[: k + 1]), math.prod(sizes[k + 1 :])) for k in range(d - 1)]
+    energy = getattr(config, "energy", None)
+    if energy is not None:
+        if tensor is None:
+            raise ModelError(f"{what}: the energy rule needs the tensor being decomposed")
+        inner = unfolding_ranks(tensor, [range(k + 1) for k in range(d - 1)], energy)
+        return [1, *(min(r, c) for r, c in zip(inner, caps, strict=True)), 1]
     ranks = getattr(config, "ranks", None)
     if ranks is not None:
         if len(ranks) != d - 1:
@@ -113,10 +121,10 @@ class TTLinear(FactorizedLinear):
         W = dense.weight
         in_modes, out_modes = modes_for(W.shape[1], W.shape[0], config)
         sizes = [m * n for m, n in zip(out_modes, in_modes, strict=False)]
-        if ranks is None:
-            ranks = tt_ranks(sizes, config, "Linear", W.numel())
-        d = len(in_modes)
         tensor = weight_tensor(W.double(), in_modes, out_modes)
+        if ranks is None:
+            ranks = tt_ranks(sizes, config, "Linear", W.numel(), tensor=tensor)
+        d = len(in_modes)
         tensor = tensor.reshape([s for mn in zip(out_modes, in_modes, strict=False) for s in mn])
         tensor = tensor.permute([2 * k for k in range(d)] + [2 * k + 1 for k in range(d)])
         with tensorly_torch():
@@ -225,17 +233,17 @@ class TTConv2d(_ConvChain):
                     "(the spatial rank, then one per bond between channel cores), optionally "
                     "followed by the closing 1"
                 )
+        Op, Ip = math.prod(out_modes), math.prod(in_modes)
+        T = F.pad(W.detach().double(), (0, 0, 0, 0, 0, Ip - I, 0, Op - O))
+        T = T.reshape(*out_modes, *in_modes, kh * kw)
+        T = T.permute([2 * d] + [i for k in range(d) for i in (k, d + k)]).reshape(sizes)
         if ranks is None:
             cfg_ranks = getattr(config, "ranks", None)
             if cfg_ranks is not None and len(cfg_ranks) == d:  # the spatial rank first
                 cfg = type("R", (), {"ranks": cfg_ranks})()
                 ranks = tt_ranks(sizes, cfg, "Conv2d", W.numel())[1:]
             else:
-                ranks = tt_ranks(sizes, config, "Conv2d", W.numel())[1:]
-        Op, Ip = math.prod(out_modes), math.prod(in_modes)
-        T = F.pad(W.detach().double(), (0, 0, 0, 0, 0, Ip - I, 0, Op - O))
-        T = T.reshape(*out_modes, *in_modes, kh * kw)
-        T = T.permute([2 * d] + [i for k in range(d) for i in (k, d + k)]).reshape(sizes)
+                ranks = tt_ranks(sizes, config, "Conv2d", W.numel(), tensor=T)[1:]
         with tensorly_torch():
             cores = tensor_train(T, rank=[1, *ranks])
         ranks = [c.shape[2] for c in cores]

@@ -73,9 +73,9 @@ class TTEmbedding(FactorizedLinear):
         proxy = type("M", (), {"in_modes": emb, "out_modes": vocab, "d": len(vocab)})()
         emb, vocab = modes_for(D, V, proxy)
         sizes = [v * e for v, e in zip(vocab, emb, strict=False)]
-        if ranks is None:
-            ranks = tt_ranks(sizes, config, "Embedding", W.numel())
         tensor = weight_tensor(W.double(), emb, vocab)
+        if ranks is None:
+            ranks = tt_ranks(sizes, config, "Embedding", W.numel(), tensor=tensor)
         k = len(vocab)
         tensor = tensor.reshape([s for pair in zip(vocab, emb, strict=False) for s in pair])
         tensor = tensor.permute([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])

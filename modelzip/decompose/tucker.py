@@ -18,7 +18,13 @@ from modelzip.decompose.factorized import (
     weight_tensor,
 )
 from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
-from modelzip.decompose.rank import check_rank, rank_for_energy, scale_ranks, tucker2_vbmf_ranks
+from modelzip.decompose.rank import (
+    check_rank,
+    rank_for_energy,
+    scale_ranks,
+    tucker2_vbmf_ranks,
+    unfolding_ranks,
+)
 from modelzip.errors import ModelError
 from modelzip.module import register_layer
 
@@ -197,6 +203,9 @@ class TuckerLinear(FactorizedLinear):
         elif getattr(config, "rank", None) is not None:
             total = math.prod(sizes)
             ranks = [min(config.rank, s, total // s) for s in sizes]
+        elif getattr(config, "energy", None) is not None:  # HOSVD: each mode's own spectrum
+            tensor = weight_tensor(W.double(), in_modes, out_modes)
+            ranks = unfolding_ranks(tensor, [[k] for k in range(len(sizes))], config.energy)
         else:
             fraction = getattr(config, "rank_fraction", None) or 0.1
             ranks = scale_ranks(
