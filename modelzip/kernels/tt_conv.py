@@ -28,10 +28,9 @@ import numpy as np
 import torch
 
 from modelzip.decompose.tt import TTConv2d
+from modelzip.kernels._native import native as native_kernels
+from modelzip.kernels.fused_conv import FusedConv
 from modelzip.module import register_layer
-
-#: Output pixels per tile: the float32 lanes of one AVX-512 register.
-LANES = 16
 
 
 def plan_groups(
@@ -78,45 +77,8 @@ def _offsets(order: Sequence[str], sizes: dict[str, int], names: Sequence[str]) 
     return off.reshape(-1)
 
 
-def _tiles(
-    H: int, W: int, P: int, Q: int, kernel: tuple[int, int], padding: tuple[int, int],
-    dilation: tuple[int, int],
-) -> tuple[torch.Tensor, ...]:  # fmt: skip
-    """Per tile of 16 output pixels: each tap's input offset for lane 0 and its lane mask, the
-    output offset and mask. With "same" geometry a tile runs over the flattened map (lanes are
-    contiguous in the input for every tap); otherwise tiles stay within one output row."""
-    (kh, kw), (ph, pw), (dh, dw) = kernel, padding, dilation
-    lanes = np.arange(LANES)
-    bits = np.int64(1) << lanes
-    if (P, Q) == (H, W):
-        starts = [(f0, f0 + lanes) for f0 in range(0, P * Q, LANES)]
-    else:
-        starts = [(p * Q + q0, p * Q + q0 + lanes) for p in range(P) for q0 in range(0, Q, LANES)]
-    tin, tmask, tout, tomask = [], [], [], []
-    for f0, f in starts:
-        ok = (f < P * Q) & (f // Q == f0 // Q) if (P, Q) != (H, W) else f < P * Q
-        p, q = f // Q, f % Q
-        tout.append(f0)
-        tomask.append(int(np.sum(bits[ok])))
-        row_in, row_mask = [], []
-        for dy in range(kh):
-            for dx in range(kw):
-                ih, iw = p - ph + dy * dh, q - pw + dx * dw
-                valid = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                row_in.append(int(ih[0]) * W + int(iw[0]))  # lane l reads this + l
-                row_mask.append(int(np.sum(bits[valid])))
-        tin.append(row_in)
-        tmask.append(row_mask)
-
-    def masks(m: list[Any]) -> torch.Tensor:  # 16-bit masks in int32 (the kernel's type)
-        return torch.from_numpy(np.asarray(m, dtype=np.int64).astype(np.int32))
-
-    return (torch.tensor(tin, dtype=torch.int64), masks(tmask),
-            torch.tensor(tout, dtype=torch.int64), masks(tomask))  # fmt: skip
-
-
 @register_layer
-class FusedTTConv2d(TTConv2d):
+class FusedTTConv2d(FusedConv, TTConv2d):
     """:class:`TTConv2d` with a fused per-pixel forward on AVX-512 CPUs (see the module doc).
 
     Same parameters, spec, :meth:`to_dense` and gradients as :class:`TTConv2d`; build it with
@@ -128,7 +90,7 @@ class FusedTTConv2d(TTConv2d):
         self.groups_plan, self.chain_macs = plan_groups(self.in_modes, self.out_modes, self.ranks)
         self._steps: tuple[Any, ...] | None = None
         self._steps_key: tuple[Any, ...] = ()
-        self._tile_cache: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        self._tile_cache: dict[tuple[Any, ...], tuple[torch.Tensor, ...]] = {}
 
     @classmethod
     def from_tt(cls, layer: TTConv2d) -> FusedTTConv2d:
@@ -143,31 +105,6 @@ class FusedTTConv2d(TTConv2d):
         grouped chain."""
         taps = self.kernel_size[0] * self.kernel_size[1]
         return taps * self.ranks[0] * math.prod(self.in_modes) + self.chain_macs
-
-    def fused_unavailable(self, x: torch.Tensor) -> str | None:
-        """Why ``x`` would not take the fused kernel, or None when it would."""
-        from modelzip.kernels._native import native, unavailable_reason
-
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4:
-            return "the fused kernel takes a 4-D float32 CPU tensor"
-        if self.spatial.weight.dtype != torch.float32 or self.spatial.weight.device.type != "cpu":
-            return "the fused kernel needs float32 CPU weights"
-        needs_grad = x.requires_grad or any(p.requires_grad for p in self.parameters())
-        if torch.is_grad_enabled() and needs_grad:
-            return "autograd: the fused kernel has no backward"
-        if isinstance(self.padding, str) or self.stride != (1, 1) or self.padding_mode != "zeros":
-            return "the fused kernel needs stride 1 and numeric zero padding"
-        reason = unavailable_reason()
-        if reason is None and native() is None:
-            reason = "the AVX-512 extension did not build"
-        return reason
-
-    def _out_size(self, H: int, W: int) -> tuple[int, int]:
-        (kh, kw), (ph, pw), (dh, dw) = self.kernel_size, self.padding, self.dilation
-        return H + 2 * ph - dh * (kh - 1), W + 2 * pw - dw * (kw - 1)
-
-    def _weights_key(self) -> tuple[Any, ...]:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
 
     def _build_steps(self) -> tuple[Any, ...]:
         """The kernel's step list: merged group matrices, offset tables and buffers (rebuilt
@@ -225,17 +162,12 @@ class FusedTTConv2d(TTConv2d):
         P, Q = self._out_size(H, W)
         if B == 0 or P <= 0 or Q <= 0 or x.shape[1] != self.in_channels:
             return super().forward(x)  # its errors (or empty result) are the conv's
-        from modelzip.kernels._native import native
-
-        if (H, W) not in self._tile_cache:
-            self._tile_cache[(H, W)] = _tiles(
-                H, W, P, Q, self.kernel_size, self.padding, self.dilation
-            )
+        tiles = self._tiles_for(H, W, self.kernel_size, self.padding, self.dilation)
         spatial, weights, tables, src, dst, bias, zsize, size, nbuf, out = self._build_steps()
-        return native().tt_conv2d(
-            x.contiguous(), spatial, *self._tile_cache[(H, W)], weights, *tables, src, dst, bias,
+        return native_kernels().tt_conv2d(
+            x.contiguous(), spatial, *tiles, weights, *tables, src, dst, bias,
             self.out_channels, P, Q, zsize, size, nbuf, out,
         )  # fmt: skip
 
 
-__all__ = ["LANES", "FusedTTConv2d", "plan_groups"]
+__all__ = ["FusedTTConv2d", "plan_groups"]
