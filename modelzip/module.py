@@ -20,6 +20,7 @@ import importlib
 from typing import Any, ClassVar, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modelzip.errors import ModelError
@@ -90,6 +91,38 @@ def conv_args(
         "groups": groups,
         "bias": bias,
     }
+
+
+def conv_spec(conv: nn.Conv2d) -> dict[str, Any]:
+    """A torch conv's shape arguments as :func:`conv_args` gives them, without ``bias``."""
+    args = conv_args(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+        conv.dilation, conv.groups,
+    )  # fmt: skip
+    del args["bias"]
+    return args
+
+
+def conv2d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, args: dict[str, Any]
+) -> torch.Tensor:
+    """``F.conv2d`` with the stride, padding, dilation and groups of a :func:`conv_args` dict
+    (the forward of every conv-like layer that keeps its weight in another form)."""
+    return F.conv2d(
+        x, weight, bias, args["stride"], args["padding"], args["dilation"], args.get("groups", 1)
+    )
+
+
+def load_dense(dense: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
+    """``dense`` (a fresh ``nn.Linear``/``nn.Conv2d``) moved to ``weight``'s device and dtype and
+    holding ``weight`` and ``bias`` (the :meth:`CompressedModule.to_dense` of layers with a
+    decoded weight)."""
+    dense = dense.to(device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        dense.weight.copy_(weight)
+        if bias is not None:
+            dense.bias.copy_(bias)
+    return dense
 
 
 class CompressedModule(nn.Module):

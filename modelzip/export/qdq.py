@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.module import conv2d
+
 _INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _INT32 = 6  # onnx.TensorProto.INT32
@@ -110,7 +112,7 @@ class QDQConv2d(nn.Module):
         if self.static:
             x = _fake_quant(x, layer.in_scale, layer.in_zero)
         w = dequantized_weight(layer)
-        y = F.conv2d(x, w, layer.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        y = conv2d(x, w, layer.bias, a)
         if self.static:
             y = _fake_quant(y, layer.out_scale, layer.out_zero)
         return y

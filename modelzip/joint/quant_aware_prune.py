@@ -23,7 +23,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
-from modelzip.module import register_layer
+from modelzip.module import conv2d, register_layer
 from modelzip.prune.magnitude import magnitude_mask
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
 from modelzip.quantize.fake import ste
@@ -51,6 +51,16 @@ class _QuantAware:
     def _quant_spec(self) -> dict[str, Any]:
         return {"bits": self.bits, "per_channel": self.per_channel}
 
+    def _copy_masked(self, layer: Any) -> Any:
+        """This (new) layer on ``layer``'s device and dtype with its weight, mask and bias."""
+        new = self.to(device=layer.weight.device, dtype=layer.weight.dtype)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            new.weight.copy_(layer.weight)
+            new.mask.copy_(layer.mask)
+            if layer.bias is not None:
+                new.bias.copy_(layer.bias)
+        return new
+
 
 @register_layer
 class QuantAwareMaskedLinear(_QuantAware, MaskedLinear):
@@ -73,13 +83,7 @@ class QuantAwareMaskedLinear(_QuantAware, MaskedLinear):
         cls, layer: MaskedLinear, bits: int, per_channel: bool
     ) -> QuantAwareMaskedLinear:
         new = cls(layer.in_features, layer.out_features, layer.bias is not None, bits, per_channel)
-        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            new.mask.copy_(layer.mask)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return new._copy_masked(layer)
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), **self._quant_spec()}
@@ -107,14 +111,7 @@ class QuantAwareMaskedConv2d(_QuantAware, MaskedConv2d):
     def from_masked(
         cls, layer: MaskedConv2d, bits: int, per_channel: bool
     ) -> QuantAwareMaskedConv2d:
-        new = cls(**layer.conv_args, bits=bits, per_channel=per_channel)
-        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            new.mask.copy_(layer.mask)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
-        return new
+        return cls(**layer.conv_args, bits=bits, per_channel=per_channel)._copy_masked(layer)
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), **self._quant_spec()}
@@ -122,7 +119,7 @@ class QuantAwareMaskedConv2d(_QuantAware, MaskedConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.conv_args
         w = self.quantized_weight().to(x.dtype)
-        return F.conv2d(x, w, self.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return conv2d(x, w, self.bias, a)
 
     def to_dense(self) -> nn.Conv2d:
         dense = super().to_dense()

@@ -24,7 +24,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_choice
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
 from modelzip.prune.masked import _Masked, pack_mask, unpack_mask
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import (
@@ -217,12 +217,7 @@ class _SparseQuant(CompressedModule):
         super()._load_from_state_dict(*args, **kwargs)
 
     def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        dense = dense.to(self.packed.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.dequantized_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return load_dense(dense, self.dequantized_weight(), self.bias)
 
 
 @register_layer
@@ -289,23 +284,10 @@ class SparseQuantConv2d(_SparseQuant):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv_args
         w = self.dequantized_weight(x.dtype)
-        return F.conv2d(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        return conv2d(x, w, self.bias, c)
 
     def to_dense(self) -> nn.Conv2d:
         return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
-
-
-def _conv_dict(conv: Any) -> dict[str, Any]:
-    pad = conv.padding
-    return {
-        "in_channels": conv.in_channels,
-        "out_channels": conv.out_channels,
-        "kernel_size": tuple(conv.kernel_size),
-        "stride": tuple(conv.stride),
-        "padding": pad if isinstance(pad, str) else tuple(pad),
-        "dilation": tuple(conv.dilation),
-        "groups": conv.groups,
-    }
 
 
 def sparse_quantized_layer(
@@ -323,7 +305,7 @@ def sparse_quantized_layer(
         kind = type(module).__name__
         if kind == "Conv2d" and module.padding_mode != "zeros":
             raise SkipLayer(f"padding_mode {module.padding_mode!r} is not supported")
-        conv = _conv_dict(module) if kind == "Conv2d" else None
+        conv = conv_spec(module) if kind == "Conv2d" else None
     else:
         raise SkipLayer(f"{type(module).__name__} has no pruning-aware quantized form")
     if weight.dtype != torch.float32:

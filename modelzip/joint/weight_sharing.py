@@ -26,7 +26,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
-from modelzip.module import CompressedModule, conv_args, register_layer
+from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
 from modelzip.prune.masked import pack_mask, unpack_mask
 from modelzip.quantize.layers import require_float32
 from modelzip.quantize.packing import pack_bits, unpack_bits
@@ -233,12 +233,7 @@ class _Shared(CompressedModule):
         self._set(codes, state["centroids"], mask, state.get("bias"))
 
     def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        dense = dense.to(self.centroids.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.shared_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return load_dense(dense, self.shared_weight(), self.bias)
 
     def _fill_from(self, dense: nn.Module, config: Any, generator: torch.Generator | None) -> None:
         codes, centroids, mask = share_weights(
@@ -300,11 +295,7 @@ class SharedConv2d(_Shared):
     ) -> SharedConv2d:
         if dense.padding_mode != "zeros":
             raise SkipLayer(f"padding_mode {dense.padding_mode!r} is not supported")
-        conv = conv_args(
-            dense.in_channels, dense.out_channels, dense.kernel_size, dense.stride,
-            dense.padding, dense.dilation, dense.groups,
-        )  # fmt: skip
-        layer = cls(conv, config.bits, dense.bias is not None).to(dense.weight.device)
+        layer = cls(conv_spec(dense), config.bits, dense.bias is not None).to(dense.weight.device)
         layer._fill_from(dense, config, generator)
         return layer
 
@@ -315,7 +306,7 @@ class SharedConv2d(_Shared):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv_args
         w = self.shared_weight().to(x.dtype)
-        return F.conv2d(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        return conv2d(x, w, self.bias, c)
 
     def to_dense(self) -> nn.Conv2d:
         return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))

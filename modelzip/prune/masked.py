@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, conv_args, dense_linear, register_layer
+from modelzip.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -182,7 +182,7 @@ class MaskedConv2d(_Masked):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.conv_args
         w = self.masked_weight()
-        return F.conv2d(x, w, self.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return conv2d(x, w, self.bias, a)
 
     def to_dense(self) -> nn.Conv2d:
         dense = nn.Conv2d(**self.conv_args).to(device=self.weight.device, dtype=self.weight.dtype)

@@ -21,7 +21,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv2d, dense_linear, load_dense, register_layer
 from modelzip.prune.grains import block_density, matrix_view
 from modelzip.prune.masked import _Masked
 from modelzip.registry import SkipLayer, register_method
@@ -167,13 +167,7 @@ class SparseLinear(_SparseWeight):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> nn.Linear:
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        dense = dense.to(device=self.dense_weight().device, dtype=self.dense_weight().dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return dense_linear(self.dense_weight(), self.bias)
 
 
 @register_layer
@@ -255,7 +249,7 @@ class SparseConv2d(_SparseWeight):
         a = self.conv_args
         if self.mode == "dense":
             w = self.weight.reshape(self._shape())
-            return F.conv2d(x, w, self.bias, a["stride"], a["padding"], a["dilation"])
+            return conv2d(x, w, self.bias, a)
         n, _, h, w_ = x.shape
         kh, kw = a["kernel_size"]
         oh = (h + 2 * a["padding"][0] - a["dilation"][0] * (kh - 1) - 1) // a["stride"][0] + 1
@@ -269,15 +263,8 @@ class SparseConv2d(_SparseWeight):
         return y
 
     def to_dense(self) -> nn.Conv2d:
-        a = self.conv_args
-        dense = nn.Conv2d(**a).to(
-            device=self.dense_weight().device, dtype=self.dense_weight().dtype
-        )
-        with torch.no_grad():
-            dense.weight.copy_(self.dense_weight().reshape(self._shape()))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        weight = self.dense_weight().reshape(self._shape())
+        return load_dense(nn.Conv2d(**self.conv_args), weight, self.bias)
 
 
 def _count(w: torch.Tensor, mode: Mode, block: tuple[int, int]) -> int:

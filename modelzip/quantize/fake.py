@@ -19,7 +19,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv2d, register_layer
 from modelzip.quantize.layers import require_float32
 from modelzip.quantize.observers import PACT
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
@@ -180,7 +180,7 @@ class FakeQuantConv2d(_FakeQuant):
         c = self.conv_args
         w = self.quantized_weight().to(x.dtype)
         x = self._input(x)
-        return F.conv2d(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        return conv2d(x, w, self.bias, c)
 
     def to_dense(self) -> nn.Conv2d:
         return self._dense(nn.Conv2d(**self.conv_args, bias=self.bias is not None))

@@ -25,7 +25,7 @@ from torch import nn
 from modelzip.config import MethodConfig, check_range
 from modelzip.context import Context
 from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, conv_args, dense_linear, register_layer
+from modelzip.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
 from modelzip.quantize.layers import require_float32
 from modelzip.registry import SkipLayer, register_method
 
@@ -209,7 +209,7 @@ class Int8Conv2d(_Int8):
         w = self.dequantized_weight(x.dtype)
         if x.is_contiguous(memory_format=torch.channels_last):
             w = w.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, w, self.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        return conv2d(x, w, self.bias, a)
 
     def to_dense(self) -> nn.Conv2d:
         dense = nn.Conv2d(**self.conv_args).to(self.codes.device)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, register_layer
+from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import Quantized, dequantize_codes, group_rows
 from modelzip.registry import SkipLayer
@@ -111,12 +111,7 @@ class _QuantWeight(CompressedModule):
         return math.prod(self.weight_shape) + (self.bias.numel() if self.bias is not None else 0)
 
     def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        dense = dense.to(self.packed.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.dequantized_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+        return load_dense(dense, self.dequantized_weight(), self.bias)
 
 
 @register_layer
@@ -193,15 +188,7 @@ class QuantConv2d(_QuantWeight):
     def from_quantized(cls, dense: nn.Conv2d, q: Quantized) -> QuantConv2d:
         if dense.padding_mode != "zeros":
             raise SkipLayer(f"padding_mode {dense.padding_mode!r} is not supported")
-        conv = {
-            "in_channels": dense.in_channels,
-            "out_channels": dense.out_channels,
-            "kernel_size": tuple(dense.kernel_size),
-            "stride": tuple(dense.stride),
-            "padding": dense.padding if isinstance(dense.padding, str) else tuple(dense.padding),
-            "dilation": tuple(dense.dilation),
-            "groups": dense.groups,
-        }
+        conv = conv_spec(dense)
         n_levels = 0 if q.levels is None else q.levels.shape[1]
         layer = cls(conv, q.bits, q.granularity, q.group_size, n_levels, dense.bias is not None)
         layer = layer.to(dense.weight.device)
@@ -213,7 +200,7 @@ class QuantConv2d(_QuantWeight):
         w = self.dequantized_weight(x.dtype)
         if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
             w = w.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, w, self.bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+        return conv2d(x, w, self.bias, c)
 
     def to_dense(self) -> nn.Conv2d:
         return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))

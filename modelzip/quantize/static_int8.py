@@ -21,7 +21,7 @@ from torch import nn
 
 from modelzip.context import Context
 from modelzip.errors import ModelError
-from modelzip.module import register_layer
+from modelzip.module import conv2d, register_layer
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.observers import Observer
 from modelzip.registry import SkipLayer
@@ -198,7 +198,7 @@ class StaticInt8Conv2d(_Static, Int8Conv2d):
         a = self.conv_args
         xq = self._fake(x, self.in_scale, self.in_zero)
         w = self.dequantized_weight(x.dtype)
-        y = F.conv2d(xq, w, self.bias, a["stride"], a["padding"], a["dilation"], a["groups"])
+        y = conv2d(xq, w, self.bias, a)
         return self._fake(y, self.out_scale, self.out_zero)
 
     def train(self, mode: bool = True) -> StaticInt8Conv2d:
