@@ -31,20 +31,36 @@ test: setup
 	$(BIN)/ruff check modelzip tests benchmarks
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
+# The paths a CPU without AVX-512 takes, forced here (docs/kernels.md): no hand-written AVX-512
+# kernels, PyTorch's AVX2 kernels, oneDNN and fbgemm without VNNI (static int8 inputs on 7 bits).
+# Only the tests whose code paths change with the instruction set; CI runs it after `test`.
+FALLBACK_ENV := MODELZIP_NATIVE=0 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+	FBGEMM_ENABLE_INSTRUCTIONS=AVX2
+FALLBACK_TESTS := tests/quantize tests/export tests/kernels tests/joint/test_auto.py \
+	tests/prune/test_prune_sparse.py tests/decompose/test_decompose_tt.py
+.PHONY: test-fallback
+test-fallback: setup
+	@$(FALLBACK_ENV) $(BIN)/python -c "import torch; from modelzip.kernels import isa; \
+		print('fallbacks: ATen', torch.backends.cpu.get_cpu_capability(), '| int8:', isa.int8_saturation())"
+	OMP_WAIT_POLICY=PASSIVE $(FALLBACK_ENV) $(BIN)/python -m pytest -q $(FALLBACK_TESTS)
+
 # Long fuzzing, outside `make test`: atheris (coverage-guided) on each file reader for
 # FUZZ_SECONDS, then the reliability tests with the Hypothesis "fuzz" profile (1000 examples each).
-# Crashing inputs are left in out/fuzz/ (see fuzz/_harness.py).
+# Crashing inputs are left in out/fuzz/ (see fuzz/_harness.py). Last, RELIABILITY.md's table of
+# attack classes is regenerated from the counts both wrote (fuzz/reliability_table.py).
 FUZZ_SECONDS ?= 60
-FUZZERS := recipe spec npz mzip
+FUZZERS := recipe spec npz mzip grid layerspec
 fuzz: setup
 	$(BIN)/pip install -q -e '.[fuzz]'
 	mkdir -p out/fuzz
+	rm -f out/reliability/*.json
 	for f in $(FUZZERS); do \
 		OMP_WAIT_POLICY=PASSIVE PYTHONPATH=fuzz:tests/reliability $(BIN)/python fuzz/fuzz_$$f.py \
 			-max_total_time=$(FUZZ_SECONDS) -timeout=30 -rss_limit_mb=4096 \
 			-artifact_prefix=out/fuzz/$$f- -print_final_stats=1 || exit 1; \
 	done
 	OMP_WAIT_POLICY=PASSIVE MODELZIP_HYPOTHESIS=fuzz $(BIN)/python -m pytest -q tests/reliability
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(BIN)/python fuzz/reliability_table.py
 
 lint: setup
 	$(BIN)/ruff check modelzip tests benchmarks

@@ -9,9 +9,11 @@ leaves its input as ``crash-*`` in the working directory, to be kept as a regres
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +31,8 @@ with atheris.instrument_imports(include=["modelzip"]):
     import modelzip.data.npz
     import modelzip.hardware.spec
     import modelzip.recipe
-    import modelzip.serialize  # noqa: F401
+    import modelzip.serialize
+    import modelzip.sweep.grid  # noqa: F401
 from modelzip.errors import ModelzipError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +49,40 @@ def seed_corpus(name: str, seed: Callable[[Path], bytes]) -> Path:
     return corpus
 
 
-def run(name: str, suffix: str, read: Callable[[Path], object], seed: Callable[[Path], bytes]):
+class Counts:
+    """Inputs tried so far, written to ``out/reliability/fuzz-NAME.json`` every few seconds (the
+    process ends inside libFuzzer, which runs no Python exit hooks) for RELIABILITY.md's table."""
+
+    def __init__(self, name: str, attack: str) -> None:
+        self.path = ROOT / "out" / "reliability" / f"fuzz-{name}.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.data = {"attack": attack, "reader": name, "inputs": 0}
+        self.last = 0.0
+
+    def add(self) -> None:
+        self.data["inputs"] += 1
+        now = time.monotonic()
+        if now - self.last > 2:
+            self.last = now
+            self.path.write_text(json.dumps(self.data))
+
+
+def run(
+    name: str,
+    suffix: str,
+    read: Callable[[Path], object],
+    seed: Callable[[Path], bytes],
+    attack: str | None = None,
+):
     """Fuzz ``read`` on files ending in ``suffix``; extra argv goes to libFuzzer."""
     torch.set_num_threads(1)
     corpus = seed_corpus(name, seed)
     workdir = Path(tempfile.mkdtemp(prefix=f"modelzip-fuzz-{name}-"))
     path = workdir / f"input{suffix}"
+    counts = Counts(name, attack or f"Coverage-guided mutation of {suffix} files")
 
     def one_input(data: bytes) -> None:
+        counts.add()
         path.write_bytes(data)
         try:
             read(path)

@@ -12,7 +12,7 @@ from torch import nn
 
 from modelzip.config import MethodConfig
 from modelzip.context import Context
-from modelzip.errors import ModelError
+from modelzip.errors import DataError, ModelError
 from modelzip.inspect import collect_workloads, count_params, module_bytes
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
@@ -36,6 +36,91 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _dims(shape: Iterable[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+#: What a forward pass raises on inputs of the wrong shape, dtype or range.
+_FORWARD_ERRORS = (RuntimeError, IndexError, ValueError, TypeError)
+
+
+def check_data_fits(model: nn.Module, data: Any) -> None:
+    """Refuse a data set that ``model`` cannot take, before any work is done on it.
+
+    Compares the data's input shape with the one the model was built for (when its build record
+    tells, see :func:`modelzip.models.shapes.model_input_shape`): images against a language model
+    or a text corpus against an image model, images of another size, and a corpus's vocabulary
+    against the model's first embedding. Then one test input goes through the model (eval mode,
+    no gradients), whose error, if any, becomes the message, and the model's output width is
+    compared with the largest label (or a corpus's vocabulary). Data that is neither a
+    :class:`~modelzip.data.Dataset` nor a :class:`~modelzip.data.TextCorpus` is not checked.
+
+    Raises
+    ------
+    DataError
+        Naming both shapes, or the largest label and the model's number of classes.
+    """
+    from modelzip.data import Dataset, TextCorpus
+    from modelzip.models.shapes import model_input_shape
+
+    expected = model_input_shape(model)
+    if isinstance(data, Dataset):
+        got = f"images of shape {_dims(data.input_shape)}"
+        if expected is not None and len(expected) == 1:
+            raise DataError(
+                f"the model reads sequences of token ids (a text corpus such as 'shakespeare'), "
+                f"but data set {data.name!r} holds {got}"
+            )
+        if expected is not None and tuple(expected) != data.input_shape:
+            raise DataError(
+                f"the model expects images of shape {_dims(expected)}, but data set "
+                f"{data.name!r} holds {got}"
+            )
+        x = data.x_test[:1]
+        labels = [y for y in (data.y_train, data.y_test) if y.numel()]
+        top = max(int(y.max()) for y in labels) if labels else -1
+        have = f"labels up to {top} ({top + 1} classes)"
+    elif isinstance(data, TextCorpus):
+        got = "sequences of character ids"
+        if expected is not None and len(expected) != 1:
+            raise DataError(
+                f"the model expects images of shape {_dims(expected)}, but data set "
+                f"{data.name!r} is a text corpus ({got})"
+            )
+        stream = data.test if data.test.numel() else data.train
+        x = stream[:64][None]
+        top = data.vocab_size - 1
+        have = f"a vocabulary of {data.vocab_size} characters"
+        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+        if embedding is not None and data.vocab_size > embedding.num_embeddings:
+            raise DataError(
+                f"data set {data.name!r} has {have}, but the model's embedding has "
+                f"{embedding.num_embeddings} rows"
+            )
+    else:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(model_device(model)))
+    except _FORWARD_ERRORS as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(
+            f"data set {data.name!r} ({got}) does not fit the model: one input through it "
+            f"fails with {type(e).__name__}: {reason}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)) and out:
+        out = out[0]
+    if isinstance(out, torch.Tensor) and out.ndim >= 2 and top >= out.shape[-1]:
+        raise DataError(
+            f"data set {data.name!r} has {have}, but the model has {out.shape[-1]} outputs "
+            "(classes)"
+        )
+
+
 def model_stats(
     model: nn.Module,
     sample: Any = None,
@@ -43,7 +128,12 @@ def model_stats(
     data: Any = None,
     measure: bool = True,
 ) -> ModelStats:
-    """Parameters, bytes, MACs (given a sample), latency (if ``measure``), accuracy (with data)."""
+    """Parameters, bytes, MACs (given a sample), latency (if ``measure``), accuracy (with data).
+
+    With ``data``, :func:`check_data_fits` first refuses a data set the model cannot take.
+    """
+    if data is not None:
+        check_data_fits(model, data)
     stats = ModelStats(params=count_params(model), size_bytes=module_bytes(model))
     if sample is not None:
         workloads = collect_workloads(model, sample)
@@ -180,6 +270,8 @@ def compress(
     if not isinstance(model, nn.Module):
         raise ModelError(f"compress expects a torch.nn.Module, got {type(model).__name__}")
     check_finite(model)
+    if data is not None:
+        check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)
     device = model_device(work)
     if sample is None and data is not None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.api import check_data_fits
 from modelzip.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from modelzip.data import Dataset, TextCorpus, list_datasets, load_dataset
 from modelzip.errors import ModelError
@@ -126,6 +127,12 @@ def pretrained(
     -------
     nn.Module
         The trained model, on the CPU, in eval mode, with its build record set.
+
+    Raises
+    ------
+    DataError
+        The model cannot take the data set (images for a language model, say), found before
+        training (:func:`modelzip.api.check_data_fits`).
     """
     dataset, config, kwargs, data, path = _resolve(model_name, dataset, config)
     if path.is_file():
@@ -136,6 +143,7 @@ def pretrained(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # the initial weights
         model = create(model_name, **kwargs)
+    check_data_fits(model, data)  # e.g. images for a language model: refused before training
     result = train(model, data, config, progress=progress)
     metrics = evaluate(model, data, "test")
     info: dict[str, Any] = {

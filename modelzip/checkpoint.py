@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from modelzip.errors import ModelError
+from modelzip.integrity import DIGEST_KEY, content_digest, verify_digest
 from modelzip.io import atomic_path, write_json
 from modelzip.models.registry import build_from_source, model_source
 
@@ -74,6 +75,7 @@ def save_checkpoint(
     meta = {"source": model_source(model), "torch_version": torch.__version__}
     meta |= _json_safe(metadata or {})
     meta["format"] = FORMAT
+    meta[DIGEST_KEY] = content_digest(tensors)  # of the weights file, checked by load_checkpoint
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": FORMAT})
     sidecar = path.with_suffix(".json")
@@ -117,7 +119,11 @@ def load_checkpoint(
         if not meta.get("source"):
             raise ModelError(f"{path} does not record how to build its model; pass model=")
         model = build_from_source(meta["source"])
-    load_user_weights(model, path)
+    state = _read_state_dict(Path(path))
+    # Older checkpoints have no checksum in their sidecar: they load as before.
+    verify_digest(path, state, {DIGEST_KEY: meta[DIGEST_KEY]} if DIGEST_KEY in meta else {},
+                  required=False)  # fmt: skip
+    load_state_dict_checked(model, state, str(path))
     return model.eval(), meta
 
 

@@ -63,7 +63,8 @@ def load_model(
     """A model from a saved file, a zoo name or ``package.module:factory`` (see ``--help``).
 
     A zoo model without ``--weights`` is its trained baseline on the data set (trained once,
-    then cached).
+    then cached). Given ``data``, a data set the model cannot take (other input shape, labels
+    beyond its classes, images for a language model) is refused here, before any work.
     """
     from modelzip.models import list_models, resolve_model
     from modelzip.serialize import load
@@ -81,6 +82,10 @@ def load_model(
         model = resolve_model(spec, **zoo_kwargs(spec, data))
     if weights is not None:
         _load_weights(model, weights)
+    if data is not None:
+        from modelzip.api import check_data_fits
+
+        check_data_fits(model, data)
     return model
 
 
@@ -131,6 +136,7 @@ def _dataset(name: str | None, model_spec: str | None = None):
 
 def cmd_list(args: argparse.Namespace) -> int:
     from modelzip.data import dataset_info, list_datasets
+    from modelzip.hardware.presets import accelerator_description, list_accelerators
     from modelzip.models import list_models, model_info
     from modelzip.registry import get_method, list_methods
 
@@ -140,8 +146,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     ]
     models = [{"name": n, "description": model_info(n).description} for n in list_models()]
     datasets = [{"name": n, "description": dataset_info(n).description} for n in list_datasets()]
+    accelerators = [
+        {"name": n, "description": accelerator_description(n)} for n in list_accelerators()
+    ]
     if args.json:
-        _print_json({"methods": methods, "models": models, "datasets": datasets})
+        _print_json(
+            {
+                "methods": methods,
+                "models": models,
+                "datasets": datasets,
+                "accelerators": accelerators,
+            }
+        )
         return 0
     from rich.table import Table
 
@@ -150,6 +166,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         ("methods", methods, ("name", "family", "summary")),
         ("models", models, ("name", "description")),
         ("datasets", datasets, ("name", "description")),
+        ("accelerators", accelerators, ("name", "description")),
     ):
         table = Table(title=title, title_justify="left")
         for c in cols:
@@ -161,7 +178,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from modelzip.api import model_stats
+    from modelzip.api import check_data_fits, model_stats
     from modelzip.models import list_models, resolve_model
     from modelzip.serialize import save
     from modelzip.train import TrainConfig, default_train_config, train
@@ -182,6 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = resolve_model(args.model, **zoo_kwargs(args.model, data))
+    check_data_fits(model, data)
     result = train(
         model, data, config, progress=not (args.json or args.quiet),
         checkpoint_dir=args.checkpoint_dir,
@@ -262,23 +280,26 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _inspect_sample(args: argparse.Namespace, model):
-    import torch
+    """A batch of ``--input-shape``, or of the shape the model was built for (zoo models)."""
+    from modelzip.models.shapes import sample_input
 
-    from modelzip.api import model_device
-    from modelzip.models import list_models, model_info
-
+    shape = None
     if args.input_shape:
-        shape = tuple(int(s) for s in args.input_shape.split(","))
-    else:
-        source = getattr(model, "_modelzip_source", None) or {}
-        name = source.get("name") if source.get("kind") == "zoo" else args.model
-        if name not in list_models():
-            raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
-        shape = model_info(name).input_shape
-    device = model_device(model)
-    if len(shape) == 1:  # token ids
-        return torch.zeros((args.batch, *shape), dtype=torch.long, device=device)
-    return torch.rand((args.batch, *shape), device=device)
+        try:
+            shape = tuple(int(s) for s in args.input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or any(s < 1 for s in shape):
+            raise ModelzipError(
+                f"--input-shape must be positive ints separated by commas, e.g. 1,28,28; "
+                f"got {args.input_shape!r}"
+            )
+    if args.batch < 1:
+        raise ModelzipError(f"--batch must be a positive int, got {args.batch}")
+    sample = sample_input(model, args.batch, shape)
+    if sample is None:
+        raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
+    return sample
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -337,21 +358,11 @@ def _write_run_dir(run_dir: Path, model, report) -> None:
 
 
 def _sample_from_source(model):
-    """One input of a zoo model's shape (None outside the zoo: the estimate is skipped)."""
-    import torch
+    """One input of the shape the model was built for (None outside the zoo: the estimate is
+    skipped)."""
+    from modelzip.models.shapes import sample_input
 
-    from modelzip.api import model_device
-    from modelzip.models import list_models, model_info
-
-    source = getattr(model, "_modelzip_source", None) or {}
-    name = source.get("name") if source.get("kind") == "zoo" else None
-    if name not in list_models():
-        return None
-    shape = model_info(name).input_shape
-    device = model_device(model)
-    if len(shape) == 1:
-        return torch.zeros((1, *shape), dtype=torch.long, device=device)
-    return torch.rand((1, *shape), device=device)
+    return sample_input(model)
 
 
 def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -374,10 +385,11 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from modelzip.hardware import cli_estimate, render_table
+    from modelzip.hardware.command import needs_model
     from modelzip.inspect import collect_workloads
 
     workloads = None
-    if not args.topology and not str(args.model).endswith(".csv"):
+    if needs_model(args.model, args.topology):
         model = load_model(args.model, args.weights, pretrained=False)
         workloads = collect_workloads(model, _inspect_sample(args, model))
     result = cli_estimate(vars(args) | {"model_or_file": args.model}, workloads=workloads)
@@ -406,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="methods, models and data sets")
+    p = sub.add_parser("list", help="methods, models, data sets and accelerator presets")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_list)
 
@@ -458,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("estimate", help="cycles, energy and area on a modelled accelerator")
-    p.add_argument("model", help=MODEL_HELP + ", or a SCALE-Sim topology .csv")
+    p.add_argument(
+        "model", nargs="?", help=MODEL_HELP + ", or a SCALE-Sim topology .csv (or give --topology)"
+    )
     p.add_argument("--weights", help="weights file")
     p.add_argument(
         "--accelerator",
@@ -483,13 +497,18 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in EXTENSIONS:
         import_module(module_name).register(sub)
     _add_trust_flag(sub)
+    _add_max_classes_flag(sub)
     return parser
 
 
 TRUST_HELP = (
-    "allow a package.module:factory model (named here or in a saved file) to import a module "
-    "outside the installed packages; that runs its code, so only for code you trust"
+    "allow a package.module:factory model (named here or in a saved file) to call a function "
+    "not registered with @modelzip.models.model_factory and to import a module outside the "
+    "installed packages; that runs its code, so only for code you trust"
 )
+
+
+NONFINITE_HELP = "load a model file whose weights hold NaN or infinite values (refused by default)"
 
 
 def _add_trust_flag(sub: argparse._SubParsersAction) -> None:
@@ -499,15 +518,37 @@ def _add_trust_flag(sub: argparse._SubParsersAction) -> None:
         dests = {a.dest for a in p._actions}
         if "model" in dests and "trust_remote_code" not in dests:
             p.add_argument("--trust-remote-code", action="store_true", help=TRUST_HELP)
+            p.add_argument("--allow-nonfinite", action="store_true", help=NONFINITE_HELP)
+
+
+MAX_CLASSES_HELP = (
+    "refuse an .npz data set with more classes than this (default 100000): a model fitted to "
+    "it gets a classifier head that wide"
+)
+
+
+def _add_max_classes_flag(sub: argparse._SubParsersAction) -> None:
+    """``--max-classes`` on every subcommand that takes ``--dataset``; :func:`main` applies it to
+    every data set the command loads (:func:`modelzip.data.npz.class_limit`)."""
+    for p in sub.choices.values():
+        dests = {a.dest for a in p._actions}
+        if "dataset" in dests and "max_classes" not in dests:
+            p.add_argument("--max-classes", type=int, metavar="N", help=MAX_CLASSES_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from modelzip.data.npz import class_limit
     from modelzip.models.registry import trusting_remote_code
+    from modelzip.serialize import allowing_nonfinite
 
     try:
-        with trusting_remote_code(getattr(args, "trust_remote_code", False)):
+        with (
+            trusting_remote_code(getattr(args, "trust_remote_code", False)),
+            allowing_nonfinite(getattr(args, "allow_nonfinite", False)),
+            class_limit(getattr(args, "max_classes", None)),
+        ):
             return int(args.func(args) or 0)
     except ModelzipError as e:
         print(f"error: {e}", file=sys.stderr)

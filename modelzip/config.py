@@ -60,13 +60,33 @@ MAX_YAML_DEPTH = 32
 
 
 class _LimitedLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no arbitrary objects) that also refuses aliases and deep nesting.
+    """``yaml.SafeLoader`` (no arbitrary objects) that also refuses aliases, deep nesting and
+    duplicate keys.
 
     Aliases are refused because ``*a`` repeated inside anchored lists expands exponentially when
-    the data is walked (the "billion laughs" document); no recipe or spec needs them.
+    the data is walked (the "billion laughs" document); no recipe or spec needs them. A key given
+    twice in one mapping is refused rather than letting the last one win silently (YAML 1.2 says
+    keys are unique; PyYAML keeps the last).
     """
 
     _depth = 0
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise ConfigError(
+                            f"duplicate key {str(key)[:80]!r} on line {line} "
+                            f"(first on line {seen[key]})"
+                        )
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+        return super().construct_mapping(node, deep=deep)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -102,3 +122,5 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts (4,300)
+        raise ConfigError(f"{path}: {str(e)[:200]}") from None

@@ -1,7 +1,9 @@
 """Files written so that nothing is lost: temporary file in the same folder, fsync, rename.
 
 A reader sees either the old file or the new one, never half of one; a full disk or an unwritable
-folder raises :class:`~modelzip.errors.ModelzipError` and leaves the existing file as it was.
+folder raises :class:`~modelzip.errors.ModelzipError` and leaves the existing file as it was. A
+process killed mid-write (``kill -9``) leaves its temporary file behind; the next write of the
+same name removes it (the writer's process id is in the name, so a live writer's file is kept).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +28,60 @@ def cache_dir() -> Path:
     return path
 
 
+#: A temporary file without a writer's process id in its name (written by an older version) is
+#: taken as abandoned after this many seconds.
+STALE_SECONDS = 3600
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's), or we cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove ``.NAME.PID.XXXX.tmp`` files next to ``path`` whose writer is no longer running
+    (and older pid-less ones); returns what was removed."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return removed
+    for tmp in candidates:
+        middle = tmp.name[len(prefix) :]
+        if not middle.endswith(".tmp"):
+            continue
+        parts = middle.split(".")  # PID, mkstemp's random part, "tmp"
+        try:
+            if len(parts) == 3 and parts[0].isdigit():
+                pid = int(parts[0])
+                stale = pid != os.getpid() and not _pid_alive(pid)
+            else:
+                stale = time.time() - tmp.stat().st_mtime > STALE_SECONDS
+            if stale:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:
+            continue
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
         os.close(fd)
     except OSError as e:
         raise ModelzipError(f"cannot write {path}: {e.strerror or e}") from None

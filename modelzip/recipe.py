@@ -5,6 +5,11 @@ Each step is a mapping with ``method:`` (the registry name), the config's fields
 
     - {method: magnitude_prune, sparsity: 0.9, select: {types: [Linear], exclude: ['fc3']}}
     - {method: int8}
+
+A recipe read from plain data (a YAML file, a sweep task) has at most :data:`MAX_RECIPE_STEPS`
+steps unless the caller passes a larger ``max_steps`` to :meth:`Recipe.from_list` or
+:meth:`Recipe.load`; the length is checked before any step is built. Recipes built in Python
+(``Recipe(steps)``, ``Recipe.of``) are not limited: per-layer recipes of a large model may be long.
 """
 
 from __future__ import annotations
@@ -20,6 +25,13 @@ from modelzip.config import MethodConfig, load_yaml
 from modelzip.errors import ConfigError, UnknownNameError
 from modelzip.io import write_text
 from modelzip.registry import config_from_dict
+
+__all__ = ["MAX_RECIPE_STEPS", "Recipe"]
+
+#: Steps a recipe read from data may have unless the caller allows more. Each step walks the
+#: whole model (23,000 copies of one step in a 400 KB file ran for minutes); a per-layer recipe
+#: of a model with a thousand compressible layers still fits.
+MAX_RECIPE_STEPS = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +59,23 @@ class Recipe:
         return cls(tuple(recipe))
 
     @classmethod
-    def from_list(cls, data: Any) -> Recipe:
-        """Build from plain data: a list of step mappings (``method:`` plus fields)."""
+    def from_list(cls, data: Any, *, max_steps: int = MAX_RECIPE_STEPS) -> Recipe:
+        """Build from plain data: a list of at most ``max_steps`` step mappings (``method:`` plus
+        fields)."""
         if isinstance(data, dict) and "steps" in data:
             data = data["steps"]
         if not isinstance(data, list):
             raise ConfigError(
                 "a recipe is a YAML list of steps, each a mapping with 'method:'; "
                 f"got {type(data).__name__}"
+            )
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ConfigError(f"max_steps={max_steps!r} is out of range; allowed [1, inf)")
+        if len(data) > max_steps:
+            raise ConfigError(
+                f"the recipe has {len(data):,} steps, above max_steps={max_steps:,}; "
+                f"allowed [0, {max_steps:,}] (MAX_RECIPE_STEPS={MAX_RECIPE_STEPS:,} unless "
+                "the caller passes max_steps)"
             )
         steps = []
         for i, step in enumerate(data):
@@ -68,11 +89,11 @@ class Recipe:
         return [step.to_dict() for step in self.steps]
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
-        """Read a recipe YAML file."""
+    def load(cls, path: str | Path, *, max_steps: int = MAX_RECIPE_STEPS) -> Recipe:
+        """Read a recipe YAML file of at most ``max_steps`` steps."""
         data = load_yaml(path)
         try:
-            return cls.from_list(data)
+            return cls.from_list(data, max_steps=max_steps)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 

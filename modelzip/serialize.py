@@ -15,15 +15,22 @@ named), then loads the tensors. A model from outside the zoo is rebuilt from its
 ``package.module:factory`` reference; a module outside the installed packages is imported only
 with ``trust_remote_code=True``.
 
-Files are untrusted input: the header length, the JSON's size and nesting, and the sizes the
-layer specs declare (checked on the ``meta`` device, which allocates nothing, against the file's
-size) are bounded before any memory is allocated for them.
+Files are untrusted input: the header length, the JSON's size and nesting, every number in the
+layer specs (:mod:`modelzip.limits`) and the sizes they declare (checked on the ``meta`` device,
+which allocates nothing, against the file's size) are bounded before any memory is allocated for
+them. A SHA-256 over the metadata and every tensor (:mod:`modelzip.integrity`) is verified before
+the tensors are used; a layer missing a tensor or holding one it does not declare is refused, and
+so are NaN or infinite weights unless the caller allows them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import struct
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +39,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from modelzip.errors import ModelError
+from modelzip.errors import ConfigError, ModelError
+from modelzip.integrity import DIGEST_KEY, content_digest, nonfinite_tensors, verify_digest
 from modelzip.io import atomic_path
+from modelzip.limits import check_bounds
 from modelzip.models.registry import SOURCE_ATTR
 from modelzip.module import CompressedModule, layer_class, layer_key
 
-FORMAT = "modelzip/1"
+FORMAT = "modelzip/2"
+#: Files written before the content checksum; they still load, with a warning.
+LEGACY_FORMATS = ("modelzip/1",)
 RECIPE_ATTR = "_modelzip_recipe"
 #: A safetensors header (tensor table plus our JSON) larger than this is refused unread.
 MAX_HEADER_BYTES = 16 << 20
 #: The rebuilt model may hold at most this multiple of the file's size (plus a fixed allowance):
 #: bit-packed layers decode to more than they store, but not to gigabytes from a small file.
 MAX_EXPANSION = 64
-EXPANSION_ALLOWANCE = 256 << 20
+EXPANSION_ALLOWANCE = 16 << 20
 
 # Plain torch layers a file may resize (structured pruning makes smaller dense layers), with the
 # constructor arguments read back from the module.
@@ -71,6 +82,22 @@ def _torch_spec(module: nn.Module) -> dict[str, Any]:
     if hasattr(module, "bias") and not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         spec["bias"] = module.bias is not None
     return {k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()}
+
+
+# The command line's --allow-nonfinite, scoped to one command (see allowing_nonfinite).
+_ALLOW_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "modelzip_allow_nonfinite", default=False
+)
+
+
+@contextlib.contextmanager
+def allowing_nonfinite(allow: bool = True) -> Iterator[None]:
+    """Within the block, :func:`load` accepts NaN or infinite weights."""
+    token = _ALLOW_NONFINITE.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_NONFINITE.reset(token)
 
 
 def _top_compressed(model: nn.Module) -> dict[str, CompressedModule]:
@@ -136,6 +163,7 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         "layers": layers,
         "torch_layers": torch_layers,
     }
+    meta[DIGEST_KEY] = content_digest(tensors, meta)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"modelzip": json.dumps(meta)})
     return path
@@ -176,7 +204,7 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except (json.JSONDecodeError, RecursionError) as e:
         raise ModelError(f"{path}: corrupt modelzip metadata ({type(e).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *LEGACY_FORMATS):
         fmt = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(f"{path}: unsupported format {str(fmt)[:80]!r}")
     for key, kind in (("source", dict), ("layers", dict), ("torch_layers", dict), ("recipe", list)):
@@ -190,6 +218,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 and isinstance(entry.get("spec"), dict)
             ):
                 raise ModelError(f"{path}: {key}[{name[:80]!r}] needs a 'class' and a 'spec'")
+            try:
+                check_bounds(entry["spec"], f"{path}: {key}[{name[:80]!r}]")
+            except ConfigError as e:
+                raise ModelError(str(e)) from None
     return meta
 
 
@@ -231,35 +263,77 @@ def _check_declared_size(path: Path, meta: dict[str, Any], trust_remote_code: bo
         )
 
 
+def _read_tensors(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every tensor of the file, after its checksum is verified (legacy files: a warning)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read tensors ({e})") from None
+    legacy = meta["format"] in LEGACY_FORMATS
+    if not verify_digest(path, tensors, meta, required=not legacy):
+        warnings.warn(
+            f"{path} was written by an older modelzip without a content checksum; "
+            "save it again to add one",
+            stacklevel=3,
+        )
+    return tensors
+
+
+def _check_layer_keys(path: Path, name: str, expected: set[str], given: set[str]) -> None:
+    if expected != given:
+        missing, extra = sorted(expected - given), sorted(given - expected)
+        raise ModelError(
+            f"{path}: layer {name!r} is missing tensors {missing[:5]} and has unexpected "
+            f"tensors {extra[:5]}"
+        )
+
+
 def load(
     path: str | Path,
     map_location: str | torch.device = "cpu",
     *,
     trust_remote_code: bool = False,
+    allow_nonfinite: bool | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save`; its outputs are bit-identical to the saved one's.
 
     Parameters
     ----------
     trust_remote_code : bool
-        Allow the file's ``package.module:factory`` source to import a module that is neither
-        installed nor already imported (importing runs its code).
+        Allow the file's ``package.module:factory`` source to call a factory that is not
+        registered with :func:`modelzip.models.model_factory`, and to import a module that is
+        neither installed nor already imported (importing runs its code).
+    allow_nonfinite : bool, optional
+        Load weights holding NaN or ±Inf instead of refusing the file (default: refuse, unless
+        inside :func:`allowing_nonfinite`, the command line's ``--allow-nonfinite``).
+
+    Raises
+    ------
+    ModelError
+        The file is not a modelzip file, its checksum does not match, a layer's tensors are
+        missing or unexpected, a weight is not finite (unless allowed), or the model it names
+        cannot be built without trust.
     """
     path = Path(path)
     meta = read_metadata(path)
     _check_declared_size(path, meta, trust_remote_code)
     model, compressed = _rebuild(path, meta, trust_remote_code)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ModelError(f"{path}: cannot read tensors ({e})") from None
+    tensors = _read_tensors(path, meta)
+    bad = nonfinite_tensors(tensors)
+    if allow_nonfinite is None:
+        allow_nonfinite = _ALLOW_NONFINITE.get()
+    if bad and not allow_nonfinite:
+        raise ModelError(
+            f"{path}: tensors {bad[:5]} hold NaN or infinite values; pass allow_nonfinite=True "
+            "(--allow-nonfinite) to load them anyway"
+        )
     try:
         for name, layer in compressed.items():
             prefix = name + "."
-            layer.load_packed_state(
-                {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            )
+            given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            _check_layer_keys(path, name, set(layer.packed_state()), set(given))
+            layer.load_packed_state(given)
         rest = {
             k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
         }

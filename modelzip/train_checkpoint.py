@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from modelzip.errors import ConfigError, ModelError
+from modelzip.integrity import DIGEST_KEY, content_digest, verify_digest
 from modelzip.io import atomic_path, write_json
 
 __all__ = ["TrainingState", "load_training_state", "save_training_state"]
@@ -102,6 +103,7 @@ def save_training_state(
             "history": history,
             "optimizer": optimizer_plain,
             "config": config,
+            DIGEST_KEY: content_digest(tensors),
         },
     )
     if old is not None and old.get("tensors") != name:
@@ -161,6 +163,8 @@ def load_training_state(
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelError(f"cannot read training checkpoint {path}: {e}") from None
+    if DIGEST_KEY in index:  # checkpoints of older versions have none
+        verify_digest(path, tensors, {DIGEST_KEY: index[DIGEST_KEY]})
     device = next((t.device for t in model.state_dict().values()), torch.device("cpu"))
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:

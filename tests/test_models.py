@@ -13,6 +13,7 @@ from modelzip.models import (
     build_from_source,
     create,
     list_models,
+    model_factory,
     model_info,
     model_source,
     resolve_model,
@@ -118,7 +119,7 @@ def test_factory_reference():
     source = model_source(model)
     assert source == {"kind": "factory", "ref": f"{__name__}:tiny_factory", "kwargs": {"width": 5}}
     # A build record may come from a file: a factory function runs only with trust.
-    with pytest.raises(ModelError, match="not marked as a model factory"):
+    with pytest.raises(ModelError, match="not a registered model factory"):
         build_from_source(source)
     assert build_from_source(source, trust_remote_code=True)[1].out_features == 5
     assert model_source(resolve_model("lenet300")) == {
@@ -133,11 +134,15 @@ class TinyNet(nn.Sequential):
         super().__init__(nn.Flatten(), nn.Linear(4, width))
 
 
-def test_build_from_source_calls_module_classes_without_trust():
+def test_build_from_source_calls_only_registered_classes_without_trust():
     source = {"kind": "factory", "ref": f"{__name__}:TinyNet", "kwargs": {"width": 6}}
+    # An nn.Module class's constructor is code too: a file may name it once it is registered.
+    with pytest.raises(ModelError, match="not a registered model factory"):
+        build_from_source(source)
+    model_factory(TinyNet)
     assert build_from_source(source)[1].out_features == 6
     gadget = {"kind": "factory", "ref": "yaml:safe_dump", "kwargs": {"data": [1]}}
-    with pytest.raises(ModelError, match="not marked as a model factory"):
+    with pytest.raises(ModelError, match="not a registered model factory"):
         build_from_source(gadget)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 import modelzip
 from modelzip import Int8Config, MagnitudePruneConfig, compress
 from modelzip.errors import ModelError
+from modelzip.integrity import content_digest
 from modelzip.models import create
 
 
@@ -131,7 +132,9 @@ def test_tensors_that_do_not_fit(tmp_path):
     m = create("lenet300")
     path = modelzip.save(m, tmp_path / "m.mzip")
     meta = modelzip.serialize.read_metadata(path)
-    save_file({"fc1.weight": torch.zeros(3, 3)}, str(path), metadata={"modelzip": json.dumps(meta)})
+    tensors = {"fc1.weight": torch.zeros(3, 3)}
+    meta["sha256"] = content_digest(tensors, meta)  # a consistent file, with the wrong tensors
+    save_file(tensors, str(path), metadata={"modelzip": json.dumps(meta)})
     with pytest.raises(ModelError, match=r"do not fit|missing"):
         modelzip.load(path)
 

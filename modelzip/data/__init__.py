@@ -74,13 +74,18 @@ def dataset_info(name: str) -> DatasetSpec:
     return _DATASETS[name]
 
 
-def load_dataset(name_or_path: str | Path) -> Dataset | TextCorpus:
+def load_dataset(
+    name_or_path: str | Path, *, max_classes: int | None = None
+) -> Dataset | TextCorpus:
     """Load a registered data set by name, or a user ``.npz`` file by path.
 
     Parameters
     ----------
     name_or_path : str or Path
         A name from :func:`list_datasets`, or a path ending in ``.npz`` (or any existing file).
+    max_classes : int, optional
+        The most classes a user file may have (see :func:`modelzip.data.npz.load_npz`; default
+        :data:`modelzip.data.npz.MAX_CLASSES`).
 
     Raises
     ------
@@ -95,7 +100,7 @@ def load_dataset(name_or_path: str | Path) -> Dataset | TextCorpus:
     if key.endswith(".npz") or Path(key).is_file():
         from modelzip.data.npz import load_npz
 
-        return load_npz(key)
+        return load_npz(key, max_classes=max_classes)
     raise unknown_name("dataset", key, list_datasets())
 
 

@@ -14,6 +14,7 @@ and plots (:func:`plot_sensitivity`, one PNG of curves per method).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -217,7 +218,11 @@ def compress_one(model: nn.Module, config: MethodConfig) -> nn.Module | None:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _init_worker(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+def _init_worker(model: nn.Module, x: torch.Tensor, y: torch.Tensor, parent: int) -> None:
+    from modelzip.lifeline import die_with_parent
+
+    # Forked by the thread that submits (this function's caller, the main one in our commands).
+    die_with_parent(parent)
     torch.set_num_threads(1)
     _WORKER_STATE.update(model=model, x=x, y=y)
 
@@ -307,7 +312,7 @@ def _map(
     method = "fork" if sys.platform == "linux" and on_cpu else "spawn"
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(model, x, y)
+        workers, mp_context=context, initializer=_init_worker, initargs=(model, x, y, os.getpid())
     ) as pool:
         yield from pool.map(_evaluate, tasks, chunksize=max(1, len(tasks) // (4 * workers)))
 

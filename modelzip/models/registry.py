@@ -1,4 +1,4 @@
-"""The model zoo registry, and the record of how a model was built.
+"""The model zoo registry, the registry of model factories, and the record of how a model was built.
 
 Every model that :func:`create` or :func:`resolve_model` returns carries
 ``model._modelzip_source``, a JSON-able dict (``{"kind": "zoo", "name", "kwargs"}`` or
@@ -6,11 +6,13 @@ Every model that :func:`create` or :func:`resolve_model` returns carries
 record next to its weights, and :func:`build_from_source` rebuilds the architecture from it, so
 loading a model never needs pickle.
 
-A ``package.module:factory`` reference runs code. Importing a module that is neither already
-imported nor part of an installed package (a ``.py`` file in the working directory or on
-``PYTHONPATH``, which a downloaded file could sit next to) needs the opt-in
-``trust_remote_code=True`` (``--trust-remote-code`` on the command line), like Hugging Face's
-option of that name; the standard library is refused always.
+A record read from a file is untrusted: it may name a zoo model or a factory registered with
+:func:`model_factory` (by ``package.module:name``), nothing else, and its arguments are checked
+against the factory's parameters and bounds (:mod:`modelzip.limits`) before the call. Any other
+callable runs only with the opt-in ``trust_remote_code=True`` (``--trust-remote-code`` on the
+command line), given by the caller, never by a file; even then a module outside the installed
+packages is imported only with it, and the standard library and modelzip's own non-factory
+functions are refused always.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from modelzip.errors import ModelError, unknown_name
+from modelzip.errors import ConfigError, ModelError, unknown_name
+from modelzip.limits import Range, check_bounds
 
 Factory = Callable[..., nn.Module]
 SOURCE_ATTR = "_modelzip_source"
@@ -50,6 +53,8 @@ class ModelSpec:
     #: The data set the model is meant for (a :func:`modelzip.data.list_datasets` name).
     dataset: str
     factory: Factory
+    #: Ranges of the factory's numeric arguments beyond :data:`modelzip.limits.DEFAULT_BOUNDS`.
+    bounds: tuple[tuple[str, Range], ...] = ()
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -65,15 +70,26 @@ _MODELS: dict[str, ModelSpec] = {}
 
 
 def register_model(
-    name: str, description: str, input_shape: tuple[int, ...], dataset: str
+    name: str,
+    description: str,
+    input_shape: tuple[int, ...],
+    dataset: str,
+    *,
+    bounds: dict[str, Range] | None = None,
 ) -> Callable[[Factory], Factory]:
-    """Register the decorated factory (keyword arguments only, with defaults) under ``name``."""
+    """Register the decorated factory (keyword arguments only, with defaults) under ``name``.
+
+    ``bounds`` gives ranges of numeric arguments (``{"blocks": (1, 16)}``) on top of
+    :data:`modelzip.limits.DEFAULT_BOUNDS`; arguments are checked before every call.
+    """
 
     def decorator(factory: Factory) -> Factory:
         old = _MODELS.get(name)
         if old is not None and old.factory is not factory:
             raise ModelError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelSpec(name, description, tuple(input_shape), dataset, factory)
+        _MODELS[name] = ModelSpec(
+            name, description, tuple(input_shape), dataset, factory, tuple((bounds or {}).items())
+        )
         return factory
 
     return decorator
@@ -127,6 +143,7 @@ def create(name: str, **kwargs: Any) -> nn.Module:
             f"accepted: {sorted(accepted)}"
         )
     plain = _plain_kwargs(f"model {name!r}", kwargs)
+    check_bounds(plain, f"model {name!r}", dict(spec.bounds))
     try:
         model = spec.factory(**kwargs)
     except (TypeError, ValueError) as e:
@@ -203,6 +220,8 @@ def _import_factory(ref: str, trust_remote_code: bool = False) -> Callable[..., 
     # a file from naming e.g. 'os:system' or 'subprocess:run' as the "factory" to call.
     if top in sys.stdlib_module_names or top == "builtins":
         raise ModelError(f"model reference {ref!r} points into the standard library; refused")
+    if ref in _FACTORIES:
+        return _FACTORIES[ref].factory
     _check_trusted(ref, module_name, trust_remote_code)
     try:
         module = importlib.import_module(module_name)
@@ -218,7 +237,32 @@ def _import_factory(ref: str, trust_remote_code: bool = False) -> Callable[..., 
         raise ModelError(f"{ref!r} is a {type(target).__name__}, not a callable model factory")
     if not (inspect.isfunction(target) or inspect.isclass(target) or inspect.ismethod(target)):
         raise ModelError(f"{ref!r} must be a Python function or class, not {type(target).__name__}")
+    # modelzip's own functions (file writers, the CLI's entry point) are no model factories; only
+    # its registered ones may be named, with trust or without.
+    if top == "modelzip" and _registered(target) is None:
+        raise ModelError(f"{ref!r} is not a registered model factory of modelzip; refused")
     return target
+
+
+def _check_call(ref: str, factory: Callable[..., Any], kwargs: dict[str, Any]) -> None:
+    """Refuse arguments ``factory`` does not declare, or out of its registered bounds."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ModelError(
+                f"model {ref!r} has no argument {', '.join(map(repr, unknown))}; "
+                f"accepted: {sorted(k for k in params if k != 'self')}"
+            )
+    entry = _registered(factory)
+    if entry is not None:
+        try:
+            check_bounds(kwargs, f"model {ref!r}", dict(entry.bounds))
+        except ConfigError as e:
+            raise ModelError(str(e)) from None
 
 
 def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) -> nn.Module:
@@ -239,16 +283,17 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) 
     UnknownNameError
         ``spec`` is neither a zoo name nor a reference.
     ModelError
-        The import fails or is not trusted, the attribute is missing or not callable, or it
-        returns no ``nn.Module``.
+        The import fails or is not trusted, the attribute is missing or not callable, an argument
+        is unknown or out of the factory's bounds, or it returns no ``nn.Module``.
     """
     if ":" not in spec:
         return create(spec, **kwargs)
     plain = _plain_kwargs(f"model {spec!r}", kwargs)
     factory = _import_factory(spec, trust_remote_code)
+    _check_call(spec, factory, plain)
     try:
         model = factory(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelError(f"calling {spec!r} with {kwargs} failed: {e}") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
@@ -256,26 +301,59 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) 
     return model
 
 
+@dataclasses.dataclass(frozen=True)
+class FactoryEntry:
+    """A function or ``nn.Module`` class that a saved file may name without trust."""
+
+    ref: str
+    factory: Factory
+    bounds: tuple[tuple[str, Range], ...] = ()
+
+
+_FACTORIES: dict[str, FactoryEntry] = {}
 F = TypeVar("F", bound=Callable[..., Any])
-FACTORY_MARK = "__modelzip_factory__"
 
 
-def model_factory(fn: F) -> F:
-    """Mark ``fn`` as a model factory, so that files naming it load without trust_remote_code.
+def factory_ref(fn: Callable[..., Any]) -> str:
+    """``package.module:qualname``, the name under which ``fn`` is registered and recorded."""
+    return f"{fn.__module__}:{fn.__qualname__}"
 
-    A build record read from a file may come from anyone; calling whatever function it names with
-    the file's arguments (``numpy:savetxt``, say) would be a gadget. Without trust a record may
-    name an ``nn.Module`` class, a factory of modelzip's zoo, or a function marked with this.
+
+def model_factory(
+    fn: F | None = None, *, bounds: dict[str, Range] | None = None
+) -> F | Callable[[F], F]:
+    """Register ``fn`` (a function or ``nn.Module`` class) as a model factory that files may name.
+
+    Use as ``@model_factory``, ``@model_factory(bounds={"depth": (1, 50)})`` or
+    ``model_factory(torchvision.models.resnet18)`` for a factory of another package. A build
+    record read from a file may come from anyone; calling whatever it names with the file's
+    arguments (``numpy:savetxt``, a file writer, a command's entry point) would be a gadget, so
+    without trust a record may name only a zoo model or a factory registered here, and its
+    arguments must be parameters of the factory within ``bounds`` (and the defaults of
+    :mod:`modelzip.limits`).
     """
-    setattr(fn, FACTORY_MARK, True)
-    return fn
+
+    def register(target: F) -> F:
+        if not (inspect.isfunction(target) or inspect.isclass(target)):
+            raise ModelError(f"model_factory takes a function or class, not {target!r}")
+        if inspect.isclass(target) and not issubclass(target, nn.Module):
+            raise ModelError(f"model_factory: class {target.__qualname__} is no torch.nn.Module")
+        ref = factory_ref(target)
+        _FACTORIES[ref] = FactoryEntry(ref, target, tuple((bounds or {}).items()))
+        return target
+
+    return register if fn is None else register(fn)
 
 
-def _safe_factory(target: Callable[..., Any]) -> bool:
-    if inspect.isclass(target):
-        return issubclass(target, nn.Module)
-    module = getattr(target, "__module__", "") or ""
-    return module.split(".")[0] == "modelzip" or getattr(target, FACTORY_MARK, False) is True
+def _registered(target: Callable[..., Any]) -> FactoryEntry | None:
+    """The registration of ``target``: as a factory, or as a zoo model's factory."""
+    entry = _FACTORIES.get(factory_ref(target)) if hasattr(target, "__qualname__") else None
+    if entry is not None and entry.factory is target:
+        return entry
+    for spec in _MODELS.values():
+        if spec.factory is target:
+            return FactoryEntry(factory_ref(target), target, spec.bounds)
+    return None
 
 
 def model_source(model: nn.Module) -> dict[str, Any] | None:
@@ -287,8 +365,9 @@ def model_source(model: nn.Module) -> dict[str, Any] | None:
 def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False) -> nn.Module:
     """Rebuild an (untrained) model from its build record.
 
-    A ``"factory"`` record runs the code it names: a module outside the installed packages is
-    imported only with ``trust_remote_code=True`` (see the module docstring).
+    Without trust (``trust_remote_code`` here or :func:`trusting_remote_code` around the call) a
+    ``"factory"`` record must name a factory registered with :func:`model_factory` or a zoo
+    model's factory; its module is imported only when it is installed (see the module docstring).
     """
     if not isinstance(source, dict):
         raise ModelError(f"a model source must be a dict, got {type(source).__name__}")
@@ -296,20 +375,21 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
     if not isinstance(kwargs, dict):
         raise ModelError(f"model source kwargs must be a dict, got {kwargs!r}")
     if kind == "zoo" and isinstance(source.get("name"), str):
-        return create(source["name"], **kwargs)
+        try:
+            return create(source["name"], **kwargs)
+        except ConfigError as e:
+            raise ModelError(str(e)) from None
     if kind == "factory" and isinstance(source.get("ref"), str) and ":" in source["ref"]:
+        ref = source["ref"]
         trusted = trust_remote_code or _TRUST_REMOTE_CODE.get()
-        factory = _import_factory(source["ref"], trusted)
-        # A record read from a file may come from anyone: calling an arbitrary installed function
-        # (numpy:savetxt, say) with the file's arguments is a gadget, so without trust it must
-        # name an nn.Module class, whose constructor builds a model and nothing else.
-        if not trusted and not _safe_factory(factory):
+        factory = _import_factory(ref, trusted)
+        if not trusted and _registered(factory) is None:
             raise ModelError(
-                f"the file names {source['ref']!r}, a function that is not marked as a model "
-                "factory (@modelzip.models.model_factory); calling it runs its code: pass "
-                "trust_remote_code=True (--trust-remote-code) if you trust the file"
+                f"the file names {ref!r}, which is not a registered model factory "
+                "(@modelzip.models.model_factory); calling it runs its code: register it, or "
+                "pass trust_remote_code=True (--trust-remote-code) if you trust the file"
             )
-        return resolve_model(source["ref"], trust_remote_code=trusted, **kwargs)
+        return resolve_model(ref, trust_remote_code=trusted, **kwargs)
     raise ModelError(
-        f"cannot rebuild a model from source {source!r}; expected kind 'zoo' or 'factory'"
+        f"cannot rebuild a model from source {str(source)[:200]}; expected kind 'zoo' or 'factory'"
     )

@@ -85,22 +85,16 @@ def _check_estimate(data: Any, path: Path) -> dict[str, Any]:
 
 def _model_estimates(path: Path, accelerator: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Estimate of the saved model on ``accelerator`` (its own dataflow) and on each dataflow."""
-    import torch
 
     from modelzip.hardware import estimate
     from modelzip.inspect import collect_workloads
-    from modelzip.models import list_models, model_info
+    from modelzip.models.shapes import sample_input
     from modelzip.serialize import load
 
     model = load(path)
-    source = getattr(model, "_modelzip_source", None) or {}
-    name = source.get("name")
-    if name not in list_models():
+    sample = sample_input(model)  # the shape it was built for (its data set's), not the zoo's
+    if sample is None:
         raise DataError(f"{path}: the input shape of a model outside the zoo is unknown")
-    shape = model_info(name).input_shape
-    sample = (
-        torch.zeros((1, *shape), dtype=torch.long) if len(shape) == 1 else torch.rand(1, *shape)
-    )
     workloads = collect_workloads(model, sample)
     default = estimate(workloads, accelerator).to_dict()
     flows = []

@@ -11,9 +11,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from modelzip.sweep.grid import SweepConfig
     from modelzip.sweep.runner import run_sweep
 
-    config = SweepConfig.load(args.grid)
-    if args.trust_remote_code:
-        config = config.replace(base=config.base.replace(trust_remote_code=True))
+    limit = {} if args.max_points is None else {"max_points": args.max_points}
+    config = SweepConfig.load(args.grid, **limit)
     summary = run_sweep(
         config,
         args.out,
@@ -21,6 +20,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         workers=args.workers,
         address=args.address,
         progress=not (args.json or args.quiet),
+        trust_remote_code=args.trust_remote_code,
     )
     with open(summary.points_path) as f:
         document = json.load(f)
@@ -73,6 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--workers", type=int, help="parallel workers (default: the CPUs available)")
     p.add_argument("--out", required=True, help="run folder for sweep.sqlite and points.json")
+    p.add_argument(
+        "--max-points",
+        type=int,
+        # Not imported from grid.py, which loads torch: `modelzip --help` stays light.
+        help="refuse a sweep of more recipes than this (default: MAX_SWEEP_POINTS, 10,000); "
+        "the count (grid product plus random.n) is checked before anything is built",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no table")
     p.add_argument(

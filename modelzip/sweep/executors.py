@@ -3,6 +3,10 @@
 Both take ``(function reference, task)`` pairs and hand back outcomes as tasks finish, in
 whatever order they finish; the parent process alone writes the store. A worker crash (killed by
 the OS, out of memory) comes back as a failed outcome, not as an exception of the sweep.
+
+The local pool's workers die with the parent, however it dies (``kill -9``, the OOM killer):
+see :func:`die_with_parent`. Once they are gone, multiprocessing's resource tracker, which
+exits when the last process holding its pipe does, follows them.
 """
 
 from __future__ import annotations
@@ -10,12 +14,22 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import threading
 from typing import Any, Protocol
 
 from modelzip.errors import ConfigError, ModelzipError
+from modelzip.lifeline import die_with_parent
 from modelzip.sweep.tasks import execute, setup_worker
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "default_workers", "make_executor"]
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "RayExecutor",
+    "default_workers",
+    "die_with_parent",
+    "make_executor",
+]
+
 
 Outcome = dict[str, Any]
 
@@ -42,13 +56,35 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class _Lifeline:
+    """The parent's pid, handed to each pool worker as it is spawned (an initializer argument).
+
+    Pickled in the thread that spawns the worker (the one that submits), it also records
+    whether that is the main thread: Linux's parent-death signal follows the *thread* that
+    created a child, so a worker spawned by a short-lived thread must rely on the watch thread.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.pdeathsig = True
+
+    def __getstate__(self) -> dict[str, Any]:
+        main = threading.current_thread() is threading.main_thread()
+        return {"pid": os.getpid(), "pdeathsig": main}
+
+
+def _start_worker(lifeline: _Lifeline) -> None:
+    die_with_parent(lifeline.pid, pdeathsig=lifeline.pdeathsig)
+    setup_worker()
+
+
 def _crash(e: BaseException) -> Outcome:
     return {"ok": False, "error": f"worker failed: {type(e).__name__}: {e}", "seconds": None}
 
 
 class LocalExecutor:
     """A ``ProcessPoolExecutor`` with the spawn context (no fork of a process holding torch
-    threads) and one torch thread per worker."""
+    threads), one torch thread per worker, and workers that die with this process."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -59,7 +95,8 @@ class LocalExecutor:
         return cf.ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=setup_worker,
+            initializer=_start_worker,
+            initargs=(_Lifeline(),),
         )
 
     def submit(self, tag: Any, reference: str, task: dict[str, Any]) -> None:

@@ -21,6 +21,18 @@ template lacks gets a step of its own, appended in the order the keys first appe
 (``magnitude_prune.select.exclude``) reaches into nested mappings. Every generated recipe is built
 into method configs when the sweep config is constructed, so an out-of-range value fails before
 anything runs, naming the point, the field, the value and the allowed range.
+
+Limits, checked before anything is expanded or run (a sweep file may come from anyone):
+
+* the number of points, the product of the grid's axis lengths plus ``random.n``, is at most
+  ``max_points`` (:data:`MAX_SWEEP_POINTS` unless the caller passes another: ``--max-points`` on
+  the command line, ``SweepConfig.load(path, max_points=N)``; never the file itself);
+* each recipe has at most :data:`modelzip.recipe.MAX_RECIPE_STEPS` steps;
+* seeds lie in ``[0, MAX_SEED]`` (what NumPy takes; torch refuses seeds beyond 64 bits);
+* a random range has finite bounds, ``low <= high``, and holds an integer if ``integer``;
+* whether a ``package.module:factory`` base model may import code outside the installed
+  packages is the caller's decision (``--trust-remote-code``, ``run_sweep(trust_remote_code=)``),
+  never the file's.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import itertools
 import json
 import math
 import random
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,7 +53,21 @@ from modelzip.errors import ConfigError, ModelzipError
 from modelzip.frozen import ConfigBase, check_range
 from modelzip.train import TrainConfig
 
-__all__ = ["RandomSpace", "SweepBase", "SweepConfig", "SweepPoint"]
+__all__ = [
+    "MAX_SEED",
+    "MAX_SWEEP_POINTS",
+    "RandomSpace",
+    "SweepBase",
+    "SweepConfig",
+    "SweepPoint",
+]
+
+#: Recipes one sweep may generate (grid product plus random draws) unless the caller allows more.
+#: Each is a fine-tuning and an evaluation; ten thousand is days of work, and expanding 10^9 (a
+#: 1 KB file) took 4 GB within a minute.
+MAX_SWEEP_POINTS = 10_000
+#: The largest seed: NumPy's limit (torch takes up to 2^64 - 1, Python's random any integer).
+MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +81,10 @@ class SweepBase(ConfigBase):
     samples that fine-tuning and data-driven methods see. ``accelerator`` (a preset of
     :mod:`modelzip.hardware` or a spec YAML) adds the estimated energy of one inference.
     ``latency`` adds the measured latency of a batch of 64 test inputs.
+
+    A ``package.module:factory`` model that imports code outside the installed packages needs the
+    caller's trust (``--trust-remote-code``, ``run_sweep(..., trust_remote_code=True)``); a sweep
+    file cannot give it.
     """
 
     model: str = "lenet300"
@@ -66,16 +97,19 @@ class SweepBase(ConfigBase):
     finetune: TrainConfig | None = None
     latency: bool = False
     accelerator: str | None = None
-    #: Let a ``package.module:factory`` model import a module outside the installed packages
-    #: (that runs its code, in every worker): only for code you trust.
-    trust_remote_code: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepBase:
+        if isinstance(data, Mapping) and "trust_remote_code" in data:
+            raise ConfigError(
+                f"SweepBase.trust_remote_code={data['trust_remote_code']!r} cannot be set in a "
+                "sweep file: trusting a model's code is the caller's decision; pass "
+                "--trust-remote-code (run_sweep(..., trust_remote_code=True)) instead"
+            )
         return super().from_dict(_nested(data, "finetune", TrainConfig))
 
     def validate(self) -> None:
-        check_range(self, "seed", 0)
+        _check_seed(self)
         check_range(self, "eval_size", 1)
         check_range(self, "train_size", 1)
         if not self.model:
@@ -94,7 +128,8 @@ class RandomSpace(ConfigBase):
     """``n`` points drawn from ``space`` with ``seed``.
 
     Each value of ``space`` is a list (one entry drawn uniformly) or a range
-    ``{low, high, log: false, integer: false}`` (drawn uniformly, or log-uniformly with ``log``).
+    ``{low, high, log: false, integer: false}`` (drawn uniformly, or log-uniformly with ``log``)
+    with finite bounds, ``low <= high``; an ``integer`` range must hold an integer.
     """
 
     n: int = 10
@@ -102,8 +137,8 @@ class RandomSpace(ConfigBase):
     space: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        check_range(self, "n", 1, 100_000)
-        check_range(self, "seed", 0)
+        check_range(self, "n", 1, 100_000)  # and the sweep counts n against its max_points
+        _check_seed(self)
         if not self.space:
             raise ConfigError("RandomSpace.space={} is empty; give at least one 'method.field'")
         for key, dist in self.space.items():
@@ -132,19 +167,64 @@ class RandomSpace(ConfigBase):
         return out
 
 
+def _check_seed(config: ConfigBase) -> None:
+    seed = config.seed  # type: ignore[attr-defined]
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(
+            f"{type(config).__name__}.seed={_short(seed)} is out of range; allowed [0, {MAX_SEED}] "
+            "(MAX_SEED, 2**32 - 1)"
+        )
+
+
 def _check_range_dist(key: str, dist: Mapping[str, Any]) -> None:
     where = f"random.space.{key}"
     unknown = sorted(set(dist) - {"low", "high", "log", "integer"})
     if unknown:
         raise ConfigError(f"{where} has no option {unknown[0]!r}; known: high, integer, log, low")
+    for option in ("log", "integer"):
+        if not isinstance(dist.get(option, False), bool):
+            raise ConfigError(f"{where}.{option}={dist[option]!r} must be true or false")
     for bound in ("low", "high"):
         value = dist.get(bound)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise ConfigError(f"{where}.{bound}={value!r} must be a number")
-    if dist["low"] > dist["high"]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or _isnan(value):
+            raise ConfigError(f"{where}.{bound}={_short(value)} must be a number")
+        if not _isfinite(value):
+            raise ConfigError(
+                f"{where}.{bound}={_short(value)} must be a finite number "
+                f"(at most {sys.float_info.max:.4g} in size)"
+            )
+    low, high = float(dist["low"]), float(dist["high"])
+    if low > high:
         raise ConfigError(f"{where}: low={dist['low']!r} is above high={dist['high']!r}")
-    if dist.get("log") and dist["low"] <= 0:
+    if not math.isfinite(high - low):
+        raise ConfigError(
+            f"{where}: high - low overflows ({dist['high']!r} - {dist['low']!r}); narrow the range"
+        )
+    if dist.get("log") and low <= 0:
         raise ConfigError(f"{where}.low={dist['low']!r} is out of range; log needs low > 0")
+    if dist.get("integer") and math.ceil(low) > math.floor(high):
+        raise ConfigError(
+            f"{where}: [{dist['low']!r}, {dist['high']!r}] holds no integer; "
+            "widen it or drop integer: true"
+        )
+
+
+def _isnan(value: float) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _isfinite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the largest float
+        return False
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, shortened for the huge integers YAML can hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"(an integer of {value.bit_length():,} bits)"
+    return repr(value)
 
 
 def _draw(rng: random.Random, dist: Mapping[str, Any]) -> float | int:
@@ -174,7 +254,9 @@ def _nested(data: Mapping[str, Any], name: str, config_type: type[ConfigBase]) -
         raise ConfigError(f"{name}: {e}") from None
 
 
-def _check_key(where: str, key: str) -> None:
+def _check_key(where: str, key: Any) -> None:
+    if not isinstance(key, str):  # YAML reads `null:`, `1:` or `on:` as None, int, bool keys
+        raise ConfigError(f"{where}: key {key!r} must be a string 'method.field'")
     parts = key.split(".")
     if len(parts) < 2 or not all(parts):
         raise ConfigError(
@@ -217,25 +299,74 @@ def _apply(template: list[dict[str, Any]], assignment: dict[str, Any]) -> list[d
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig(ConfigBase):
-    """A sweep: the base, an optional recipe template, a grid and/or a random sample."""
+    """A sweep: the base, an optional recipe template, a grid and/or a random sample.
+
+    ``max_points`` bounds :meth:`point_count`; it is the caller's limit, not part of the sweep,
+    so :meth:`from_dict` and :meth:`load` take it as an argument, refuse it in the data, and
+    :meth:`to_dict` leaves it out.
+    """
 
     base: SweepBase = dataclasses.field(default_factory=SweepBase)
     recipe: tuple[dict[str, Any], ...] = ()
     grid: dict[str, Any] = dataclasses.field(default_factory=dict)
     random: RandomSpace | None = None
+    max_points: int = dataclasses.field(default=MAX_SWEEP_POINTS, compare=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SweepConfig:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, max_points: int = MAX_SWEEP_POINTS
+    ) -> SweepConfig:
+        """Build from plain data; ``max_points`` is the caller's limit on the number of points."""
+        if isinstance(data, Mapping):
+            if "max_points" in data:
+                raise ConfigError(
+                    f"SweepConfig.max_points={_short(data['max_points'])} cannot be set in a "
+                    "sweep file (a file could lift its own limit); pass --max-points "
+                    "(SweepConfig.load(path, max_points=N)) instead"
+                )
+            data = {**data, "max_points": max_points}
         return super().from_dict(_nested(_nested(data, "base", SweepBase), "random", RandomSpace))
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        del out["max_points"]
+        return out
+
     def validate(self) -> None:
+        check_range(self, "max_points", 1)
         for key, values in self.grid.items():
             _check_key(f"grid.{key}", key)
             if not isinstance(values, list) or not values:
                 raise ConfigError(
                     f"grid.{key}={values!r} must be a non-empty list of values to try"
                 )
+        count = self.point_count()  # counted, not expanded: 10^9 points fit in a 1 KB file
+        if count > self.max_points:
+            raise ConfigError(
+                f"the sweep has {_count(count)} points ({self._count_terms()}), above "
+                f"max_points={self.max_points:,}; narrow the grid, or raise the limit with "
+                f"--max-points (SweepConfig.load(path, max_points=N); default "
+                f"MAX_SWEEP_POINTS={MAX_SWEEP_POINTS:,})"
+            )
         self.points()  # builds every recipe's configs: bad values fail here, at construction
+
+    def point_count(self) -> int:
+        """The number of assignments (before duplicates are dropped), without building any:
+        the product of the grid's axis lengths, plus ``random.n``; 1 for the template alone."""
+        count = math.prod(len(v) for v in self.grid.values()) if self.grid else 0
+        if self.random is not None:
+            count += self.random.n
+        return count or 1
+
+    def _count_terms(self) -> str:
+        terms = []
+        if self.grid:
+            lengths = [len(v) for v in self.grid.values()]
+            shown = " × ".join(map(str, lengths[:12])) + (" × ..." if len(lengths) > 12 else "")
+            terms.append(f"grid of {len(lengths)} axes: {shown}")
+        if self.random is not None:
+            terms.append(f"random.n={self.random.n:,}")
+        return " + ".join(terms)
 
     def assignments(self) -> list[dict[str, Any]]:
         """Every ``{key: value}`` to apply to the template: the grid's product, then the draws."""
@@ -270,16 +401,23 @@ class SweepConfig(ConfigBase):
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> SweepConfig:
-        """Read a sweep YAML file; errors name the file."""
+    def load(cls, path: str | Path, *, max_points: int = MAX_SWEEP_POINTS) -> SweepConfig:
+        """Read a sweep YAML file of at most ``max_points`` points; errors name the file."""
         data = load_yaml(path)
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: a sweep file is a mapping with base/recipe/grid/random")
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data, max_points=max_points)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
 
 
 def _product(grid: dict[str, Any], keys: list[str]) -> itertools.product:
     return itertools.product(*(grid[k] for k in keys))
+
+
+def _count(n: int) -> str:
+    """``n`` with thousands separators, or its order of magnitude when it is astronomical."""
+    if n < 10**15:
+        return f"{n:,}"
+    return f"about 10^{int(n.bit_length() * math.log10(2))}"

@@ -2,6 +2,13 @@
 
 Runs in a worker. The base model and data are loaded once per worker process and reused by every
 task on the same base (``compress`` copies the model, so tasks cannot affect each other).
+
+The model is built by :func:`modelzip.cli.load_model`, that is through
+:func:`modelzip.models.resolve_model` (or, for a saved file,
+:func:`modelzip.models.build_from_source`) inside
+:func:`~modelzip.models.registry.trusting_remote_code` with the caller's trust alone: the task
+carries ``"trust_remote_code": true`` only when :func:`make_recipe_task` was told so, and the
+base (read from the sweep file) has no say.
 """
 
 from __future__ import annotations
@@ -17,13 +24,23 @@ from modelzip.sweep.grid import SweepBase, SweepPoint
 __all__ = ["make_recipe_task", "run_recipe_task"]
 
 
-def make_recipe_task(base: SweepBase, point: SweepPoint) -> dict[str, Any]:
-    """The task dict of one sweep point."""
-    return {"kind": "recipe", "name": point.name, "base": base.to_dict(), "recipe": point.recipe}
+def make_recipe_task(
+    base: SweepBase, point: SweepPoint, *, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """The task dict of one sweep point; ``trust_remote_code`` is the caller's (see above).
+
+    Untrusted tasks carry no trust key at all, so their keys do not change with this option.
+    """
+    task = {"kind": "recipe", "name": point.name, "base": base.to_dict(), "recipe": point.recipe}
+    if trust_remote_code:
+        task["trust_remote_code"] = True
+    return task
 
 
 @functools.lru_cache(maxsize=2)
-def _load_base(base_json: str) -> tuple[torch.nn.Module, Any, torch.Tensor | None]:
+def _load_base(
+    base_json: str, trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, Any, torch.Tensor | None]:
     from modelzip.api import _sample_from, model_device
     from modelzip.cli import _dataset, load_model
     from modelzip.data import Dataset
@@ -38,7 +55,7 @@ def _load_base(base_json: str) -> tuple[torch.nn.Module, Any, torch.Tensor | Non
         else full
     )
     torch.manual_seed(base.seed)
-    with trusting_remote_code(base.trust_remote_code):
+    with trusting_remote_code(trust_remote_code):
         model = load_model(
             base.model,
             base.weights,
@@ -51,13 +68,14 @@ def _load_base(base_json: str) -> tuple[torch.nn.Module, Any, torch.Tensor | Non
     return model, data, _sample_from(data, model_device(model))
 
 
-def prepare_base(base: SweepBase) -> None:
+def prepare_base(base: SweepBase, *, trust_remote_code: bool = False) -> None:
     """Load (and, for a zoo baseline not yet cached, train) the base model once, in the parent.
 
     Workers then find the baseline in the cache instead of each training it, and a bad model
-    name or data set fails here with a clear message before any worker starts.
+    name or data set (or a model reference that is not trusted) fails here with a clear message
+    before any worker starts.
     """
-    _load_base(json.dumps(base.to_dict(), sort_keys=True))
+    _load_base(json.dumps(base.to_dict(), sort_keys=True), trust_remote_code)
 
 
 def run_recipe_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +84,8 @@ def run_recipe_task(task: dict[str, Any]) -> dict[str, Any]:
     from modelzip.recipe import Recipe
 
     base = SweepBase.from_dict(task["base"])
-    model, data, sample = _load_base(json.dumps(base.to_dict(), sort_keys=True))
+    trusted = task.get("trust_remote_code") is True
+    model, data, sample = _load_base(json.dumps(base.to_dict(), sort_keys=True), trusted)
     recipe = Recipe.from_list(task["recipe"])
     torch.manual_seed(base.seed)
     small, report = compress(

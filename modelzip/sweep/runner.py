@@ -107,10 +107,10 @@ def run_tasks(
     )
 
 
-def sweep_tasks(config: SweepConfig) -> list[dict[str, Any]]:
+def sweep_tasks(config: SweepConfig, *, trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """The baseline (the base model, no recipe) followed by one recipe task per point."""
     points = [SweepPoint(BASELINE_NAME, []), *config.points()]
-    return [make_recipe_task(config.base, p) for p in points]
+    return [make_recipe_task(config.base, p, trust_remote_code=trust_remote_code) for p in points]
 
 
 def run_sweep(
@@ -121,6 +121,7 @@ def run_sweep(
     workers: int | None = None,
     address: str | None = None,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> SweepSummary:
     """Run ``config`` into ``out/sweep.sqlite`` and write ``out/points.json``.
 
@@ -128,16 +129,20 @@ def run_sweep(
     again. ``executor`` is ``"local"`` (a process pool of ``workers``, at most one per task),
     ``"ray"`` (at ``address``, or a local Ray of ``workers`` CPUs), or an :class:`Executor` the
     caller made and will close (its workers then stay warm across sweeps).
+
+    ``trust_remote_code`` lets a ``package.module:factory`` base model import code outside the
+    installed packages, in this process and in every worker; it is the caller's to give (the
+    command line's ``--trust-remote-code``), never the sweep file's.
     """
     out = Path(out)
-    tasks = sweep_tasks(config)
+    tasks = sweep_tasks(config, trust_remote_code=trust_remote_code)
     owned = isinstance(executor, str)
     if executor == "local":
         workers = min(default_workers() if workers is None else workers, len(tasks))
     # The local pool starts its workers lazily, so a bad base below costs no worker start.
     pool = make_executor(executor, workers, address) if isinstance(executor, str) else executor
     try:
-        prepare_base(config.base)
+        prepare_base(config.base, trust_remote_code=trust_remote_code)
         with SweepStore(out / STORE_NAME) as store:
             store.set_meta("config", config.to_dict())
             summary = run_tasks(tasks, store, pool, progress=progress)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import os
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -71,19 +69,14 @@ def _load(reference: str) -> Callable[[Task], dict[str, Any]]:
 
 
 def setup_worker() -> None:
-    """Run once in each worker: one torch thread (workers share the cores), die with the parent."""
+    """Run once in each worker: one torch thread (workers share the cores).
+
+    The local pool also makes its workers die with the parent
+    (:func:`modelzip.sweep.executors.die_with_parent`) before this runs.
+    """
     import torch
 
     torch.set_num_threads(1)
-    parent = os.getppid()
-
-    def watch() -> None:
-        # A pool worker whose parent was killed (SIGKILL) would otherwise wait forever.
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="modelzip-parent-watch").start()
 
 
 def execute(reference: str, task: Task) -> dict[str, Any]:

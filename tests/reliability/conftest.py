@@ -8,6 +8,10 @@ rest of the suite keeps its own settings.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import attack_log
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
@@ -33,3 +37,29 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# --- the attack-class counts behind RELIABILITY.md's table (see attack_log.py) ---------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "attack(name): the attack class a reliability test tries")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    attack_log.start_test()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    marker = item.get_closest_marker("attack")
+    if marker is not None and report.when == "call":
+        attack_log.end_test(marker.args[0], Path(item.fspath).name, report.failed)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    attack_log.write(os.environ.get("MODELZIP_HYPOTHESIS", "ci"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 
+import attack_log
 import pytest
 import torch
 import yaml
@@ -57,6 +58,7 @@ STEPS = st.lists(st.dictionaries(STEP_KEYS, YAML_DATA, max_size=5), max_size=4)
 
 def _expect_clean(read, path):
     """``read(path)`` returns or raises a ModelzipError with a message; anything else fails."""
+    attack_log.tried()
     try:
         return read(path)
     except ModelzipError as e:
@@ -75,6 +77,7 @@ def seeds(tmp_path_factory):
     return _Seeds(recipe=RECIPE_SEED, spec=spec_seed(), npz=npz_seed(), mzip=mzip_seed(tmp))
 
 
+@pytest.mark.attack("Random recipes")
 @PROFILE
 @given(steps=st.one_of(STEPS, YAML_DATA))
 def test_random_recipes(tmp_path_factory, steps):
@@ -83,6 +86,7 @@ def test_random_recipes(tmp_path_factory, steps):
     _expect_clean(Recipe.load, path)
 
 
+@pytest.mark.attack("Random accelerator specs")
 @PROFILE
 @given(data=st.dictionaries(st.one_of(st.text(max_size=16), STEP_KEYS), YAML_DATA, max_size=8))
 def test_random_accelerator_specs(tmp_path_factory, data):
@@ -99,6 +103,7 @@ READERS = {
 }
 
 
+@pytest.mark.attack("Mutated files (recipe, spec, .npz, .mzip)")
 @pytest.mark.parametrize("kind", sorted(READERS))
 @PROFILE
 @given(seed=st.integers(0, 2**32 - 1), rounds=st.integers(1, 6))
@@ -109,6 +114,7 @@ def test_mutated_files(seeds, tmp_path_factory, kind, seed, rounds):
     _expect_clean(read, path)
 
 
+@pytest.mark.attack("Random bytes as files")
 @pytest.mark.parametrize("kind", sorted(READERS))
 @PROFILE
 @given(data=st.binary(max_size=512))
@@ -122,6 +128,7 @@ def test_random_bytes(tmp_path_factory, kind, data):
 SIZES = st.one_of(st.integers(-3, 5), st.sampled_from([0, 2**31, 2**40, 10**12]), YAML_DATA)
 
 
+@pytest.mark.attack("Huge declared layer sizes")
 @PROFILE
 @given(
     kind=st.sampled_from(["Linear", "Conv2d", "Embedding", "BatchNorm1d", "Identity", "Evil"]),
@@ -141,6 +148,7 @@ def test_declared_layer_sizes_are_bounded(tmp_path_factory, kind, spec, name):
     _expect_clean(modelzip.load, path)
 
 
+@pytest.mark.attack("Huge declared layer sizes")
 def test_huge_declared_layer_is_refused_before_allocating(tmp_path):
     path = tmp_path / "m.mzip"
     huge = {"class": "Linear", "spec": {"in_features": 10**6, "out_features": 10**6}}
@@ -149,6 +157,7 @@ def test_huge_declared_layer_is_refused_before_allocating(tmp_path):
         modelzip.load(path)
 
 
+@pytest.mark.attack("Header, nesting and YAML bombs")
 def test_huge_header_length_is_refused_unread(tmp_path):
     path = tmp_path / "m.mzip"
     path.write_bytes((2**40).to_bytes(8, "little") + b"{}")
@@ -156,6 +165,7 @@ def test_huge_header_length_is_refused_unread(tmp_path):
         modelzip.load(path)
 
 
+@pytest.mark.attack("Header, nesting and YAML bombs")
 def test_deeply_nested_metadata_is_refused(tmp_path):
     path = tmp_path / "m.mzip"
     meta_text = "[" * 100_000 + "]" * 100_000
@@ -166,6 +176,7 @@ def test_deeply_nested_metadata_is_refused(tmp_path):
         modelzip.load(path)
 
 
+@pytest.mark.attack("Header, nesting and YAML bombs")
 def test_yaml_bombs_are_refused(tmp_path):
     laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n"
@@ -185,6 +196,7 @@ def test_yaml_bombs_are_refused(tmp_path):
         Recipe.load(tmp_path / "binary.yaml")
 
 
+@pytest.mark.attack("Header, nesting and YAML bombs")
 def test_npz_zip_bomb_is_refused_before_decompressing(tmp_path):
     import zipfile
 
@@ -228,3 +240,23 @@ def test_regression_non_string_keys_in_specs(tmp_path, text):
     path.write_text("- method: svd\n  select: {on: 1}\n")
     with pytest.raises(ModelzipError, match="Select field names must be strings"):
         Recipe.load(path)
+
+
+@pytest.mark.attack("Coverage-guided sweep files")
+@pytest.mark.parametrize(
+    "text",
+    [
+        # atheris, fuzz_grid: a grid key YAML reads as null (or a number, a boolean) raised
+        # AttributeError ('NoneType' object has no attribute 'split') in the key check.
+        "base: {model: lenet300}\ngrid:\n  null: [0.5]\n",
+        "base: {model: lenet300}\ngrid:\n  3: [0.5]\n",
+        "base: {model: lenet300}\nrandom: {n: 2, seed: 0, space: {on: [1, 2]}}\n",
+    ],
+)
+def test_regression_non_string_keys_in_sweep_files(tmp_path, text):
+    from modelzip.sweep import SweepConfig
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(ModelzipError, match="must be a string"):
+        SweepConfig.load(path)

@@ -24,6 +24,9 @@ from modelzip.io import atomic_path, safe_join, write_bytes
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
+pytestmark = pytest.mark.attack("Killed or interrupted runs (SIGKILL, ENOSPC)")
+
+
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)

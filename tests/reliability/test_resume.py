@@ -15,6 +15,8 @@ from modelzip.data import Dataset
 from modelzip.errors import ConfigError
 from modelzip.train import TrainConfig, train
 
+pytestmark = pytest.mark.attack("Killed or interrupted runs (SIGKILL, ENOSPC)")
+
 
 def tiny_data(n: int = 96) -> Dataset:
     g = torch.Generator().manual_seed(0)

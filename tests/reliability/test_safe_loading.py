@@ -26,6 +26,9 @@ PICKLE_ALLOWED = {
 }
 
 
+pytestmark = pytest.mark.attack("Pickle payloads and code outside the installed packages")
+
+
 def _sources() -> list[tuple[str, str]]:
     return [(str(p.relative_to(PACKAGE)), p.read_text()) for p in sorted(PACKAGE.rglob("*.py"))]
 
@@ -118,7 +121,10 @@ def test_installed_and_imported_code_needs_no_opt_in():
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     source = {"kind": "factory", "ref": "torch.nn:Linear", "kwargs": {"in_features": 2,
               "out_features": 3}}  # fmt: skip
-    assert build_from_source(json.loads(json.dumps(source))).out_features == 3
+    # Installed, but not registered: a file may not call it; the caller may.
+    with pytest.raises(ModelError, match="not a registered model factory"):
+        build_from_source(json.loads(json.dumps(source)))
+    assert build_from_source(source, trust_remote_code=True).out_features == 3
 
 
 @pytest.mark.parametrize("ref", ["os:system", "subprocess:run", "builtins:eval", "shutil:rmtree"])

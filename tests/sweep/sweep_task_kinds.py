@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,3 +22,10 @@ def always_fails(task: dict[str, Any]) -> dict[str, Any]:
 
 def square(task: dict[str, Any]) -> dict[str, Any]:
     return {"n": task["n"], "square": task["n"] ** 2}
+
+
+def hang(task: dict[str, Any]) -> dict[str, Any]:
+    """Leaves a marker file, then never returns (a worker busy when its parent is killed)."""
+    Path(task["marker"]).write_text("started")
+    time.sleep(600)
+    return {}
