@@ -9,6 +9,15 @@
   batch, ``MatMulInteger`` multiplies uint8 by int8 into int32, and the product is rescaled by
   ``input_scale · weight_scale`` — the integer scheme of Jacob et al., CVPR 2018.
 
+Where int8 products can saturate (x86 without VNNI, :mod:`modelzip.kernels.isa`), onnxruntime's
+uint8 × int8 kernels add pairs of products into int16 as PyTorch's do, and its guide asks for a
+reduced range. The file then follows the layer on this machine: a static input is quantized on
+the layer's 7-bit grid (``QuantizeLinear`` then a ``Clip`` of the codes to 127, PyTorch's export of
+a ``0..127`` fake quantization), and a dynamic input on 7 bits computed from its own range
+(``ReduceMin``/``ReduceMax``, ``QuantizeLinear``, ``Clip``) as PyTorch's dynamic linear does,
+instead of ``DynamicQuantizeLinear``'s 8 bits. The grid is the exporting machine's: a file for a
+machine without VNNI is made there, or with ``MODELZIP_INT8_REDUCE_RANGE=1``.
+
 The ops are emitted by ``symbolic`` methods of autograd Functions (the TorchScript exporter's
 documented hook for custom ONNX ops); their ``forward`` computes the same thing in float so the
 traced shapes and the eager check agree.
@@ -22,11 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.kernels import isa
 from modelzip.module import conv2d
 
 _INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _INT32 = 6  # onnx.TensorProto.INT32
+_UINT8 = 2  # onnx.TensorProto.UINT8
+#: Top code of a reduced-range (7-bit) uint8 activation.
+_QMAX_REDUCED = 127
 
 
 class _DequantizeWeight(torch.autograd.Function):
@@ -71,9 +84,38 @@ class _DynamicInt8Linear(torch.autograd.Function):
         return g.op("Add", y, bias)
 
 
-def _fake_quant(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    # Exported by torch as QuantizeLinear + DequantizeLinear with a uint8 zero point.
-    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), 0, 255)
+class _DynamicInt8LinearReduced(_DynamicInt8Linear):
+    """The dynamic linear with the input on 7 bits (codes 0..127), from its own range."""
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, codes_t: Any, scale: Any, bias: Any) -> Any:
+        def const(value: float | int, dtype: torch.dtype = torch.float32) -> Any:
+            return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
+
+        lo = g.op("Min", g.op("ReduceMin", x, keepdims_i=0), const(0.0))
+        hi = g.op("Max", g.op("ReduceMax", x, keepdims_i=0), const(0.0))
+        # An all-zero input has no range: any positive scale quantizes it to the zero point.
+        x_scale = g.op("Max", g.op("Div", g.op("Sub", hi, lo), const(float(_QMAX_REDUCED))),
+                       const(1e-30))  # fmt: skip
+        x_zero = g.op("Cast", g.op("Round", g.op("Div", g.op("Neg", lo), x_scale)), to_i=_UINT8)
+        xq = g.op("QuantizeLinear", x, x_scale, x_zero)
+        xq = g.op("Clip", xq, const(0, torch.uint8), const(_QMAX_REDUCED, torch.uint8))
+        acc = g.op("MatMulInteger", xq, codes_t, x_zero)
+        y = g.op("Mul", g.op("Cast", acc, to_i=_FLOAT), g.op("Mul", x_scale, scale))
+        return g.op("Add", y, bias)
+
+
+def _fake_quant(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = 255
+) -> torch.Tensor:
+    # Exported by torch as QuantizeLinear + DequantizeLinear with a uint8 zero point, and a Clip
+    # of the codes between them when qmax is 127.
+    return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero), 0, qmax)
+
+
+def _fake_quant_input(layer: Any, x: torch.Tensor) -> torch.Tensor:
+    """The static layer's input quantization on this machine's grid (8 or 7 bits)."""
+    return _fake_quant(x, *layer.input_qparams())
 
 
 class QDQLinear(nn.Module):
@@ -89,9 +131,11 @@ class QDQLinear(nn.Module):
         if self.activations == "dynamic":
             bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
             codes_t = layer.codes.t().contiguous()
-            return _DynamicInt8Linear.apply(x, codes_t, layer.scale, bias)
+            reduced = isa.reduced_int8_range()
+            function = _DynamicInt8LinearReduced if reduced else _DynamicInt8Linear
+            return function.apply(x, codes_t, layer.scale, bias)
         if self.activations == "static":
-            x = _fake_quant(x, layer.in_scale, layer.in_zero)
+            x = _fake_quant_input(layer, x)
         y = F.linear(x, dequantized_weight(layer), layer.bias)
         if self.activations == "static":
             y = _fake_quant(y, layer.out_scale, layer.out_zero)
@@ -110,7 +154,7 @@ class QDQConv2d(nn.Module):
         layer = self.layer
         a = layer.conv_args
         if self.static:
-            x = _fake_quant(x, layer.in_scale, layer.in_zero)
+            x = _fake_quant_input(layer, x)
         w = dequantized_weight(layer)
         y = conv2d(x, w, layer.bias, a)
         if self.static:

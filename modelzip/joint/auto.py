@@ -9,7 +9,10 @@
    it misses the budget, :class:`InfeasibleBudgetError` says what it reached.
 3. Search: ``greedy`` (sensitivity-guided, from :func:`~modelzip.joint.sensitivity.run_sensitivity`
    on a validation split) or ``evolution``; the candidates explored are evaluated for real on
-   the validation split and form the Pareto front (accuracy against cost).
+   the validation split and form the Pareto front (accuracy against cost). The greedy's last
+   step into the budget can be a large one that makes its earlier steps unnecessary; its choice
+   is also evaluated *relaxed* (:func:`_relax`: layers moved back to milder options while the
+   predicted cost stays within the budget), so the model is not compressed beyond the budget.
 4. Verify: the chosen setting is built, fine-tuned briefly on the training part (never the
    validation or test images), and its cost measured again — latency is searched with a safety
    margin under the budget and re-measured; a model that misses the budget or the tolerated
@@ -341,12 +344,40 @@ class _Auto:
         return small, acc, self.measure_final(small), report
 
 
-def _order(found: list[Evaluated], path: list[Setting], target: float) -> list[Evaluated]:
-    """Candidates to verify: the most accurate within the budget first (ties: earlier on the
-    greedy path, i.e. less compressed)."""
+def _order(found: list[Evaluated], target: float) -> list[Evaluated]:
+    """Candidates to verify: the most accurate within the budget first (ties: the less
+    compressed, i.e. the costlier, first; along the greedy path that is the earlier state)."""
     feasible = [e for e in found if e.cost <= target]
-    index = {s: i for i, s in enumerate(path)}
-    return sorted(feasible, key=lambda e: (-e.accuracy, index.get(e.setting, len(path))))
+    return sorted(feasible, key=lambda e: (-e.accuracy, -e.cost))
+
+
+def _relax(space: SearchSpace, setting: Setting, target: float) -> Setting:
+    """``setting`` with layers moved back to milder options while its predicted cost stays
+    within ``target``.
+
+    A milder option reduces the cost less and is predicted to lose no more accuracy. Each move
+    is the one predicted to recover the most accuracy, then to give back the most cost reduction
+    (undoing the most compression). The greedy reaches the budget by its best-scoring step,
+    which can be far larger than what was missing (a whole layer's low-rank factorization after
+    a few bit-width steps elsewhere); the steps before it may no longer be needed, and an
+    unneeded compression only adds error that the one-layer sensitivities (a few hundred
+    images) are too coarse to predict.
+    """
+    state = list(setting)
+    while True:
+        slack = target - space.predicted_cost(tuple(state))
+        best: tuple[float, float, int, int] | None = None
+        for i, j0 in enumerate(state):
+            for j in range(len(space.options[i])):
+                given_back = space.reduction[i][j0] - space.reduction[i][j]
+                recovered = space.loss[i][j0] - space.loss[i][j]
+                if given_back <= 0 or given_back > slack or recovered < 0:
+                    continue
+                if best is None or (recovered, given_back) > best[:2]:
+                    best = (recovered, given_back, i, j)
+        if best is None:
+            return tuple(state)
+        state[best[2]] = best[3]
 
 
 def _greedy_indices(
@@ -407,14 +438,20 @@ def auto_compress(
             f"{cheapest.accuracy:.4f}" + (margin if budget.kind == "latency" else "")
         )
 
-    path: list[Setting] = []
     with progress_bar("auto", config.budget_evals, enabled=progress) as bar:
         if config.search == "greedy":
             path = greedy_path(space)
+            first = next((s for s in path if space.predicted_cost(s) <= run.target), path[-1])
+            relaxed = _relax(space, first, run.target)
+            # The relaxed choice, when the path does not hold it, takes one of the evaluations.
+            extra = config.budget_evals > 1 and relaxed not in path
             found = [cheapest]
-            for i in _greedy_indices(path, space, run.target, config.budget_evals):
+            for i in _greedy_indices(path, space, run.target, config.budget_evals - extra):
                 if path[i] != cheapest.setting:
                     found.append(run.evaluate(space, path[i], f"greedy-{i}"))
+                bar.advance()
+            if extra:
+                found.append(run.evaluate(space, relaxed, "greedy-relaxed"))
                 bar.advance()
         else:
 
@@ -431,7 +468,7 @@ def auto_compress(
     mark_pareto(run.points)
 
     tried = []
-    for e in _order(found, path, run.target)[: config.verify_attempts]:
+    for e in _order(found, run.target)[: config.verify_attempts]:
         small, acc, cost, report = run.verify(space, e.setting)
         drop = 100 * (run.base_accuracy - acc)
         tried.append((e, acc, cost))

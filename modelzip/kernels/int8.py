@@ -1,8 +1,12 @@
 """int8 products on PyTorch's own CPU kernels (no hand-written int8 GEMM: these win).
 
 * :func:`int8_matmul`: ``torch._int_mm``, int8 × int8 → int32 (oneDNN, AVX-512 VNNI here).
+  Without VNNI oneDNN's signed × signed product is not exact (pairs of products are added in a
+  saturating int16, see :mod:`modelzip.kernels.isa`); there the product is computed in float,
+  which is exact for these integers.
 * :func:`prepack_linear` / :func:`linear_dynamic`: the x86/fbgemm dynamic-quantized linear
-  (activations quantized per batch to 8 bits, per-channel int8 weights prepacked once).
+  (activations quantized per batch to 7 bits, PyTorch's ``reduce_range``, so that the uint8 ×
+  int8 products cannot saturate on CPUs without VNNI; per-channel int8 weights prepacked once).
 * :func:`prepack_conv2d` / :func:`conv2d_dynamic`: the same for convolutions.
 
 Weights are symmetric int8 codes with per-output-channel scales (``W ≈ Δ_k·q``), the form of
@@ -17,13 +21,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.kernels import isa
 from modelzip.module import CompressedModule, register_layer
+
+#: Products of int8 codes are at most 2^14 in magnitude: float32 adds up to 2^10 of them exactly.
+_FLOAT32_EXACT_K = 2**24 // 2**14
 
 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Exact ``A·B`` (``int32``) of int8 matrices ``A`` (``M × K``) and ``B`` (``K × N``)."""
+    """Exact ``A·B`` (``int32``) of int8 matrices ``A`` (``M × K``) and ``B`` (``K × N``).
+
+    ``torch._int_mm`` where int8 products cannot saturate; elsewhere (x86 without VNNI,
+    :func:`modelzip.kernels.isa.int8_saturation`) a float GEMM, exact because every partial sum
+    is an integer below 2^24 (float32, ``K ≤ 1024``) or 2^53 (float64). oneDNN's signed × signed
+    path there shifts one operand to unsigned and adds pairs of products in a saturating int16;
+    which operand it shifts depends on the shape, so no split of the operands is safe for all.
+    """
     if a.dtype != torch.int8 or b.dtype != torch.int8:
         raise TypeError(f"int8_matmul takes int8 operands, got {a.dtype} and {b.dtype}")
+    if a.device.type == "cpu" and isa.int8_saturation() is not None:
+        dtype = torch.float32 if a.shape[1] <= _FLOAT32_EXACT_K else torch.float64
+        return (a.to(dtype) @ b.to(dtype)).to(torch.int32)
     return torch._int_mm(a.contiguous(), b.contiguous())
 
 

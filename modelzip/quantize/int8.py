@@ -5,7 +5,8 @@ Per output channel ``k`` (or per tensor) the scale is ``Δ_k = max|W_k| / 127`` 
 A zero channel gets ``Δ = 1`` and codes 0, so all-zero and constant weights are handled exactly.
 
 Execution: a linear layer on the CPU can run its products on PyTorch's own int8 kernel
-(``activations="dynamic"``: activations quantized per batch to 8 bits, fbgemm/x86 int8 GEMM), or
+(``activations="dynamic"``: activations quantized per batch to 7 bits, PyTorch's ``reduce_range``,
+so that the uint8 × int8 products cannot saturate on CPUs without VNNI; fbgemm/x86 int8 GEMM), or
 dequantize the weight on the fly and multiply in float (``activations="float"``, the only path on
 other devices and for convolutions), or quantize activations with ranges calibrated beforehand and
 run both linear and convolution layers on the int8 engine (``activations="static"``, see

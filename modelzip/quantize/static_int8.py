@@ -6,6 +6,13 @@ multiplies by int8 per-channel weights on the x86/oneDNN quantized engine
 with a calibrated output range (Jacob et al., CVPR 2018). Elsewhere than the CPU, and while
 autograd records, the same arithmetic is simulated in float (fake quantization).
 
+Where int8 products can saturate — x86 without VNNI, where the engines add pairs of uint8 ×
+int8 products into int16 (:mod:`modelzip.kernels.isa`) — the input is quantized on 7 bits: the
+calibrated range is kept and split into 128 steps instead of 256 (codes 0..127, PyTorch's
+``reduce_range``). The kernels and the simulation both use that grid, so they agree there as
+closely as with VNNI; the buffers keep the 8-bit calibration, and the grid is chosen by the
+machine that runs the layer.
+
 Calibration is sequential: a layer is calibrated on the model whose earlier layers are already
 quantized, so each range sees the error upstream of it.
 """
@@ -21,14 +28,24 @@ from torch import nn
 
 from modelzip.context import Context
 from modelzip.errors import ModelError
+from modelzip.kernels import isa
 from modelzip.module import conv2d, register_layer
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.observers import Observer
 from modelzip.registry import SkipLayer
 
-__all__ = ["StaticInt8Conv2d", "StaticInt8Linear", "calibration_batches", "qparams"]
+__all__ = [
+    "QMAX_REDUCED",
+    "StaticInt8Conv2d",
+    "StaticInt8Linear",
+    "calibration_batches",
+    "qparams",
+    "reduced_qparams",
+]
 
 QMIN, QMAX = 0, 255
+#: The top input code where int8 products can saturate (:func:`isa.reduced_int8_range`).
+QMAX_REDUCED = 127
 
 
 def qparams(lo: float, hi: float) -> tuple[float, int]:
@@ -37,6 +54,13 @@ def qparams(lo: float, hi: float) -> tuple[float, int]:
     scale = (hi - lo) / (QMAX - QMIN) if hi > lo else 1.0
     zero = round(QMIN - lo / scale)
     return float(scale), max(QMIN, min(QMAX, zero))
+
+
+def reduced_qparams(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 7-bit grid (codes ``0..127``) over the range of the 8-bit grid ``(scale, zero)``:
+    ``[-zero·scale, (255 - zero)·scale]`` in 127 steps of ``255/127·scale``."""
+    zero7 = torch.round(zero * (QMAX_REDUCED / QMAX)).clamp(QMIN, QMAX_REDUCED).long()
+    return scale * (QMAX / QMAX_REDUCED), zero7
 
 
 def calibration_batches(ctx: Context, size: int, batch: int = 256) -> list[torch.Tensor]:
@@ -103,19 +127,34 @@ class _Static:
             getattr(self, z).fill_(zero)
         self._packed = None
 
-    def _fake(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        q = torch.clamp(torch.round(x / scale) + zero, QMIN, QMAX)
+    def input_qparams(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Scale, zero point and top code of the input's quantization on this machine: the
+        calibrated 8-bit grid, or its 7-bit form (:func:`reduced_qparams`) where int8 products
+        can saturate (:func:`modelzip.kernels.isa.reduced_int8_range`)."""
+        if isa.reduced_int8_range():
+            return (*reduced_qparams(self.in_scale, self.in_zero), QMAX_REDUCED)
+        return self.in_scale, self.in_zero, QMAX
+
+    def _fake(
+        self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = QMAX
+    ) -> torch.Tensor:
+        q = torch.clamp(torch.round(x / scale) + zero, QMIN, qmax)
         return (q - zero) * scale
+
+    def _fake_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fake(x, *self.input_qparams())
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
         return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        scale_t, zero_t, qmax = self.input_qparams()
+        scale, zero = float(scale_t), int(zero_t)
+        if qmax < QMAX:  # quint8 would go up to 255: clip to the top 7-bit code first
+            x = x.clamp(max=(qmax - zero) * scale)
         with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
             warnings.simplefilter("ignore")
-            return torch.quantize_per_tensor(
-                x, float(self.in_scale), int(self.in_zero), torch.quint8
-            )
+            return torch.quantize_per_tensor(x, scale, zero, torch.quint8)
 
 
 def _per_channel_qweight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -152,7 +191,7 @@ class StaticInt8Linear(_Static, Int8Linear):
                 qx, self._prepacked(), float(self.out_scale), int(self.out_zero)
             )
             return qy.dequantize().reshape(*shape[:-1], self.out_features)
-        xq = self._fake(x, self.in_scale, self.in_zero)
+        xq = self._fake_input(x)
         y = F.linear(xq, self.dequantized_weight(x.dtype), self.bias)
         return self._fake(y, self.out_scale, self.out_zero)
 
@@ -196,7 +235,7 @@ class StaticInt8Conv2d(_Static, Int8Conv2d):
             )
             return qy.dequantize()
         a = self.conv_args
-        xq = self._fake(x, self.in_scale, self.in_zero)
+        xq = self._fake_input(x)
         w = self.dequantized_weight(x.dtype)
         y = conv2d(xq, w, self.bias, a)
         return self._fake(y, self.out_scale, self.out_zero)

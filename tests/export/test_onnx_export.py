@@ -11,6 +11,7 @@ from torch import nn
 from modelzip.api import compress
 from modelzip.errors import ModelError
 from modelzip.export import export_onnx, export_path, run_onnx, to_onnx_bytes
+from modelzip.kernels import isa
 from modelzip.models import create
 from modelzip.module import CompressedModule
 from modelzip.recipe import Recipe
@@ -114,9 +115,11 @@ def test_int8_models_are_int8_in_the_file(activations: str) -> None:
     ops = _ops(data)
     weights = sum(p.numel() for n, p in create(model).named_parameters() if n.endswith("weight"))
     assert _int8_initializer_bytes(data) == weights  # every weight stored as one int8 byte
+    # Where int8 products can saturate the dynamic input is quantized to 7 bits by plain ops.
+    dynamic = "QuantizeLinear" if isa.reduced_int8_range() else "DynamicQuantizeLinear"
     expected = {
         "float": {"DequantizeLinear"},
-        "dynamic": {"DynamicQuantizeLinear", "MatMulInteger"},
+        "dynamic": {dynamic, "MatMulInteger"},
         "static": {"QuantizeLinear", "DequantizeLinear"},
     }[activations]
     assert expected <= ops
@@ -138,6 +141,56 @@ def test_static_int8_runs_on_integer_kernels_in_onnxruntime(tmp_path) -> None:
     ort.InferenceSession(to_onnx_bytes(small, sample), options, providers=["CPUExecutionProvider"])
     fused = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
     assert {"QLinearConv", "QLinearMatMul", "QGemm"} & fused, fused
+
+
+def _uint8_codes_multiplied(data: bytes, x: torch.Tensor) -> list[torch.Tensor]:
+    """The uint8 activations the file's integer products read, on input ``x``: the input of
+    each ``MatMulInteger`` and of each ``DequantizeLinear`` feeding a ``Conv``/``Gemm``."""
+    model = onnx.load_from_string(data)
+    graph = model.graph
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.op_type)
+    weights = {i.name for i in graph.initializer}
+    products = {"Conv", "Gemm", "MatMul"}
+    names = []
+    for node in graph.node:
+        feeds_a_product = products & set(consumers.get(node.output[0], []))
+        if node.op_type == "MatMulInteger" or (
+            node.op_type == "DequantizeLinear" and node.input[0] not in weights and feeds_a_product
+        ):
+            names.append(node.input[0])
+    assert names
+    del graph.output[:]
+    graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None)
+                        for n in names)  # fmt: skip
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    return [torch.from_numpy(a) for a in session.run(None, {"input": x.numpy()})]
+
+
+@pytest.mark.parametrize("activations", ["dynamic", "static"])
+def test_reduced_range_files_multiply_7_bit_activations(activations: str, monkeypatch) -> None:
+    """Without VNNI, onnxruntime adds pairs of uint8 × int8 products into int16: the file then
+    quantizes activations to 7 bits, even beyond the calibrated range, and still matches."""
+    monkeypatch.setenv("MODELZIP_INT8_REDUCE_RANGE", "1")
+    model = "lenet300" if activations == "dynamic" else "lenet5"
+    sample = torch.rand(16, 1, 28, 28)
+    small = _compressed(model, [{"method": "int8", "activations": activations}], sample)
+    data = to_onnx_bytes(small, sample)
+    assert "DynamicQuantizeLinear" not in _ops(data)
+    x = 3 * torch.rand(8, 1, 28, 28)  # three times the calibrated range
+    codes = _uint8_codes_multiplied(data, x)
+    assert max(int(c.max()) for c in codes) <= 127
+    for batch in (x, torch.zeros(2, 1, 28, 28)):  # an all-zero input has no range to split
+        with torch.no_grad():
+            ref = small(batch)
+        got = run_onnx(data, batch)
+        # The same tolerance as with 8 bits (test_int8_models_are_int8_in_the_file).
+        assert float((got - ref).abs().max()) <= 0.05 * float(ref.abs().max())
 
 
 def test_export_onnx_writes_the_file_and_checks_it(tmp_path) -> None:

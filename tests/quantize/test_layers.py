@@ -117,6 +117,66 @@ def test_static_int8_runs_int8_kernels_and_matches_simulation():
     assert layers[0]._packed is not None  # the prepacked int8 weight was used
 
 
+def _saturating_layer(kind: str) -> tuple[nn.Module, torch.Tensor]:
+    """A layer whose uint8 × int8 products saturate in int16 pairs without VNNI: every weight
+    at +127 (or -127 on odd outputs) and every input at the top of its calibrated range."""
+    torch.manual_seed(0)
+    if kind == "linear":
+        dense, x = nn.Linear(64, 8), torch.full((3, 64), 2.0)
+    else:
+        dense, x = nn.Conv2d(16, 8, 3, padding=1), torch.full((2, 16, 5, 5), 2.0)
+    with torch.no_grad():
+        dense.weight.fill_(0.05)
+        dense.weight[1::2].neg_()
+        dense.bias.zero_()
+    return nn.Sequential(dense).eval(), x
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_static_int8_kernels_match_the_simulation_where_products_saturate(kind):
+    """Without VNNI (or with the fallbacks forced: see `make test-fallback`) 8-bit inputs would
+    make each pair of products 2 · 255 · 127 > 32767 and the kernels would return about half of
+    the sum; 7-bit inputs (modelzip.kernels.isa) keep them equal to the simulation."""
+    dense, x = _saturating_layer(kind)
+    calibration = torch.cat([x, torch.zeros_like(x)])
+    small, _ = modelzip.compress(dense, Int8Config(activations="static"), sample=calibration,
+                                 measure=False)  # fmt: skip
+    assert isinstance(small[0], (StaticInt8Linear, StaticInt8Conv2d))
+    with torch.inference_mode():
+        got = small(x)  # int8 kernels
+    with torch.enable_grad():
+        simulated = small(x).detach()
+    ref = dense(x).detach()
+    assert (got - simulated).abs().max() <= 0.05 * simulated.abs().max()
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_static_int8_inputs_use_7_bits_where_products_can_saturate(monkeypatch):
+    monkeypatch.setenv("MODELZIP_INT8_REDUCE_RANGE", "1")
+    model, x = _lenet()
+    small, report = modelzip.compress(
+        model, Int8Config(activations="static"), sample=x, measure=False
+    )
+    inputs = {}
+    for change in report.layers:
+        layer = small.get_submodule(change.name)
+        layer.register_forward_pre_hook(lambda m, a: inputs.setdefault(m, a[0]))
+        scale, zero, qmax = layer.input_qparams()
+        assert qmax == 127 and 0 <= int(zero) <= 127
+        # The calibrated range is kept: the same interval split into 127 steps instead of 255.
+        lo, hi = -int(layer.in_zero) * layer.in_scale, (255 - int(layer.in_zero)) * layer.in_scale
+        assert float(-zero * scale) == pytest.approx(float(lo), abs=float(scale) / 2)
+        assert float((127 - zero) * scale) == pytest.approx(float(hi), abs=float(scale) / 2)
+    with torch.inference_mode():
+        got = small(3 * x)  # beyond the calibrated ranges
+    for layer, seen in inputs.items():
+        assert int(layer._quantize_input(seen).int_repr().max()) == 127
+    with torch.enable_grad():
+        simulated = small(3 * x).detach()
+    # The same tolerance as with 8 bits (test_static_int8_runs_int8_kernels_and_matches_...).
+    assert (got - simulated).abs().max() <= 0.05 * simulated.abs().max()
+
+
 def test_static_int8_needs_calibration_data():
     model, _ = _lenet()
     with pytest.raises(modelzip.errors.ModelzipError, match="calibration"):
