@@ -40,3 +40,23 @@ class Context:
         g = torch.Generator(device=device)
         g.manual_seed(self.seed)
         return g
+
+
+def aliases(model: torch.nn.Module, module: torch.nn.Module) -> list[str]:
+    """Every name under which ``module`` appears in ``model`` (a shared layer has several)."""
+    return [n for n, m in model.named_modules(remove_duplicate=False) if m is module]
+
+
+def replace_module(model: torch.nn.Module, name: str, new: torch.nn.Module) -> list[str]:
+    """Put ``new`` in place of the module at ``name`` under every name that module has.
+
+    A layer used twice (``nn.Sequential(fc, act, fc)``) is one object under two names; replacing
+    only the name a handler selected would leave the other calling the old layer, so the model
+    would compute something its Report does not describe. Every alias gets the same ``new``
+    object, so a shared layer stays shared. Returns the names replaced (``name`` first).
+    """
+    old = model.get_submodule(name)
+    names = [name] + [n for n in aliases(model, old) if n != name]
+    for n in names:
+        model.set_submodule(n, new)
+    return names

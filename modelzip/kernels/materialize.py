@@ -1,12 +1,14 @@
 """``materialize(model)``: compressed modules → the fastest executable form this CPU has.
 
-For each layer it recognises (duck-typed, so no compression family is imported until needed):
+For each layer it recognises (by its class: an attribute that happens to share a name, such as
+the ``codes`` and ``scale`` of a k-bit :class:`~modelzip.quantize.layers.QuantLinear`, does not
+make a layer int8):
 
 =============================================  ==============================================
-masked layer (``mask`` + ``masked_weight``)     :class:`SparseLinear`/:class:`SparseConv2d`
+masked layer (``Masked*``)                      :class:`SparseLinear`/:class:`SparseConv2d`
                                                 (BSR when the zeros form blocks, else CSR) if
                                                 measured faster on the sample, else plain dense
-int8 layer (``codes`` + ``scale``)              PyTorch's x86 int8 kernels (dynamic activations)
+int8 layer (``Int8Linear``/``Int8Conv2d``)      PyTorch's x86 int8 kernels (dynamic activations)
 ``nn.Linear``/``nn.Conv2d`` with ``±α`` rows    :class:`BinaryLinear`/:class:`BinaryConv2d`:
                                                 XNOR-popcount when the sample's inputs are ±1,
                                                 else BWN (adds/subtracts)
@@ -109,7 +111,8 @@ def _candidate(
     correct and fastest wins (the module itself is always a candidate)."""
     from modelzip.kernels.sparse import detect_block
 
-    if hasattr(module, "mask") and hasattr(module, "masked_weight"):  # pruned (masked) layer
+    family = _kind(module)
+    if family == "masked":
         from modelzip.kernels.sparse_layers import SparseConv2d, SparseLinear
 
         dense = module.to_dense()
@@ -119,8 +122,10 @@ def _candidate(
         block = detect_block(module.masked_weight())
         fmt = f"BSR {block}×{block}" if block > 1 else "CSR"
         return [("dense", lambda: dense), (f"float:{fmt}", lambda: cls.from_dense(module, block))]
-    if hasattr(module, "codes") and hasattr(module, "scale"):  # int8 layer
-        if hasattr(module, "activations") and hasattr(module, "in_features"):
+    if family == "int8":
+        from modelzip.quantize.int8 import Int8Linear
+
+        if isinstance(module, Int8Linear):
 
             def dynamic() -> nn.Module:
                 new = type(module).from_spec({**module.spec(), "activations": "dynamic"})
@@ -128,21 +133,23 @@ def _candidate(
                 return new.eval()
 
             return [("int8:x86 linear_dynamic", dynamic)]
-        if hasattr(module, "conv_args") and not isinstance(module.conv_args["padding"], str):
+        if not isinstance(module.conv_args["padding"], str):  # an Int8Conv2d
             from modelzip.kernels.int8 import Int8DynamicConv2d
 
             return [("int8:x86 conv2d_dynamic", lambda: Int8DynamicConv2d.from_dense(module))]
         return []
-    if type(module).__name__ in ("FakeQuantLinear", "FakeQuantConv2d"):
+    if family == "fake_quant":
+        from modelzip.quantize.fake import FakeQuantLinear
+
         options = [("dense", lambda: _frozen_fake_quant(module))]
-        if type(module).__name__ == "FakeQuantLinear" and getattr(module, "act", None) is not None:
+        if isinstance(module, FakeQuantLinear) and module.act is not None:
             from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
 
             if int(module.act.bits) <= 8 and grid_codes(module.quantized_weight()) is not None:
                 build = lambda: BitSerialLinear.from_fake_quant(module)  # noqa: E731
                 options.append(("float:bit-serial AND-popcount", build))
         return options
-    if type(module) in (nn.Linear, nn.Conv2d):
+    if family == "dense":
         from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
 
         if binary_scales(module.weight) is None:
@@ -155,10 +162,7 @@ def _candidate(
         mode = "xnor" if _is_pm1(x) else "bwn"
         kind = "exact:XNOR-popcount" if mode == "xnor" else "float:BWN add/sub"
         return [(kind, lambda: cls.from_dense(module, mode))]
-    factorized = any(
-        hasattr(module, a) for a in ("tt_cores", "ht_factors", "tucker_factors", "cores")
-    )
-    if factorized and hasattr(module, "to_dense"):
+    if family == "factorized" and hasattr(module, "to_dense"):
         options: list[tuple[str, Callable[[], nn.Module]]] = [("dense", module.to_dense)]
         if hasattr(module, "factor_indices") and hasattr(module, "in_modes"):
             from modelzip.kernels.split_linear import SplitLinear, plan_cut
@@ -321,21 +325,34 @@ def _choose_layout(
     return model
 
 
+def _kind(m: nn.Module) -> str | None:
+    """Which family of layer ``m`` is, by its class, or ``None`` for a layer with no other form.
+
+    By class and not by attribute names: a k-bit ``QuantLinear`` has ``codes`` and ``scale``
+    too, and taken for int8 it crashed (or, worse, would have run the wrong kernel). Subclasses
+    count (``StaticInt8Linear`` is an ``Int8Linear``); the executable layers of
+    :mod:`modelzip.kernels` subclass none of these, so a materialized model is left as it is.
+    """
+    from modelzip.prune.masked import MaskedConv2d, MaskedLinear
+    from modelzip.quantize.fake import FakeQuantConv2d, FakeQuantLinear
+    from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
+
+    if isinstance(m, (MaskedLinear, MaskedConv2d)):
+        return "masked"
+    if isinstance(m, (Int8Linear, Int8Conv2d)):
+        return "int8"
+    if type(m) in (FakeQuantLinear, FakeQuantConv2d):
+        return "fake_quant"
+    if type(m) in (nn.Linear, nn.Conv2d):
+        return "dense"
+    if any(hasattr(m, a) for a in ("tt_cores", "ht_factors", "tucker_factors")):
+        return "factorized"
+    return None
+
+
 def _candidate_cheap(m: nn.Module) -> bool:
     """Whether ``m`` may have an executable form (without building it)."""
-    return (
-        type(m).__name__ in ("FakeQuantLinear", "FakeQuantConv2d")
-        or (hasattr(m, "mask") and hasattr(m, "masked_weight"))
-        or (hasattr(m, "codes") and hasattr(m, "scale") and not _is_ours(m))
-        or type(m) in (nn.Linear, nn.Conv2d)
-        or hasattr(m, "tt_cores")
-        or hasattr(m, "ht_factors")
-        or hasattr(m, "tucker_factors")
-    )
-
-
-def _is_ours(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("modelzip.kernels")
+    return _kind(m) is not None
 
 
 def _choose(

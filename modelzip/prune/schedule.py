@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
+from modelzip.context import Context, replace_module
 from modelzip.inspect import count_params, module_bytes
 from modelzip.prune.grains import keep_top
 from modelzip.prune.magnitude import as_masked, magnitude_mask
@@ -206,7 +206,7 @@ def global_prune(model: nn.Module, config: GlobalPruneConfig, ctx: Context) -> l
             continue
         before[name] = (type(module).__name__, count_params(module), module_bytes(module))
         if layer is not module:
-            model.set_submodule(name, layer)
+            replace_module(model, name, layer)  # every alias: a shared layer stays shared
         layers[name] = layer
     prune_layers(layers, config.sparsity, "global")
     return [

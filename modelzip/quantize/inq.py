@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
+from modelzip.context import Context, replace_module
 from modelzip.errors import ConfigError, ModelError
 from modelzip.inspect import count_params, module_bytes
 from modelzip.module import CompressedModule
@@ -136,7 +136,7 @@ def inq(model: nn.Module, config: INQConfig, ctx: Context) -> list[LayerChange]:
         new = quantized_layer(
             layer, quantize_tensor(layer.weight.detach(), _levels_config(config.bits))
         )
-        model.set_submodule(name, new)
+        replace_module(model, name, new)  # every alias: a shared layer stays shared
         changes.append(
             LayerChange(
                 name=name,

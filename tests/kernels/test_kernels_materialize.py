@@ -186,3 +186,71 @@ def test_materialize_chooses_the_memory_layout(tmp_path: object) -> None:
     assert report.layout_reason == "no 4-D weights"
     with pytest.raises(ValueError, match="layout='nhwc' is not allowed"):
         materialize(model, x, layout="nhwc")  # type: ignore[arg-type]
+
+
+def _compressed(model_name: str, method: str) -> tuple[nn.Module, torch.Tensor]:
+    import modelzip
+    from modelzip.models import create
+    from modelzip.registry import get_method
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 28, 28)
+    small, _ = modelzip.compress(
+        create(model_name).eval(), get_method(method).example, sample=x, measure=False
+    )
+    return small, x
+
+
+# Their layers have ``codes`` and ``scale`` but are not int8 (issue 19): once taken for int8 by
+# attribute names, and materialize crashed (KeyError 'bias', or None.numel()).
+NOT_INT8 = ["quantize_weights", "binary", "ternary", "multibit", "sparse_quantize"]
+
+
+@pytest.mark.parametrize("model_name", ["lenet5", "lenet300"])
+@pytest.mark.parametrize("method", NOT_INT8)
+def test_materialize_keeps_k_bit_layers_with_codes_and_scale(model_name: str, method: str) -> None:
+    small, x = _compressed(model_name, method)
+    kept = {n: m for n, m in small.named_modules() if hasattr(m, "codes") and hasattr(m, "scale")}
+    assert kept, f"{method}'s example made no layer with codes and scale"
+    for choose in ("compressed", "measured"):
+        new, report = materialize(small, x, reps=1, choose=choose)  # type: ignore[arg-type]
+        for name, layer in kept.items():
+            assert type(new.get_submodule(name)) is type(layer), name
+        with torch.no_grad():
+            torch.testing.assert_close(new(x), small(x), rtol=1e-4, atol=1e-5)
+        assert report.max_rel_error is not None and report.max_rel_error < 1e-4
+
+
+def test_materialize_every_method_keeps_outputs(model_for_method: object) -> None:
+    """Over the registry: each method's result materializes to a model that computes the same,
+    every layer either replaced by a form checked equal or left unchanged."""
+    import modelzip
+    from modelzip.registry import get_method, list_methods
+
+    tolerance = sys.modules["modelzip.kernels.materialize"].TOLERANCE
+    failures = []
+    for method in list_methods():
+        model, x = model_for_method(method)  # type: ignore[operator]
+        small, _ = modelzip.compress(model, get_method(method).example, sample=x, measure=False)
+        try:
+            new, report = materialize(small, x, reps=1, choose="compressed")
+        except Exception as e:  # collected, so that one run names every failing method
+            failures.append(f"{method}: {type(e).__name__}: {e}")
+            continue
+        modules = dict(small.named_modules())
+        int8 = 0  # layers on dynamic int8 kernels: each may add its 7-bit activation error
+        for row in report.layers:
+            if row.kernel == "unchanged":
+                assert type(new.get_submodule(row.name)) is type(modules[row.name]), (method, row)
+                continue
+            int8 += row.kernel.startswith("x86")
+            kind = "int8" if row.kernel.startswith("x86") else "float"
+            assert row.max_rel_error is not None, (method, row)
+            assert row.max_rel_error <= tolerance[kind], (method, row)
+        with torch.no_grad():
+            ref, out = small(x), new(x)
+        scale = float(ref.abs().max()) or 1.0
+        err = float((out - ref).abs().max()) / scale
+        if err > (tolerance["int8"] * int8 if int8 else tolerance["float"]):
+            failures.append(f"{method}: output rel. error {err:.1e}")
+    assert not failures, "\n".join(failures)
