@@ -3,7 +3,8 @@
 ``cli_estimate`` resolves the accelerator (a preset, a spec YAML, or a SCALE-Sim ``.cfg``) and the
 layers (given workloads, or a SCALE-Sim topology CSV), runs :func:`estimate` and returns
 ``Estimate.to_dict()`` with the printable rows and the roofline added. The CLI (``modelzip/cli.py``)
-only parses arguments, builds workloads from a model and prints.
+only parses arguments, asks :func:`needs_model` whether to build workloads from a model, and prints.
+Exactly one layer source is given: a model (or a topology ``.csv`` in its place) or ``--topology``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,26 @@ from modelzip.hardware.scalesim_io import spec_from_scalesim_cfg, workloads_from
 from modelzip.workload import Workload
 
 
+def _two_sources(model: str, topology: str) -> ConfigError:
+    return ConfigError(
+        f"estimate takes a model or --topology FILE, not both (got {model!r} and "
+        f"--topology {topology!r})"
+    )
+
+
+def needs_model(model: str | None, topology: str | None) -> bool:
+    """Whether ``modelzip estimate``'s layers come from a model the CLI must load.
+
+    Exactly one of ``model`` (a model, or a SCALE-Sim topology ``.csv`` in its place) and
+    ``topology`` must be given; otherwise a :class:`ConfigError` says so in one line.
+    """
+    if model and topology:
+        raise _two_sources(model, topology)
+    if not model and not topology:
+        raise ConfigError("estimate needs a model or --topology FILE (a SCALE-Sim topology .csv)")
+    return bool(model) and Path(str(model)).suffix != ".csv"
+
+
 def cli_estimate(
     args: Mapping[str, Any] | Any, workloads: Sequence[Workload] | None = None
 ) -> dict[str, Any]:
@@ -28,7 +49,8 @@ def cli_estimate(
 
     Recognised keys: ``model_or_file`` (a topology ``.csv`` when no workloads are given),
     ``accelerator`` (default ``"eyeriss"``), ``dataflow``, ``topology``, ``scalesim_config``
-    (overrides ``accelerator``), ``search`` (``"energy"`` / ``"latency"``).
+    (overrides ``accelerator``), ``search`` (``"energy"`` / ``"latency"``). ``topology`` together
+    with a model or workloads is a :class:`ConfigError`.
     """
     get = args.get if isinstance(args, Mapping) else lambda k, d=None: getattr(args, k, d)
     if get("scalesim_config"):
@@ -37,6 +59,8 @@ def cli_estimate(
         spec = get_accelerator(get("accelerator") or "eyeriss")
     topology = get("topology")
     source = get("model_or_file")
+    if topology and (source or workloads is not None):
+        raise _two_sources(source or "given workloads", topology)
     if topology:
         layers = workloads_from_topology_csv(topology)
     elif workloads is not None:

@@ -1,4 +1,5 @@
-"""Named accelerator presets: ``get_accelerator(name)`` and ``list_accelerators()``.
+"""Named accelerator presets: ``get_accelerator(name)``, ``list_accelerators()`` and
+``accelerator_description(name)`` (the one line ``modelzip list`` shows).
 
 ``tpu``        weight-stationary 128x128 systolic array, 8-bit, the buffers of SCALE-Sim's
                ``google.cfg`` (6 MB ifmap, 6 MB filter, 2 MB ofmap), Horowitz 45 nm energies.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from modelzip.errors import unknown_name
 from modelzip.hardware.spec import AcceleratorSpec, SparseSupport
@@ -88,23 +90,48 @@ def _small_os(name: str, pe: str, **extra: object) -> Callable[[], AcceleratorSp
     return build
 
 
-_PRESETS: dict[str, Callable[[], AcceleratorSpec]] = {
-    "tpu": _tpu,
-    "eyeriss": _eyeriss,
-    "os": _os,
-    "stripes": _small_os("stripes", "stripes", energy_model="horowitz"),
-    "loom": _small_os("loom", "loom", energy_model="horowitz"),
-    "bitfusion": _small_os("bitfusion", "bitfusion", word_bits=8, energy_model="horowitz"),
-    "xnor": _small_os("xnor", "xnor", rows=32, cols=32, energy_model="horowitz"),
-    "cambricon-x": _small_os(
-        "cambricon-x",
-        "bit_parallel",
-        dataflow="os",
-        energy_model="horowitz",
-        sparse=SparseSupport(weight_skip=True, index_bits=4),
+class _Preset(NamedTuple):
+    build: Callable[[], AcceleratorSpec]
+    description: str  # one line, shown by ``modelzip list``
+
+
+_PRESETS: dict[str, _Preset] = {
+    "tpu": _Preset(_tpu, "128x128 weight-stationary systolic array, 8-bit (Jouppi et al. 2017)"),
+    "eyeriss": _Preset(
+        _eyeriss, "12x14 row-stationary array, 16-bit, normalized energies (Chen et al. 2016)"
     ),
-    "eyeriss-sparse": lambda: _eyeriss().replace(
-        name="eyeriss-sparse", sparse=SparseSupport(act_skip="gate", act_compression=True)
+    "os": _Preset(_os, "generic 32x32 output-stationary systolic array, SCALE-Sim's scale.cfg"),
+    "stripes": _Preset(
+        _small_os("stripes", "stripes", energy_model="horowitz"),
+        "bit-serial activations on a 16x16 array (Judd et al. 2016)",
+    ),
+    "loom": _Preset(
+        _small_os("loom", "loom", energy_model="horowitz"),
+        "bit-serial weights and activations on a 16x16 array (Sharify et al. 2018)",
+    ),
+    "bitfusion": _Preset(
+        _small_os("bitfusion", "bitfusion", word_bits=8, energy_model="horowitz"),
+        "2-bit bricks fused into 8-bit units, 16x16 array (Sharma et al. 2018)",
+    ),
+    "xnor": _Preset(
+        _small_os("xnor", "xnor", rows=32, cols=32, energy_model="horowitz"),
+        "binary XNOR-popcount PEs, 32x32 output-stationary array",
+    ),
+    "cambricon-x": _Preset(
+        _small_os(
+            "cambricon-x",
+            "bit_parallel",
+            dataflow="os",
+            energy_model="horowitz",
+            sparse=SparseSupport(weight_skip=True, index_bits=4),
+        ),
+        "zero weights skipped with 4-bit step indices, 16x16 array (Zhang et al. 2016)",
+    ),
+    "eyeriss-sparse": _Preset(
+        lambda: _eyeriss().replace(
+            name="eyeriss-sparse", sparse=SparseSupport(act_skip="gate", act_compression=True)
+        ),
+        "Eyeriss with zero-activation gating and compressed DRAM traffic",
     ),
 }
 
@@ -112,6 +139,13 @@ _PRESETS: dict[str, Callable[[], AcceleratorSpec]] = {
 def list_accelerators() -> list[str]:
     """Names of the preset accelerators."""
     return sorted(_PRESETS)
+
+
+def accelerator_description(name: str) -> str:
+    """A preset's one-line description (what ``modelzip list`` shows)."""
+    if name not in _PRESETS:
+        raise unknown_name("accelerator", name, list(_PRESETS))
+    return _PRESETS[name].description
 
 
 def get_accelerator(name: str | AcceleratorSpec) -> AcceleratorSpec:
@@ -122,4 +156,4 @@ def get_accelerator(name: str | AcceleratorSpec) -> AcceleratorSpec:
         return AcceleratorSpec.load(name)
     if name not in _PRESETS:
         raise unknown_name("accelerator", name, list(_PRESETS))
-    return _PRESETS[name]()
+    return _PRESETS[name].build()
