@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.errors import ModelzipError
+from modelzip.recipe import MAX_RECIPE_STEPS
 
 STAT_KEYS = ("accuracy", "params", "size_bytes", "macs", "latency_ms")
 
@@ -308,7 +309,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from modelzip.serialize import save
     from modelzip.train import TrainConfig
 
-    recipe = Recipe.load(args.recipe)
+    recipe = Recipe.load(args.recipe, max_steps=args.max_steps)
     data = _dataset(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
@@ -459,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help=MODEL_HELP)
     p.add_argument("--weights", help="weights file (default for zoo models: the cached baseline)")
     p.add_argument("--recipe", required=True, help="recipe YAML: a list of {method: ..., ...}")
+    p.add_argument(
+        "--max-steps", type=int, default=MAX_RECIPE_STEPS, metavar="N",
+        help=f"refuse a recipe of more steps than this (default {MAX_RECIPE_STEPS})",
+    )  # fmt: skip
     p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")

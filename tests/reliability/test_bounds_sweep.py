@@ -415,6 +415,10 @@ def test_cli_compress_refuses_a_long_recipe_in_one_line(tmp_path: Path, capsys) 
     code = modelzip.cli.main(["compress", missing, "--recipe", str(path), "--out", missing])
     assert code == 2
     assert "23,000 steps" in _one_error_line(capsys.readouterr().err)
+    # --max-steps raises the bound: the recipe passes, and the missing model is what fails.
+    args = ["compress", missing, "--recipe", str(path), "--out", missing, "--max-steps", "23000"]
+    assert modelzip.cli.main(args) == 2
+    assert "steps" not in _one_error_line(capsys.readouterr().err)
 
 
 # --- fuzzed sweep files: huge products, odd ranges and seeds; bounded in time and memory ------
