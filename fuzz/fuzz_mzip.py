@@ -9,4 +9,4 @@ from file_mutations import mzip_seed
 import modelzip
 
 if __name__ == "__main__":
-    run("mzip", ".mzip", modelzip.load, mzip_seed)
+    run("mzip", ".mzip", modelzip.load, mzip_seed, attack="Coverage-guided .mzip files")

@@ -9,4 +9,4 @@ from file_mutations import npz_seed
 from modelzip.data.npz import load_npz
 
 if __name__ == "__main__":
-    run("npz", ".npz", load_npz, lambda tmp: npz_seed())
+    run("npz", ".npz", load_npz, lambda tmp: npz_seed(), attack="Coverage-guided .npz data sets")

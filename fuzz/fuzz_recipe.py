@@ -9,4 +9,4 @@ from file_mutations import RECIPE_SEED
 from modelzip.recipe import Recipe
 
 if __name__ == "__main__":
-    run("recipe", ".yaml", Recipe.load, lambda tmp: RECIPE_SEED)
+    run("recipe", ".yaml", Recipe.load, lambda tmp: RECIPE_SEED, attack="Coverage-guided recipes")

@@ -9,4 +9,10 @@ from file_mutations import spec_seed
 from modelzip.hardware.spec import AcceleratorSpec
 
 if __name__ == "__main__":
-    run("spec", ".yaml", AcceleratorSpec.load, lambda tmp: spec_seed())
+    run(
+        "spec",
+        ".yaml",
+        AcceleratorSpec.load,
+        lambda tmp: spec_seed(),
+        attack="Coverage-guided accelerator specs",
+    )

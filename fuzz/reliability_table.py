@@ -30,7 +30,7 @@ def _rows() -> list[str]:
         for name, entry in sorted(data["attacks"].items()):
             failed = entry["failed"]
             outcome = (
-                "all refused with a one-line error, or handled"
+                "no failure: refused with a one-line error, or handled"
                 if not failed
                 else f"**{failed} of {entry['tests']} tests FAILED**"
             )

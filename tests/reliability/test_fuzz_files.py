@@ -242,7 +242,7 @@ def test_regression_non_string_keys_in_specs(tmp_path, text):
         Recipe.load(path)
 
 
-@pytest.mark.attack("Coverage-guided sweep files")
+@pytest.mark.attack("Non-string keys in sweep files (atheris finding)")
 @pytest.mark.parametrize(
     "text",
     [
