@@ -37,7 +37,7 @@ test: setup
 FALLBACK_ENV := MODELZIP_NATIVE=0 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	FBGEMM_ENABLE_INSTRUCTIONS=AVX2
 FALLBACK_TESTS := tests/quantize tests/export tests/kernels tests/joint/test_auto.py \
-	tests/prune/test_prune_sparse.py tests/decompose/test_decompose_tt.py
+	tests/prune/test_prune_sparse.py tests/decompose/test_decompose_tt.py tests/test_golden.py
 .PHONY: test-fallback
 test-fallback: setup
 	@$(FALLBACK_ENV) $(BIN)/python -c "import torch; from modelzip.kernels import isa; \
