@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from modelzip.errors import ConfigError, DataError
+from modelzip.scoped import scoped
 
 #: Any integer without a rule of its own: no layer dimension in practice comes near 2²⁴ (16.7M).
 MAX_DIM = 1 << 24
@@ -70,11 +71,8 @@ def class_limit(max_classes: int | None) -> Iterator[None]:
     if max_classes is None:
         yield
         return
-    token = _CLASS_LIMIT.set(positive_limit(max_classes))
-    try:
+    with scoped(_CLASS_LIMIT, positive_limit(max_classes)):
         yield
-    finally:
-        _CLASS_LIMIT.reset(token)
 
 
 def positive_limit(max_classes: object) -> int:

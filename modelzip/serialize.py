@@ -45,6 +45,7 @@ from modelzip.io import atomic_path
 from modelzip.limits import check_bounds
 from modelzip.models.registry import SOURCE_ATTR
 from modelzip.module import CompressedModule, layer_class, layer_key
+from modelzip.scoped import scoped
 
 FORMAT = "modelzip/2"
 #: Files written before the content checksum; they still load, with a warning.
@@ -93,11 +94,8 @@ _ALLOW_NONFINITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
 @contextlib.contextmanager
 def allowing_nonfinite(allow: bool = True) -> Iterator[None]:
     """Within the block, :func:`load` accepts NaN or infinite weights."""
-    token = _ALLOW_NONFINITE.set(allow)
-    try:
+    with scoped(_ALLOW_NONFINITE, allow):
         yield
-    finally:
-        _ALLOW_NONFINITE.reset(token)
 
 
 def _top_compressed(model: nn.Module) -> dict[str, CompressedModule]:

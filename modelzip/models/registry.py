@@ -36,6 +36,7 @@ from torch import nn
 
 from modelzip.errors import ConfigError, ModelError, unknown_name
 from modelzip.limits import Range, check_bounds
+from modelzip.scoped import scoped
 
 Factory = Callable[..., nn.Module]
 SOURCE_ATTR = "_modelzip_source"
@@ -161,11 +162,8 @@ _TRUST_REMOTE_CODE: contextvars.ContextVar[bool] = contextvars.ContextVar(
 @contextlib.contextmanager
 def trusting_remote_code(trust: bool = True) -> Iterator[None]:
     """Within the block, model references may import modules outside the installed packages."""
-    token = _TRUST_REMOTE_CODE.set(trust)
-    try:
+    with scoped(_TRUST_REMOTE_CODE, trust):
         yield
-    finally:
-        _TRUST_REMOTE_CODE.reset(token)
 
 
 def _install_roots() -> list[Path]:
