@@ -97,7 +97,7 @@ def write_results(
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``benchmarks/results/<name>.json`` atomically; returns its path."""
-    from modelzip.io import write_json
+    from modelzip.core.atomic import write_json
 
     data = {
         "benchmark": name,
@@ -114,7 +114,7 @@ def write_results(
 
 def update_benchmarks_md(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> Path:
     """Replace the section ``name`` of BENCHMARKS.md with ``markdown`` (appended if absent)."""
-    from modelzip.io import write_text
+    from modelzip.core.atomic import write_text
 
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"

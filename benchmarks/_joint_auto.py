@@ -70,8 +70,8 @@ def _settings(result: Any) -> str:
 
 def part_auto(quick: bool) -> tuple[list[dict], list[dict[str, Any]], str]:
     from modelzip.baselines import pretrained
+    from modelzip.core.counting import module_bytes
     from modelzip.data import load_dataset
-    from modelzip.inspect import module_bytes
     from modelzip.joint.auto import AutoConfig, auto_compress
     from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError
     from modelzip.joint.pareto import plot_pareto

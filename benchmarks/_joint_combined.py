@@ -18,7 +18,7 @@ import torch
 from _common import check, markdown_table
 
 import modelzip
-from modelzip.inspect import collect_workloads, count_params, module_bytes
+from modelzip.core.counting import collect_workloads, count_params, module_bytes
 
 MAX_DROP = 0.5  # points of accuracy
 COMPACT = "mobilenet_mnist"
@@ -83,7 +83,7 @@ def _compress(model: torch.nn.Module, recipe: Any) -> torch.nn.Module:
 
 def _weight_sparsity(model: torch.nn.Module) -> float:
     """Fraction of zero weights in the layers' weight tensors (dense forms of compressed ones)."""
-    from modelzip.module import CompressedModule
+    from modelzip.core.module import CompressedModule
 
     zeros = total = 0
     for m in model.modules():
@@ -130,10 +130,10 @@ HIDDEN = {"lenet300": ("fc1", "fc2"), "lenet5": ("conv2", "fc1")}
 
 
 def _decompose_prune_model(name: str, quick: bool, data: Any) -> tuple[list[dict], dict]:
+    from modelzip.core.selection import Select
     from modelzip.decompose.configs import SVDConfig
     from modelzip.joint.factor_prune import DecomposePruneConfig
     from modelzip.prune import MagnitudePruneConfig
-    from modelzip.select import Select
 
     base = _baseline(name)
     sel = Select(names=HIDDEN[name])
@@ -530,11 +530,11 @@ def _stage(label: str, model: torch.nn.Module, data: Any, sample: torch.Tensor, 
 
 
 def part_compact_joint(quick: bool) -> tuple[list[dict], list[dict], str]:
+    from modelzip.core.selection import Select
     from modelzip.decompose.configs import SVDConfig
     from modelzip.joint.factor_prune import DecomposePruneConfig
     from modelzip.joint.sparse_quant import SparseQuantizeConfig
     from modelzip.prune import MagnitudePruneConfig
-    from modelzip.select import Select
 
     data = _data()
     sample = data.x_test[:1]

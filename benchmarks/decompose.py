@@ -23,6 +23,7 @@ import torch
 from _common import check, markdown_table, run_parts
 from torch import nn
 
+from modelzip.core.counting import collect_workloads
 from modelzip.decompose import (
     ChannelLowRankConv2d,
     CPConv2d,
@@ -34,7 +35,6 @@ from modelzip.decompose import (
     Tucker2Conv2d,
     TuckerLinear,
 )
-from modelzip.inspect import collect_workloads
 
 DEVICE = torch.device("cpu")  # where the training parts run (--device)
 CHECKS: list[dict[str, Any]] = []
@@ -542,8 +542,8 @@ def _conv_macs(model: nn.Module, names: set[str], x: torch.Tensor) -> int:
 
 
 def _decompose(model: nn.Module, method: str, config: Any) -> nn.Module:
-    from modelzip.context import Context
-    from modelzip.registry import get_method
+    from modelzip.core.context import Context
+    from modelzip.core.registry import get_method
 
     spec = get_method(method)
     model = copy.deepcopy(model)
@@ -568,9 +568,9 @@ def _trained(model_name: str, data: Any) -> nn.Module:
 
 
 def part_conv(quick: bool) -> list[dict[str, Any]]:
+    from modelzip.core.selection import Select
     from modelzip.data import load_dataset
     from modelzip.decompose import CPConfig, Tucker2Config
-    from modelzip.select import Select
     from modelzip.train import TrainConfig, evaluate, train
 
     data = load_dataset("mnist")
@@ -649,9 +649,9 @@ def part_conv(quick: bool) -> list[dict[str, Any]]:
 
 
 def part_lstm(quick: bool) -> list[dict[str, Any]]:
+    from modelzip.core.counting import count_params
     from modelzip.data import load_dataset
     from modelzip.decompose import RNNLowRankConfig, RNNTTConfig
-    from modelzip.inspect import count_params
     from modelzip.models import create
     from modelzip.train import TrainConfig, evaluate, train
 

@@ -433,7 +433,7 @@ in `results/hardware.json`.
 
 def alexnet(batch: int = 1, bits: int = 16, fc: bool = False) -> list:
     """AlexNet (Krizhevsky et al. 2012, two groups in conv2/4/5), padded input sizes."""
-    from modelzip.workload import Workload
+    from modelzip.core.workload import Workload
 
     def conv(name: str, C: int, K: int, R: int, P: int, H: int, s: int, g: int = 1) -> Workload:
         return Workload(
@@ -475,7 +475,7 @@ def alexnet(batch: int = 1, bits: int = 16, fc: bool = False) -> list:
 
 def vgg19(bits: int = 16) -> list:
     """The 16 convolution layers of VGG-19 (Simonyan and Zisserman 2015), batch 1, pad 1."""
-    from modelzip.workload import Workload
+    from modelzip.core.workload import Workload
 
     plan = [(3, 64, 224), (64, 64, 224), (64, 128, 112), (128, 128, 112), (128, 256, 56)]
     plan += [(256, 256, 56)] * 3 + [(256, 512, 28)] + [(512, 512, 28)] * 3 + [(512, 512, 14)] * 4
@@ -759,8 +759,8 @@ def compressed_families() -> tuple[list, list, str]:
     from _common import check, markdown_table
 
     import modelzip
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import estimate, get_accelerator
-    from modelzip.inspect import collect_workloads
     from modelzip.models import create
 
     torch.manual_seed(0)

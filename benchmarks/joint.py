@@ -77,8 +77,8 @@ def _deep(name: str, quick: bool) -> tuple[dict, list[dict]]:
     from prune import _han, baseline
 
     import modelzip
+    from modelzip.core.counting import module_bytes
     from modelzip.data import load_dataset
-    from modelzip.inspect import module_bytes
     from modelzip.joint.deep_compression import breakdown, share, to_coded
     from modelzip.train import TrainConfig, evaluate, train
 

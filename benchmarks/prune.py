@@ -56,8 +56,8 @@ def baseline(name: str, short: bool = False) -> torch.nn.Module:
     now: with the default config, or for one epoch only when ``short`` (recorded in SHORT)."""
     from modelzip.baselines import baseline_path, pretrained
     from modelzip.checkpoint import load_checkpoint, save_checkpoint
+    from modelzip.core.atomic import cache_dir
     from modelzip.data import load_dataset
-    from modelzip.io import cache_dir
     from modelzip.models import create
     from modelzip.train import default_train_config, train
 
@@ -214,8 +214,8 @@ def _han(
     """Han et al. 2015 on ``model_name``; the pruned model is put in ``models`` when given
     (benchmarks/joint.py continues Deep Compression from it)."""
     import modelzip
+    from modelzip.core.counting import count_params
     from modelzip.data import load_dataset
-    from modelzip.inspect import count_params
     from modelzip.prune import MagnitudePruneConfig
     from modelzip.prune.schedule import iterative_prune, masked_layers
     from modelzip.train import TrainConfig, evaluate
@@ -326,8 +326,8 @@ def part_han(quick: bool) -> tuple[list[dict], list[dict], str]:
 # ---------------------------------------------------------------- part 2: filter removal
 def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
     import modelzip
+    from modelzip.core.counting import collect_workloads
     from modelzip.data import load_dataset
-    from modelzip.inspect import collect_workloads
     from modelzip.kernels import materialize
     from modelzip.prune.channels import ChannelPruneConfig
     from modelzip.train import TrainConfig, evaluate, train
@@ -478,7 +478,7 @@ LSH_SETTINGS = ((8, 1), (32, 3), (128, 5), (50, 6), (16, 8))  # (n_tables, n_bit
 
 
 def _predicted_run(model: Any, x: Any, y: Any, estimate: str, margin: float, **kw: Any) -> dict:
-    from modelzip.inspect import collect_workloads
+    from modelzip.core.counting import collect_workloads
     from modelzip.prune.predict import attach_predictors
 
     conv_macs = sum(w.macs for w in collect_workloads(model, x[:1]) if "Conv" in w.module_type)

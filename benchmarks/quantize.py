@@ -38,8 +38,8 @@ from torch import nn
 
 import modelzip
 from modelzip.baselines import baseline_path, pretrained
+from modelzip.core.counting import module_bytes
 from modelzip.data import load_dataset
-from modelzip.inspect import module_bytes
 from modelzip.models import create
 from modelzip.quantize import (
     BinaryConfig,
@@ -251,7 +251,7 @@ def part_influence(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]
         try:
             train(model, data, _train_cfg(epochs), progress=False, callbacks=qt.callbacks)
             acc = _acc(model, data)  # evaluated with the weight and activation quantizers on
-        except modelzip.errors.ModelError:
+        except modelzip.core.errors.ModelError:
             acc = float("nan")  # diverged
         qt.remove()
         rows.append(

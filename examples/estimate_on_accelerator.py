@@ -24,8 +24,8 @@ import torch
 
 import modelzip
 from modelzip.hardware import estimate
-from modelzip.inspect import collect_workloads
-from modelzip.io import write_json
+from modelzip.core.counting import collect_workloads
+from modelzip.core.atomic import write_json
 from modelzip.models import create, model_info
 
 ACCELERATORS = ("bitfusion", "tpu", "eyeriss")

@@ -1,5 +1,5 @@
 """Shared harness of the atheris fuzzers: write the input to a file, read it with a modelzip
-reader, and let anything but a :class:`~modelzip.errors.ModelzipError` crash the run.
+reader, and let anything but a :class:`~modelzip.core.errors.ModelzipError` crash the run.
 
 Each ``fuzz_*.py`` script seeds its corpus (``out/fuzz/corpus/NAME``, git-ignored) with a valid
 file from ``tests/reliability/file_mutations.py``, so that libFuzzer's mutations start from the
@@ -33,7 +33,7 @@ with atheris.instrument_imports(include=["modelzip"]):
     import modelzip.recipe
     import modelzip.serialize
     import modelzip.sweep.grid  # noqa: F401
-from modelzip.errors import ModelzipError
+from modelzip.core.errors import ModelzipError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import modelzip
-from modelzip.errors import ModelError
-from modelzip.integrity import content_digest
+from modelzip.core.errors import ModelError
+from modelzip.core.integrity import content_digest
 from modelzip.models import create
-from modelzip.registry import get_method
+from modelzip.core.registry import get_method
 
 _FILE: dict = {}
 

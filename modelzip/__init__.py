@@ -11,14 +11,14 @@ The method families live in subpackages (``modelzip.prune``, ``modelzip.quantize
 """
 
 from modelzip.api import compress, model_stats
-from modelzip.config import MethodConfig
-from modelzip.errors import ConfigError, DataError, ModelError, ModelzipError
+from modelzip.core.config import MethodConfig
+from modelzip.core.errors import ConfigError, DataError, ModelError, ModelzipError
+from modelzip.core.registry import get_method, list_methods, register_method
+from modelzip.core.selection import Select
 from modelzip.prune.magnitude import MagnitudePruneConfig
 from modelzip.quantize.int8 import Int8Config
 from modelzip.recipe import Recipe
-from modelzip.registry import get_method, list_methods, register_method
 from modelzip.report import LayerChange, ModelStats, Report
-from modelzip.select import Select
 from modelzip.serialize import load, save
 
 __version__ = "0.1.0"

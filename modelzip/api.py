@@ -10,13 +10,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig
-from modelzip.context import Context
-from modelzip.errors import DataError, ModelError
-from modelzip.inspect import collect_workloads, count_params, module_bytes
+from modelzip.core.config import MethodConfig
+from modelzip.core.context import Context
+from modelzip.core.counting import collect_workloads, count_params, module_bytes
+from modelzip.core.errors import DataError, ModelError
+from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
-from modelzip.registry import SkipLayer, spec_for
 from modelzip.report import LayerChange, ModelStats, Report, SkippedLayer
 from modelzip.serialize import RECIPE_ATTR
 

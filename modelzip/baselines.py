@@ -21,9 +21,9 @@ from torch import nn
 
 from modelzip.api import check_data_fits
 from modelzip.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from modelzip.core.atomic import cache_dir
+from modelzip.core.errors import ModelError
 from modelzip.data import Dataset, TextCorpus, list_datasets, load_dataset
-from modelzip.errors import ModelError
-from modelzip.io import cache_dir
 from modelzip.models import create, model_info
 from modelzip.train import TrainConfig, default_train_config, evaluate, train
 

@@ -18,9 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from modelzip.errors import ModelError
-from modelzip.integrity import DIGEST_KEY, content_digest, verify_digest
-from modelzip.io import atomic_path, write_json
+from modelzip.core.atomic import atomic_path, write_json
+from modelzip.core.errors import ModelError
+from modelzip.core.integrity import DIGEST_KEY, content_digest, verify_digest
 from modelzip.models.registry import build_from_source, model_source
 
 __all__ = [

@@ -13,7 +13,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from modelzip.errors import ModelzipError
+from modelzip.core.errors import ModelzipError
 from modelzip.recipe import MAX_RECIPE_STEPS
 
 STAT_KEYS = ("accuracy", "params", "size_bytes", "macs", "latency_ms")
@@ -136,10 +136,10 @@ def _dataset(name: str | None, model_spec: str | None = None):
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from modelzip.core.registry import get_method, list_methods
     from modelzip.data import dataset_info, list_datasets
     from modelzip.hardware.presets import accelerator_description, list_accelerators
     from modelzip.models import list_models, model_info
-    from modelzip.registry import get_method, list_methods
 
     methods = [
         {"name": n, "family": get_method(n).family, "summary": get_method(n).summary}
@@ -231,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from modelzip.inspect import collect_workloads, layer_rows
+    from modelzip.core.counting import collect_workloads, layer_rows
 
     model = load_model(args.model, args.weights, pretrained=False)
     sample = _inspect_sample(args, model)
@@ -345,9 +345,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def _write_run_dir(run_dir: Path, model, report) -> None:
     """``report.json``, ``model.mzip`` and ``estimate.json`` (Eyeriss) for ``modelzip report``."""
+    from modelzip.core.atomic import write_json
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import estimate
-    from modelzip.inspect import collect_workloads
-    from modelzip.io import write_json
     from modelzip.serialize import save
 
     write_json(run_dir / "report.json", report.to_dict())
@@ -385,9 +385,9 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import cli_estimate, render_table
     from modelzip.hardware.command import needs_model
-    from modelzip.inspect import collect_workloads
 
     workloads = None
     if needs_model(args.model, args.topology):

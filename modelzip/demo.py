@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from modelzip.api import compress, model_stats
-from modelzip.io import write_text
-from modelzip.registry import get_method, list_methods
-from modelzip.select import Select
+from modelzip.core.atomic import write_text
+from modelzip.core.registry import get_method, list_methods
+from modelzip.core.selection import Select
 
 HEADER = ("method", "model", "test acc", "params", "bytes", "compression", "MACs", "latency ratio")
 

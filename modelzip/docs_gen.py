@@ -1,6 +1,6 @@
 """Generate ``docs/recipes.md``, the recipe reference, from the registered method configs.
 
-For every method of :func:`modelzip.registry.list_methods`: its family, scope and summary, the
+For every method of :func:`modelzip.core.registry.list_methods`: its family, scope and summary, the
 config's docstring, each field's type and default, the allowed values (``Literal`` choices from
 the annotation, ranges read from the ``check_range`` calls of the config's ``validate``), and the
 registered example as a YAML recipe step. Run ``python -m modelzip.docs_gen`` after changing a
@@ -25,9 +25,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from modelzip.frozen import _type_name
-from modelzip.io import write_text
-from modelzip.registry import MethodSpec, get_method, list_methods
+from modelzip.core.atomic import write_text
+from modelzip.core.frozen import _type_name
+from modelzip.core.registry import MethodSpec, get_method, list_methods
 
 __all__ = ["DEFAULT_PATH", "field_ranges", "render_recipe_reference"]
 

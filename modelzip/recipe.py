@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from modelzip.config import MethodConfig, load_yaml
-from modelzip.errors import ConfigError, UnknownNameError
-from modelzip.io import write_text
-from modelzip.registry import config_from_dict
+from modelzip.core.atomic import write_text
+from modelzip.core.config import MethodConfig, load_yaml
+from modelzip.core.errors import ConfigError, UnknownNameError
+from modelzip.core.registry import config_from_dict
 
 __all__ = ["MAX_RECIPE_STEPS", "Recipe"]
 

@@ -10,17 +10,17 @@ and, in the safetensors header's metadata, one JSON document::
      "torch_layers": {"conv2": {"class": "Conv2d", "spec": {...}}}}  # plain layers resized
 
 Loading rebuilds the original model from its source, swaps in the recorded layers (only classes
-registered with :func:`modelzip.module.register_layer` and a short list of torch layers may be
+registered with :func:`modelzip.core.module.register_layer` and a short list of torch layers may be
 named), then loads the tensors. A model from outside the zoo is rebuilt from its
 ``package.module:factory`` reference; a module outside the installed packages is imported only
 with ``trust_remote_code=True``.
 
 Files are untrusted input: the header length, the JSON's size and nesting, every number in the
-layer specs (:mod:`modelzip.limits`) and the sizes they declare (checked on the ``meta`` device,
-which allocates nothing, against the file's size) are bounded before any memory is allocated for
-them. A SHA-256 over the metadata and every tensor (:mod:`modelzip.integrity`) is verified before
-the tensors are used; a layer missing a tensor or holding one it does not declare is refused, and
-so are NaN or infinite weights unless the caller allows them.
+layer specs (:mod:`modelzip.core.limits`) and the sizes they declare (checked on the ``meta``
+device, which allocates nothing, against the file's size) are bounded before any memory is
+allocated for them. A SHA-256 over the metadata and every tensor (:mod:`modelzip.core.integrity`)
+is verified before the tensors are used; a layer missing a tensor or holding one it does not
+declare is refused, and so are NaN or infinite weights unless the caller allows them.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from modelzip.errors import ConfigError, ModelError
-from modelzip.integrity import DIGEST_KEY, content_digest, nonfinite_tensors, verify_digest
-from modelzip.io import atomic_path
-from modelzip.limits import check_bounds
+from modelzip.core.atomic import atomic_path
+from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.integrity import DIGEST_KEY, content_digest, nonfinite_tensors, verify_digest
+from modelzip.core.limits import check_bounds
+from modelzip.core.module import CompressedModule, layer_class, layer_key
+from modelzip.core.scoped import scoped
 from modelzip.models.registry import SOURCE_ATTR
-from modelzip.module import CompressedModule, layer_class, layer_key
-from modelzip.scoped import scoped
 
 FORMAT = "modelzip/2"
 #: Files written before the content checksum; they still load, with a warning.

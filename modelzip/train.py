@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modelzip.core.errors import DataError, ModelError, unknown_name
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.data.dataset import Dataset
 from modelzip.data.text import TextCorpus, sequence_windows
-from modelzip.errors import DataError, ModelError, unknown_name
-from modelzip.frozen import ConfigBase, check_range
 from modelzip.train_checkpoint import load_training_state, save_training_state
 
 __all__ = [

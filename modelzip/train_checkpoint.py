@@ -26,9 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from modelzip.errors import ConfigError, ModelError
-from modelzip.integrity import DIGEST_KEY, content_digest, verify_digest
-from modelzip.io import atomic_path, write_json
+from modelzip.core.atomic import atomic_path, write_json
+from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.integrity import DIGEST_KEY, content_digest, verify_digest
 
 __all__ = ["TrainingState", "load_training_state", "save_training_state"]
 

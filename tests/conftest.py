@@ -15,9 +15,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
+from modelzip.core.registry import get_method
 from modelzip.data import Dataset, TextCorpus, load_dataset
 from modelzip.models import create
-from modelzip.registry import get_method
 
 
 @pytest.fixture(scope="session")

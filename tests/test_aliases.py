@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.context import aliases, replace_module
+from modelzip.core.context import aliases, replace_module
+from modelzip.core.registry import get_method
 from modelzip.prune.schedule import GlobalPruneConfig
 from modelzip.quantize.inq import INQConfig
-from modelzip.registry import get_method
 
 
 def aliased_model() -> nn.Sequential:

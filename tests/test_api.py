@@ -8,7 +8,7 @@ from torch import nn
 
 import modelzip
 from modelzip import Int8Config, MagnitudePruneConfig, compress
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 from modelzip.models import create
 from modelzip.prune import MaskedLinear
 

@@ -8,9 +8,9 @@ from typing import Literal
 import pytest
 
 from modelzip import Int8Config, MagnitudePruneConfig, Recipe, Select
-from modelzip.config import MethodConfig, check_range
-from modelzip.errors import ConfigError
-from modelzip.registry import config_from_dict, get_method, list_methods
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.errors import ConfigError
+from modelzip.core.registry import config_from_dict, get_method, list_methods
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +131,7 @@ def test_a_family_with_a_missing_package_leaves_the_others(monkeypatch):
     import builtins
     import sys
 
-    from modelzip import registry
+    from modelzip.core import registry
 
     real_import = builtins.__import__
 
@@ -149,7 +149,7 @@ def test_a_family_with_a_missing_package_leaves_the_others(monkeypatch):
         monkeypatch.delitem(sys.modules, k)
     monkeypatch.setattr(registry, "_loaded", False)
     monkeypatch.setattr(registry, "_UNAVAILABLE", {})
-    from modelzip import module
+    from modelzip.core import module
 
     monkeypatch.setattr(module, "_LAYERS", dict(module._LAYERS))  # half-imported layers vanish
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import modelzip
-from modelzip.inspect import count_params, module_bytes
-from modelzip.registry import get_method, list_methods
+from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.registry import get_method, list_methods
 
 
 def _dense_form(layer: torch.nn.Module) -> torch.nn.Module:

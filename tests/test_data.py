@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from modelzip.core.errors import DataError, UnknownNameError
 from modelzip.data import (
     SHAKESPEARE_VOCAB_SIZE,
     Dataset,
@@ -18,7 +19,6 @@ from modelzip.data import (
     load_dataset,
 )
 from modelzip.data.images import _ArrayUnpickler
-from modelzip.errors import DataError, UnknownNameError
 
 
 def test_registry_lists_shipped_sets():

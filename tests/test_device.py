@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import modelzip
+from modelzip.core.registry import get_method, list_methods
 from modelzip.models import create
-from modelzip.registry import get_method, list_methods
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,8 +6,8 @@ import re
 
 import yaml
 
+from modelzip.core.registry import list_methods
 from modelzip.docs_gen import DEFAULT_PATH, field_ranges, render_recipe_reference
-from modelzip.registry import list_methods
 
 
 def test_committed_recipe_reference_is_up_to_date() -> None:
@@ -46,7 +46,7 @@ def _blocks(kind: str) -> list[tuple[str, str]]:
 
 
 def test_every_family_has_a_page() -> None:
-    from modelzip.registry import get_method
+    from modelzip.core.registry import get_method
 
     for name in list_methods():
         page = DOCS / f"{get_method(name).family}.md"

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import modelzip
-from modelzip.module import _LAYERS
+from modelzip.core.module import _LAYERS
 from modelzip.serialize import _top_compressed
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

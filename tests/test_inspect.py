@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modelzip.inspect import collect_workloads, count_params, layer_rows, module_bytes
+from modelzip.core.counting import collect_workloads, count_params, layer_rows, module_bytes
 from modelzip.models import create
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from modelzip.errors import ModelError, UnknownNameError
+from modelzip.core.errors import ModelError, UnknownNameError
 from modelzip.models import (
     build_from_source,
     create,

@@ -11,8 +11,8 @@ from torch import nn
 
 import modelzip
 from modelzip import Int8Config, MagnitudePruneConfig, compress
-from modelzip.errors import ModelError
-from modelzip.integrity import content_digest
+from modelzip.core.errors import ModelError
+from modelzip.core.integrity import content_digest
 from modelzip.models import create
 
 

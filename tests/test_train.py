@@ -9,7 +9,7 @@ import torch
 
 import modelzip.baselines as baselines
 from modelzip.checkpoint import load_checkpoint, load_user_weights, save_checkpoint
-from modelzip.errors import ConfigError, ModelError
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.models import create, list_models, model_source
 from modelzip.train import (
     TrainConfig,

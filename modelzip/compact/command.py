@@ -57,7 +57,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
         random_search,
         regularized_evolution,
     )
-    from modelzip.errors import ConfigError
+    from modelzip.core.errors import ConfigError
     from modelzip.progress import progress_bar
 
     data = _dataset(args.dataset)
@@ -125,7 +125,7 @@ def cmd_nas(args: argparse.Namespace) -> int:
 
 def _finish(args: argparse.Namespace, out: Path, result) -> int:
     from modelzip.cli import _print_json
-    from modelzip.io import write_json
+    from modelzip.core.atomic import write_json
 
     summary = {"space": args.space, "dataset": args.dataset, **result.to_dict()}
     write_json(out / "nas.json", summary)

@@ -20,9 +20,9 @@ from typing import ClassVar
 from torch import nn
 
 from modelzip.compact.layers import BottleneckConv2d, DepthwiseSeparableConv2d, GroupConv2d
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.registry import SkipLayer, register_method
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.registry import SkipLayer, register_method
 
 __all__ = ["BottleneckConvConfig", "DepthwiseSeparableConfig", "GroupConvConfig"]
 

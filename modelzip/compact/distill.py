@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modelzip.core.errors import ConfigError, DataError, ModelError
 from modelzip.data.dataset import Dataset
-from modelzip.errors import ConfigError, DataError, ModelError
 from modelzip.train import EpochRecord, TrainConfig, TrainResult, evaluate, lr_factor, random_shift
 
 __all__ = ["distill", "distillation_loss", "recalibrate_batchnorm"]

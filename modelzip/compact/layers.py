@@ -1,6 +1,6 @@
 """Compact equivalents of a trained ``nn.Conv2d``, built from its weights and equal to a dense conv.
 
-Each is a :class:`~modelzip.module.CompressedModule`, so a compactified model saves and loads
+Each is a :class:`~modelzip.core.module.CompressedModule`, so a compactified model saves and loads
 without pickle, and :meth:`to_dense` gives back the dense conv it computes.
 
 * :class:`DepthwiseSeparableConv2d`: ``W[o, c] ~= sum_j P[o, c m + j] D[c m + j]``, a rank-``m``
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from modelzip.module import CompressedModule, register_layer
-from modelzip.workload import Workload
+from modelzip.core.module import CompressedModule, register_layer
+from modelzip.core.workload import Workload
 
 __all__ = ["BottleneckConv2d", "DepthwiseSeparableConv2d", "GroupConv2d", "conv_geometry"]
 
@@ -69,7 +69,7 @@ class _Chain(CompressedModule):
         raise NotImplementedError
 
     def workloads(self, name: str, inputs: tuple[Any, ...], output: Any) -> list[Workload]:
-        from modelzip.inspect import dense_workload
+        from modelzip.core.counting import dense_workload
 
         x, out = inputs[0], []
         with torch.no_grad():

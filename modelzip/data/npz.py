@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modelzip.core.errors import DataError
+from modelzip.core.limits import MAX_CLASSES, class_limit, current_class_limit, positive_limit
 from modelzip.data.dataset import Dataset
-from modelzip.errors import DataError
-from modelzip.limits import MAX_CLASSES, class_limit, current_class_limit, positive_limit
 
 __all__ = ["MAX_CLASSES", "class_limit", "current_class_limit", "load_npz"]
 

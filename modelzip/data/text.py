@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 
 __all__ = [
     "SHAKESPEARE_VOCAB_SIZE",

@@ -15,9 +15,9 @@ import opt_einsum
 import torch
 from torch import nn
 
-from modelzip.errors import ModelError
-from modelzip.inspect import dense_workload
-from modelzip.workload import Workload
+from modelzip.core.counting import dense_workload
+from modelzip.core.errors import ModelError
+from modelzip.core.workload import Workload
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

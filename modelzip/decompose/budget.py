@@ -16,16 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig
+from modelzip.core.config import MethodConfig
+from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.registry import get_method
+from modelzip.core.selection import Select
 from modelzip.decompose.cp import cp_conv_params, cp_rank
 from modelzip.decompose.factorized import modes_for
 from modelzip.decompose.ht import dimension_tree, ht_params, ht_rank_request, ht_ranks
 from modelzip.decompose.rank import rank_for_energy
 from modelzip.decompose.tt import tt_params, tt_ranks
 from modelzip.decompose.tucker import tucker2_params
-from modelzip.errors import ConfigError, ModelError
-from modelzip.registry import get_method
-from modelzip.select import Select
 
 # knob -> (config fields, parameters of the decomposed layer)
 Planner = Callable[[float], tuple[dict[str, Any], int]]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar, Literal
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.errors import ConfigError
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.errors import ConfigError
 
 _RNN_TYPES = ("LSTM", "GRU", "RNN")
 

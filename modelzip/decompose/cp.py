@@ -10,10 +10,10 @@ import torch
 from tensorly.decomposition import parafac
 from torch import nn
 
+from modelzip.core.module import register_layer
 from modelzip.decompose.factorized import tensorly_torch
 from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
 from modelzip.decompose.rank import check_rank
-from modelzip.module import register_layer
 
 
 def cp_conv_params(O: int, I: int, kh: int, kw: int, rank: int) -> int:

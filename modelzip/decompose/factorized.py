@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule, dense_linear
+from modelzip.core.workload import Workload
 from modelzip.decompose._ops import ContractionPlan, matmul_workloads, rows_of
-from modelzip.errors import ModelError
-from modelzip.module import CompressedModule, dense_linear
-from modelzip.workload import Workload
 
 
 def tensorly_torch() -> Any:

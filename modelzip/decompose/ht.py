@@ -24,11 +24,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import register_layer
 from modelzip.decompose._ops import letters
 from modelzip.decompose.factorized import FactorizedLinear, modes_for, weight_tensor
 from modelzip.decompose.rank import check_rank, unfolding_ranks
-from modelzip.errors import ModelError
-from modelzip.module import register_layer
 
 TreeKind = Literal["balanced", "tt"]
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule, dense_linear, register_layer
+from modelzip.core.workload import Workload
 from modelzip.decompose._ops import conv_chain_workloads, copy_bias, linear_workload, rows_of
 from modelzip.decompose.rank import matrix_rank
-from modelzip.errors import ModelError
-from modelzip.module import CompressedModule, dense_linear, register_layer
-from modelzip.workload import Workload
 
 
 def truncated_svd(

@@ -1,8 +1,8 @@
 """Registered handlers of the decomposition family: one selected layer in, its decomposed form out.
 
 A layer a method cannot handle (a grouped conv, an LSTM with projections) is skipped with the
-reason; an invalid rank for a layer raises :class:`~modelzip.errors.ModelError` naming the layer
-and the allowed range.
+reason; an invalid rank for a layer raises :class:`~modelzip.core.errors.ModelError` naming the
+layer and the allowed range.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from modelzip.context import Context
+from modelzip.core.context import Context
+from modelzip.core.errors import ModelError
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.decompose._ops import layer_name
 from modelzip.decompose.configs import (
     CPConfig,
@@ -33,8 +35,6 @@ from modelzip.decompose.recurrent import DecomposedRNN
 from modelzip.decompose.tt import TTConv2d, TTLinear
 from modelzip.decompose.tt_embedding import TTEmbedding
 from modelzip.decompose.tucker import Tucker2Conv2d, TuckerLinear
-from modelzip.errors import ModelError
-from modelzip.registry import SkipLayer, register_method
 
 FULL = 1_000_000  # a rank above every useful rank: capped to exact decompositions
 

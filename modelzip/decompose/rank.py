@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 
 
 def check_rank(rank: int, high: int, what: str) -> int:

@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from modelzip.errors import ModelError
-from modelzip.module import CompressedModule, layer_class, layer_key, register_layer
-from modelzip.workload import Workload
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule, layer_class, layer_key, register_layer
+from modelzip.core.workload import Workload
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 

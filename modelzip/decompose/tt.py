@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from tensorly.decomposition import tensor_train, tensor_train_matrix
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import register_layer
+from modelzip.core.workload import Workload
 from modelzip.decompose._ops import ContractionPlan, letters, matmul_workloads
 from modelzip.decompose.factorized import (
     FactorizedLinear,
@@ -21,9 +24,6 @@ from modelzip.decompose.factorized import (
 )
 from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
 from modelzip.decompose.rank import check_rank, unfolding_ranks
-from modelzip.errors import ModelError
-from modelzip.module import register_layer
-from modelzip.workload import Workload
 
 
 def tt_params(sizes: Sequence[int], ranks: Sequence[int]) -> int:

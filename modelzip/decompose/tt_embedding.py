@@ -9,6 +9,9 @@ import torch
 from tensorly.decomposition import tensor_train_matrix
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import register_layer
+from modelzip.core.workload import Workload
 from modelzip.decompose._ops import letters, matmul_workloads
 from modelzip.decompose.factorized import (
     FactorizedLinear,
@@ -18,9 +21,6 @@ from modelzip.decompose.factorized import (
     weight_tensor,
 )
 from modelzip.decompose.tt import tt_ranks
-from modelzip.errors import ModelError
-from modelzip.module import register_layer
-from modelzip.workload import Workload
 
 
 @register_layer

@@ -10,6 +10,8 @@ import torch
 from tensorly.decomposition import partial_tucker, tucker
 from torch import nn
 
+from modelzip.core.errors import ModelError
+from modelzip.core.module import register_layer
 from modelzip.decompose._ops import letters
 from modelzip.decompose.factorized import (
     FactorizedLinear,
@@ -25,8 +27,6 @@ from modelzip.decompose.rank import (
     tucker2_vbmf_ranks,
     unfolding_ranks,
 )
-from modelzip.errors import ModelError
-from modelzip.module import register_layer
 
 
 def tucker2_params(O: int, I: int, kh: int, kw: int, r_out: int, r_in: int) -> int:

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from modelzip.cli import _inspect_sample, load_model
-    from modelzip.errors import ConfigError
+    from modelzip.core.errors import ConfigError
     from modelzip.export.onnx import export_onnx
 
     for flag, value, low, high in (

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.errors import ModelError
-from modelzip.module import CompressedModule
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule
 
 Converter = Callable[[Any], nn.Module]
 

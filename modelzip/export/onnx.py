@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.errors import ModelError, ModelzipError
+from modelzip.core.atomic import write_bytes
+from modelzip.core.errors import ModelError, ModelzipError
 from modelzip.export.convert import exportable
-from modelzip.io import write_bytes
 
 DEFAULT_OPSET = 17
 

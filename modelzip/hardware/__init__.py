@@ -1,6 +1,6 @@
 """Analytical accelerator model: specs, dataflows, memory hierarchy, quantized and sparse engines.
 
-Reads only :class:`~modelzip.workload.Workload` records, never torch modules. The systolic
+Reads only :class:`~modelzip.core.workload.Workload` records, never torch modules. The systolic
 dataflows (os, ws, is) reproduce SCALE-Sim's compute cycles, folds and SRAM accesses exactly;
 row stationary follows Eyeriss. See :func:`estimate`.
 """

@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.estimate import estimate
 from modelzip.hardware.presets import get_accelerator
 from modelzip.hardware.roofline import roofline
 from modelzip.hardware.scalesim_io import spec_from_scalesim_cfg, workloads_from_topology_csv
-from modelzip.workload import Workload
 
 
 def _two_sources(model: str, topology: str) -> ConfigError:

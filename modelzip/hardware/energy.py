@@ -28,7 +28,7 @@ import functools
 import math
 from typing import Literal
 
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.frozen import ConfigBase, check_range
 
 EnergyUnit = Literal["normalized", "pJ"]
 

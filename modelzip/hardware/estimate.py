@@ -1,6 +1,6 @@
 """``estimate(workloads, accelerator, dataflow)``: cycles, energy by level, DRAM traffic and area.
 
-For each layer (a :class:`~modelzip.workload.Workload`), on a systolic mapping (``os``, ``ws``,
+For each layer (a :class:`~modelzip.core.workload.Workload`), on a systolic mapping (``os``, ``ws``,
 ``is``):
 
 1. compute cycles, folds and SRAM accesses from SCALE-Sim's closed form (:mod:`.systolic`);
@@ -24,7 +24,8 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.energy import SRAM_AREA_UM2_PER_KB, EnergyTable
 from modelzip.hardware.eyeriss import row_stationary
 from modelzip.hardware.memory import Traffic, dram_traffic
@@ -34,7 +35,6 @@ from modelzip.hardware.result import Estimate, LayerEstimate
 from modelzip.hardware.sparse import SparseEffect, sparse_effect
 from modelzip.hardware.spec import AcceleratorSpec
 from modelzip.hardware.systolic import systolic_counts
-from modelzip.workload import Workload
 
 _OPTS = {
     "bits",
@@ -228,7 +228,8 @@ def estimate(
     Parameters
     ----------
     workloads
-        The model's layers (from ``modelzip.inspect``, a SCALE-Sim topology, or built directly).
+        The model's layers (from ``modelzip.core.counting``, a SCALE-Sim topology, or built
+        directly).
     accelerator
         A preset name (:func:`list_accelerators`), a path to a spec ``.yaml``, or a spec.
     dataflow

@@ -28,9 +28,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from modelzip.core.workload import Workload
 from modelzip.hardware.memory import input_size
 from modelzip.hardware.spec import AcceleratorSpec
-from modelzip.workload import Workload
 
 # Eyeriss's RF split, in 16-bit words: ifmap, filter, psum spads (ISSCC 2016).
 RF_SPLIT = (12, 224, 24)

@@ -15,11 +15,11 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.energy import EnergyTable
 from modelzip.hardware.result import LayerEstimate
 from modelzip.hardware.spec import AcceleratorSpec
-from modelzip.workload import Workload
 
 Objective = Literal["energy", "latency"]
 ORDERS = ("col_outer", "row_outer")

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from modelzip.core.workload import Workload
 from modelzip.hardware.spec import AcceleratorSpec
 from modelzip.hardware.systolic import SystolicCounts, gemm_dims, systolic_gemm
-from modelzip.workload import Workload
 
 
 @dataclasses.dataclass(frozen=True)

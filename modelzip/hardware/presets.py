@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from modelzip.errors import unknown_name
+from modelzip.core.errors import unknown_name
 from modelzip.hardware.spec import AcceleratorSpec, SparseSupport
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.hardware.energy import (
     RF_AREA_UM2_PER_KB,
     EnergyTable,

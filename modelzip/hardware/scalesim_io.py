@@ -19,9 +19,9 @@ import csv
 import math
 from pathlib import Path
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.spec import AcceleratorSpec
-from modelzip.workload import Workload
 
 
 def _ints(row: list[str], path: Path, line: int, count: int) -> list[int]:

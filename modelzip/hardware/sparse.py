@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from modelzip.core.workload import Workload
 from modelzip.hardware.spec import AcceleratorSpec
-from modelzip.workload import Workload
 
 ZERO_DETECT = 0.02  # energy of a zero check, as a fraction of one MAC
 SIGN_CHECK = 0.02  # energy of SnaPEA's sign check per MAC, as a fraction of one MAC

@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import yaml
 
-from modelzip.errors import ConfigError
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.atomic import write_text
+from modelzip.core.errors import ConfigError
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.hardware.energy import EnergyTable, eyeriss_table, horowitz_table
-from modelzip.io import write_text
 
 Dataflow = Literal["os", "ws", "is", "rs"]
 ArrayKind = Literal["systolic", "spatial"]
@@ -163,7 +163,7 @@ class AcceleratorSpec(ConfigBase):
     @classmethod
     def load(cls, path: str | Path) -> AcceleratorSpec:
         """Read a spec from YAML written by :meth:`save` (or by hand)."""
-        from modelzip.config import load_yaml
+        from modelzip.core.config import load_yaml
 
         data: Any = load_yaml(path)
         if not isinstance(data, dict):

@@ -37,8 +37,8 @@ import dataclasses
 import math
 from typing import Literal
 
-from modelzip.errors import ConfigError
-from modelzip.workload import Workload
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 
 SystolicDataflow = Literal["os", "ws", "is"]
 

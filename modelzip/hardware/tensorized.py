@@ -24,12 +24,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.estimate import estimate
 from modelzip.hardware.presets import get_accelerator
 from modelzip.hardware.result import Estimate
 from modelzip.hardware.spec import AcceleratorSpec
-from modelzip.workload import Workload
 
 
 def _check(in_modes: Sequence[int], out_modes: Sequence[int], ranks: Sequence[int]) -> None:

@@ -28,8 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.config import MethodConfig
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError
 from modelzip.joint.pareto import Point, mark_pareto, points_document
 from modelzip.joint.search import Evaluated, Option, SearchSpace, Setting, evolve, greedy_path
@@ -189,7 +189,7 @@ class _Auto:
     def point(
         self, space: SearchSpace, setting: Setting, small: nn.Module, e: Evaluated, name: str
     ) -> Point:
-        from modelzip.inspect import collect_workloads, module_bytes
+        from modelzip.core.counting import collect_workloads, module_bytes
         from modelzip.recipe import Recipe
 
         macs = sum(w.effective_macs for w in collect_workloads(small, self.sample[:1]))
@@ -206,7 +206,7 @@ class _Auto:
         )
 
     def baseline(self) -> dict[str, Any]:
-        from modelzip.inspect import collect_workloads, module_bytes
+        from modelzip.core.counting import collect_workloads, module_bytes
 
         kind = self.budget.kind
         joules = kind == "energy" and not self.budget.native_unit

@@ -44,7 +44,7 @@ def _model_name(spec: str) -> str:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from modelzip.cli import _print_json
-    from modelzip.io import write_json
+    from modelzip.core.atomic import write_json
     from modelzip.joint.sensitivity import plot_sensitivity, run_sensitivity
 
     config = _sensitivity_config(args)
@@ -111,9 +111,9 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
 
 def _write_estimate(result: Any, data: Any, run_dir: str, accelerator: str) -> Path:
+    from modelzip.core.atomic import write_json
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import estimate
-    from modelzip.inspect import collect_workloads
-    from modelzip.io import write_json
     from modelzip.joint.sensitivity import validation_split
 
     path = Path(run_dir) / "estimate.json"

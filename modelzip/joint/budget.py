@@ -2,10 +2,11 @@
 
 A budget is one cost kind and a limit:
 
-- ``size``: the model's stored bytes (:func:`modelzip.inspect.module_bytes`: packed codes, sparse
-  values and masks, factors) — ``B``, ``kB``/``MB``/``GB`` (powers of 1000), ``KiB``/``MiB``;
+- ``size``: the model's stored bytes (:func:`modelzip.core.counting.module_bytes`: packed
+  codes, sparse values and masks, factors) — ``B``, ``kB``/``MB``/``GB`` (powers of 1000),
+  ``KiB``/``MiB``;
 - ``macs``: multiply-accumulates of one input with a nonzero weight (pruned weights do not count),
-  from :func:`modelzip.inspect.collect_workloads` — plain, ``K``, ``M``, ``G``;
+  from :func:`modelzip.core.counting.collect_workloads` — plain, ``K``, ``M``, ``G``;
 - ``latency``: measured wall time of a forward pass on the CPU (:mod:`modelzip.measure`) —
   ``us``, ``ms``, ``s``;
 - ``energy``: energy of one input on an accelerator model (:func:`modelzip.hardware.estimate`) —
@@ -25,8 +26,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from modelzip.errors import ConfigError, ModelzipError
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.errors import ConfigError, ModelzipError
+from modelzip.core.frozen import ConfigBase, check_range
 
 Kind = Literal["size", "macs", "latency", "energy", "cycles"]
 KINDS: tuple[str, ...] = ("size", "macs", "latency", "energy", "cycles")
@@ -140,14 +141,14 @@ class CostModel:
     def __call__(self, model: nn.Module) -> float:
         kind = self.budget.kind
         if kind == "size":
-            from modelzip.inspect import module_bytes
+            from modelzip.core.counting import module_bytes
 
             return float(module_bytes(model))
         if kind == "latency":
             from modelzip.measure import measure_latency
 
             return measure_latency(model, self.sample, repeats=self.latency_repeats)
-        from modelzip.inspect import collect_workloads
+        from modelzip.core.counting import collect_workloads
 
         workloads = collect_workloads(model, self.sample[:1])
         if kind == "macs":

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
+from modelzip.core.module import register_layer
 from modelzip.joint import huffman
 from modelzip.joint.weight_sharing import SharedConv2d, SharedLinear, _Shared, shared_layer
-from modelzip.module import register_layer
 from modelzip.prune.sparse_format import (
     Encoded,
     _pack_bits,

@@ -47,7 +47,7 @@ def _cmd_deep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from modelzip.cli import _dataset, _print_json, load_model
-    from modelzip.io import write_json
+    from modelzip.core.atomic import write_json
     from modelzip.joint.deep_compression import DeepCompressionConfig, deep_compression
     from modelzip.train import TrainConfig
 

@@ -31,9 +31,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ConfigError
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.registry import register_method
+from modelzip.core.selection import Select
 from modelzip.joint.coded_format import INDEX_BITS_SEARCH, _Coded, coded_layer
 from modelzip.joint.weight_sharing import (
     Init,
@@ -45,8 +47,6 @@ from modelzip.joint.weight_sharing import (
     sharing_note,
 )
 from modelzip.prune.magnitude import magnitude_mask
-from modelzip.registry import register_method
-from modelzip.select import Select
 
 __all__ = [
     "DeepCompressionConfig",
@@ -284,7 +284,7 @@ def breakdown(model: nn.Module, original: nn.Module | None = None) -> dict[str, 
     Tensors outside the coded layers (other layers, normalization constants) count in every
     stage. ``original`` (the uncompressed model) adds its dense float bytes and the ratios.
     """
-    from modelzip.inspect import module_bytes
+    from modelzip.core.counting import module_bytes
 
     coded = {n: m for n, m in model.named_modules() if isinstance(m, _Coded)}
     rest = module_bytes(model) - sum(m.storage_bytes() for m in coded.values())

@@ -25,17 +25,17 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.module import CompressedModule, layer_class, layer_key, register_layer
+from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.workload import Workload
 from modelzip.decompose._ops import layer_name
 from modelzip.decompose.configs import SVDConfig
 from modelzip.decompose.lowrank import ChannelLowRankConv2d, LowRankLinear
-from modelzip.errors import ConfigError, ModelError
-from modelzip.module import CompressedModule, layer_class, layer_key, register_layer
 from modelzip.prune.magnitude import magnitude_mask
 from modelzip.prune.masked import _Masked, pack_mask, unpack_mask
-from modelzip.registry import SkipLayer, register_method
-from modelzip.workload import Workload
 
 __all__ = ["DecomposePruneConfig", "FactorPruned", "factor_names"]
 
@@ -66,9 +66,9 @@ class FactorPruned(CompressedModule):
     Parameters
     ----------
     inner_class:
-        Registered class name of the decomposed layer (:func:`modelzip.module.layer_key`).
+        Registered class name of the decomposed layer (:func:`modelzip.core.module.layer_key`).
     inner_spec:
-        Its :meth:`~modelzip.module.CompressedModule.spec`.
+        Its :meth:`~modelzip.core.module.CompressedModule.spec`.
     factors:
         Names of the masked parameters of the inner layer (``factor_in``, ``first.weight``).
 

@@ -29,7 +29,7 @@ import struct
 
 import numpy as np
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 
 __all__ = [
     "MAX_CODE_LENGTH",
@@ -226,7 +226,7 @@ def _parse(data: bytes | np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 def decode(data: bytes | np.ndarray) -> np.ndarray:
     """The symbols (int64) of a stream written by :func:`encode`.
 
-    Raises :class:`~modelzip.errors.DataError` on a malformed table or stream. Decoding is by
+    Raises :class:`~modelzip.core.errors.DataError` on a malformed table or stream. Decoding is by
     table on the canonical codes: at every bit position the code starting there is found (one
     vectorised pass per code length), then the chain of code starts is followed from bit 0.
     Only the first ``count · longest code`` bits are looked at, and memory is bounded by them:

@@ -94,7 +94,7 @@ def plot_pareto(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modelzip.io import atomic_path
+    from modelzip.core.atomic import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(

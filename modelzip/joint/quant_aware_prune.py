@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.module import conv2d, register_layer
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.module import conv2d, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.magnitude import magnitude_mask
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
 from modelzip.quantize.fake import ste
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
-from modelzip.registry import SkipLayer, register_method
 
 __all__ = ["QuantAwareMaskedConv2d", "QuantAwareMaskedLinear", "QuantAwarePruneConfig"]
 

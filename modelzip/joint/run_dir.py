@@ -12,7 +12,7 @@ def write_run_dir(result: AutoResult, run_dir: str | Path) -> list[Path]:
     """Write ``points.json``, ``report.json``, ``sensitivity.json`` (greedy), ``recipe.yaml``,
     ``auto.json`` and the plots (``pareto.png``, ``sensitivity-METHOD.png``) into ``run_dir``,
     each atomically."""
-    from modelzip.io import write_json
+    from modelzip.core.atomic import write_json
     from modelzip.joint.pareto import plot_pareto
     from modelzip.joint.sensitivity import plot_sensitivity
     from modelzip.recipe import Recipe

@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from modelzip.config import MethodConfig
+from modelzip.core.config import MethodConfig
 
 Setting = tuple[int, ...]
 

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig
-from modelzip.errors import ConfigError, DataError
-from modelzip.frozen import ConfigBase, check_range
-from modelzip.select import Select
+from modelzip.core.config import MethodConfig
+from modelzip.core.errors import ConfigError, DataError
+from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.selection import Select
 
 #: The knob of each method the analysis can sweep: (config field, SensitivityConfig field).
 KNOBS: dict[str, tuple[str, str]] = {
@@ -167,7 +167,7 @@ def training_split(data: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
 
 def layer_config(method: str, value: float, layer: str) -> MethodConfig:
     """The config of ``method`` at knob ``value`` applied to exactly the layer named ``layer``."""
-    from modelzip.registry import get_method
+    from modelzip.core.registry import get_method
 
     spec = get_method(method)
     knob = KNOBS[method][0]
@@ -177,7 +177,7 @@ def layer_config(method: str, value: float, layer: str) -> MethodConfig:
 
 def analysed_layers(model: nn.Module, config: SensitivityConfig) -> list[tuple[str, str]]:
     """``(layer, method)`` pairs to analyse: selected layers of each method's own types."""
-    from modelzip.registry import get_method
+    from modelzip.core.registry import get_method
 
     pairs = []
     for method in config.methods:
@@ -324,7 +324,7 @@ def plot_sensitivity(result: SensitivityResult, out_dir: str | Path) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modelzip.io import atomic_path
+    from modelzip.core.atomic import atomic_path
 
     out_dir = Path(out_dir)
     paths = []

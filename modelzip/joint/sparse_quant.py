@@ -21,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_choice
-from modelzip.context import Context
-from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.config import MethodConfig, check_choice
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.masked import _Masked, pack_mask, unpack_mask
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import (
@@ -35,7 +36,6 @@ from modelzip.quantize.quantizer import (
     quantize_tensor,
 )
 from modelzip.quantize.schemes import binarize, ternarize
-from modelzip.registry import SkipLayer, register_method
 
 __all__ = [
     "SparseQuantConv2d",

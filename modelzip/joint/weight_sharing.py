@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.masked import pack_mask, unpack_mask
 from modelzip.quantize.layers import require_float32
 from modelzip.quantize.packing import pack_bits, unpack_bits
 from modelzip.quantize.quantizer import adaptive_table
-from modelzip.registry import SkipLayer, register_method
 
 __all__ = [
     "SharedConv2d",

@@ -61,7 +61,7 @@ def source_digest() -> str:
 def _build() -> Any:
     from torch.utils import cpp_extension
 
-    from modelzip.io import cache_dir
+    from modelzip.core.atomic import cache_dir
 
     digest = source_digest()
     build = cache_dir() / "native" / digest

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from modelzip.core.module import CompressedModule, dense_linear, register_layer
 from modelzip.kernels.bitpack import pack_planes, words_for, words_tensor
 from modelzip.kernels.bitserial import bitserial_gemm_packed, plane_weights
-from modelzip.module import CompressedModule, dense_linear, register_layer
 
 #: Widest codes the layer takes (the kernel's cost grows with weight bits × input bits).
 MAX_BITS = 8

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.module import CompressedModule, register_layer
 from modelzip.kernels import isa
-from modelzip.module import CompressedModule, register_layer
 
 #: Products of int8 codes are at most 2^14 in magnitude: float32 adds up to 2^10 of them exactly.
 _FLOAT32_EXACT_K = 2**24 // 2**14

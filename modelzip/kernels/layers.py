@@ -1,7 +1,8 @@
 """Executable layers: compressed layers in the form the kernels of this package run fast.
 
-Each is a :class:`~modelzip.module.CompressedModule` (``from_dense``/``to_dense``/``spec``) and is
-registered, so a materialized model saves and loads like any other. Inference only: the kernels
+Each is a :class:`~modelzip.core.module.CompressedModule`
+(``from_dense``/``to_dense``/``spec``) and is registered, so a materialized model saves and loads
+like any other. Inference only: the kernels
 have no backward, so these layers refuse to run with autograd on their inputs.
 """
 
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.module import CompressedModule, dense_linear, register_layer
 from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_tensor
-from modelzip.module import CompressedModule, dense_linear, register_layer
 
 BINARY_MODES = ("xnor", "bwn")
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.module import CompressedModule, dense_linear, register_layer
 from modelzip.kernels.sparse import BSRMatrix, CSRMatrix, sparse_matmul
-from modelzip.module import CompressedModule, dense_linear, register_layer
 
 
 class _Sparse(CompressedModule):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, dense_linear, register_layer
+from modelzip.core.module import CompressedModule, dense_linear, register_layer
 
 #: Floats in one chunk's intermediate (8 MB): within L2 + L3 of one core on these machines.
 CHUNK_FLOATS = 1 << 21

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from modelzip.core.module import register_layer
 from modelzip.decompose.tt import TTConv2d
 from modelzip.kernels._native import native as native_kernels
 from modelzip.kernels.fused_conv import FusedConv
-from modelzip.module import register_layer
 
 
 def plan_groups(

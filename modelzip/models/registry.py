@@ -8,7 +8,7 @@ loading a model never needs pickle.
 
 A record read from a file is untrusted: it may name a zoo model or a factory registered with
 :func:`model_factory` (by ``package.module:name``), nothing else, and its arguments are checked
-against the factory's parameters and bounds (:mod:`modelzip.limits`) before the call. Any other
+against the factory's parameters and bounds (:mod:`modelzip.core.limits`) before the call. Any other
 callable runs only with the opt-in ``trust_remote_code=True`` (``--trust-remote-code`` on the
 command line), given by the caller, never by a file; even then a module outside the installed
 packages is imported only with it, and the standard library and modelzip's own non-factory
@@ -34,9 +34,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from modelzip.errors import ConfigError, ModelError, unknown_name
-from modelzip.limits import Range, check_bounds
-from modelzip.scoped import scoped
+from modelzip.core.errors import ConfigError, ModelError, unknown_name
+from modelzip.core.limits import Range, check_bounds
+from modelzip.core.scoped import scoped
 
 Factory = Callable[..., nn.Module]
 SOURCE_ATTR = "_modelzip_source"
@@ -54,7 +54,7 @@ class ModelSpec:
     #: The data set the model is meant for (a :func:`modelzip.data.list_datasets` name).
     dataset: str
     factory: Factory
-    #: Ranges of the factory's numeric arguments beyond :data:`modelzip.limits.DEFAULT_BOUNDS`.
+    #: Ranges of the factory's numeric arguments beyond :data:`modelzip.core.limits.DEFAULT_BOUNDS`.
     bounds: tuple[tuple[str, Range], ...] = ()
 
     @property
@@ -81,7 +81,7 @@ def register_model(
     """Register the decorated factory (keyword arguments only, with defaults) under ``name``.
 
     ``bounds`` gives ranges of numeric arguments (``{"blocks": (1, 16)}``) on top of
-    :data:`modelzip.limits.DEFAULT_BOUNDS`; arguments are checked before every call.
+    :data:`modelzip.core.limits.DEFAULT_BOUNDS`; arguments are checked before every call.
     """
 
     def decorator(factory: Factory) -> Factory:
@@ -328,7 +328,7 @@ def model_factory(
     arguments (``numpy:savetxt``, a file writer, a command's entry point) would be a gadget, so
     without trust a record may name only a zoo model or a factory registered here, and its
     arguments must be parameters of the factory within ``bounds`` (and the defaults of
-    :mod:`modelzip.limits`).
+    :mod:`modelzip.core.limits`).
     """
 
     def register(target: F) -> F:

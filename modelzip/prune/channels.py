@@ -17,13 +17,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ModelError
-from modelzip.inspect import count_params, module_bytes
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.errors import ModelError
+from modelzip.core.registry import register_method
 from modelzip.prune.criteria import channel_scores
 from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph
-from modelzip.registry import register_method
 from modelzip.report import LayerChange
 
 

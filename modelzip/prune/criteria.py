@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 from modelzip.prune.dependency import ChannelGraph
 from modelzip.prune.grains import group_norms
 

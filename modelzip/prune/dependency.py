@@ -26,7 +26,7 @@ import torch.fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 
 #: A value's channel dimension as segments ``(space, channels, repeat)``: ``repeat`` features
 #: per channel (``H·W`` after a flatten), laid side by side (concatenation).

@@ -11,10 +11,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
-from modelzip.registry import SkipLayer, register_method
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -41,7 +41,7 @@ def as_masked(module: nn.Module) -> _Masked:
             return _MASKED[type(module)].from_dense(module)
         except ValueError as e:
             raise SkipLayer(str(e)) from None
-    from modelzip.module import CompressedModule
+    from modelzip.core.module import CompressedModule
 
     if isinstance(module, CompressedModule):
         raise SkipLayer(

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
+from modelzip.core.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:

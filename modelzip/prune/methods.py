@@ -9,13 +9,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ConfigError
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.grains import block_mask, kernel_mask, nm_mask, vector_mask
 from modelzip.prune.magnitude import as_masked
 from modelzip.prune.masked import MaskedConv2d
-from modelzip.registry import SkipLayer, register_method
 
 
 def _apply(module: nn.Module, mask_of) -> nn.Module:

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ModelError
-from modelzip.inspect import count_params, module_bytes, recurrent_workloads
-from modelzip.module import CompressedModule, register_layer
-from modelzip.registry import register_method
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.counting import count_params, module_bytes, recurrent_workloads
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule, register_layer
+from modelzip.core.registry import register_method
+from modelzip.core.workload import Workload
 from modelzip.report import LayerChange
-from modelzip.workload import Workload
 
 _GATES = {"LSTM": 4, "GRU": 3}
 

@@ -25,13 +25,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context, replace_module
-from modelzip.inspect import count_params, module_bytes
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context, replace_module
+from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.grains import keep_top
 from modelzip.prune.magnitude import as_masked, magnitude_mask
 from modelzip.prune.masked import _Masked
-from modelzip.registry import SkipLayer, register_method
 from modelzip.report import LayerChange
 
 MaskFn = Callable[[torch.Tensor, float], torch.Tensor]

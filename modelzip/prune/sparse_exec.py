@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, conv2d, dense_linear, load_dense, register_layer
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.module import CompressedModule, conv2d, dense_linear, load_dense, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.grains import block_density, matrix_view
 from modelzip.prune.masked import _Masked
-from modelzip.registry import SkipLayer, register_method
 
 Mode = Literal["dense", "csr", "bsr"]
 

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.module import CompressedModule, conv2d, register_layer
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.module import CompressedModule, conv2d, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.quantize.layers import require_float32
 from modelzip.quantize.observers import PACT
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
 from modelzip.quantize.schemes import binarize, dorefa_weights, ternarize
-from modelzip.registry import SkipLayer, register_method
 
 __all__ = ["FakeQuantConv2d", "FakeQuantLinear", "QATConfig", "fake_quantize_weight", "ste"]
 

@@ -14,12 +14,12 @@ import dataclasses
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig
-from modelzip.context import Context
-from modelzip.errors import ModelError
-from modelzip.inspect import count_params, module_bytes
+from modelzip.core.config import MethodConfig
+from modelzip.core.context import Context
+from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.errors import ModelError
+from modelzip.core.registry import register_method
 from modelzip.quantize.bn import fold_bn
-from modelzip.registry import register_method
 from modelzip.report import LayerChange
 
 

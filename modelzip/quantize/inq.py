@@ -16,14 +16,14 @@ import warnings
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context, replace_module
-from modelzip.errors import ConfigError, ModelError
-from modelzip.inspect import count_params, module_bytes
-from modelzip.module import CompressedModule
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context, replace_module
+from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.module import CompressedModule
+from modelzip.core.registry import register_method
 from modelzip.quantize.layers import quantized_layer
 from modelzip.quantize.quantizer import QuantizerConfig, quantize, quantize_tensor
-from modelzip.registry import register_method
 from modelzip.report import LayerChange
 
 __all__ = ["INQConfig", "inq"]

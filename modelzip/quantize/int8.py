@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ConfigError
-from modelzip.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.quantize.layers import require_float32
-from modelzip.registry import SkipLayer, register_method
 
 QMAX = 127
 

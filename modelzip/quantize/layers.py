@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.registry import SkipLayer
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import Quantized, dequantize_codes, group_rows
-from modelzip.registry import SkipLayer
 
 __all__ = ["QuantConv2d", "QuantLinear", "quantized_layer", "require_float32"]
 

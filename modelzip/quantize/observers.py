@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 
 __all__ = ["PACT", "Observer", "fake_quantize_affine"]
 

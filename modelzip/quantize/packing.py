@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 
 __all__ = ["pack_bits", "packed_bytes", "unpack_bits"]
 

@@ -28,8 +28,8 @@ from typing import Literal
 
 import torch
 
-from modelzip.errors import ConfigError
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.errors import ConfigError
+from modelzip.core.frozen import ConfigBase, check_range
 
 __all__ = ["Quantized", "Quantizer", "QuantizerConfig", "quantize", "quantize_tensor"]
 
@@ -283,7 +283,7 @@ def quantize_tensor(
 ) -> Quantized:
     """Quantize ``x`` as ``cfg`` says; returns the codes and the levels they index.
 
-    Raises :class:`~modelzip.errors.ConfigError` on NaN, Inf or an empty tensor.
+    Raises :class:`~modelzip.core.errors.ConfigError` on NaN, Inf or an empty tensor.
     """
     _check_finite(x)
     shape = tuple(x.shape)

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.context import Context
-from modelzip.errors import ModelError
+from modelzip.core.context import Context
+from modelzip.core.errors import ModelError
+from modelzip.core.module import conv2d, register_layer
+from modelzip.core.registry import SkipLayer
 from modelzip.kernels import isa
-from modelzip.module import conv2d, register_layer
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.observers import Observer
-from modelzip.registry import SkipLayer
 
 __all__ = [
     "QMAX_REDUCED",

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.quantize.fake import fake_quantize_weight, ste
 
 __all__ = ["QuantizedTraining", "TrainingQuantConfig", "quantize_signal", "wage"]

@@ -17,13 +17,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from modelzip.config import MethodConfig, check_range
-from modelzip.context import Context
-from modelzip.errors import ConfigError
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.registry import SkipLayer, register_method
 from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
 from modelzip.quantize.schemes import binarize, multibit_bases, ternarize
-from modelzip.registry import SkipLayer, register_method
 
 __all__ = [
     "BinaryConfig",

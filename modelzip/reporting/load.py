@@ -4,8 +4,8 @@ RUN_DIR files (all optional, see the project's RUN_DIR contract): ``report.json`
 :class:`~modelzip.report.Report`), ``points.json`` (explored candidates), ``sensitivity.json``
 (per-layer curves), ``estimate.json`` (an accelerator :class:`~modelzip.hardware.Estimate`) and
 ``model.mzip`` (the compressed model, from which the estimate and the dataflow comparison are
-computed when absent). Malformed files raise :class:`~modelzip.errors.DataError` naming the file
-and the field.
+computed when absent). Malformed files raise :class:`~modelzip.core.errors.DataError` naming
+the file and the field.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 
 DATAFLOWS = ("os", "ws", "is", "rs")
 
@@ -86,8 +86,8 @@ def _check_estimate(data: Any, path: Path) -> dict[str, Any]:
 def _model_estimates(path: Path, accelerator: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Estimate of the saved model on ``accelerator`` (its own dataflow) and on each dataflow."""
 
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import estimate
-    from modelzip.inspect import collect_workloads
     from modelzip.models.shapes import sample_input
     from modelzip.serialize import load
 

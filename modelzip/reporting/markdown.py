@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelzip.io import write_bytes
+from modelzip.core.atomic import write_bytes
 from modelzip.reporting.sections import Section, Table
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelzip.io import write_text
+from modelzip.core.atomic import write_text
 from modelzip.progress import progress_bar
 from modelzip.reporting.html import render_html
 from modelzip.reporting.load import load_inputs

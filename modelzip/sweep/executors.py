@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Any, Protocol
 
-from modelzip.errors import ConfigError, ModelzipError
+from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.lifeline import die_with_parent
 from modelzip.sweep.tasks import execute, setup_worker
 

@@ -48,9 +48,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelzip.config import load_yaml
-from modelzip.errors import ConfigError, ModelzipError
-from modelzip.frozen import ConfigBase, check_range
+from modelzip.core.config import load_yaml
+from modelzip.core.errors import ConfigError, ModelzipError
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.train import TrainConfig
 
 __all__ = [

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelzip.io import write_json
+from modelzip.core.atomic import write_json
 from modelzip.joint.pareto import pareto_mask
 
 __all__ = ["POINT_KEYS", "pareto_flags", "points_document", "write_points"]

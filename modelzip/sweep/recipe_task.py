@@ -124,8 +124,8 @@ def run_recipe_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _energy(model: torch.nn.Module, sample: torch.Tensor, accelerator: str) -> dict[str, Any]:
+    from modelzip.core.counting import collect_workloads
     from modelzip.hardware import estimate
-    from modelzip.inspect import collect_workloads
 
     est = estimate(collect_workloads(model, sample), accelerator)
     total = float(est.total_energy)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from modelzip.errors import ModelzipError
+from modelzip.core.errors import ModelzipError
 
 __all__ = ["SweepStore", "TaskRecord"]
 

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from modelzip.errors import ConfigError, unknown_name
+from modelzip.core.errors import ConfigError, unknown_name
 
 __all__ = ["execute", "register_task_kind", "resolve_kind", "task_key", "task_kinds"]
 

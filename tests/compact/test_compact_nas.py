@@ -20,7 +20,7 @@ from modelzip.compact.nas import (
     random_search,
     regularized_evolution,
 )
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 
 
 class Crash(Exception):

@@ -20,7 +20,7 @@ from modelzip.compact import (
     distillation_loss,
     recalibrate_batchnorm,
 )
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.models import create
 from modelzip.train import TrainConfig, evaluate
 

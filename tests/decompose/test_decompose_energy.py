@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError
 from modelzip.decompose import HTConfig, TTConfig
 from modelzip.decompose.configs import TuckerTensorizedConfig
 from modelzip.decompose.factorized import weight_tensor
@@ -17,7 +18,6 @@ from modelzip.decompose.rank import rank_for_energy, unfolding_ranks
 from modelzip.decompose.tt import TTConv2d, TTLinear
 from modelzip.decompose.tt_embedding import TTEmbedding
 from modelzip.decompose.tucker import TuckerLinear
-from modelzip.errors import ConfigError
 
 
 def _trained_like(out_f: int, in_f: int, seed: int = 0) -> nn.Linear:

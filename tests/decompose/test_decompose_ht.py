@@ -7,10 +7,10 @@ import tensorly as tl
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.decompose import HTConfig, HTLinear, HTTensor, dimension_tree, ht_svd, tt_to_ht
 from modelzip.decompose.factorized import tensorly_torch
 from modelzip.decompose.ht import ht_params, ht_ranks, tree_nodes
-from modelzip.errors import ConfigError, ModelError
 
 
 def _random_ht(shape, tree, rank, seed=0):

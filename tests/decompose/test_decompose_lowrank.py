@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.decompose import (
     ChannelLowRankConv2d,
     LowRankLinear,
@@ -13,7 +14,6 @@ from modelzip.decompose import (
     SVDConfig,
 )
 from modelzip.decompose.rank import rank_for_energy, rank_for_fraction
-from modelzip.errors import ConfigError, ModelError
 
 
 def _roundtrip(layer):

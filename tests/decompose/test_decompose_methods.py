@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import modelzip.decompose  # noqa: F401  (registers the methods)
-from modelzip.context import Context
+from modelzip.core.context import Context
+from modelzip.core.counting import count_params
+from modelzip.core.errors import ModelError
+from modelzip.core.registry import SkipLayer, get_method, list_methods
 from modelzip.decompose import allocate_ranks
-from modelzip.errors import ModelError
-from modelzip.inspect import count_params
-from modelzip.registry import SkipLayer, get_method, list_methods
 
 NAMES = [
     "svd",

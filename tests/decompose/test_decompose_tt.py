@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.decompose import TTConfig, TTConv2d, TTEmbedding, TTLinear
 from modelzip.decompose.factorized import factorize
-from modelzip.errors import ConfigError, ModelError
 
 MNIST_TT = TTConfig(in_modes=(4, 7, 4, 7), out_modes=(5, 5, 5, 5), rank=4)
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.decompose import (
     CPConfig,
     CPConv2d,
@@ -16,7 +17,6 @@ from modelzip.decompose import (
 )
 from modelzip.decompose.cp import exact_cp, exact_rank
 from modelzip.decompose.rank import evbmf_rank, tucker2_vbmf_ranks
-from modelzip.errors import ConfigError, ModelError
 
 
 def test_tucker2_full_rank_exact_and_params():

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from modelzip.api import compress
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule
+from modelzip.core.registry import get_method, list_methods
 from modelzip.export import export_onnx, export_path, run_onnx, to_onnx_bytes
 from modelzip.kernels import isa
 from modelzip.models import create
-from modelzip.module import CompressedModule
 from modelzip.recipe import Recipe
-from modelzip.registry import get_method, list_methods
 
 torch.set_num_threads(1)
 

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 import modelzip
+from modelzip.core.registry import get_method, list_methods
 from modelzip.models import create
-from modelzip.registry import get_method, list_methods
 
 HERE = Path(__file__).resolve().parent
 RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}

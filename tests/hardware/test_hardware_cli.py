@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from modelzip.cli import main
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.hardware import cli_estimate, list_accelerators
 from modelzip.hardware.command import needs_model
 from modelzip.hardware.presets import accelerator_description

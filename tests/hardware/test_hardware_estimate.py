@@ -7,11 +7,11 @@ import math
 
 import pytest
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware import AcceleratorSpec, SparseSupport, estimate, get_accelerator
 from modelzip.hardware.memory import operand_words
 from modelzip.hardware.systolic import systolic_counts
-from modelzip.workload import Workload
 
 
 def conv(name: str = "conv", N: int = 1, bits: int = 8, **kw: float) -> Workload:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware import (
     estimate,
     get_accelerator,
@@ -18,7 +19,6 @@ from modelzip.hardware.mapping import mapping_space, search_mapping
 from modelzip.hardware.roofline import ridge_point, roofline
 from modelzip.hardware.systolic import systolic_counts
 from modelzip.hardware.tensorized import estimate_tt, tt_workloads
-from modelzip.workload import Workload
 
 W = Workload(
     "conv",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modelzip.errors import ConfigError, UnknownNameError
+from modelzip.core.errors import ConfigError, UnknownNameError
 from modelzip.hardware import AcceleratorSpec, EnergyTable, get_accelerator, list_accelerators
 from modelzip.hardware.energy import eyeriss_table, horowitz_mult_pj, horowitz_sram_pj
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from modelzip.core.workload import Workload
 from modelzip.hardware import get_accelerator
 from modelzip.hardware.eyeriss import row_stationary
 from modelzip.hardware.memory import dram_traffic, operand_words
 from modelzip.hardware.quantized import cycle_factor
 from modelzip.hardware.sparse import lane_imbalance, rlc_factor
-from modelzip.workload import Workload
 
 W = Workload("c", "conv", "Conv2d", N=1, C=64, K=128, R=3, S=3, P=28, Q=28, H=30, W=30,
              weight_bits=8, act_bits=8)  # fmt: skip

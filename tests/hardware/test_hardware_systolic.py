@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.workload import Workload
 from modelzip.hardware.systolic import systolic_counts, systolic_gemm
-from modelzip.workload import Workload
 
 REFERENCE = json.loads((Path(__file__).parent / "scalesim_reference.json").read_text())
 FIELDS = ("demand_rows", "folds", "ifmap_sram_reads", "filter_sram_reads", "ofmap_sram_writes")

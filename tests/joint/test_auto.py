@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from modelzip.baselines import pretrained
-from modelzip.errors import ConfigError, ModelzipError
+from modelzip.core.counting import collect_workloads, module_bytes
+from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.hardware import estimate, get_accelerator
-from modelzip.inspect import collect_workloads, module_bytes
 from modelzip.joint.auto import AutoConfig, _relax, auto_compress
 from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError, parse_budget
 from modelzip.joint.pareto import pareto_mask

@@ -11,7 +11,7 @@ import pytest
 from modelzip.api import compress
 from modelzip.baselines import pretrained
 from modelzip.cli import main
-from modelzip.inspect import module_bytes
+from modelzip.core.counting import module_bytes
 from modelzip.recipe import Recipe
 from modelzip.serialize import load
 

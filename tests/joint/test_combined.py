@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import modelzip
+from modelzip.core.counting import collect_workloads
+from modelzip.core.errors import ConfigError
+from modelzip.core.selection import Select
 from modelzip.decompose.configs import SVDConfig, Tucker2Config
 from modelzip.decompose.lowrank import LowRankLinear
-from modelzip.errors import ConfigError
-from modelzip.inspect import collect_workloads
 from modelzip.joint.factor_prune import DecomposePruneConfig, FactorPruned
 from modelzip.joint.quant_aware_prune import QuantAwareMaskedLinear, QuantAwarePruneConfig
 from modelzip.joint.sparse_quant import (
@@ -27,7 +28,6 @@ from modelzip.prune import MagnitudePruneConfig
 from modelzip.prune.masked import MaskedLinear
 from modelzip.prune.schedule import AGPCallback, masked_layers
 from modelzip.quantize import QuantizeWeightsConfig
-from modelzip.select import Select
 
 
 @pytest.fixture

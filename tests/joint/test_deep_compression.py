@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import modelzip
-from modelzip.errors import ConfigError, DataError
+from modelzip.core.errors import ConfigError, DataError
 from modelzip.joint.coded_format import (
     INDEX_BITS_SEARCH,
     HuffmanConv2d,
@@ -56,8 +56,8 @@ def test_pipeline_file_size_is_reported_size_and_decodes_identically(
     assert path is not None and path.stat().st_size == result.file_bytes
     # The file is the coded tensors plus the safetensors header, nothing else.
     (header,) = struct.unpack("<Q", path.read_bytes()[:8])
-    assert result.file_bytes == 8 + header + modelzip.inspect.module_bytes(coded)
-    assert result.stages["huffman"] == modelzip.inspect.module_bytes(coded)
+    assert result.file_bytes == 8 + header + modelzip.core.counting.module_bytes(coded)
+    assert result.stages["huffman"] == modelzip.core.counting.module_bytes(coded)
     loaded = modelzip.load(path)
     x = digits.x_test
     with torch.inference_mode():

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 from modelzip.joint import huffman
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modelzip.baselines import pretrained
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.joint.sensitivity import (
     SensitivityConfig,
     plot_sensitivity,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.joint.weight_sharing import (
     SharedConv2d,
     SharedLinear,

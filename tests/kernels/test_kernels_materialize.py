@@ -190,8 +190,8 @@ def test_materialize_chooses_the_memory_layout(tmp_path: object) -> None:
 
 def _compressed(model_name: str, method: str) -> tuple[nn.Module, torch.Tensor]:
     import modelzip
+    from modelzip.core.registry import get_method
     from modelzip.models import create
-    from modelzip.registry import get_method
 
     torch.manual_seed(0)
     x = torch.rand(4, 1, 28, 28)
@@ -225,7 +225,7 @@ def test_materialize_every_method_keeps_outputs(model_for_method: object) -> Non
     """Over the registry: each method's result materializes to a model that computes the same,
     every layer either replaced by a form checked equal or left unchanged."""
     import modelzip
-    from modelzip.registry import get_method, list_methods
+    from modelzip.core.registry import get_method, list_methods
 
     tolerance = sys.modules["modelzip.kernels.materialize"].TOLERANCE
     failures = []

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import modelzip
+from modelzip.core.errors import ModelError
 from modelzip.decompose.configs import TTConfig
 from modelzip.decompose.tt import TTConv2d
-from modelzip.errors import ModelError
 from modelzip.kernels import _native, materialize
 from modelzip.kernels.tt_conv import FusedTTConv2d, plan_groups
 

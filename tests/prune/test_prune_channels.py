@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.errors import ModelError
-from modelzip.inspect import count_params
+from modelzip.core.counting import count_params
+from modelzip.core.errors import ModelError
 from modelzip.models import create
 from modelzip.prune.channels import (
     ChannelPruneConfig,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.models import create
 from modelzip.prune import (
     BlockPruneConfig,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 from modelzip.quantize.fold import FoldBNConfig
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import modelzip
-from modelzip.context import Context
+from modelzip.core.context import Context
+from modelzip.core.selection import Select
 from modelzip.models import create
 from modelzip.quantize import (
     BinaryConfig,
@@ -23,7 +24,6 @@ from modelzip.quantize import (
 from modelzip.quantize.fake import FakeQuantLinear, qat
 from modelzip.quantize.observers import PACT, Observer, fake_quantize_affine
 from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
-from modelzip.select import Select
 
 
 def _lenet() -> tuple[nn.Module, torch.Tensor]:
@@ -179,7 +179,7 @@ def test_static_int8_inputs_use_7_bits_where_products_can_saturate(monkeypatch):
 
 def test_static_int8_needs_calibration_data():
     model, _ = _lenet()
-    with pytest.raises(modelzip.errors.ModelzipError, match="calibration"):
+    with pytest.raises(modelzip.core.errors.ModelzipError, match="calibration"):
         modelzip.compress(model, Int8Config(activations="static"), measure=False, evaluate=False)
 
 

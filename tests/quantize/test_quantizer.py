@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.quantize.quantizer import Quantizer, QuantizerConfig, quantize, quantize_tensor
 
 LEVELS = ("uniform-symmetric", "uniform-affine", "log2", "adaptive")

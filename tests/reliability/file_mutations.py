@@ -50,10 +50,10 @@ def mzip_seed(tmp: Path) -> bytes:
     """A small compressed LeNet-5 file (pruned, quantized and SVD layers), for 16x16 inputs so
     that the file stays small (about 60 kB) and mutations reach the structure often."""
     import modelzip
+    from modelzip.core.selection import Select
     from modelzip.decompose.configs import SVDConfig
     from modelzip.prune.magnitude import MagnitudePruneConfig
     from modelzip.quantize.weights import QuantizeWeightsConfig
-    from modelzip.select import Select
 
     torch.manual_seed(0)
     model = modelzip.models.create("lenet5", input_shape=[1, 16, 16])

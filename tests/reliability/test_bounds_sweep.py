@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from weight_strategies import PROFILE
 
 import modelzip.cli
-from modelzip.errors import ConfigError, ModelzipError
+from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.recipe import MAX_RECIPE_STEPS, Recipe
 from modelzip.sweep import SweepConfig, run_sweep
 from modelzip.sweep import grid as grid_module

@@ -26,10 +26,10 @@ from weight_strategies import PROFILE
 
 import modelzip
 from modelzip.cli import main
-from modelzip.errors import ModelError
-from modelzip.integrity import content_digest
+from modelzip.core.errors import ModelError
+from modelzip.core.integrity import content_digest
+from modelzip.core.registry import get_method
 from modelzip.models import build_from_source, create, model_factory, resolve_model
-from modelzip.registry import get_method
 
 
 def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -63,7 +63,7 @@ def bounded_factory(width: int = 4) -> torch.nn.Module:
 @pytest.mark.attack("A file names a function to call (gadgets)")
 def test_file_cannot_call_a_modelzip_file_writer(tmp_path):
     target = tmp_path / "evil.pth"
-    source = {"kind": "factory", "ref": "modelzip.io:write_text",
+    source = {"kind": "factory", "ref": "modelzip.core.atomic:write_text",
               "kwargs": {"path": str(target), "text": "import os"}}  # fmt: skip
     path = _with_source(tmp_path, source)
     with pytest.raises(ModelError, match="not a registered model factory"):

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from weight_strategies import PROFILE
 
 import modelzip
+from modelzip.core.errors import ModelzipError
 from modelzip.data.npz import load_npz
-from modelzip.errors import ModelzipError
 from modelzip.hardware.spec import AcceleratorSpec
 from modelzip.recipe import Recipe
 

@@ -20,9 +20,9 @@ import torch
 import modelzip
 from modelzip.api import check_data_fits
 from modelzip.cli import MAX_CLASSES_HELP, main
+from modelzip.core.errors import DataError
 from modelzip.data import load_dataset
 from modelzip.data.npz import MAX_CLASSES, class_limit, load_npz
-from modelzip.errors import DataError
 from modelzip.models import create, resolve_model
 from modelzip.models.shapes import model_input_shape, sample_input
 

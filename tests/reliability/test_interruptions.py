@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import modelzip
-from modelzip.errors import ModelzipError
-from modelzip.io import atomic_path, safe_join, write_bytes
+from modelzip.core.atomic import atomic_path, safe_join, write_bytes
+from modelzip.core.errors import ModelzipError
 
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 

@@ -11,9 +11,9 @@ import time
 import pytest
 
 import modelzip
-from modelzip.config import load_yaml
-from modelzip.errors import ConfigError
-from modelzip.io import STALE_SECONDS, atomic_path
+from modelzip.core.atomic import STALE_SECONDS, atomic_path
+from modelzip.core.config import load_yaml
+from modelzip.core.errors import ConfigError
 from modelzip.models import create
 from modelzip.recipe import Recipe
 
@@ -28,7 +28,7 @@ def test_write_killed_with_sigkill_leaves_a_temporary_that_the_next_write_remove
     script = textwrap.dedent(
         f"""
         import os, signal
-        from modelzip.io import atomic_path
+        from modelzip.core.atomic import atomic_path
         with atomic_path({str(target)!r}) as tmp:
             tmp.write_bytes(b"half a file")
             os.kill(os.getpid(), signal.SIGKILL)
@@ -49,7 +49,7 @@ def test_a_live_writers_temporary_is_kept(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from modelzip.io import atomic_path
+        from modelzip.core.atomic import atomic_path
         with atomic_path({str(target)!r}) as tmp:
             tmp.write_bytes(b"slow writer")
             print("started", flush=True)

@@ -23,6 +23,7 @@ from weight_strategies import (
     weights,
 )
 
+from modelzip.core.registry import get_method
 from modelzip.decompose.configs import (
     CPConfig,
     HTConfig,
@@ -35,7 +36,6 @@ from modelzip.decompose.configs import (
     Tucker2Config,
     TuckerTensorizedConfig,
 )
-from modelzip.registry import get_method
 
 BIG = 10**6  # ranks are capped at the exact rank of the layer's shape
 #: The setting of each decomposer that must reconstruct the layer exactly.

@@ -26,8 +26,8 @@ from weight_strategies import (
 )
 
 import modelzip
-from modelzip.errors import ModelError
-from modelzip.registry import get_method
+from modelzip.core.errors import ModelError
+from modelzip.core.registry import get_method
 
 # The compact and joint families get the same checks (their own properties are in their tests).
 METHODS = [m for family in (*PROPERTY_FAMILIES, "compact", "joint") for m in methods_of(family)]

@@ -184,7 +184,7 @@ def test_hidden_prune_keeps_whole_units(hidden, sparsity, seed):
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
 def test_sparsity_out_of_range_is_refused_naming_the_field(sparsity):
-    from modelzip.errors import ConfigError
+    from modelzip.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"sparsity=.* out of range; allowed \[0, 1\)"):
         MagnitudePruneConfig(sparsity=sparsity)

@@ -24,11 +24,11 @@ from weight_strategies import (
     weights,
 )
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
+from modelzip.core.registry import get_method
 from modelzip.quantize.fold import FoldBNConfig
 from modelzip.quantize.quantizer import QuantizerConfig, quantize, quantize_tensor
 from modelzip.quantize.schemes import multibit_bases
-from modelzip.registry import get_method
 
 #: Methods whose example, applied to its own dense result, changes nothing.
 IDEMPOTENT = ("binary", "inq", "int8", "multibit", "qat", "quantize_weights", "ternary")

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import modelzip
+from modelzip.core.errors import DataError, ModelError
 from modelzip.data.npz import load_npz
 from modelzip.decompose.configs import CPConfig
 from modelzip.decompose.cp import CPConv2d
-from modelzip.errors import DataError, ModelError
 from modelzip.prune.methods import ThresholdPruneConfig
 from modelzip.prune.rnn import HiddenPruneConfig
 from modelzip.quantize.inq import INQConfig

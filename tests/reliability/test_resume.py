@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.errors import ConfigError
 from modelzip.data import Dataset
-from modelzip.errors import ConfigError
 from modelzip.train import TrainConfig, train
 
 pytestmark = pytest.mark.attack("Killed or interrupted runs (SIGKILL, ENOSPC)")

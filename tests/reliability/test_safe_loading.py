@@ -14,7 +14,7 @@ import torch
 
 import modelzip
 from modelzip.cli import main
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 from modelzip.models import build_from_source, resolve_model
 
 PACKAGE = Path(modelzip.__file__).parent

@@ -19,9 +19,9 @@ import torch
 from wild_models import INPUTS
 
 import modelzip
-from modelzip.errors import ModelzipError
+from modelzip.core.errors import ModelzipError
+from modelzip.core.registry import get_method, list_methods
 from modelzip.models import resolve_model
-from modelzip.registry import get_method, list_methods
 
 METHODS = list_methods()
 MODELS = sorted(INPUTS)

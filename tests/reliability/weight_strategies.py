@@ -12,7 +12,7 @@ from hypothesis.extra.numpy import arrays
 from torch import nn
 
 import modelzip
-from modelzip.registry import SkipLayer, get_method, list_methods
+from modelzip.core.registry import SkipLayer, get_method, list_methods
 
 #: ``ci`` in ``make test``, ``fuzz`` in ``make fuzz`` (profiles registered in conftest.py).
 PROFILE = settings.get_profile(os.environ.get("MODELZIP_HYPOTHESIS", "ci"))

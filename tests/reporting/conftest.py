@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from modelzip.core.atomic import write_json
+from modelzip.core.counting import collect_workloads
 from modelzip.hardware import estimate
-from modelzip.inspect import collect_workloads
-from modelzip.io import write_json
 from modelzip.models import create
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from modelzip.cli import main
-from modelzip.errors import DataError
+from modelzip.core.errors import DataError
 from modelzip.reporting import load_inputs, write_report
 
 ALL_SECTIONS = (

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 from modelzip.sweep import RandomSpace, SweepConfig, pareto_flags, task_key
 from modelzip.sweep.runner import sweep_tasks
 
@@ -72,7 +72,7 @@ def test_no_grid_gives_the_template_alone() -> None:
 
 
 def _int8_defaults() -> dict:
-    from modelzip.registry import get_method
+    from modelzip.core.registry import get_method
 
     return {k: v for k, v in get_method("int8").config_type().to_dict().items() if k != "method"}
 

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.counting import collect_workloads, count_params
+from modelzip.core.errors import ConfigError
+from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.data.dataset import Dataset
-from modelzip.errors import ConfigError
-from modelzip.frozen import ConfigBase, check_range
-from modelzip.inspect import collect_workloads, count_params
 from modelzip.train import TrainConfig, evaluate, train
 
 __all__ = ["SearchObjective", "model_costs"]

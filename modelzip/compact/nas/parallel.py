@@ -77,7 +77,7 @@ def parallel_random_search(
 ) -> SearchResult:
     """Evaluate the trials through :func:`modelzip.sweep.run_tasks`; ``out/sweep.sqlite`` keeps
     them, so a rerun evaluates only what is missing."""
-    from modelzip.errors import ModelzipError
+    from modelzip.core.errors import ModelzipError
     from modelzip.sweep import SweepStore, make_executor, register_task_kind, run_tasks, task_key
 
     register_task_kind(TASK_KIND, TASK_FUNCTION)

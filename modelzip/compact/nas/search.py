@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelzip.compact.nas.space import Arch, arch_key
-from modelzip.errors import ConfigError
-from modelzip.io import write_json
+from modelzip.core.atomic import write_json
+from modelzip.core.errors import ConfigError
 
 __all__ = ["SearchResult", "random_search", "regularized_evolution"]
 

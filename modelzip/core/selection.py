@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from modelzip.errors import ConfigError
-from modelzip.frozen import ConfigBase
+from modelzip.core.errors import ConfigError
+from modelzip.core.frozen import ConfigBase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Select(ConfigBase):
         convs, say): a later step meets the compressed layer itself and refuses it with a reason,
         instead of replacing a factor under a parent that expects a plain layer there.
         """
-        from modelzip.module import CompressedModule
+        from modelzip.core.module import CompressedModule
 
         closed: list[str] = []
         for name, module in model.named_modules():

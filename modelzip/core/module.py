@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.errors import ModelError
-from modelzip.workload import Workload
+from modelzip.core.errors import ModelError
+from modelzip.core.workload import Workload
 
 L = TypeVar("L", bound="CompressedModule")
 
@@ -175,7 +175,7 @@ class CompressedModule(nn.Module):
         The default asks the dense equivalent, so a masked or quantized layer is described as its
         dense op; subclasses add bit-widths and sparsity, or list their small ops.
         """
-        from modelzip.inspect import dense_workload
+        from modelzip.core.counting import dense_workload
 
         return [
             dense_workload(

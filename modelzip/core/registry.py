@@ -20,8 +20,8 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
-from modelzip.config import MethodConfig
-from modelzip.errors import ConfigError, ModelzipError, unknown_name
+from modelzip.core.config import MethodConfig
+from modelzip.core.errors import ConfigError, ModelzipError, unknown_name
 
 # Families whose import registers their methods. Imported on first use of the registry, so that
 # ``import modelzip`` stays light.

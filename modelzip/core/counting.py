@@ -1,4 +1,4 @@
-"""Per-layer parameters, MACs and bytes, as :class:`~modelzip.workload.Workload` records.
+"""Per-layer parameters, MACs and bytes, as :class:`~modelzip.core.workload.Workload` records.
 
 One forward pass with hooks on the compute layers records each layer's real input and output
 shapes, so the counts follow the model as it runs (strides, padding, flattening) rather than a
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.module import CompressedModule
-from modelzip.workload import Workload
+from modelzip.core.module import CompressedModule
+from modelzip.core.workload import Workload
 
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 

@@ -1,7 +1,8 @@
 """Method configs: what a recipe step says, checked at construction, round-tripping through YAML.
 
-A method config is a :class:`~modelzip.frozen.ConfigBase` with a registry name (``method``) and a
-layer selector (``select``). See :mod:`modelzip.frozen` for the validation rules.
+A method config is a :class:`~modelzip.core.frozen.ConfigBase` with a registry name
+(``method``) and a layer selector (``select``). See :mod:`modelzip.core.frozen` for the
+validation rules.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from modelzip.errors import ConfigError
-from modelzip.frozen import ConfigBase, check_choice, check_range
-from modelzip.select import Select
+from modelzip.core.errors import ConfigError
+from modelzip.core.frozen import ConfigBase, check_choice, check_range
+from modelzip.core.selection import Select
 
 __all__ = ["ConfigBase", "MethodConfig", "check_choice", "check_range", "load_yaml"]
 

@@ -20,7 +20,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from modelzip.errors import ConfigError
+from modelzip.core.errors import ConfigError
 
 C = TypeVar("C", bound="ConfigBase")
 

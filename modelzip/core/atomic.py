@@ -1,7 +1,7 @@
 """Files written so that nothing is lost: temporary file in the same folder, fsync, rename.
 
 A reader sees either the old file or the new one, never half of one; a full disk or an unwritable
-folder raises :class:`~modelzip.errors.ModelzipError` and leaves the existing file as it was. A
+folder raises :class:`~modelzip.core.errors.ModelzipError` and leaves the existing file as it was. A
 process killed mid-write (``kill -9``) leaves its temporary file behind; the next write of the
 same name removes it (the writer's process id is in the name, so a live writer's file is kept).
 """
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelzip.errors import ModelzipError
+from modelzip.core.errors import ModelzipError
 
 
 def cache_dir() -> Path:

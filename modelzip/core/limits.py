@@ -16,8 +16,8 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from modelzip.errors import ConfigError, DataError
-from modelzip.scoped import scoped
+from modelzip.core.errors import ConfigError, DataError
+from modelzip.core.scoped import scoped
 
 #: Any integer without a rule of its own: no layer dimension in practice comes near 2²⁴ (16.7M).
 MAX_DIM = 1 << 24

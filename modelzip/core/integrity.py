@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from modelzip.errors import ModelError
+from modelzip.core.errors import ModelError
 
 #: The key of the hex digest in the file's JSON document (the ``.mzip`` metadata, a checkpoint's
 #: sidecar or a training checkpoint's index).
