@@ -6,12 +6,17 @@ Every benchmark writes ``benchmarks/results/<name>.json``::
      "checks": [{"name", "value", "target", "unit", "passed"}], "rows": [...], ...}
 
 and regenerates its own section of ``BENCHMARKS.md`` between ``<!-- name:start -->`` and
-``<!-- name:end -->``, leaving the other sections alone. Only the standard library is imported at
-the top, so that scripts running in a foreign environment can import this module too.
+``<!-- name:end -->``, leaving the other sections alone. Every benchmark is made of parts with one
+signature, ``part(ctx: BenchContext) -> PartResult``, driven by :func:`run_parts` (the results
+file also holds each part's record under ``"parts"``); speed inside a part is timed with
+:mod:`modelzip.core.timing`. Only the standard library is imported at the top, so that scripts
+running in a foreign environment can import this module too.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -21,6 +26,7 @@ import resource
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,68 +141,192 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-Part = Callable[[bool], tuple[list[dict], list[dict[str, Any]], str]]
+@dataclasses.dataclass
+class BenchContext:
+    """What every part of a benchmark gets: the run's options and the data its parts share.
+
+    ``data`` is loaded on first use (by the driver's ``load_data``) and kept for the other parts;
+    :meth:`cached` keeps any other shared value (a trained teacher, say) the same way.
+    """
+
+    quick: bool
+    device: str = "cpu"
+    options: argparse.Namespace = dataclasses.field(default_factory=argparse.Namespace)
+    load_data: Callable[[], Any] | None = None
+    _cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def data(self) -> Any:
+        if self.load_data is None:
+            raise RuntimeError("this benchmark's run_parts was given no load_data")
+        return self.cached("data", self.load_data)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` the first time ``key`` is asked for in this run, the same value after."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+
+@dataclasses.dataclass
+class PartResult:
+    """What a part returns: result rows, pass/fail checks (:func:`check`), its markdown, and
+    ``extra`` entries stored beside them in the part's record of the results file."""
+
+    rows: list[dict[str, Any]]
+    checks: list[dict[str, Any]]
+    markdown: str
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+#: Every benchmark part: ``part(ctx) -> PartResult``.
+Part = Callable[[BenchContext], PartResult]
+#: Renders a benchmark's BENCHMARKS.md section from its parts' records, in the parts' order.
+Section = Callable[[BenchContext, dict[str, dict[str, Any]]], str]
+
+
+def default_section(title: str) -> Section:
+    """The section most benchmarks write: title, parts run, peak memory, the checks table, then
+    each part's markdown."""
+
+    def section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+        checks = [c for p in done.values() for c in p["checks"]]
+        summary = markdown_table(
+            ["check", "value", "target", "met"],
+            [[c["name"], f"{c['value']:.3g} {c['unit']}", f"{c['target']} {c['unit']}",
+              "yes" if c["passed"] else "**no**"] for c in checks],
+        )  # fmt: skip
+        runs = ", ".join(f"{p}{' (--quick)' if r['quick'] else ''}" for p, r in done.items())
+        head = (f"## {title}\n\nParts: {runs}. Peak RSS of the last run {peak_rss_mb():.0f} MiB."
+                "\n\n" + summary)  # fmt: skip
+        return "\n\n".join([head, *(r["markdown"] for r in done.values())])
+
+    return section
+
+
+def _kept_parts(path: Path) -> dict[str, dict[str, Any]]:
+    """The per-part records of a results file (none when it has none)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    kept = old.get("parts", {})
+    if not kept and isinstance(old.get("part_results"), dict):  # quantize.json before run_parts
+        kept = {p: {**v, "markdown": v.get("section", "")} for p, v in old["part_results"].items()}
+    # Results written before a benchmark moved to run_parts have another shape: dropped.
+    return {p: v for p, v in kept.items() if isinstance(v, dict) and "checks" in v}
+
+
+def load_mnist() -> Any:
+    """MNIST, the data most benchmarks' parts share (a ``load_data`` for :func:`run_parts`)."""
+    from modelzip.data import load_dataset
+
+    return load_dataset("mnist")
 
 
 def run_parts(
-    name: str, title: str, parts: dict[str, Part], description: str, argv: list[str] | None = None
+    name: str,
+    title: str,
+    parts: dict[str, Part],
+    description: str,
+    argv: list[str] | None = None,
+    *,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+    load_data: Callable[[], Any] | None = None,
+    section: Section | None = None,
+    keep: bool = False,
+    threads: int | None = 1,
+    default_parts: Sequence[str] | None = None,
+    quick_parts: Sequence[str] | None = None,
+    parts_aliases: Sequence[str] = (),
+    catch: bool = False,
+    fail_on_missed: bool = False,
 ) -> int:
-    """The driver of a benchmark made of parts (``fn(quick) -> (rows, checks, markdown)``).
+    """The driver of every benchmark: runs its parts (``part(ctx) -> PartResult``) and writes
+    ``benchmarks/results/NAME.json`` (``NAME-quick.json`` with ``--quick``) after each part, then
+    the ``NAME`` section of BENCHMARKS.md (not after ``--quick``: BENCHMARKS.md keeps the full
+    numbers).
 
-    ``--parts`` picks some, ``--keep`` keeps the other parts' results as the results file holds
-    them when this run ends (so runs of different parts at the same time do not drop each
-    other's), ``--quick`` writes ``NAME-quick.json`` and leaves BENCHMARKS.md alone.
+    ``--parts`` picks some (default ``default_parts``, or ``quick_parts`` with ``--quick``, else
+    all); ``--keep`` (the default when ``keep``) keeps the other parts' results as the results
+    file holds them when this run ends, so runs of different parts at the same time do not drop
+    each other's; ``--merge FILE`` takes the parts of another results file (a run elsewhere)
+    over those. ``options`` adds the driver's own arguments (in ``ctx.options``; ``--device``
+    becomes ``ctx.device``), ``load_data`` makes ``ctx.data``, ``section`` renders the
+    BENCHMARKS.md section (default: :func:`default_section`). With ``catch`` a failing part is
+    recorded as failed and the others still run. Returns the exit status: 1 when a part failed,
+    or with ``fail_on_missed`` when a check was missed, else 0.
     """
-    import argparse
-
     import torch
 
+    all_parts = ",".join(parts)
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="under 5 minutes")
-    parser.add_argument("--parts", default=",".join(parts), help="comma-separated parts")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--keep", action="store_true", help="keep other parts' last results")
+    parser.add_argument("--parts", *parts_aliases, help=f"comma-separated, of {all_parts}")
+    parser.add_argument("--threads", type=int, default=threads, help="torch CPU threads")
+    parser.add_argument("--keep", action=argparse.BooleanOptionalAction, default=keep,
+                        help="keep other parts' last results")  # fmt: skip
+    parser.add_argument("--merge", type=Path, help="a results file whose parts are kept too")
+    if options is not None:
+        options(parser)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.parts.split(",")) - set(parts))
+    default = quick_parts if args.quick and quick_parts is not None else default_parts
+    chosen = [p for p in (args.parts or ",".join(default or parts)).split(",") if p]
+    unknown = sorted(set(chosen) - set(parts))
     if unknown:
         parser.error(f"unknown parts {unknown}; choose from {list(parts)}")
-    torch.set_num_threads(args.threads)
-    done: dict[str, Any] = {}
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    ctx = BenchContext(args.quick, str(getattr(args, "device", "cpu")), args, load_data)
     file = f"{name}-quick" if args.quick else name
+    previous = RESULTS / f"{file}.json"
+    merged_in = _kept_parts(args.merge) if args.merge else {}
+    done: dict[str, dict[str, Any]] = {}
+    failed = False
     start = time.perf_counter()
-    for part in args.parts.split(","):
+
+    def ordered() -> dict[str, dict[str, Any]]:
+        # Re-read each time: another run of other parts may have written the file meanwhile.
+        kept = _kept_parts(previous) if args.keep else {}
+        merged = {**kept, **merged_in, **done}
+        return {p: merged[p] for p in parts if p in merged}
+
+    def write() -> Path:
+        order = ordered()
+        checks = [c for r in order.values() for c in r["checks"]]
+        flat = [{"part": p, **row} for p, r in order.items() for row in r["rows"]]
+        extra = {"quick": {p: r["quick"] for p, r in order.items()}, "peak_rss_mb": peak_rss_mb(),
+                 "seconds": time.perf_counter() - start, "parts": order}  # fmt: skip
+        return write_results(file, checks, flat, extra)
+
+    for part in chosen:
+        print(f"[{part}] ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        rows, checks, md = parts[part](args.quick)
+        try:
+            result = parts[part](ctx)
+        except Exception as e:
+            if not catch:
+                raise
+            traceback.print_exc()
+            failed = True
+            why = f"### {part}\n\nFailed in this run: `{type(e).__name__}: {e}`"
+            result = PartResult([], [], why, {"failed": True})
         seconds = time.perf_counter() - t0
-        done[part] = {"rows": rows, "checks": checks, "markdown": md, "quick": args.quick,
-                      "seconds": seconds}  # fmt: skip
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        done[part] = {"rows": result.rows, "checks": result.checks, "markdown": result.markdown,
+                      "quick": args.quick, "seconds": seconds, "date": when,
+                      **result.extra}  # fmt: skip
         print(f"[{part}] {seconds:.0f}s", file=sys.stderr)
-        for c in checks:
+        for c in result.checks:
             mark = "met" if c["passed"] else "MISSED"
             print(f"  {mark}: {c['name']} = {c['value']:.3g} (target {c['target']} {c['unit']})")
-    previous = RESULTS / f"{file}.json"
-    if args.keep and previous.is_file():
-        kept = json.loads(previous.read_text()).get("parts", {})
-        # Results written before a benchmark moved to run_parts have another shape: dropped.
-        kept = {p: v for p, v in kept.items() if isinstance(v, dict) and "checks" in v}
-        done = {**kept, **done}
-    order = [p for p in parts if p in done]
-    checks = [c for p in order for c in done[p]["checks"]]
-    flat = [{"part": p, **r} for p in order for r in done[p]["rows"]]
-    quick = {p: done[p]["quick"] for p in order}
-    extra = {"quick": quick, "peak_rss_mb": peak_rss_mb(),
-             "seconds": time.perf_counter() - start, "parts": done}  # fmt: skip
-    path = write_results(file, checks, flat, extra)
+        write()  # after every part, so that an interrupted run keeps the parts it finished
+    path = write()
     print(f"wrote {path}", file=sys.stderr)
+    order = ordered()
+    missed = any(not c["passed"] for r in order.values() for c in r["checks"])
+    status = 1 if failed or (fail_on_missed and missed) else 0
     if args.quick:  # a quick run checks the plumbing; BENCHMARKS.md keeps the full numbers
-        return 0
-    summary = markdown_table(
-        ["check", "value", "target", "met"],
-        [[c["name"], f"{c['value']:.3g} {c['unit']}", f"{c['target']} {c['unit']}",
-          "yes" if c["passed"] else "**no**"] for c in checks],
-    )  # fmt: skip
-    runs = ", ".join(f"{p}{' (--quick)' if q else ''}" for p, q in quick.items())
-    head = (f"## {title}\n\nParts: {runs}. Peak RSS of the last run {peak_rss_mb():.0f} MiB."
-            "\n\n" + summary)  # fmt: skip
-    update_benchmarks_md(name, "\n\n".join([head, *(done[p]["markdown"] for p in order)]))
-    return 0
+        return status
+    update_benchmarks_md(name, (section or default_section(title))(ctx, order))
+    return status

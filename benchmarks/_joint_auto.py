@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import torch
-from _common import RESULTS, check, markdown_table
+from _common import RESULTS, BenchContext, PartResult, check, markdown_table
 
 MAX_DROP = 0.5  # points
 #: What a missed budget tells us (auto refuses rather than return a model over budget).
@@ -47,15 +47,13 @@ ENERGY_FRACTION = 0.6
 def _interleaved_ms(
     a: torch.nn.Module, b: torch.nn.Module, sample: torch.Tensor
 ) -> tuple[float, float]:
-    """Best-of-5 median latencies of ``a`` and ``b``, timed in turns so that load from other
-    processes hits both alike."""
-    from modelzip.measure import measure_latency
+    """Median latencies (ms) of ``a`` and ``b`` timed side by side: interleaved, so that load
+    from other processes hits both alike, for at least 2 s, the first calls left out."""
+    from modelzip.core.timing import time_interleaved
 
-    ta, tb = [], []
-    for _ in range(5):
-        ta.append(measure_latency(a, sample, repeats=10))
-        tb.append(measure_latency(b, sample, repeats=10))
-    return min(ta), min(tb)
+    ta, tb = time_interleaved([a.eval(), b.eval()], sample, reps=50, warmup=3, min_seconds=2.0,
+                              max_reps=500, grad="inference")  # fmt: skip
+    return ta.ms, tb.ms
 
 
 def _settings(result: Any) -> str:
@@ -68,10 +66,9 @@ def _settings(result: Any) -> str:
     return "; ".join(parts)
 
 
-def part_auto(quick: bool) -> tuple[list[dict], list[dict[str, Any]], str]:
+def part_auto(ctx: BenchContext) -> PartResult:
     from modelzip.baselines import pretrained
     from modelzip.core.counting import module_bytes
-    from modelzip.data import load_dataset
     from modelzip.joint.auto import AutoConfig, auto_compress
     from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError
     from modelzip.joint.pareto import plot_pareto
@@ -83,10 +80,11 @@ def part_auto(quick: bool) -> tuple[list[dict], list[dict[str, Any]], str]:
     )
     from modelzip.train import evaluate
 
+    quick = ctx.quick
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = pretrained("vgg_small", "mnist", progress=False).eval()
-    data = load_dataset("mnist")
+    data = ctx.data
     if quick:
         sens = SensitivityConfig(
             rank_fractions=(0.2, 0.5), bit_widths=(3, 4), sparsities=(0.9,), validation_size=300
@@ -207,7 +205,7 @@ def part_auto(quick: bool) -> tuple[list[dict], list[dict[str, Any]], str]:
     md += "".join(
         f"\n\n**Missed: {label}.** {LEARNED.get(kind, LEARNED[''])}" for label, kind in missed
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 def _markdown(

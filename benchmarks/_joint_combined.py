@@ -2,9 +2,9 @@
 quantization with sparsity (the seed survey's Fig. 20, pruning-aware quantization,
 quantization-aware pruning), and a compact model with the others.
 
-Each part is ``fn(quick) -> (rows, checks, markdown)``. Fine-tuning is one short epoch at a tenth
-of the training learning rate; choices (the highest sparsity within a 0.5-point drop) are made on
-the validation images that training holds out, and test accuracy is reported.
+Each part is ``part(ctx) -> PartResult`` (``benchmarks/_common.py``). Fine-tuning is one short
+epoch at a tenth of the training learning rate; choices (the highest sparsity within a 0.5-point
+drop) are made on the validation images that training holds out, and test accuracy is reported.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 import torch
-from _common import check, markdown_table
+from _common import BenchContext, PartResult, check, markdown_table
 
 import modelzip
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
@@ -25,12 +25,6 @@ COMPACT = "mobilenet_mnist"
 
 
 # ---------------------------------------------------------------- shared helpers
-def _data() -> Any:
-    from modelzip.data import load_dataset
-
-    return load_dataset("mnist")
-
-
 def _baseline(name: str) -> torch.nn.Module:
     """The cached trained zoo model; the compact one trains 2 epochs the first time (cached)."""
     from modelzip.baselines import pretrained
@@ -216,8 +210,8 @@ def _decompose_prune_model(name: str, quick: bool, data: Any) -> tuple[list[dict
     return rows, summary
 
 
-def part_decompose_prune(quick: bool) -> tuple[list[dict], list[dict], str]:
-    data = _data()
+def part_decompose_prune(ctx: BenchContext) -> PartResult:
+    quick, data = ctx.quick, ctx.data
     names = ["lenet300"] if quick else ["lenet300", "lenet5"]
     rows: list[dict] = []
     checks: list[dict] = []
@@ -312,7 +306,7 @@ def part_decompose_prune(quick: bool) -> tuple[list[dict], list[dict], str]:
             table,
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 # ---------------------------------------------------------------- part: quantization + sparsity
@@ -422,8 +416,8 @@ def _aware_rows(quick: bool, data: Any) -> tuple[list[dict], dict]:
     return rows, summary
 
 
-def part_quant_sparsity(quick: bool) -> tuple[list[dict], list[dict], str]:
-    data = _data()
+def part_quant_sparsity(ctx: BenchContext) -> PartResult:
+    quick, data = ctx.quick, ctx.data
     zero_rows = _zero_table("lenet300") + _zero_table("lenet5")
     checks = []
     for name in ("lenet300", "lenet5"):
@@ -513,7 +507,7 @@ def part_quant_sparsity(quick: bool) -> tuple[list[dict], list[dict], str]:
         f"{100 * summary['baseline_test']:.2f}%.\n\n"
         + markdown_table(["case", "zero weights %", "KiB", "test %"], aware_table)
     )
-    return zero_rows + aware_rows, checks, md
+    return PartResult(zero_rows + aware_rows, checks, md)
 
 
 # ---------------------------------------------------------------- part: compact + others
@@ -529,14 +523,14 @@ def _stage(label: str, model: torch.nn.Module, data: Any, sample: torch.Tensor, 
     }
 
 
-def part_compact_joint(quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_compact_joint(ctx: BenchContext) -> PartResult:
     from modelzip.core.selection import Select
     from modelzip.decompose.configs import SVDConfig
     from modelzip.joint.factor_prune import DecomposePruneConfig
     from modelzip.joint.sparse_quant import SparseQuantizeConfig
     from modelzip.prune import MagnitudePruneConfig
 
-    data = _data()
+    quick, data = ctx.quick, ctx.data
     sample = data.x_test[:1]
     limit = 2000 if quick else None
     rows = [_stage(n, _baseline(n), data, sample, limit) for n in ("lenet5", "vgg_small")]
@@ -609,4 +603,4 @@ def part_compact_joint(quick: bool) -> tuple[list[dict], list[dict], str]:
             ["model / stage", "KiB", "params", "MMACs", "effective MMACs", "test %"], table
         )
     )
-    return rows + stages, checks, md
+    return PartResult(rows + stages, checks, md)

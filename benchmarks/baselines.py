@@ -1,7 +1,7 @@
 """Train the baseline zoo models from scratch with their default configs; compare with papers.
 
     python benchmarks/baselines.py                    # the five baselines (~20 min on 2 cores)
-    python benchmarks/baselines.py --models lenet300,lenet5
+    python benchmarks/baselines.py --parts lenet300,lenet5   # others kept (or --models)
     python benchmarks/baselines.py --quick            # LeNet-300-100 for 3 epochs (< 1 minute)
 
 Writes ``benchmarks/results/baselines.json`` and the ``baselines`` section of BENCHMARKS.md. The
@@ -12,19 +12,18 @@ quick run checks that training works, not the published targets; it writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from typing import Any
 
 from _common import (
-    RESULTS,
+    BenchContext,
+    Part,
+    PartResult,
     check,
+    machine_info,
     markdown_table,
-    peak_rss_mb,
-    update_benchmarks_md,
-    write_results,
+    run_parts,
 )
 
 QUICK_EPOCHS, QUICK_TARGET = 3, 3.0  # LeNet-300-100 reaches about 2% error in 3 epochs
@@ -134,80 +133,53 @@ def section(rows: list[dict[str, Any]], machine: str) -> str:
     )
 
 
-def _merge_previous(
-    rows: list[dict[str, Any]], checks: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    previous = RESULTS / "baselines.json"
-    if not previous.is_file():
-        return rows, checks
-    old = json.loads(previous.read_text())
-    fresh = {r["model"] for r in rows}
-    kept = [
-        (r, c) for r, c in zip(old["rows"], old["checks"], strict=True) if r["model"] not in fresh
-    ]
-    new = dict(zip([r["model"] for r in rows], zip(rows, checks, strict=True), strict=True))
-    order = [r["model"] for r in old["rows"]] + [
-        m for m in new if m not in {r["model"] for r in old["rows"]}
-    ]
-    merged = {r["model"]: (r, c) for r, c in kept} | new
-    pairs = [merged[m] for m in order if m in merged]
-    return [r for r, _ in pairs], [c for _, c in pairs]
+def _model_part(name: str) -> Part:
+    """The part that trains ``name`` from scratch: one row, one check."""
+
+    def part(ctx: BenchContext) -> PartResult:
+        if ctx.quick:
+            print("quick run: few epochs, so the numbers are NOT the published targets", flush=True)
+        print(f"== {name}", flush=True)
+        row, result = run_model(name, ctx.quick, progress=not ctx.options.no_progress)
+        row["passed"] = result["passed"]
+        row["load_average"] = round(os.getloadavg()[0], 2)
+        mark = "PASS" if result["passed"] else "FAIL"
+        value = f"{result['value']}{result['unit']} (target {result['target']}{result['unit']})"
+        print(f"{mark} {result['name']}: {value}, {row['seconds']} s", flush=True)
+        extra = {"omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+        return PartResult([row], [result], "", extra)
+
+    return part
+
+
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    m = machine_info()
+    where = f"{m['cpu']}, {m['threads']} threads, load average {m['load_average']} at the end"
+    return section([r for p in done.values() for r in p["rows"]], where)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="LeNet-300-100, 3 epochs only")
-    parser.add_argument("--models", help="comma-separated zoo models (default: all)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    """One part per zoo model (``--parts``, or ``--models``): by default the models with
+    published figures or targets, LeNet-300-100 alone with ``--quick``; a partial rerun keeps
+    the other models' last rows. Exits 1 when a model misses its target."""
     # Must be set before torch loads OpenMP. On this 2-core machine shared with other jobs,
     # OpenMP threads spinning at barriers while their partner was descheduled made LeNet training
     # 17x slower with 2 threads than with 1; with passive waits 2 threads ran as fast as 1.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
     from modelzip.baselines import PUBLISHED
-    from modelzip.models import model_info
+    from modelzip.models import list_models
 
-    torch.set_num_threads(args.threads)
-    names = args.models.split(",") if args.models else (["lenet300"] if args.quick else None)
-    names = names or list(PUBLISHED)  # the models with published figures or targets
-    for n in names:
-        model_info(n)  # an unknown name fails now, not after an hour of training
-    if args.quick:
-        print("quick run: few epochs, so the numbers are NOT the published targets", flush=True)
-    rows, checks = [], []
-    start = time.perf_counter()
-    for name in names:
-        print(f"== {name}", flush=True)
-        row, result = run_model(name, args.quick, progress=not args.no_progress)
-        row["passed"] = result["passed"]
-        row["load_average"] = round(os.getloadavg()[0], 2)
-        rows.append(row)
-        checks.append(result)
-        mark = "PASS" if result["passed"] else "FAIL"
-        value = f"{result['value']}{result['unit']} (target {result['target']}{result['unit']})"
-        print(f"{mark} {result['name']}: {value}, {row['seconds']} s", flush=True)
-    extra = {
-        "quick": args.quick,
-        "seconds": round(time.perf_counter() - start, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-    }
-    if not args.quick and args.models:
-        # A partial rerun replaces its models' rows and keeps the others from the last full run.
-        rows, checks = _merge_previous(rows, checks)
-    path = write_results("baselines-quick" if args.quick else "baselines", checks, rows, extra)
-    print(f"wrote {path}")
-    if not args.quick:
-        from _common import machine_info
-
-        m = machine_info()
-        where = f"{m['cpu']}, {m['threads']} threads, load average {m['load_average']} at the end"
-        md = update_benchmarks_md("baselines", section(rows, where))
-        print(f"updated {md}")
-    return 0 if all(c["passed"] for c in checks) else 1
+    names = list(dict.fromkeys([*PUBLISHED, *list_models()]))
+    return run_parts(
+        "baselines", "Baselines", {n: _model_part(n) for n in names}, __doc__.splitlines()[0],
+        argv, options=_options, section=_section, keep=True, threads=2,
+        default_parts=list(PUBLISHED), quick_parts=["lenet300"], parts_aliases=["--models"],
+        fail_on_missed=True,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

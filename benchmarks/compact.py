@@ -21,7 +21,6 @@ import copy
 import json
 import math
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from _common import (
-    RESULTS,
+    BenchContext,
+    PartResult,
     check,
+    load_mnist,
     machine_info,
     markdown_table,
-    update_benchmarks_md,
-    write_results,
+    run_parts,
 )
 
 import modelzip
@@ -60,8 +60,8 @@ from modelzip.compact.nas import (
     random_search,
     regularized_evolution,
 )
+from modelzip.core.timing import time_named
 from modelzip.data import load_dataset
-from modelzip.measure import measure_latency
 from modelzip.models import create
 from modelzip.train import TrainConfig, default_train_config, evaluate, train
 
@@ -93,12 +93,12 @@ def macs(model: torch.nn.Module) -> int:
 
 
 def latencies(models: dict[str, torch.nn.Module], rounds: int = 5) -> dict[str, float]:
-    """Median CPU batch-1 latency (ms) of each model, measured in interleaved rounds."""
-    x, times = torch.rand(1, 1, 28, 28), {k: [] for k in models}
-    for _ in range(rounds):
-        for name, m in models.items():
-            times[name].append(measure_latency(m.cpu(), x, repeats=10, min_seconds=0.1))
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median CPU batch-1 latency (ms) of each model, the models called in turns (at least
+    ``10 * rounds`` calls and ``0.1 * rounds`` s each), the first calls left out."""
+    timings = time_named({k: m.cpu().eval() for k, m in models.items()}, torch.rand(1, 1, 28, 28),
+                         reps=10 * rounds, warmup=3, min_seconds=0.1 * rounds * len(models),
+                         grad="inference")  # fmt: skip
+    return {k: t.ms for k, t in timings.items()}
 
 
 def fit(model, data, config, device):
@@ -112,7 +112,8 @@ def pct(x: float) -> str:
 
 
 # --------------------------------------------------------------------------------------- part 1
-def part_rnn(mnist, budget, device) -> dict[str, Any]:
+def part_rnn(ctx: BenchContext) -> PartResult:
+    mnist, budget, device = ctx.data, _budget(ctx), ctx.device
     data = mnist.subset(train=budget["train"]) if budget["train"] else mnist
     config = TrainConfig(
         epochs=budget["rnn_epochs"],
@@ -162,7 +163,7 @@ def part_rnn(mnist, budget, device) -> dict[str, Any]:
           "Published (JANET paper, 128 units, on the harder pixel-by-pixel sequence of 784 "
           "steps): JANET 99.0%, LSTM 98.5%; "
           "MGU about GRU's accuracy with a third fewer parameters.\n\n" + table)  # fmt: skip
-    return {"rows": rows, "checks": checks, "markdown": md}
+    return _result(ctx, rows, checks, md)
 
 
 # --------------------------------------------------------------------------------------- part 2
@@ -174,7 +175,8 @@ def lm_loss(model, rows):
     return loss
 
 
-def part_lm(budget, device) -> dict[str, Any]:
+def part_lm(ctx: BenchContext) -> PartResult:
+    budget, device = _budget(ctx), ctx.device
     corpus = load_dataset("shakespeare")
     h, seq, batch = budget["lm_hidden"], 64, 32
     variants = {
@@ -228,7 +230,7 @@ def part_lm(budget, device) -> dict[str, Any]:
           f"layers (Skip RNN one), embedding 64, {budget['lm_steps']} Adam steps of 32 x 64 "
           "characters; validation perplexity on the first 12,800 validation characters. A short "
           "budget: compare the rows, not with published perplexities.\n\n" + table)  # fmt: skip
-    return {"rows": rows, "checks": checks, "markdown": md}
+    return _result(ctx, rows, checks, md)
 
 
 # --------------------------------------------------------------------------------------- part 3
@@ -256,7 +258,8 @@ def teachers(mnist, budget, device) -> dict[str, torch.nn.Module]:
     return out
 
 
-def part_cnn(mnist, budget, device, models) -> dict[str, Any]:
+def part_cnn(ctx: BenchContext) -> PartResult:
+    mnist, budget, device, models = ctx.data, _budget(ctx), ctx.device, _teachers(ctx)
     data = mnist.subset(train=budget["train"]) if budget["train"] else mnist
     config = TrainConfig(epochs=budget["cnn_epochs"], batch_size=128, lr=0.1, schedule="onecycle")
     rows, trained = [], dict(models)
@@ -294,11 +297,13 @@ def part_cnn(mnist, budget, device, models) -> dict[str, Any]:
           "with their zoo default configs; the compact models trained "
           f"{budget['cnn_epochs']} epochs (SGD one-cycle, lr 0.1). Latency: CPU, one thread, "
           "batch 1, interleaved rounds.\n\n" + table)  # fmt: skip
-    return {"rows": rows, "checks": checks, "markdown": md}
+    return _result(ctx, rows, checks, md)
 
 
 # --------------------------------------------------------------------------------------- part 4
-def part_compactify(mnist, budget, device, teacher) -> dict[str, Any]:
+def part_compactify(ctx: BenchContext) -> PartResult:
+    mnist, budget, device = ctx.data, _budget(ctx), ctx.device
+    teacher = _teachers(ctx)["vgg_small"]
     size = budget["train"] or budget.get("distill_train")
     data = mnist.subset(train=size) if size else mnist
     teacher = teacher.to(device).eval()
@@ -352,7 +357,7 @@ def part_compactify(mnist, budget, device, teacher) -> dict[str, Any]:
           "training); then distilled (Hinton KD, T = 4, alpha = 0.9) for "
           f"{budget['distill_epochs']} epoch(s) on {len(data.x_train):,} training images (SGD, "
           "lr 0.02, cosine).\n\n" + table)  # fmt: skip
-    return {"rows": rows, "checks": checks, "markdown": md}
+    return _result(ctx, rows, checks, md)
 
 
 # --------------------------------------------------------------------------------------- part 5
@@ -384,7 +389,8 @@ def _search(kind, space, evaluate_fn, budget, path, deadline) -> SearchResult:
         return SearchResult(saved["algorithm"], saved["history"], saved["population"])
 
 
-def part_nas(mnist, budget, device) -> dict[str, Any]:
+def part_nas(ctx: BenchContext) -> PartResult:
+    mnist, budget, device = ctx.data, _budget(ctx), ctx.device
     space = BlockSpace()
     objective = SearchObjective(max_params=50_000, train_size=budget["nas_train"], val_size=5000,
                                 epochs=1, lr=0.1, device=device)  # fmt: skip
@@ -471,68 +477,53 @@ def part_nas(mnist, budget, device) -> dict[str, Any]:
                   **{k: e["metrics"].get(k) for k in ("accuracy", "params", "macs", "energy")}}
                  for label, res in (("evolution", evo), ("random", rnd), ("hardware", hwr))
                  for e in res.history]  # fmt: skip
-    return {"rows": rows, "checks": checks, "markdown": md, "evaluated": evaluated}
+    return _result(ctx, rows, checks, md, evaluated=evaluated)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets (< 5 minutes)")
-    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="see BUDGETS")
-    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run")
-    parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads")
-    parser.add_argument("--merge", help="a results file whose parts replace this run's parts")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    budget = BUDGETS["quick" if args.quick else args.budget]
-    name = "compact-quick" if args.quick else "compact"
-    old_path = RESULTS / f"{name}.json"
-    parts = json.loads(old_path.read_text()).get("parts", {}) if old_path.is_file() else {}
-    if args.merge:
-        parts |= json.loads(Path(args.merge).read_text())["parts"]
-    wanted = {int(p) for p in args.parts.split(",") if p}
-    if not wanted <= {1, 2, 3, 4, 5}:
-        parser.error(f"--parts must name parts 1 to 5, got {args.parts!r}")
-    mnist = load_dataset("mnist") if wanted - {2} else None
-    models: dict[str, torch.nn.Module] = {}
-    if wanted & {3, 4}:
-        models = teachers(mnist, budget, args.device)
-    for part in [int(p) for p in args.parts.split(",") if p]:  # in the order given
-        t0 = time.perf_counter()
-        if part == 1:
-            out = part_rnn(mnist, budget, args.device)
-        elif part == 2:
-            out = part_lm(budget, args.device)
-        elif part == 3:
-            out = part_cnn(mnist, budget, args.device, models)
-        elif part == 4:
-            out = part_compactify(mnist, budget, args.device, models["vgg_small"])
-        else:
-            out = part_nas(mnist, budget, args.device)
-        out |= {"seconds": round(time.perf_counter() - t0, 1), "device": args.device,
-                "budget": budget, "machine": machine_info()}  # fmt: skip
-        parts[str(part)] = out
-        print(f"part {part}: {out['seconds']} s", flush=True)
-        save(name, parts, args.quick)  # after every part, so an interrupted run keeps its parts
-    save(name, parts, args.quick)
+def _budget(ctx: BenchContext) -> dict[str, Any]:
+    return BUDGETS["quick" if ctx.quick else ctx.options.budget]
 
 
-def save(name: str, parts: dict[str, Any], quick: bool) -> None:
-    ordered = [parts[k] for k in sorted(parts)]
-    checks = [c for p in ordered for c in p["checks"]]
-    rows = [r for p in ordered for r in p["rows"]]
-    write_results(name, checks, rows, {"parts": parts, "quick": quick})
-    if quick:
-        return
+def _teachers(ctx: BenchContext) -> dict[str, torch.nn.Module]:
+    """The trained LeNet-5 and small VGG that parts 3 and 4 share (made once per run)."""
+    return ctx.cached("teachers", lambda: teachers(ctx.data, _budget(ctx), ctx.device))
+
+
+def _result(ctx: BenchContext, rows: list, checks: list, md: str, **extra: Any) -> PartResult:
+    """A part's result, stored with where it ran and on which budget."""
+    where = {"device": ctx.device, "budget": _budget(ctx), "machine": machine_info()}
+    return PartResult(rows, checks, md, {**extra, **where})
+
+
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    """The ``compact`` section: each part's markdown with where and how long it ran, then the
+    checks."""
+    checks = [c for p in done.values() for c in p["checks"]]
     lines = ["## Compact models (`benchmarks/compact.py`)", ""]
-    for p in ordered:
+    for p in done.values():
         where = f"{p['device']}, CPU {p['machine']['cpu']} ({p['machine']['cores']} cores)"
         lines += [p["markdown"], "", f"*Ran on {where} in {p['seconds'] / 60:.1f} min.*", ""]
     lines += ["| check | value | target | passed |", "|---|---|---|---|"]
     lines += [f"| {c['name']} | {c['value']:.4g} | {c['target']:g} | "
               f"{'yes' if c['passed'] else '**missed**'} |" for c in checks]  # fmt: skip
-    update_benchmarks_md("compact", "\n".join(lines))
+    return "\n".join(lines)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="full", help="see BUDGETS")
+    parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
+
+
+PARTS = {"1": part_rnn, "2": part_lm, "3": part_cnn, "4": part_compactify, "5": part_nas}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parts not run keep their last results (``--no-keep`` drops them)."""
+    return run_parts(
+        "compact", "Compact models", PARTS, __doc__.splitlines()[0], argv, options=_options,
+        load_data=load_mnist, section=_section, keep=True,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -10,6 +10,7 @@ rounds, median, warm-up first), both in the form ``materialize()`` picks.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
 import math
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from _common import check, markdown_table, run_parts
+from _common import BenchContext, PartResult, check, markdown_table, run_parts
 from torch import nn
 
 from modelzip.core.counting import collect_workloads
+from modelzip.core.timing import time_interleaved
 from modelzip.decompose import (
     ChannelLowRankConv2d,
     CPConv2d,
@@ -35,11 +37,6 @@ from modelzip.decompose import (
     Tucker2Conv2d,
     TuckerLinear,
 )
-
-DEVICE = torch.device("cpu")  # where the training parts run (--device)
-CHECKS: list[dict[str, Any]] = []
-SECTIONS: dict[str, str] = {}
-EXTRA: dict[str, Any] = {}
 
 
 def _macs(module: nn.Module, x: torch.Tensor) -> int:
@@ -64,21 +61,11 @@ def _time_pair(
     a: nn.Module, b: nn.Module, x: torch.Tensor | tuple[torch.Tensor, torch.Tensor], rounds: int
 ) -> tuple[float, float]:
     """Median seconds per call of ``a`` and ``b`` (on ``x``, or on ``x[0]`` and ``x[1]``),
-    timed in interleaved rounds."""
+    timed in interleaved rounds of 3 calls each, after 3 warm-up calls."""
     xa, xb = x if isinstance(x, tuple) else (x, x)
-    times: tuple[list[float], list[float]] = ([], [])
-    with torch.inference_mode():
-        for m, xm in ((a, xa), (b, xb)):
-            for _ in range(3):
-                m(xm)
-        for _ in range(rounds):
-            for m, xm, ts in ((a, xa, times[0]), (b, xb, times[1])):
-                reps = 3
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    m(xm)
-                ts.append((time.perf_counter() - t0) / reps)
-    return statistics.median(times[0]), statistics.median(times[1])
+    ta, tb = time_interleaved([lambda: a(xa), lambda: b(xb)], reps=rounds, warmup=3, number=3,
+                              grad="inference", device=xa.device)  # fmt: skip
+    return ta.median, tb.median
 
 
 def _best_layout(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor, str]:
@@ -92,7 +79,10 @@ def _best_layout(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Te
     return plain, x.contiguous(), "contiguous"
 
 
-def part_speed(quick: bool) -> list[dict[str, Any]]:
+def part_speed(ctx: BenchContext) -> PartResult:
+    quick = ctx.quick
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     torch.manual_seed(0)
     lin = nn.Linear(4096, 4096)
     conv = nn.Conv2d(256, 256, 3, padding=1)
@@ -168,7 +158,7 @@ def part_speed(quick: bool) -> list[dict[str, Any]]:
                 "params": layer.param_count(),
             }
         )
-        CHECKS.append(
+        checks.append(
             check(
                 f"speed: {name} speedup / MAC reduction",
                 round(speedup / mac_ratio, 2),
@@ -177,7 +167,7 @@ def part_speed(quick: bool) -> list[dict[str, Any]]:
                 speedup >= 0.7 * mac_ratio,
             )
         )
-    SECTIONS["speed"] = (
+    md = (
         f"### Measured speed against the dense layer (CPU, {torch.get_num_threads()} threads)\n\n"
         "Linear 4096×4096 at batch 64; conv 256→256 3×3 on 28×28 at batch 16. Same run, "
         f"interleaved rounds, median; the whole list timed in {repeats} separate passes, the "
@@ -224,7 +214,7 @@ def part_speed(quick: bool) -> list[dict[str, Any]]:
             ],
         )
     )
-    return rows
+    return _result(rows, checks, md, extra)
 
 
 def _rel_error(approx: torch.Tensor, ref: torch.Tensor) -> float:
@@ -241,7 +231,7 @@ def _interp(points: list[tuple[int, float]], params: int) -> float:
     return float("nan")
 
 
-def part_ht(quick: bool) -> list[dict[str, Any]]:
+def part_ht(ctx: BenchContext) -> PartResult:
     import tensorly as tl
     from tensorly.decomposition import parafac, partial_tucker, tensor_train_matrix
 
@@ -249,6 +239,9 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
     from modelzip.decompose import HTConfig, TTConfig
     from modelzip.decompose.factorized import weight_tensor
 
+    quick = ctx.quick
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     lenet300 = pretrained("lenet300", progress=False)
     lenet5 = pretrained("lenet5", progress=False)
     mats = {"lenet300.fc1 (300×784)": lenet300.fc1, "lenet5.fc1 (500×800)": lenet5.fc1}
@@ -306,12 +299,12 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
         by_case[f"{case[0].split()[0]} d={case[1]} {case[2]}"] = (
             f"{sum(r in holds for r in mine)} of {len(mine)}"
         )
-    EXTRA["ht_minus_tt_error"] = {"min": min(gaps), "max": max(gaps), "mean": sum(gaps) / len(gaps)}
-    EXTRA["survey_claim_ht_le_tt"] = {"holds": len(holds), "of": compared, "by_case": by_case}
+    extra["ht_minus_tt_error"] = {"min": min(gaps), "max": max(gaps), "mean": sum(gaps) / len(gaps)}
+    extra["survey_claim_ht_le_tt"] = {"holds": len(holds), "of": compared, "by_case": by_case}
     # The issue asks for the comparison (the survey's claim is its context), so the check is
     # that the comparison is made across enough of the ground: both matrices, every d, both
     # rank rules, at compressing budgets. Whether the claim holds is the finding, reported.
-    CHECKS.append(
+    checks.append(
         check(
             "HT vs TT at equal params on trained FC layers: points compared (2 layers × d × 2 "
             "rank rules)",
@@ -353,11 +346,13 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
     ]
     tl.set_backend("numpy")
     for name, ref, ours in cases:
-        t_ref = _median_time(ref, 3) if ref is not None else None
-        t_ours = _median_time(ours, 3)
+        # TensorLy and ours in turns, 3 rounds after one warm-up call each; medians.
+        timed = time_interleaved([ours] if ref is None else [ours, ref], reps=3, grad="enabled")
+        t_ours = round(timed[0].median, 4)
+        t_ref = round(timed[1].median, 4) if ref is not None else None
         times.append({"decomposition": name, "tensorly_numpy_s": t_ref, "modelzip_s": t_ours})
-    EXTRA["decomposition_times"] = times
-    SECTIONS["ht"] = (
+    extra["decomposition_times"] = times
+    md = (
         "### HT against TT on trained FC weights (relative error ‖W − Ŵ‖/‖W‖ at equal params)\n\n"
         f"Modes factorized into d = {', '.join(map(str, dims))}; HT on the balanced tree, its "
         "error interpolated (log-params) to each TT point's parameter count; points at or "
@@ -391,7 +386,7 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
                 for r in rows
             ],
         )
-        + "\n\nDecomposition time (median of 3):\n\n"
+        + "\n\nDecomposition time (median of 3, interleaved, after one warm-up call):\n\n"
         + markdown_table(
             ["decomposition", "TensorLy, NumPy backend (s)", "modelzip layer (s)"],
             [
@@ -404,7 +399,7 @@ def part_ht(quick: bool) -> list[dict[str, Any]]:
             ],
         )
     )
-    return rows
+    return _result(rows, checks, md, extra)
 
 
 def _tt_tensor(fc: nn.Linear, weight_tensor: Any) -> torch.Tensor:
@@ -414,15 +409,6 @@ def _tt_tensor(fc: nn.Linear, weight_tensor: Any) -> torch.Tensor:
     t = weight_tensor(fc.weight.detach().double(), ins, outs)
     t = t.reshape([s for mn in zip(outs, ins, strict=False) for s in mn])
     return t.permute([0, 2, 4, 6, 1, 3, 5, 7]).contiguous()
-
-
-def _median_time(fn: Any, n: int) -> float:
-    ts = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return round(statistics.median(ts), 4)
 
 
 def _tt_init(layer: TTLinear) -> TTLinear:
@@ -443,17 +429,21 @@ def _mlp(first: nn.Module) -> nn.Sequential:
     return nn.Sequential(Normalize(), nn.Flatten(), first, nn.ReLU(), nn.Linear(625, 10))
 
 
-def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
+def part_tt_mnist(ctx: BenchContext) -> PartResult:
     from modelzip.data import load_dataset
     from modelzip.decompose import TTConfig
     from modelzip.train import TrainConfig, evaluate, train
 
+    quick = ctx.quick
+    device = torch.device(ctx.device)
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     data = load_dataset("mnist")
     modes = {"in_modes": (4, 7, 4, 7), "out_modes": (5, 5, 5, 5)}
     adam = {"optimizer": "adam", "weight_decay": 0.0, "schedule": "cosine", "batch_size": 128}
     rows = []
     torch.manual_seed(0)
-    tt4 = _mlp(_tt_init(TTLinear(784, 625, ranks=(1, 4, 4, 4, 1), **modes))).to(DEVICE)
+    tt4 = _mlp(_tt_init(TTLinear(784, 625, ranks=(1, 4, 4, 4, 1), **modes))).to(device)
     epochs = 3 if quick else 8
     t0 = time.perf_counter()
     train(tt4, data, TrainConfig(epochs=epochs, lr=3e-3, **adam), progress=False)
@@ -467,7 +457,7 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
             "seconds": round(time.perf_counter() - t0, 1),
         }
     )
-    CHECKS.append(
+    checks.append(
         check(
             "Novikov TT rank 4: first-layer params",
             layer.param_count(),
@@ -476,11 +466,11 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
             layer.param_count() <= 1800,
         )
     )
-    CHECKS.append(
+    checks.append(
         check("Novikov TT rank 4: test accuracy", round(100 * acc4, 2), 95.0, "%", acc4 >= 0.95)
     )
     torch.manual_seed(0)
-    dense = _mlp(nn.Linear(784, 625)).to(DEVICE)
+    dense = _mlp(nn.Linear(784, 625)).to(device)
     d_epochs = 2 if quick else 5
     train(dense, data, TrainConfig(epochs=d_epochs, lr=1e-3, **adam), progress=False)
     acc_dense = evaluate(dense, data)["accuracy"]
@@ -512,7 +502,7 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
             "test_accuracy": acc16,
         }
     )
-    CHECKS.append(
+    checks.append(
         check(
             "Novikov TT-SVD rank 16 + 2 epochs: test accuracy",
             round(100 * acc16, 2),
@@ -521,7 +511,7 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
             acc16 >= 0.975,
         )
     )
-    SECTIONS["tt_mnist"] = (
+    md = (
         "### Novikov et al. 2015, MNIST 784→625→10 with a TT first layer (4·7·4·7 → 5·5·5·5)\n\n"
         "Published: rank 4 ≈ 95.0%, TT-SVD rank 16 + fine-tuning ≈ 97.5%. Adam, cosine "
         "schedule, batch 128; the 2 fine-tuning epochs at lr 2e-3 (5e-4 gave 97.3%, 1e-3 "
@@ -534,7 +524,7 @@ def part_tt_mnist(quick: bool) -> list[dict[str, Any]]:
             ],
         )
     )
-    return rows
+    return _result(rows, checks, md, extra)
 
 
 def _conv_macs(model: nn.Module, names: set[str], x: torch.Tensor) -> int:
@@ -553,32 +543,36 @@ def _decompose(model: nn.Module, method: str, config: Any) -> nn.Module:
     return model
 
 
-def _trained(model_name: str, data: Any) -> nn.Module:
-    """The zoo's cached baseline, or the model trained now on ``DEVICE`` with its config."""
+def _trained(model_name: str, data: Any, device: torch.device) -> nn.Module:
+    """The zoo's cached baseline, or the model trained now on ``device`` with its config."""
     from modelzip.baselines import baseline_path, pretrained
     from modelzip.models import create
     from modelzip.train import default_train_config, train
 
-    if baseline_path(model_name).is_file() or DEVICE.type == "cpu":
+    if baseline_path(model_name).is_file() or device.type == "cpu":
         return pretrained(model_name, progress=False)
     torch.manual_seed(0)
-    model = create(model_name).to(DEVICE)
+    model = create(model_name).to(device)
     train(model, data, default_train_config(model_name), progress=False)
     return model.eval()
 
 
-def part_conv(quick: bool) -> list[dict[str, Any]]:
+def part_conv(ctx: BenchContext) -> PartResult:
     from modelzip.core.selection import Select
     from modelzip.data import load_dataset
     from modelzip.decompose import CPConfig, Tucker2Config
     from modelzip.train import TrainConfig, evaluate, train
 
+    quick = ctx.quick
+    device = torch.device(ctx.device)
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     data = load_dataset("mnist")
-    x = data.x_test[:1].to(DEVICE)
+    x = data.x_test[:1].to(device)
     rows = []
     models = ["lenet5"] if quick else ["lenet5", "vgg_small"]
     for model_name in models:
-        base = _trained(model_name, data).to(DEVICE)
+        base = _trained(model_name, data, device).to(device)
         base_acc = evaluate(base, data)["accuracy"]
         convs = {n for n, m in base.named_modules() if isinstance(m, nn.Conv2d)}
         first = min(convs)  # the first conv (1 input channel) stays dense, as in Kim et al.
@@ -616,7 +610,7 @@ def part_conv(quick: bool) -> list[dict[str, Any]]:
                     "drop_points": round(drop, 2),
                 }
             )
-            CHECKS.append(
+            checks.append(
                 check(
                     f"{model_name} {method}: accuracy drop at {ratio:.1f}× fewer conv MACs",
                     round(drop, 2),
@@ -625,7 +619,7 @@ def part_conv(quick: bool) -> list[dict[str, Any]]:
                     drop <= 0.5 and ratio >= 3,
                 )
             )
-    SECTIONS["conv"] = (
+    md = (
         "### Tucker-2 and CP conv layers at ≥ 3× fewer conv MACs, MNIST\n\n"
         "All convs but the first decomposed; ranks by parameter fraction, lowered until the conv "
         "MACs fall 3×; then fine-tuned with SGD.\n\n"
@@ -645,16 +639,20 @@ def part_conv(quick: bool) -> list[dict[str, Any]]:
             ],
         )
     )
-    return rows
+    return _result(rows, checks, md, extra)
 
 
-def part_lstm(quick: bool) -> list[dict[str, Any]]:
+def part_lstm(ctx: BenchContext) -> PartResult:
     from modelzip.core.counting import count_params
     from modelzip.data import load_dataset
     from modelzip.decompose import RNNLowRankConfig, RNNTTConfig
     from modelzip.models import create
     from modelzip.train import TrainConfig, evaluate, train
 
+    quick = ctx.quick
+    device = torch.device(ctx.device)
+    checks: list[dict[str, Any]] = []
+    extra: dict[str, Any] = {}
     corpus = load_dataset("shakespeare")
     steps = 60 if quick else 200
     cfg = TrainConfig(
@@ -670,7 +668,7 @@ def part_lstm(quick: bool) -> list[dict[str, Any]]:
     )
     val = corpus.val[:50_000] if quick else "val"
     torch.manual_seed(0)
-    dense = create("char_lstm", vocab_size=corpus.vocab_size, hidden_size=256).to(DEVICE)
+    dense = create("char_lstm", vocab_size=corpus.vocab_size, hidden_size=256).to(device)
     train(dense, corpus, cfg, progress=False)
     rows = [
         {
@@ -696,21 +694,21 @@ def part_lstm(quick: bool) -> list[dict[str, Any]]:
                 "val_perplexity": evaluate(small, corpus, val)["perplexity"],
             }
         )
-    EXTRA["lstm_note"] = (
+    extra["lstm_note"] = (
         f"dense: 2 epochs × {steps} steps (batch 32, 64 chars); each decomposed model: "
         f"decomposed from it, then 1 epoch × {steps} steps of fine-tuning; validation on "
         + ("the first 50,000 characters" if quick else "the whole validation split")
     )
-    SECTIONS["lstm"] = (
+    md = (
         "### Char-LSTM on Shakespeare with decomposed gate matrices (2 layers, hidden 256)\n\n"
-        + EXTRA["lstm_note"]
+        + extra["lstm_note"]
         + ".\n\n"
         + markdown_table(
             ["model", "LSTM params", "val perplexity"],
             [[r["model"], f"{r['lstm_params']:,}", f"{r['val_perplexity']:.2f}"] for r in rows],
         )
     )
-    return rows
+    return _result(rows, checks, md, extra)
 
 
 PARTS = {
@@ -722,30 +720,22 @@ PARTS = {
 }
 
 
-def _part(fn: Any, name: str) -> Any:
-    """A part in the shape :func:`run_parts` drives: ``quick -> (rows, checks, markdown)``."""
+def _result(
+    rows: list[dict[str, Any]], checks: list[dict[str, Any]], md: str, extra: dict[str, Any]
+) -> PartResult:
+    """A part's result; its extras (decomposition times, notes) travel as one more row."""
+    return PartResult([*rows, {"extra": extra}] if extra else rows, checks, md)
 
-    def run(quick: bool) -> tuple[list[dict], list[dict], str]:
-        CHECKS.clear()
-        EXTRA.clear()
-        rows = fn(quick)
-        if EXTRA:  # per-part extras (decomposition times, notes) travel as one more row
-            rows = [*rows, {"extra": dict(EXTRA)}]
-        return rows, list(CHECKS), SECTIONS.get(name, "")
 
-    return run
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="where the training parts run")
 
 
 def main(argv: list[str] | None = None) -> int:
     """``--device`` picks where the training parts run; the rest is :func:`run_parts`'s."""
-    global DEVICE
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--device" in argv:
-        i = argv.index("--device")
-        DEVICE = torch.device(argv[i + 1])
-        del argv[i : i + 2]
-    parts = {name: _part(fn, name) for name, fn in PARTS.items()}
-    return run_parts("decompose", "Tensor decompositions", parts, __doc__ or "", argv)
+    return run_parts(
+        "decompose", "Tensor decompositions", PARTS, __doc__ or "", argv, options=_options
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Usage::
 SCALE-Sim (the PyPI package ``scalesim``) is installed by this script into ``.venv-scalesim/``
 (needs ``numpy<2.4``); it is never a dependency of modelzip. The script talks to it by running
 itself in that environment with ``--scalesim-worker``, so this file imports only the standard
-library at the top (modelzip is imported inside the functions that need it).
+library at the top (and ``_common``, which does too); modelzip is imported inside the functions
+that need it. Parts: ``scalesim``, ``eyeriss``, ``ratios``, ``families`` (``--parts``); ``--quick``
+writes ``results/hardware-quick.json`` and leaves BENCHMARKS.md alone.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import timeit
 from pathlib import Path
 from typing import Any
+
+from _common import BenchContext, PartResult, check, run_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALESIM_VENV = ROOT / ".venv-scalesim"
@@ -292,6 +295,7 @@ def scalesim_side_by_side(python: Path, quick: bool) -> tuple[list, list, str]:
     """The same files through SCALE-Sim and through modelzip: cycles, SRAM, DRAM and time."""
     from _common import check, markdown_table
 
+    from modelzip.core.timing import time_interleaved
     from modelzip.hardware import estimate, spec_from_scalesim_cfg, workloads_from_topology_csv
     from modelzip.hardware.systolic import systolic_counts
 
@@ -322,10 +326,9 @@ def scalesim_side_by_side(python: Path, quick: bool) -> tuple[list, list, str]:
                 for w in workloads_from_topology_csv(topo):
                     ours = estimate([w], spec).layers[0]
                     # Best of 5 x 20 calls: the machine is shared, the minimum is the cost.
-                    ours_s = min(
-                        timeit.repeat(lambda w=w, s=spec: estimate([w], s), number=20, repeat=5)
-                    )
-                    ours_s /= 20
+                    (timing,) = time_interleaved([lambda w=w, s=spec: estimate([w], s)],
+                                                 reps=5, number=20, grad="enabled")  # fmt: skip
+                    ours_s = timing.min
                     counts = systolic_counts(w, spec.rows, spec.cols, spec.dataflow)
                     ref = summed[(cfg["name"], cfg["dataflow"], kind, w.name)]
                     same = (
@@ -828,29 +831,39 @@ def compressed_families() -> tuple[list, list, str]:
     return checks, rows, md
 
 
-def run_benchmark(quick: bool) -> None:
-    """All sections; writes results/hardware.json and the hardware section of BENCHMARKS.md."""
-    from _common import update_benchmarks_md, write_results
-
-    checks, rows, parts = [], [], []
+def part_scalesim(ctx: BenchContext) -> PartResult:
+    """Part ``scalesim``: side by side with SCALE-Sim (a failed check when it cannot run)."""
     python, reason = ensure_scalesim()
     if python is None:
-        from _common import check
+        md = f"### 1. Side by side with SCALE-Sim\n\nNot run: {reason}\n"
+        return PartResult([], [check("scalesim_side_by_side", 0, 1, "run", False)], md)
+    c, r, md = scalesim_side_by_side(python, ctx.quick)
+    return PartResult([{"section": "scalesim", **x} for x in r], c, md)
 
-        checks.append(check("scalesim_side_by_side", 0, 1, "run", False))
-        parts.append(f"### 1. Side by side with SCALE-Sim\n\nNot run: {reason}\n")
-    else:
-        c, r, md = scalesim_side_by_side(python, quick)
-        checks, rows, parts = checks + c, rows + [{"section": "scalesim", **x} for x in r], [md]
-    for section, fn in (("eyeriss", eyeriss_alexnet), ("ratios", published_ratios)):
+
+def _section_part(section: str, fn: Any) -> Any:
+    """A part in :func:`run_parts`'s shape from ``fn() -> (checks, rows, markdown)``; its rows
+    tagged with ``section`` when given."""
+
+    def part(ctx: BenchContext) -> PartResult:
         c, r, md = fn()
-        checks += c
-        rows += [{"section": section, **x} for x in r]
-        parts.append(md)
-    c, r, md = compressed_families()
-    checks += c
-    rows += r
-    parts.append(md)
+        return PartResult([{"section": section, **x} for x in r] if section else r, c, md)
+
+    return part
+
+
+PARTS = {
+    "scalesim": part_scalesim,
+    "eyeriss": _section_part("eyeriss", eyeriss_alexnet),
+    "ratios": _section_part("ratios", published_ratios),
+    "families": _section_part("", compressed_families),
+}
+
+
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    """The ``hardware`` section: checks passed, one line per check, then the parts."""
+    checks = [c for p in done.values() for c in p["checks"]]
+    quick = any(p["quick"] for p in done.values())
     passed = sum(c["passed"] for c in checks)
     summary = "\n".join(
         f"- {'PASS' if c['passed'] else 'MISS'} `{c['name']}`: {c['value']:.4g} "
@@ -861,25 +874,28 @@ def run_benchmark(quick: bool) -> None:
         f"## Hardware cost model (`benchmarks/hardware.py{' --quick' if quick else ''}`)\n\n"
         f"{passed} / {len(checks)} checks passed.\n\n{summary}\n"
     )
-    write_results("hardware", checks, rows, {"quick": quick})
-    update_benchmarks_md("hardware", head + "\n" + "\n".join(parts))
-    print(head)
+    return head + "\n" + "\n".join(p["markdown"] for p in done.values())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer SCALE-Sim runs (< 5 min)")
-    parser.add_argument("--write-test-reference", action="store_true")
-    parser.add_argument("--scalesim-worker", nargs=2, metavar=("JOB", "OUT"))
-    args = parser.parse_args(argv)
-    if args.scalesim_worker:
-        _worker(*args.scalesim_worker)
-        return
-    if args.write_test_reference:
+def main(argv: list[str] | None = None) -> int:
+    """``--write-test-reference`` and ``--scalesim-worker`` are modes of their own (the worker
+    runs in SCALE-Sim's environment, without torch or modelzip); otherwise the parts run
+    through :func:`run_parts`."""
+    modes = argparse.ArgumentParser(add_help=False)
+    modes.add_argument("--write-test-reference", action="store_true")
+    modes.add_argument("--scalesim-worker", nargs=2, metavar=("JOB", "OUT"))
+    known, rest = modes.parse_known_args(argv)
+    if known.scalesim_worker:
+        _worker(*known.scalesim_worker)
+        return 0
+    if known.write_test_reference:
         write_test_reference()
-        return
-    run_benchmark(args.quick)
+        return 0
+    return run_parts(
+        "hardware", "Hardware cost model", PARTS, __doc__.splitlines()[0], rest, section=_section,
+        threads=None,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,10 +14,14 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from _common import (
+    BenchContext,
+    PartResult,
     check,
+    load_mnist,
     markdown_table,
     run_parts,
 )
@@ -73,16 +77,14 @@ def header_bytes(path: Path) -> int:
     return 8 + n
 
 
-def _deep(name: str, quick: bool) -> tuple[dict, list[dict]]:
+def _deep(name: str, quick: bool, data: Any) -> tuple[dict, list[dict]]:
     from prune import _han, baseline
 
     import modelzip
     from modelzip.core.counting import module_bytes
-    from modelzip.data import load_dataset
     from modelzip.joint.deep_compression import breakdown, share, to_coded
     from modelzip.train import TrainConfig, evaluate, train
 
-    data = load_dataset("mnist")
     base = baseline(name)
     t0 = time.perf_counter()
     # Stage 1: Han et al. 2015's iterative pruning, as benchmarks/prune.py reproduces it.
@@ -250,10 +252,10 @@ def _layer_table(rows: list[dict]) -> str:
     )
 
 
-def part_deep(quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_deep(ctx: BenchContext) -> PartResult:
     rows, checks = [], []
     for name in ("lenet300", "lenet5"):
-        row, c = _deep(name, quick)
+        row, c = _deep(name, ctx.quick, ctx.data)
         rows.append(row)
         checks += c
     md = (
@@ -274,7 +276,7 @@ def part_deep(quick: bool) -> tuple[list[dict], list[dict], str]:
         + "\n\nPer layer (Huffman bits are the average coded bits per relative-index entry):\n\n"
         + _layer_table(rows)
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 PARTS = {"deep": part_deep, **MORE_PARTS}
@@ -282,8 +284,9 @@ PARTS = {"deep": part_deep, **MORE_PARTS}
 
 def main(argv: list[str] | None = None) -> int:
     return run_parts(
-        "joint", "Joint compression (`benchmarks/joint.py`)", PARTS, __doc__.splitlines()[0], argv
-    )
+        "joint", "Joint compression (`benchmarks/joint.py`)", PARTS, __doc__.splitlines()[0], argv,
+        load_data=load_mnist,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,18 +2,19 @@
 
     python benchmarks/kernels.py            # full run (about a minute on 2 idle cores)
     python benchmarks/kernels.py --quick    # fewer repeats (< 1 min)
+    python benchmarks/kernels.py --parts sparse,tt --keep   # some parts, others kept
 
 Every comparison times the kernel and its anchor interleaved (kernel, anchor, kernel, ...) and
 takes medians, so a busy machine slows both alike; speeds are ratios to the anchor. Runs on 1 and
 2 threads (PyTorch and Numba set alike). Writes ``benchmarks/results/kernels.json`` and the
-``kernels`` section of BENCHMARKS.md.
+``kernels`` section of BENCHMARKS.md (``--quick``: ``kernels-quick.json``, BENCHMARKS.md left
+alone). Parts: ``binary``, ``bitserial``, ``sparse``, ``tt``, ``e2e``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -22,9 +23,10 @@ from typing import Any
 import numba
 import numpy as np
 import torch
-from _common import check, markdown_table, update_benchmarks_md, write_results
+from _common import BenchContext, Part, PartResult, check, markdown_table, run_parts
 from torch import nn
 
+from modelzip.core.timing import time_interleaved, time_named
 from modelzip.kernels import materialize
 from modelzip.kernels._jit import popcount
 from modelzip.kernels._native import native
@@ -44,22 +46,13 @@ KERNEL = "AVX-512" if native() is not None else "Numba"
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
-    """Median wall seconds of each function, the calls interleaved; one untimed warm-up call
-    each. The median process CPU seconds go to ``CPU_TIMES`` (robust to time-slicing on a
+    """Median wall seconds of each function, the calls interleaved; one warm-up call each,
+    left out. The median process CPU seconds go to ``CPU_TIMES`` (robust to time-slicing on a
     shared machine, which wall time is not)."""
-    for fn in fns.values():
-        fn()
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            t, c = time.perf_counter(), time.process_time()
-            fn()
-            wall[name].append(time.perf_counter() - t)
-            cpu[name].append(time.process_time() - c)
+    timings = time_named(fns, reps=reps, warmup=1, grad="enabled", cpu_clock=time.process_time)
     CPU_TIMES.clear()
-    CPU_TIMES.update({k: statistics.median(v) for k, v in cpu.items()})
-    return {k: statistics.median(v) for k, v in wall.items()}
+    CPU_TIMES.update({k: t.cpu for k, t in timings.items() if t.cpu is not None})
+    return {k: t.median for k, t in timings.items()}
 
 
 def row(
@@ -104,15 +97,9 @@ def _popcount_stream(words, reps):
 def popcount_ceiling(threads: int) -> float:
     """Binary GOP/s (2·64 per word) of the XOR-popcount stream on ``threads`` cores' worth."""
     words = np.random.default_rng(0).integers(0, 2**63, 512, dtype=np.uint64)
-    _popcount_stream(words, 10)
-    best = min(_timed(lambda: _popcount_stream(words, 20000)) for _ in range(5))
-    return 2 * 64 * 512 * 20000 / best / 1e9 * threads  # one stream per core
-
-
-def _timed(fn: Callable[[], Any]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    # The fastest of 5 calls after the compiling one: a limit, not a typical time.
+    (t,) = time_interleaved([lambda: _popcount_stream(words, 20000)], reps=5, grad="enabled")
+    return 2 * 64 * 512 * 20000 / t.min / 1e9 * threads  # one stream per core
 
 
 def vpopcnt_emitted() -> bool:
@@ -333,7 +320,8 @@ def e2e_models() -> dict[str, tuple[nn.Module, nn.Module]]:
     """(fp32 model, compressed model) pairs: binarized LeNet-5 and VGG-small, int8 LeNet-5,
     W2A2 LeNet-300-100."""
     from modelzip.models import create
-    from modelzip.quantize.int8 import Int8Config, Int8Conv2d, Int8Linear
+    from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
+    from modelzip.quantize.int8_method import Int8Config
 
     torch.manual_seed(0)
     fp = create("lenet5").eval()
@@ -436,22 +424,39 @@ activations); measured alone, the binary convolutions ran 2-10× faster than the
 """
 
 
-def run(quick: bool) -> None:
-    reps = 11 if quick else 41
-    emitted = vpopcnt_emitted()
-    load = os.getloadavg()
-    notes: list[str] = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        numba.set_num_threads(threads)
-        bench_binary(threads, reps)
-        bench_bitserial(threads, reps)
-        bench_sparse(threads, reps)
-        bench_tt(threads, reps)
-        notes = bench_e2e(threads, reps)
+def _threaded(bench: Callable[[int, int], Any]) -> Part:
+    """A part that runs ``bench(threads, reps)`` on 1 then 2 threads (PyTorch and Numba)."""
+
+    def part(ctx: BenchContext) -> PartResult:
+        ROWS.clear()
+        CHECKS.clear()
+        reps = 11 if ctx.quick else 41
+        extra: dict[str, Any] = {"reps": reps, "load_average": os.getloadavg()[0]}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            numba.set_num_threads(threads)
+            notes = bench(threads, reps)
+        if bench is bench_binary:
+            extra["vpopcntq"] = vpopcnt_emitted()
+        if notes:
+            extra["notes"] = notes  # the 2-thread run's, as materialize() chose them
+        return PartResult(list(ROWS), list(CHECKS), "", extra)
+
+    return part
+
+
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    """The ``kernels`` section: one table of every part's rows (1-thread rows first), the checks,
+    the end-to-end notes."""
+    rows = sorted((r for p in done.values() for r in p["rows"]), key=lambda r: r["threads"])
+    checks = [c for p in done.values() for c in p["checks"]]
+    first = next(iter(done.values()))
+    quick = any(p["quick"] for p in done.values())
+    emitted = done["binary"]["vpopcntq"] if "binary" in done else vpopcnt_emitted()
+    notes = done["e2e"].get("notes", []) if "e2e" in done else []
     headers = ["group", "kernel", "thr", "ms", "GOP/s", "speedup", "against", "notes"]
     table = []
-    for r in ROWS:
+    for r in rows:
         extra = {
             k: v
             for k, v in r.items()
@@ -471,33 +476,37 @@ def run(quick: bool) -> None:
         )
     lines = [
         f"| {c['name']} | {c['value']} | {c['target']} | {'met' if c['passed'] else 'missed'} |"
-        for c in CHECKS
+        for c in checks
     ]
-    md = (
+    return (
         f"## CPU kernels (`benchmarks/kernels.py{' --quick' if quick else ''}`)\n\n"
-        f"Medians of {reps} interleaved runs (wall clock; `cpu_speedup`: the same ratio in process "
-        "CPU time, steadier when the machine is shared); binary ops counted as 2·M·N·K. "
-        f"AVX-512 `vpopcntq` "
+        f"Medians of {first['reps']} interleaved runs (wall clock; `cpu_speedup`: the same ratio "
+        "in process CPU time, steadier when the machine is shared); binary ops counted as "
+        f"2·M·N·K. AVX-512 `vpopcntq` "
         f"emitted: {emitted}. `ceiling_gops`: an XOR-popcount stream on L1 data (per-core limit "
-        f"× threads). Load average at the start: {load[0]:.1f} on {os.cpu_count()} cores.\n\n"
-        + markdown_table(headers, table)
-        + "\n\n"
+        f"× threads). Load average at the start: {first['load_average']:.1f} on "
+        f"{os.cpu_count()} cores.\n\n" + markdown_table(headers, table) + "\n\n"
         "| check (wall-clock ratios) | value | target | |\n|---|---|---|---|\n"
         + "\n".join(lines)
         + "\n\n"
         "Materialized end-to-end models: " + " / ".join(notes) + "\n\n" + NOTES
     )
-    extra = {"quick": quick, "vpopcntq": emitted, "reps": reps, "load_average": load[0]}
-    write_results("kernels", CHECKS, ROWS, extra)
-    update_benchmarks_md("kernels", md)
-    print(md)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    run(parser.parse_args().quick)
+PARTS = {
+    "binary": _threaded(bench_binary),
+    "bitserial": _threaded(bench_bitserial),
+    "sparse": _threaded(bench_sparse),
+    "tt": _threaded(bench_tt),
+    "e2e": _threaded(bench_e2e),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parts(
+        "kernels", "CPU kernels", PARTS, __doc__.splitlines()[0], argv, section=_section
+    )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,33 +21,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import (
+    BenchContext,
+    PartResult,
     check,
+    load_mnist,
     markdown_table,
     run_parts,
 )
 
+from modelzip.core.timing import time_named
+
 warnings.filterwarnings("ignore", message=".*(beta state|invariant checks).*")
 
 
-def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int, inner: int = 0) -> dict:
+def interleaved_ms(fns: dict[str, Callable[[], Any]], rounds: int) -> dict:
     """Best-of-``rounds`` milliseconds per call of each function, timed in turns so that load
-    from other processes hits all of them alike. ``inner=0`` repeats each call enough for about
-    50 ms per timed block, so that fast calls are not timer noise."""
-    reps = {}
-    for k, f in fns.items():
-        f()
-        t0 = time.perf_counter()
-        f()
-        per = (time.perf_counter() - t0) * 1e3
-        reps[k] = inner or int(min(20, max(1, 50 / max(per, 1e-3))))
-    best = {k: float("inf") for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            for _ in range(reps[k]):
-                f()
-            best[k] = min(best[k], (time.perf_counter() - t0) / reps[k] * 1e3)
-    return best
+    from other processes hits all of them alike; each timed block repeats a call enough for
+    about 50 ms, so that fast calls are not timer noise (the first call is left out)."""
+    timings = time_named(fns, reps=rounds, warmup=2, number="auto", grad="enabled")
+    return {k: t.min * 1e3 for k, t in timings.items()}
 
 
 def baseline(name: str, short: bool = False) -> torch.nn.Module:
@@ -85,7 +77,8 @@ SHORT: set[str] = set()
 
 
 # ---------------------------------------------------------------- part 3: sparse execution
-def part_sparse(quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_sparse(ctx: BenchContext) -> PartResult:
+    quick = ctx.quick
     import scipy.sparse as sp
 
     from modelzip.prune.grains import block_mask
@@ -190,7 +183,7 @@ def part_sparse(quick: bool) -> tuple[list[dict], list[dict], str]:
         "sparsity, CSR above, BSR when the zeros form whole 4x4 blocks. Best of interleaved "
         "runs.\n\n" + table
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 # ---------------------------------------------------------------- part 1: Han et al. 2015
@@ -283,10 +276,10 @@ def _han(
     return row, checks
 
 
-def part_han(quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_han(ctx: BenchContext) -> PartResult:
     rows, checks = [], []
     for name in ("lenet300", "lenet5"):
-        row, c = _han(name, quick)
+        row, c = _han(name, ctx.quick)
         rows.append(row)
         checks += c
     table_rows = []
@@ -320,19 +313,18 @@ def part_han(quick: bool) -> tuple[list[dict], list[dict], str]:
             table_rows,
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 # ---------------------------------------------------------------- part 2: filter removal
-def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_filters(ctx: BenchContext) -> PartResult:
     import modelzip
     from modelzip.core.counting import collect_workloads
-    from modelzip.data import load_dataset
     from modelzip.kernels import materialize
     from modelzip.prune.channels import ChannelPruneConfig
     from modelzip.train import TrainConfig, evaluate, train
 
-    data = load_dataset("mnist")
+    quick, data = ctx.quick, ctx.data
     base = baseline("resnet_small")
     sample = data.x_test[:64]
     macs = sum(w.macs for w in collect_workloads(base, sample))
@@ -470,7 +462,7 @@ def part_filters(quick: bool) -> tuple[list[dict], list[dict], str]:
             ],
         )
     )
-    return [row], checks, md
+    return PartResult([row], checks, md)
 
 
 # ---------------------------------------------------------------- part 4: before-calculation
@@ -606,10 +598,8 @@ def _inexact_predictors(x: Any, y: Any, refs: dict[str, dict]) -> tuple[list[dic
     return rows, md
 
 
-def part_predict(quick: bool) -> tuple[list[dict], list[dict], str]:
-    from modelzip.data import load_dataset
-
-    data = load_dataset("mnist")
+def part_predict(ctx: BenchContext) -> PartResult:
+    quick, data = ctx.quick, ctx.data
     n_test = 2000 if quick else len(data.x_test)
     x, y = data.x_test[:n_test], data.y_test[:n_test]
     xv, yv = data.x_train[-2000:], data.y_train[-2000:]  # margins are chosen on held-out data
@@ -711,7 +701,7 @@ def part_predict(quick: bool) -> tuple[list[dict], list[dict], str]:
             ],
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 PARTS = {
@@ -724,8 +714,9 @@ PARTS = {
 
 def main(argv: list[str] | None = None) -> int:
     return run_parts(
-        "prune", "Pruning (`benchmarks/prune.py`)", PARTS, __doc__.splitlines()[0], argv
-    )
+        "prune", "Pruning (`benchmarks/prune.py`)", PARTS, __doc__.splitlines()[0], argv,
+        load_data=load_mnist,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,14 +8,14 @@ Parts: ``int8`` (static int8 PTQ of LeNet-5 and the small VGG: accuracy and late
 and PyTorch's ``quantize_dynamic``), ``weights`` (4- and 2-bit weights: levels x formulation x
 rounding), ``influence`` (one data object quantized at a time during training), ``twn`` (the
 MNIST table of Li & Liu 2016), ``ddp`` (quantized gradients on two local processes).
-Writes ``benchmarks/results/quantize.json`` and the ``quantize`` section of BENCHMARKS.md.
+Writes ``benchmarks/results/quantize.json`` and the ``quantize`` section of BENCHMARKS.md
+(``--quick`` writes ``quantize-quick.json`` and leaves BENCHMARKS.md alone); the parts not run
+keep their last results (``--no-keep`` drops them).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import datetime
 import json
 import math
 import os
@@ -27,18 +27,19 @@ from typing import Any
 
 import torch
 from _common import (
-    RESULTS,
+    BenchContext,
+    PartResult,
     check,
+    load_mnist,
     markdown_table,
-    peak_rss_mb,
-    update_benchmarks_md,
-    write_results,
+    run_parts,
 )
 from torch import nn
 
 import modelzip
 from modelzip.baselines import baseline_path, pretrained
 from modelzip.core.counting import module_bytes
+from modelzip.core.timing import time_named
 from modelzip.data import load_dataset
 from modelzip.models import create
 from modelzip.quantize import (
@@ -53,8 +54,6 @@ from modelzip.quantize import (
 from modelzip.quantize.training import OBJECTS, QuantizedTraining, TrainingQuantConfig, wage
 from modelzip.train import TrainConfig, default_train_config, evaluate, train
 
-PARTS = ("int8", "weights", "influence", "twn", "ddp")  # in order of priority
-
 
 def _acc(model: nn.Module, data: Any, limit: int | None = None) -> float:
     """Test accuracy in percent (on the first ``limit`` test images when given)."""
@@ -63,19 +62,10 @@ def _acc(model: nn.Module, data: Any, limit: int | None = None) -> float:
 
 
 def _latency_ms(models: dict[str, nn.Module], x: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Best-of-rounds mean latency per model, measured interleaved (fair under shared CPUs)."""
-    best = {k: float("inf") for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            for _ in range(3):
-                m(x)
-        for _ in range(rounds):
-            for k, m in models.items():
-                t = time.perf_counter()
-                for _ in range(10):
-                    m(x)
-                best[k] = min(best[k], (time.perf_counter() - t) / 10 * 1000)
-    return {k: round(v, 3) for k, v in best.items()}
+    """Best-of-rounds mean latency (ms) per model over 10 calls, measured interleaved (fair under
+    shared CPUs), after 3 warm-up calls."""
+    timings = time_named(models, x, reps=rounds, warmup=3, number=10, grad="inference")
+    return {k: round(t.min * 1e3, 3) for k, t in timings.items()}
 
 
 def _trained(name: str, quick: bool) -> tuple[nn.Module, str]:
@@ -90,7 +80,8 @@ def _trained(name: str, quick: bool) -> tuple[nn.Module, str]:
     return model.eval(), "1 epoch (no cached baseline)"
 
 
-def part_int8(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_int8(ctx: BenchContext) -> PartResult:
+    data, quick = ctx.data, ctx.quick
     rows, checks = [], []
     x = data.x_test[:64]
     for name in ("lenet5", "vgg_small"):
@@ -161,7 +152,7 @@ def part_int8(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
         "(`quantized::conv2d`/`linear`). Anchor: `torch.ao.quantization.quantize_dynamic` "
         "(Linear layers only), measured in the same loop.\n\n" + table
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 WEIGHT_GRID = [
@@ -172,7 +163,8 @@ WEIGHT_GRID = [
 ]
 
 
-def part_weights(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_weights(ctx: BenchContext) -> PartResult:
+    data, quick = ctx.data, ctx.quick
     model = pretrained("lenet5", "mnist", progress=False).eval()
     limit = 2000 if quick else None
     base = _acc(model, data, limit)
@@ -228,14 +220,15 @@ def part_weights(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
             [[r["bits"], r["method"], r["acc"], f"{r['bytes']:,}"] for r in rows[1:]],
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 def _train_cfg(epochs: int, **kw: Any) -> TrainConfig:
     return TrainConfig(epochs=epochs, batch_size=128, lr=0.05, val_size=0, threads=1, **kw)
 
 
-def part_influence(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_influence(ctx: BenchContext) -> PartResult:
+    data, quick = ctx.data, ctx.quick
     epochs, bits_list = (1, (4,)) if quick else (2, (4, 2))
     rows = []
     settings: list[tuple[str, int, TrainingQuantConfig]] = [
@@ -274,13 +267,14 @@ def part_influence(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]
         f"are noise; nan = diverged): {found}.\n\n"
         + markdown_table(["quantized object", "bits", "accuracy %", "drop"], md_rows)
     )
-    return rows, [], md
+    return PartResult(rows, [], md)
 
 
 TWN_PAPER = {"full precision": 99.41, "TWN (ternary)": 99.35, "BWN (binary)": 99.05}
 
 
-def part_twn(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
+def part_twn(ctx: BenchContext) -> PartResult:
+    data, quick = ctx.data, ctx.quick
     epochs = 1 if quick else 2
     cfg = TrainConfig(
         epochs=epochs,
@@ -333,7 +327,7 @@ def part_twn(data: Any, quick: bool) -> tuple[list[dict], list[dict], str]:
             [[r["model"], r["paper"], r["acc"], r["epochs"], r["seconds"]] for r in rows],
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
 def _ddp_worker(rank: int, world: int, port: int, hook_name: str, epochs: int, out: str) -> None:
@@ -379,8 +373,10 @@ def _ddp_worker(rank: int, world: int, port: int, hook_name: str, epochs: int, o
     dist.destroy_process_group()
 
 
-def part_ddp(data: Any, quick: bool, tmp: str) -> tuple[list[dict], list[dict], str]:
+def part_ddp(ctx: BenchContext) -> PartResult:
     import torch.multiprocessing as mp
+
+    quick, tmp = ctx.quick, tempfile.mkdtemp(prefix="modelzip-quantize-")
 
     # "Final accuracy" (the issue's words): quantized gradients add variance, so after 3 epochs
     # TernGrad / QSGD were still 0.66 / 0.55 points behind fp32 (run of 2026-11-28); the full
@@ -426,26 +422,12 @@ def part_ddp(data: Any, quick: bool, tmp: str) -> tuple[list[dict], list[dict], 
             ],
         )
     )
-    return rows, checks, md
+    return PartResult(rows, checks, md)
 
 
-def _previous() -> dict[str, Any]:
-    """Per-part results of an earlier run (kept for the parts not run this time)."""
-    path = RESULTS / "quantize.json"
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return old.get("part_results", {}) if old.get("benchmark") == "quantize" else {}
-
-
-def _write(results: dict[str, Any]) -> Any:
-    """Results file and BENCHMARKS.md section from every part's latest run."""
-    done = [p for p in PARTS if p in results]
-    rows = [r for p in done for r in results[p]["rows"]]
-    checks = [c for p in done for c in results[p]["checks"]]
-    extra = {"part_results": results, "peak_rss_mb": round(peak_rss_mb(), 1)}
-    path = write_results("quantize", checks, rows, extra)
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    """The ``quantize`` section: when and how each part last ran, the checks, the parts."""
+    checks = [c for r in done.values() for c in r["checks"]]
     summary = markdown_table(
         ["check", "value", "target", "met"],
         [
@@ -459,57 +441,29 @@ def _write(results: dict[str, Any]) -> Any:
         ],
     )
     runs = "; ".join(
-        f"{p}: {'quick' if results[p]['quick'] else 'full'} run of {results[p]['date'][:10]}, "
-        f"{results[p]['seconds']:.0f} s"
-        for p in done
+        f"{p}: {'quick' if r['quick'] else 'full'} run of {r['date'][:10]}, {r['seconds']:.0f} s"
+        for p, r in done.items()
     )
     header = f"## Data quantization (`benchmarks/quantize.py`)\n\n{runs}.\n\n{summary}\n\n"
-    update_benchmarks_md("quantize", header + "\n\n".join(results[p]["section"] for p in done))
-    return path
+    return header + "\n\n".join(r["markdown"] for r in done.values())
+
+
+PARTS = {
+    "int8": part_int8,
+    "weights": part_weights,
+    "influence": part_influence,
+    "twn": part_twn,
+    "ddp": part_ddp,
+}  # in order of priority
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short training everywhere")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
-    args = parser.parse_args(argv)
-    parts = [p for p in args.parts.split(",") if p]
-    unknown = set(parts) - set(PARTS)
-    if unknown:
-        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
-    torch.set_num_threads(1)
-    data = load_dataset("mnist")
-    results = _previous()
-    tmp = tempfile.mkdtemp(prefix="modelzip-quantize-")
-    path = None
-    for part in parts:
-        print(f"[quantize] {part} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        try:
-            if part == "ddp":
-                r, c, md = part_ddp(data, args.quick, tmp)
-            else:
-                r, c, md = globals()[f"part_{part}"](data, args.quick)
-        except Exception as e:  # one failing part must not lose the others' results
-            print(f"  {part} failed: {e!r}", file=sys.stderr)
-            r, c, md = [], [], f"### {part}\n\nFailed in this run: `{type(e).__name__}: {e}`"
-        for item in c:
-            print(
-                f"  {item['name']}: {item['value']} (target {item['target']}) "
-                f"{'met' if item['passed'] else 'MISSED'}",
-                file=sys.stderr,
-            )
-        results[part] = {
-            "rows": r,
-            "checks": c,
-            "section": md,
-            "quick": args.quick,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        path = _write(results)
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
+    """Other parts' last results are kept (``--no-keep`` drops them); a failing part is recorded
+    as failed without losing the others'."""
+    return run_parts(
+        "quantize", "Data quantization", PARTS, __doc__.splitlines()[0], argv,
+        load_data=load_mnist, section=_section, keep=True, catch=True,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

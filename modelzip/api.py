@@ -15,9 +15,10 @@ from modelzip.core.context import Context
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.registry import SkipLayer, spec_for
+from modelzip.deploy import materialize, time_against, trainable
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
-from modelzip.report import LayerChange, ModelStats, Report, SkippedLayer
+from modelzip.report import LayerChange, ModelStats, Report
 from modelzip.serialize import RECIPE_ATTR
 
 
@@ -149,7 +150,9 @@ def model_stats(
     return stats
 
 
-def _sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tensor | None:
+def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tensor | None:
+    """A batch of ``data``'s test inputs on ``device`` (``batch`` images, or 16 sequences of 64
+    tokens of a text corpus), for counting MACs and timing; None when ``data`` has none."""
     x = getattr(data, "x_test", None)
     if isinstance(x, torch.Tensor) and len(x):
         return x[:batch].to(device)
@@ -159,73 +162,24 @@ def _sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tens
     return None
 
 
-def _names_of(model: nn.Module) -> dict[int, list[str]]:
-    """Every name under which each module object appears (shared modules appear several times)."""
-    names: dict[int, list[str]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        names.setdefault(id(module), []).append(name)
-    return names
+def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ctx: Context) -> None:
+    """Call ``handler`` on each selected layer and put its result in place through ``ctx``.
 
-
-#: Modules whose forward reads their layers' ``.weight`` tensors directly (torch's fused
-#: attention and transformer fast paths) instead of calling the layers; found by
-#: tests/reliability/test_wild_models.py, where replacing ``linear1`` broke the forward pass.
-WEIGHT_READERS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-
-
-def _weight_reader(model: nn.Module, name: str) -> str | None:
-    """The type name of an ancestor of layer ``name`` that reads its weight directly, if any."""
-    parts = name.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        parent = model.get_submodule(".".join(parts[:i]))
-        if isinstance(parent, WEIGHT_READERS):
-            return type(parent).__name__
-    return None
-
-
-def _keeps_dense_weight(new: nn.Module, old: nn.Module) -> bool:
-    weight = getattr(new, "weight", None)
-    return isinstance(weight, torch.Tensor) and weight.shape == old.weight.shape
-
-
-def _apply_layer_method(
-    model: nn.Module, config: MethodConfig, handler: Any, ctx: Context
-) -> tuple[list[LayerChange], list[SkippedLayer]]:
-    changes: list[LayerChange] = []
-    skipped: list[SkippedLayer] = []
-    aliases = _names_of(model)
+    A layer shared under several names is selected once and handled once (one object in, one
+    replacement out); :meth:`Context.replace` swaps every name and records the change.
+    """
+    seen: set[int] = set()
     for name, module in list(config.select.select(model, config.default_types)):
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
         try:
             new = handler(module, config, ctx)
         except SkipLayer as e:
-            skipped.append(SkippedLayer(name, config.method, str(e)))
+            ctx.skip(name, config.method, str(e))
             continue
-        if new is None or new is module:
-            continue
-        reader = _weight_reader(model, name)
-        if reader is not None and not _keeps_dense_weight(new, module):
-            reason = (
-                f"inside {reader}, whose forward reads the layer's weight tensor directly; "
-                f"a {type(new).__name__} has none"
-            )
-            skipped.append(SkippedLayer(name, config.method, reason))
-            continue
-        for alias in aliases.get(id(module), [name]):  # keep shared modules shared
-            model.set_submodule(alias, new)
-        changes.append(
-            LayerChange(
-                name=name,
-                method=config.method,
-                before=type(module).__name__,
-                after=type(new).__name__,
-                params_before=count_params(module),
-                params_after=count_params(new),
-                bytes_before=module_bytes(module),
-                bytes_after=module_bytes(new),
-                note=ctx.notes.pop(name, ""),
-            )
-        )
-    return changes, skipped
+        if new is not None and new is not module:
+            ctx.replace(name, new, method=config.method)
 
 
 def compress(
@@ -240,6 +194,7 @@ def compress(
     measure: bool = True,
     seed: int = 0,
     progress: bool = False,
+    deploy: bool = True,
 ) -> tuple[nn.Module, Report]:
     """Compress ``model`` with each step of ``recipe`` in order.
 
@@ -258,7 +213,17 @@ def compress(
     sample:
         An input batch for counting MACs and timing (default: 64 test inputs of ``data``).
     evaluate, measure:
-        Whether to measure accuracy (needs ``data``) and latency before and after.
+        Whether to measure accuracy (needs ``data``) and latency before and after. Latency is
+        the dense original against the returned model, timed side by side at the end
+        (interleaved, warm; each first call reported apart as ``first_call_ms``).
+    deploy:
+        Return the deployable form (default): every compressed layer in its fastest correct
+        executable form on this CPU, measured on ``sample``
+        (:func:`modelzip.deploy.materialize`; the Report's ``deployment`` says what each layer
+        became and why). It is inference-only; a saved file keeps the compact form and loads
+        deployed. ``False`` returns the trainable form (for fine-tuning or more recipe steps).
+        Without a sample nothing can be measured and the trainable form is returned (the
+        Report's ``deploy_note`` says so).
 
     Returns
     -------
@@ -273,24 +238,27 @@ def compress(
     if data is not None:
         check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)
+    # A deployed model (an earlier compress, a loaded file) takes the recipe in its compressed form.
+    work = trainable(work, inplace=True)
     device = model_device(work)
     if sample is None and data is not None:
-        sample = _sample_from(data, device)
+        sample = sample_from(data, device)
     eval_data = data if evaluate else None
-    before = model_stats(work, sample, data=eval_data, measure=measure)
+    timed = measure and sample is not None
+    # The dense original, timed side by side with the result at the end (the caller's model when
+    # it is not changed in place: no copy).
+    reference = (copy.deepcopy(model) if inplace else model) if timed else None
+    before = model_stats(work, sample, data=eval_data, measure=False)
 
     ctx = Context(data=data, sample=sample, seed=seed, model=work)
-    layers: list[LayerChange] = []
-    skipped: list[SkippedLayer] = []
     for config in steps:
         spec = spec_for(config)
         if spec.scope == "model":
-            changed = spec.handler(work, config, ctx) or []
-            layers.extend(changed)
+            returned = spec.handler(work, config, ctx)  # records its changes through ctx
+            # A handler written before ctx kept the record returns its changes instead.
+            ctx.changes.extend(c for c in returned or [] if isinstance(c, LayerChange))
         else:
-            changed, skips = _apply_layer_method(work, config, spec.handler, ctx)
-            layers.extend(changed)
-            skipped.extend(skips)
+            _apply_layer_method(work, config, spec.handler, ctx)
     history = list(getattr(work, RECIPE_ATTR, [])) + steps.to_list()
     setattr(work, RECIPE_ATTR, history)
 
@@ -303,14 +271,32 @@ def compress(
         train(work, data, finetune, progress=progress)
         epochs = int(finetune.epochs)
     work.eval()
-    after = model_stats(work, sample, data=eval_data, measure=measure)
+    deployment, deploy_note = [], ""
+    if not deploy:
+        deploy_note = "not deployed (deploy=False): the trainable form is returned"
+    elif sample is None:
+        deploy_note = "not deployed: no sample input to choose the executable forms on"
+    else:
+        work, chosen = materialize(work, sample, inplace=True)
+        deployment = chosen.rows()
+    after = model_stats(work, sample, data=eval_data, measure=False)
+    if timed:
+        assert reference is not None
+        dense, fast = time_against(reference, work, sample)
+        for stats, timing in ((before, dense), (after, fast)):
+            stats.latency_ms = timing.ms
+            stats.latency_range_ms = [timing.min * 1e3, timing.max * 1e3]
+            stats.first_call_ms = None if timing.cold is None else timing.cold * 1e3
+            stats.latency_batch = int(sample.shape[0]) if isinstance(sample, torch.Tensor) else None
     report = Report(
         recipe=steps.to_list(),
         before=before,
         after=after,
-        layers=layers,
-        skipped=skipped,
+        layers=ctx.changes,
+        skipped=ctx.skipped,
         seconds=time.perf_counter() - start,
         finetune_epochs=epochs,
+        deployment=deployment,
+        deploy_note=deploy_note,
     )
     return work, report

@@ -7,13 +7,14 @@ traceback. ``--json`` prints exactly one JSON object on stdout (and silences pro
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from modelzip.command_output import print_json, rich_console
 from modelzip.core.errors import ModelzipError
+from modelzip.model_source import MODEL_HELP, dataset_for, load_model, sample_batch, zoo_kwargs
 from modelzip.recipe import MAX_RECIPE_STEPS
 
 STAT_KEYS = ("accuracy", "params", "size_bytes", "macs", "latency_ms")
@@ -30,106 +31,9 @@ EXTENSIONS = (
 )
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=float))
-
-
-def _console():
-    from rich.console import Console
-
-    return Console()
-
-
 def _stats_json(stats: Any) -> dict[str, Any]:
     data = stats.to_dict()
     return {**{k: data.get(k) for k in STAT_KEYS}, **data}
-
-
-def zoo_kwargs(spec: str, data: Any) -> dict[str, Any]:
-    """Arguments that fit a zoo model to a data set (input shape, classes, vocabulary)."""
-    from modelzip.baselines import fit_kwargs
-    from modelzip.models import list_models
-
-    return fit_kwargs(spec, data) if data is not None and spec in list_models() else {}
-
-
-def load_model(
-    spec: str,
-    weights: str | None = None,
-    dataset: str | None = None,
-    pretrained: bool = True,
-    progress: bool = True,
-    data: Any = None,
-):
-    """A model from a saved file, a zoo name or ``package.module:factory`` (see ``--help``).
-
-    A zoo model without ``--weights`` is its trained baseline on the data set (trained once,
-    then cached). Given ``data``, a data set the model cannot take (other input shape, labels
-    beyond its classes, images for a language model) is refused here, before any work.
-    """
-    from modelzip.models import list_models, resolve_model
-    from modelzip.serialize import load
-
-    path = Path(spec)
-    if path.suffix in (".mzip", ".safetensors") or (path.is_file() and ":" not in spec):
-        if not path.is_file():
-            raise ModelzipError(f"no such file: {path}")
-        model = load(path)
-    elif weights is None and pretrained and spec in list_models():
-        from modelzip.baselines import pretrained as baseline
-
-        model = baseline(spec, dataset or _default_dataset(spec), progress=progress)
-    else:
-        model = resolve_model(spec, **zoo_kwargs(spec, data))
-    if weights is not None:
-        _load_weights(model, weights)
-    if data is not None:
-        from modelzip.api import check_data_fits
-
-        check_data_fits(model, data)
-    return model
-
-
-def _load_weights(model, weights: str) -> None:
-    from modelzip.checkpoint import load_user_weights
-    from modelzip.serialize import load, read_metadata
-
-    path = Path(weights)
-    if path.suffix in (".mzip",) or (path.suffix == ".safetensors" and _is_modelzip(path)):
-        read_metadata(path)
-        model.load_state_dict(load(path).state_dict())
-    else:
-        load_user_weights(model, path)
-
-
-def _is_modelzip(path: Path) -> bool:
-    from modelzip.serialize import read_metadata
-
-    try:
-        read_metadata(path)
-        return True
-    except ModelzipError:
-        return False
-
-
-def _default_dataset(model: str) -> str:
-    from modelzip.models import model_info
-
-    return model_info(model).dataset
-
-
-def _dataset(name: str | None, model_spec: str | None = None):
-    from modelzip.data import load_dataset
-
-    if name is None:
-        if model_spec is None:
-            raise ModelzipError("--dataset is required")
-        from modelzip.models import list_models
-
-        if model_spec not in list_models():
-            raise ModelzipError("--dataset is required for models outside the zoo")
-        name = _default_dataset(model_spec)
-    return load_dataset(name)
 
 
 # --- subcommands ---------------------------------------------------------------------------
@@ -151,7 +55,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         {"name": n, "description": accelerator_description(n)} for n in list_accelerators()
     ]
     if args.json:
-        _print_json(
+        print_json(
             {
                 "methods": methods,
                 "models": models,
@@ -162,7 +66,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    console = _console()
+    console = rich_console()
     for title, rows, cols in (
         ("methods", methods, ("name", "family", "summary")),
         ("models", models, ("name", "description")),
@@ -184,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from modelzip.serialize import save
     from modelzip.train import TrainConfig, default_train_config, train
 
-    data = _dataset(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model)
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
     changes = {
         k: v
@@ -209,25 +113,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     stats = model_stats(model, data=data, measure=False)
     out = {**_stats_json(stats), "out": str(args.out), "seconds": result.seconds}
     if args.json:
-        _print_json(out)
+        print_json(out)
     else:
         print(f"test accuracy {stats.accuracy:.4f} after {result.seconds:.0f} s; saved {args.out}")
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from modelzip.api import _sample_from, model_device, model_stats
+    from modelzip.api import model_device, model_stats, sample_from
 
-    data = _dataset(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
-    sample = _sample_from(data, model_device(model))
-    stats = model_stats(model, sample, data=data, measure=not args.no_latency)
+    sample = sample_from(data, model_device(model))
+    stats = model_stats(model, sample, data=data, measure=False)
+    extra: dict[str, Any] = {}
+    if not args.no_latency and sample is not None:
+        extra = _latency_against_dense(model, sample, stats)
     if args.json:
-        _print_json(_stats_json(stats))
+        print_json({**_stats_json(stats), **extra})
     else:
         _print_stats_table("evaluation", [("model", stats)])
+        if extra.get("speedup") is not None:
+            print(f"speedup {extra['speedup']:.2f}× over the dense original (timed side by side)")
     return 0
+
+
+def _latency_against_dense(model: Any, sample: Any, stats: Any) -> dict[str, Any]:
+    """Time ``model`` beside its dense original (rebuilt from the file's source record),
+    interleaved and warm, into ``stats``; the original's latency and the speedup are returned.
+    A model that is not compressed is its own original: it is timed alone."""
+    from modelzip.core.counting import module_bytes
+    from modelzip.deploy import time_against
+    from modelzip.measure import latency_timing
+    from modelzip.models.registry import SOURCE_ATTR, build_from_source
+
+    source = getattr(model, SOURCE_ATTR, None)
+    reference = build_from_source(source).to(sample.device) if source else None
+    if reference is None or module_bytes(reference) == module_bytes(model):
+        fast, dense = latency_timing(model, sample), None
+    else:
+        dense, fast = time_against(reference, model, sample)
+    stats.latency_ms = fast.ms
+    stats.latency_range_ms = [fast.min * 1e3, fast.max * 1e3]
+    stats.first_call_ms = None if fast.cold is None else fast.cold * 1e3
+    stats.latency_batch = int(sample.shape[0])
+    if dense is None:
+        return {"dense_latency_ms": None, "speedup": None}
+    return {"dense_latency_ms": dense.ms, "speedup": dense.median / fast.median}
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -241,7 +174,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     stats = model_stats(model, sample, measure=not args.no_latency)
     if args.json:
-        _print_json(
+        print_json(
             {
                 **_stats_json(stats),
                 "layers": [r.to_dict() for r in rows],
@@ -276,31 +209,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         "",
         style="bold",
     )
-    _console().print(table)
+    rich_console().print(table)
     return 0
 
 
 def _inspect_sample(args: argparse.Namespace, model):
-    """A batch of ``--input-shape``, or of the shape the model was built for (zoo models)."""
-    from modelzip.models.shapes import sample_input
-
-    shape = None
-    if args.input_shape:
-        try:
-            shape = tuple(int(s) for s in args.input_shape.split(","))
-        except ValueError:
-            shape = ()
-        if not shape or any(s < 1 for s in shape):
-            raise ModelzipError(
-                f"--input-shape must be positive ints separated by commas, e.g. 1,28,28; "
-                f"got {args.input_shape!r}"
-            )
-    if args.batch < 1:
-        raise ModelzipError(f"--batch must be a positive int, got {args.batch}")
-    sample = sample_input(model, args.batch, shape)
-    if sample is None:
-        raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
-    return sample
+    """A batch of ``--input-shape``, or of the model's own input shape (zoo models know it)."""
+    return sample_batch(model, args.input_shape, args.batch)
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -310,7 +225,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from modelzip.train import TrainConfig
 
     recipe = Recipe.load(args.recipe, max_steps=args.max_steps)
-    data = _dataset(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     finetune = None
@@ -319,13 +234,19 @@ def cmd_compress(args: argparse.Namespace) -> int:
             epochs=args.finetune_epochs, lr=args.finetune_lr, optimizer="adam", schedule="cosine"
         )
     small, report = compress(
-        model, recipe, data, finetune=finetune, measure=not args.no_latency, progress=not quiet
+        model,
+        recipe,
+        data,
+        finetune=finetune,
+        measure=not args.no_latency,
+        progress=not quiet,
+        deploy=not args.no_deploy,
     )
     save(small, args.out)
     if args.run_dir:
         _write_run_dir(Path(args.run_dir), small, report)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "before": _stats_json(report.before),
                 "after": _stats_json(report.after),
@@ -339,6 +260,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
     _print_stats_table("compress", [("before", report.before), ("after", report.after)])
     for s in report.skipped:
         print(f"skipped {s.name} ({s.method}): {s.reason}")
+    for row in report.deployment:
+        print(f"deployed {row['name']}: {row['before']} -> {row['after']} ({row['reason']})")
+    if report.deploy_note:
+        print(report.deploy_note)
+    if report.speedup is not None:
+        print(f"speedup {report.speedup:.2f}× over the dense original (timed side by side)")
     print(f"saved {args.out} ({Path(args.out).stat().st_size:,} bytes)")
     return 0
 
@@ -381,7 +308,7 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
             "-" if s.effective_macs is None else f"{s.effective_macs:,}",
             "-" if s.latency_ms is None else f"{s.latency_ms:.3f}",
         )
-    _console().print(table)
+    rich_console().print(table)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -395,7 +322,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         workloads = collect_workloads(model, _inspect_sample(args, model))
     result = cli_estimate(vars(args) | {"model_or_file": args.model}, workloads=workloads)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         print(render_table(result))
     return 0
@@ -409,8 +336,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser ----------------------------------------------------------------------------------
-
-MODEL_HELP = "a zoo name (modelzip list), package.module:factory, or a saved .mzip file"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -469,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument(
+        "--no-deploy", action="store_true",
+        help="keep the trainable form (default: each layer in its fastest executable form on "
+        "this CPU, measured; the file stays compact and loads deployed)",
+    )  # fmt: skip
     p.add_argument("--run-dir", help="also write report.json, model.mzip, estimate.json here")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

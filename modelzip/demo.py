@@ -4,7 +4,7 @@ Each method runs with its registry example setting on the cached MNIST baseline,
 classifier layer dense (as Han et al. and most quantization papers do), is fine-tuned for one
 epoch, and is measured side by side with the baseline: test accuracy, stored parameters, saved
 bytes, MACs and the measured CPU latency ratio (baseline time over compressed time, batch 64).
-The latency is that of the *materialized* model (:func:`modelzip.kernels.materialize`: sparse,
+The latency is that of the *materialized* model (:func:`modelzip.deploy`: sparse,
 int8 and binary kernels where they are measured faster), against the fp32 baseline in the same run.
 Methods that have nothing to do on an MLP (convolution-only methods) run on LeNet-5 instead and
 their row says so; so that a fresh demo stays within minutes, that LeNet-5 baseline is trained for

@@ -1,18 +1,43 @@
-"""Measured latency: warm up, then the median of repeated timed calls."""
+"""Measured latency: warm up, then the median of repeated timed calls.
+
+Timed by :func:`modelzip.core.timing.time_interleaved`, as every speed measurement is.
+"""
 
 from __future__ import annotations
 
-import statistics
-import time
 from typing import Any
 
-import torch
 from torch import nn
 
+from modelzip.core.timing import Timing, time_interleaved
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+
+def latency_timing(
+    model: nn.Module, sample: Any, *, warmup: int = 3, repeats: int = 15, min_seconds: float = 0.2
+) -> Timing:
+    """The :class:`~modelzip.core.timing.Timing` of ``model(sample)`` in eval and inference mode
+    (``sample`` is one input or a tuple of inputs).
+
+    Repeats at least ``repeats`` times and until ``min_seconds`` have passed (at most
+    ``10 * repeats`` times), so fast models are timed over many calls; the first of the
+    ``warmup`` calls (at least one) is timed apart as the cold call. The model's train/eval mode
+    is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        (timing,) = time_interleaved(
+            [model],
+            sample,
+            reps=repeats,
+            warmup=max(warmup, 1),
+            min_seconds=min_seconds,
+            max_reps=10 * repeats,
+            grad="inference",
+        )
+    finally:
+        model.train(was_training)
+    return timing
 
 
 def measure_latency(
@@ -23,24 +48,5 @@ def measure_latency(
     Repeats at least ``repeats`` times and until ``min_seconds`` have passed, so fast models are
     timed over many calls. The model's train/eval mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    device = sample.device if isinstance(sample, torch.Tensor) else torch.device("cpu")
-    args = sample if isinstance(sample, tuple) else (sample,)
-    times: list[float] = []
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                model(*args)
-            _sync(device)
-            start = time.perf_counter()
-            while len(times) < repeats or time.perf_counter() - start < min_seconds:
-                t0 = time.perf_counter()
-                model(*args)
-                _sync(device)
-                times.append(time.perf_counter() - t0)
-                if len(times) >= 10 * repeats:
-                    break
-    finally:
-        model.train(was_training)
-    return statistics.median(times) * 1e3
+    timing = latency_timing(model, sample, warmup=warmup, repeats=repeats, min_seconds=min_seconds)
+    return timing.ms

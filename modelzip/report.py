@@ -1,7 +1,8 @@
 """What :func:`modelzip.compress` did, as data: per layer and for the whole model, before and after.
 
 Rendering (terminal tables, Markdown, HTML) lives elsewhere; a Report only holds numbers and
-round-trips through JSON.
+round-trips through JSON. Its rows, :class:`LayerChange` and :class:`SkippedLayer`, are defined in
+:mod:`modelzip.core.changes` and importable from here as before.
 """
 
 from __future__ import annotations
@@ -9,33 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
-@dataclasses.dataclass
-class LayerChange:
-    """One layer replaced by a method."""
-
-    name: str
-    method: str
-    before: str  # module type before
-    after: str  # module type after
-    params_before: int
-    params_after: int
-    bytes_before: int
-    bytes_after: int
-    note: str = ""
-
-    @property
-    def compression(self) -> float:
-        return self.bytes_before / self.bytes_after if self.bytes_after else float("inf")
-
-
-@dataclasses.dataclass
-class SkippedLayer:
-    """A selected layer a method left alone, and why."""
-
-    name: str
-    method: str
-    reason: str
+# Defined in core (the Context records them); imported here, where they always lived.
+from modelzip.core.changes import LayerChange, SkippedLayer
 
 
 @dataclasses.dataclass
@@ -49,6 +25,10 @@ class ModelStats:
     latency_ms: float | None = None
     accuracy: float | None = None
     latency_batch: int | None = None
+    #: Fastest and slowest warm sample (ms) around :attr:`latency_ms` (a median).
+    latency_range_ms: list[float] | None = None
+    #: The first call (ms: kernel compilation, cold caches), never part of :attr:`latency_ms`.
+    first_call_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,6 +45,10 @@ class Report:
     skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     finetune_epochs: int = 0
+    #: What the deploy step did per layer (:meth:`modelzip.deploy.MaterializeReport.rows`), and
+    #: a line when it did not run (no sample to measure on, or ``deploy=False``).
+    deployment: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    deploy_note: str = ""
 
     @property
     def compression(self) -> float:
@@ -73,7 +57,8 @@ class Report:
 
     @property
     def speedup(self) -> float | None:
-        """Measured latency before over after, when both were measured."""
+        """Measured latency before over after, when both were measured (``compress`` times the
+        dense original and the deployed model side by side, interleaved, warm)."""
         if self.before.latency_ms and self.after.latency_ms:
             return self.before.latency_ms / self.after.latency_ms
         return None
@@ -97,6 +82,8 @@ class Report:
             "skipped": [dataclasses.asdict(s) for s in self.skipped],
             "seconds": self.seconds,
             "finetune_epochs": self.finetune_epochs,
+            "deployment": self.deployment,
+            "deploy_note": self.deploy_note,
         }
 
     @classmethod
@@ -109,4 +96,6 @@ class Report:
             skipped=[SkippedLayer(**s) for s in data.get("skipped", [])],
             seconds=float(data.get("seconds", 0.0)),
             finetune_epochs=int(data.get("finetune_epochs", 0)),
+            deployment=list(data.get("deployment", [])),
+            deploy_note=str(data.get("deploy_note", "")),
         )

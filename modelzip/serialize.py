@@ -40,7 +40,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from modelzip.core.atomic import atomic_path
+from modelzip.core.compact_source import (
+    DEPLOYED_ATTR,
+    LAYOUT_ATTR,
+    compact_source,
+    remember_source,
+)
+from modelzip.core.context import replace_module
 from modelzip.core.errors import ConfigError, ModelError
+from modelzip.core.forms import build_form
 from modelzip.core.integrity import DIGEST_KEY, content_digest, nonfinite_tensors, verify_digest
 from modelzip.core.limits import check_bounds
 from modelzip.core.module import CompressedModule, layer_class, layer_key
@@ -98,14 +106,25 @@ def allowing_nonfinite(allow: bool = True) -> Iterator[None]:
         yield
 
 
-def _top_compressed(model: nn.Module) -> dict[str, CompressedModule]:
-    found: dict[str, CompressedModule] = {}
+def _top_compressed(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost compressed layers, and deployed layers that keep their compact form."""
+    found: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if isinstance(module, CompressedModule) and not any(
-            name.startswith(p + ".") for p in found
-        ):
+        stored = isinstance(module, CompressedModule) or compact_source(module) is not None
+        if stored and not any(name.startswith(p + ".") for p in found):
             found[name] = module
     return found
+
+
+def _layer_record(module: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A layer's metadata entry and tensors: a deployed layer as the compact layer it was built
+    from plus the executable form to build again on load, so the file stays compressed."""
+    source = compact_source(module)
+    if source is not None:
+        entry = {"class": source.key, "spec": source.spec, "deploy": source.kind}
+        return entry, source.state
+    assert isinstance(module, CompressedModule)
+    return {"class": layer_key(type(module)), "spec": module.spec()}, module.packed_state()
 
 
 def _build_source(source: dict[str, Any], trust_remote_code: bool = False) -> nn.Module:
@@ -139,8 +158,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     layers: dict[str, Any] = {}
     torch_layers: dict[str, Any] = {}
     for name, module in compressed.items():
-        layers[name] = {"class": layer_key(type(module)), "spec": module.spec()}
-        for key, t in module.packed_state().items():
+        layers[name], state = _layer_record(module)
+        for key, t in state.items():
             tensors[f"{name}.{key}"] = t
     for name, module in model.named_modules():
         if name in compressed or any(name.startswith(p + ".") for p in compressed):
@@ -161,6 +180,13 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         "layers": layers,
         "torch_layers": torch_layers,
     }
+    if model.__dict__.get(LAYOUT_ATTR):
+        meta["layout"] = model.__dict__[LAYOUT_ATTR]
+    params = list(model.parameters())
+    if params and not any(p.requires_grad for p in params):
+        # A deployed (inference-only) model: frozen again on load, since PyTorch may pick other
+        # kernels for weights that require grad and the outputs would differ in the last bit.
+        meta["inference"] = True
     meta[DIGEST_KEY] = content_digest(tensors, meta)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"modelzip": json.dumps(meta)})
@@ -220,6 +246,13 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
                 check_bounds(entry["spec"], f"{path}: {key}[{name[:80]!r}]")
             except ConfigError as e:
                 raise ModelError(str(e)) from None
+            deploy = entry.get("deploy")
+            if deploy is not None and not (isinstance(deploy, str) and len(deploy) <= 200):
+                raise ModelError(f"{path}: {key}[{name[:80]!r}] has a malformed 'deploy' field")
+    if not isinstance(meta.get("inference", False), bool):
+        raise ModelError(f"{path}: metadata field 'inference' must be true or false")
+    if meta.get("layout", "contiguous") not in ("contiguous", "channels_last"):
+        raise ModelError(f"{path}: unknown memory layout {str(meta.get('layout'))[:40]!r}")
     return meta
 
 
@@ -287,6 +320,26 @@ def _check_layer_keys(path: Path, name: str, expected: set[str], given: set[str]
         )
 
 
+def _deploy_again(
+    path: Path, model: nn.Module, meta: dict[str, Any], compressed: dict[str, CompressedModule]
+) -> nn.Module:
+    """Build the executable forms a deployed file records, from its compact layers."""
+    for name, entry in meta["layers"].items():
+        if entry.get("deploy") is None:
+            continue
+        layer = compressed[name].eval()
+        try:
+            new = build_form(layer, entry["deploy"])
+        except ModelError as e:
+            raise ModelError(f"{path}: layer {name!r}: {e}") from None
+        remember_source(new, layer, entry["deploy"])
+        replace_module(model, name, new)
+    if meta.get("layout") == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        model.__dict__[LAYOUT_ATTR] = "channels_last"
+    return model
+
+
 def load(
     path: str | Path,
     map_location: str | torch.device = "cpu",
@@ -345,6 +398,11 @@ def load(
     missing = [k for k in missing if not any(k.startswith(p + ".") for p in compressed)]
     if missing or unexpected:
         raise ModelError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
+    model = _deploy_again(path, model, meta, compressed)
+    if meta.get("inference"):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.__dict__[DEPLOYED_ATTR] = True
     setattr(model, SOURCE_ATTR, meta["source"])
     setattr(model, RECIPE_ATTR, meta["recipe"])
     return model.to(map_location).eval()

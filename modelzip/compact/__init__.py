@@ -28,7 +28,6 @@ from modelzip.compact.compactify import (
 from modelzip.compact.distill import distill, distillation_loss, recalibrate_batchnorm
 from modelzip.compact.layers import BottleneckConv2d, DepthwiseSeparableConv2d, GroupConv2d
 from modelzip.compact.rnn_cells import (
-    CELLS,
     GRUCell,
     JANETCell,
     LSTMCell,
@@ -36,15 +35,16 @@ from modelzip.compact.rnn_cells import (
     PhasedLSTMCell,
     RNNCell,
     SLSTMCell,
-    make_cell,
 )
 from modelzip.compact.rnn_networks import (
+    CELLS,
     FLSTMCell,
     GLSTMCell,
     LSTMPCell,
     RecurrentLayer,
     SkipRNN,
     StackedRNN,
+    make_cell,
     run_cell,
 )
 

@@ -48,7 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_nas(args: argparse.Namespace) -> int:
-    from modelzip.cli import _dataset
     from modelzip.compact.nas import (
         BlockSpace,
         HierarchicalSpace,
@@ -58,9 +57,10 @@ def cmd_nas(args: argparse.Namespace) -> int:
         regularized_evolution,
     )
     from modelzip.core.errors import ConfigError
+    from modelzip.model_source import dataset_for
     from modelzip.progress import progress_bar
 
-    data = _dataset(args.dataset)
+    data = dataset_for(args.dataset)
     shape, classes = tuple(data.input_shape), data.num_classes
     space_cls = BlockSpace if args.space == "block" else HierarchicalSpace
     space = space_cls(input_shape=shape, num_classes=classes)
@@ -124,14 +124,14 @@ def cmd_nas(args: argparse.Namespace) -> int:
 
 
 def _finish(args: argparse.Namespace, out: Path, result) -> int:
-    from modelzip.cli import _print_json
+    from modelzip.command_output import print_json
     from modelzip.core.atomic import write_json
 
     summary = {"space": args.space, "dataset": args.dataset, **result.to_dict()}
     write_json(out / "nas.json", summary)
     best = result.best
     if args.json:
-        _print_json({"best": best, "evaluations": len(result.history), "out": str(out)})
+        print_json({"best": best, "evaluations": len(result.history), "out": str(out)})
         return 0
     m = best["metrics"]
     print(

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "CELLS",
+    "BASIC_CELLS",
     "GRUCell",
     "JANETCell",
     "LSTMCell",
@@ -42,7 +42,6 @@ __all__ = [
     "RNNCell",
     "RecurrentCell",
     "SLSTMCell",
-    "make_cell",
 ]
 
 State = tuple[Tensor, ...]
@@ -320,7 +319,10 @@ class PhasedLSTMCell(LSTMCell):
         return h, (h, c, t + 1)
 
 
-CELLS: dict[str, type[RecurrentCell]] = {
+#: The cells of this module by name; :data:`modelzip.compact.rnn_networks.CELLS` adds the
+#: network-level ones (``lstmp``, ``flstm``, ``glstm``) and :func:`~.rnn_networks.make_cell`
+#: builds any of them.
+BASIC_CELLS: dict[str, type[RecurrentCell]] = {
     "rnn": RNNCell,
     "lstm": LSTMCell,
     "gru": GRUCell,
@@ -329,12 +331,3 @@ CELLS: dict[str, type[RecurrentCell]] = {
     "janet": JANETCell,
     "phased_lstm": PhasedLSTMCell,
 }
-
-
-def make_cell(name: str, input_size: int, hidden_size: int, **kwargs) -> RecurrentCell:
-    """Build a cell by name (:data:`CELLS`, plus ``lstmp``, ``flstm``, ``glstm``)."""
-    from modelzip.compact import rnn_networks  # noqa: F401  (adds the network-level cells)
-
-    if name not in CELLS:
-        raise ValueError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}")
-    return CELLS[name](input_size, hidden_size, **kwargs)

@@ -24,9 +24,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from modelzip.compact.rnn_cells import CELLS, LSTMCell, RecurrentCell, State
+from modelzip.compact.rnn_cells import BASIC_CELLS, LSTMCell, RecurrentCell, State
 
 __all__ = [
+    "CELLS",
     "FLSTMCell",
     "GLSTMCell",
     "GroupedLinear",
@@ -34,6 +35,7 @@ __all__ = [
     "RecurrentLayer",
     "SkipRNN",
     "StackedRNN",
+    "make_cell",
     "run_cell",
 ]
 
@@ -116,7 +118,20 @@ class GLSTMCell(LSTMCell):
         )
 
 
-CELLS.update(lstmp=LSTMPCell, flstm=FLSTMCell, glstm=GLSTMCell)
+#: Every recurrent unit by name: the cells of :mod:`.rnn_cells` and the network-level ones here.
+CELLS: dict[str, type[RecurrentCell]] = {
+    **BASIC_CELLS,
+    "lstmp": LSTMPCell,
+    "flstm": FLSTMCell,
+    "glstm": GLSTMCell,
+}
+
+
+def make_cell(name: str, input_size: int, hidden_size: int, **kwargs) -> RecurrentCell:
+    """Build a cell by name (a :data:`CELLS` name)."""
+    if name not in CELLS:
+        raise ValueError(f"unknown cell {name!r}; choose one of {sorted(CELLS)}")
+    return CELLS[name](input_size, hidden_size, **kwargs)
 
 
 def run_cell(
@@ -157,7 +172,7 @@ class RecurrentLayer(nn.Module):
 
 
 class StackedRNN(nn.Module):
-    """``num_layers`` cells of type ``cell`` (a :data:`~modelzip.compact.rnn_cells.CELLS` name),
+    """``num_layers`` cells of type ``cell`` (a :data:`CELLS` name),
     batch first; ``residual`` adds each layer's input to its output where the widths agree."""
 
     def __init__(

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.compact_source import compact_source
+from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
 from modelzip.core.module import CompressedModule
 from modelzip.core.workload import Workload
 
@@ -33,7 +35,10 @@ def count_params(module: nn.Module) -> int:
     """Stored numbers of a module: parameters of plain layers, :meth:`param_count` of compressed."""
     total = 0
     for sub in _units(module):
-        if isinstance(sub, CompressedModule):
+        source = compact_source(sub)
+        if source is not None:  # a deployed layer: the numbers its file keeps
+            total += source.params
+        elif isinstance(sub, CompressedModule):
             total += sub.param_count()
         else:
             total += sum(p.numel() for p in sub.parameters(recurse=False))
@@ -44,7 +49,10 @@ def module_bytes(module: nn.Module) -> int:
     """Bytes a module occupies when saved: compressed layers' packed state, others' tensors."""
     total = 0
     for sub in _units(module):
-        if isinstance(sub, CompressedModule):
+        source = compact_source(sub)
+        if source is not None:  # a deployed layer: the bytes its file keeps
+            total += source.bytes
+        elif isinstance(sub, CompressedModule):
             total += sub.storage_bytes()
         else:
             tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
@@ -62,7 +70,7 @@ def _units(module: nn.Module) -> Iterator[nn.Module]:
             continue
         seen.add(id(m))
         yield m
-        if not (isinstance(m, CompressedModule) and m.leaf):
+        if compact_source(m) is None and not (isinstance(m, CompressedModule) and m.leaf):
             stack.extend(reversed(list(m.children())))
 
 
@@ -70,16 +78,7 @@ def weight_sparsity(module: nn.Module) -> float:
     """Fraction of exactly-zero entries in a layer's weight (0 when it has none)."""
     if isinstance(module, CompressedModule) and hasattr(module, "sparsity"):
         return float(module.sparsity())
-    w = getattr(module, "weight", None)
-    if not isinstance(w, torch.Tensor) or w.numel() == 0:
-        return 0.0
-    return float((w == 0).sum().item()) / w.numel()
-
-
-def _bits(t: torch.Tensor | None) -> int:
-    if t is None:
-        return 32
-    return t.element_size() * 8
+    return zero_fraction(getattr(module, "weight", None))
 
 
 def dense_workload(
@@ -102,65 +101,16 @@ def dense_workload(
         own = module.workloads(name, inputs, output)
         if len(own) == 1:
             return own[0] if params is None else dataclasses.replace(own[0], params=params)
-    x = inputs[0] if inputs else None
-    out = output[0] if isinstance(output, tuple) else output
-    act_bits = _bits(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else 32
-    wbits = weight_bits if weight_bits is not None else _bits(getattr(module, "weight", None))
-    n_params = params if params is not None else sum(p.numel() for p in module.parameters())
-    sp = sparsity if sparsity is not None else weight_sparsity(module)
-    common: dict[str, Any] = {
-        "name": name,
-        "module_type": type(module).__name__,
-        "params": n_params,
-        "weight_bits": wbits,
-        "act_bits": act_bits,
-        "weight_sparsity": sp,
-        "input_bytes": _nbytes(x),
-        "output_bytes": _nbytes(out),
-    }
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
-        g = module.groups
-        if isinstance(module, nn.Conv2d):
-            n, c, h, w = x.shape
-            _, k, p, q = out.shape
-            r, s = module.kernel_size
-            sh, sw = module.stride
-        else:
-            n, c, h = x.shape
-            _, k, p = out.shape
-            w, q, (r,), s, (sh,), sw = 1, 1, module.kernel_size, 1, module.stride, 1
-        wl = Workload(
-            op="conv",
-            N=n,
-            C=c // g,
-            K=k // g,
-            R=r,
-            S=s,
-            P=p,
-            Q=q,
-            H=h,
-            W=w,
-            stride_h=sh,
-            stride_w=sw,
-            groups=g,
-            **common,
-        )
-    elif isinstance(module, nn.Linear):
-        rows = x.numel() // x.shape[-1] if x.dim() else 1
-        wl = Workload(op="linear", N=rows, C=module.in_features, K=module.out_features, **common)
-    elif isinstance(module, nn.Embedding):
-        wl = Workload(
-            op="embedding", N=x.numel(), C=module.num_embeddings, K=module.embedding_dim, **common
-        )
-    else:
-        raise TypeError(f"no workload rule for {type(module).__name__}")
-    if weight_bytes is None:
-        weight_bytes = (wl.weight_count * wbits + 7) // 8
-    return dataclasses.replace(wl, weight_bytes=weight_bytes)
-
-
-def _nbytes(t: Any) -> int:
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+    return plain_workload(
+        name,
+        module,
+        inputs,
+        output,
+        params=params,
+        weight_bits=weight_bits,
+        sparsity=sparsity if sparsity is not None else weight_sparsity(module),
+        weight_bytes=weight_bytes,
+    )
 
 
 def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) -> list[Workload]:
@@ -185,6 +135,7 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
             if n.endswith(f"_l{layer}") or n.endswith(f"_l{layer}_reverse")
         )
         c = in_size + out_hidden
+        wbits = tensor_bits(module.weight_ih_l0)
         result.append(
             Workload(
                 name=(f"{name}.l{layer}" if name else f"l{layer}")
@@ -198,9 +149,9 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
                 groups=dirs,
                 time_steps=steps,
                 params=params,
-                weight_bits=_bits(module.weight_ih_l0),
-                act_bits=_bits(x if isinstance(x, torch.Tensor) else None),
-                weight_bytes=(dirs * gates * hidden * c * _bits(module.weight_ih_l0) + 7) // 8,
+                weight_bits=wbits,
+                act_bits=tensor_bits(x if isinstance(x, torch.Tensor) else None),
+                weight_bytes=(dirs * gates * hidden * c * wbits + 7) // 8,
                 input_bytes=batch * steps * in_size * 4,
                 output_bytes=batch * steps * out_hidden * dirs * 4,
             )

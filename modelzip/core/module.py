@@ -29,6 +29,13 @@ from modelzip.core.workload import Workload
 L = TypeVar("L", bound="CompressedModule")
 
 _LAYERS: dict[str, type[CompressedModule]] = {}
+#: Former layer-class names -> the class that reads their files now (a class moved or merged
+#: into another keeps loading the files written under its old name; the new class's
+#: ``from_spec`` accepts the old spec).
+MOVED_LAYERS: dict[str, str] = {
+    "modelzip.kernels.sparse_layers.SparseLinear": "modelzip.prune.sparse_exec.SparseLinear",
+    "modelzip.kernels.sparse_layers.SparseConv2d": "modelzip.prune.sparse_exec.SparseConv2d",
+}
 
 
 def register_layer(cls: type[L]) -> type[L]:
@@ -43,6 +50,7 @@ def layer_key(cls: type) -> str:
 
 def layer_class(key: str) -> type[CompressedModule]:
     """The registered class named ``key``; anything else is refused (files name classes)."""
+    key = MOVED_LAYERS.get(key, key)
     if key not in _LAYERS and key.startswith("modelzip."):
         # Layers register when their module is imported; import it (modelzip's own modules only,
         # so a file cannot make us import arbitrary code) and look again.
@@ -135,6 +143,18 @@ class CompressedModule(nn.Module):
     #: it with a reason instead of silently passing it by.
     stands_for: ClassVar[str] = ""
 
+    # Capabilities, declared by each class so that export, materialize and the search read them
+    # here instead of keeping tables of class names that must follow the classes by hand.
+
+    #: How the layer exports to ONNX (:mod:`modelzip.export`): ``"traced"`` (its forward is
+    #: already plain layers), ``"dense"`` (``to_dense()`` computes the same), ``"converter:NAME"``
+    #: (a converter registered in :mod:`modelzip.export.convert`), or ``"refused: why"``.
+    onnx_export: ClassVar[str] = "refused: modelzip has no ONNX export path for this layer class"
+    #: Names of the executable forms :func:`modelzip.deploy` may turn the layer into
+    #: (registered with :func:`modelzip.core.forms.register_form`), tried in this order after
+    #: the layer itself; the fastest correct one wins.
+    executable_forms: ClassVar[tuple[str, ...]] = ()
+
     @classmethod
     def from_dense(cls: type[L], dense: nn.Module, config: Any) -> L:
         """Build from a dense layer (``nn.Linear``, ``nn.Conv2d`` ...) and a method config."""
@@ -175,10 +195,10 @@ class CompressedModule(nn.Module):
         The default asks the dense equivalent, so a masked or quantized layer is described as its
         dense op; subclasses add bit-widths and sparsity, or list their small ops.
         """
-        from modelzip.core.counting import dense_workload
+        from modelzip.core.layer_workload import plain_workload
 
         return [
-            dense_workload(
+            plain_workload(
                 name,
                 self.to_dense(),
                 inputs,

@@ -7,9 +7,12 @@ A family registers each method next to its implementation::
         ...
 
 A *layer* handler receives one selected module and returns its replacement (or raises
-:class:`SkipLayer` with the reason). A *model* handler (``scope="model"``) receives the whole model,
-changes it in place and returns the names of the layers it replaced; it is for methods that need a
-global view (global thresholds, channel removal across coupled layers, BN folding).
+:class:`SkipLayer` with the reason); ``compress`` puts it in place through
+:meth:`~modelzip.core.context.Context.replace`. A *model* handler (``scope="model"``) receives
+the whole model and makes its changes through the same path (``ctx.replace``, ``ctx.record``,
+``ctx.skip``), returning None; it is for methods that need a global view (global thresholds,
+channel removal across coupled layers, BN folding). Either way every alias of a shared layer is
+replaced together, the weight-reader guard applies, and each change is recorded once.
 """
 
 from __future__ import annotations
@@ -39,6 +42,25 @@ class SkipLayer(ModelzipError):
 
 
 @dataclasses.dataclass(frozen=True)
+class Knob:
+    """The one number of a method that sensitivity analysis and ``auto`` sweep.
+
+    ``field`` is the config field (``rank_fraction``, ``bits``, ``sparsity``); ``values`` the
+    settings swept by default, mildest last or first as the field reads (a
+    :class:`~modelzip.joint.sensitivity.SensitivityConfig` may override them per field).
+    """
+
+    field: str
+    values: tuple[float, ...]
+
+    def config(self, config_type: type[MethodConfig], value: float, **fields: Any) -> MethodConfig:
+        """``config_type`` with the knob at ``value`` (an int field gets an int)."""
+        default = getattr(config_type(), self.field)
+        cast = int if isinstance(default, int) and not isinstance(default, bool) else float
+        return config_type(**{self.field: cast(value), **fields})
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
     """One registered method."""
 
@@ -53,6 +75,8 @@ class MethodSpec:
     noop: MethodConfig | None
     #: A sensible setting for the demo and the contract tests.
     example: MethodConfig
+    #: The number sensitivity analysis and ``auto`` sweep, or None for a method without one.
+    knob: Knob | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -67,8 +91,15 @@ def register_method(
     example: MethodConfig | None = None,
     noop: MethodConfig | None = None,
     scope: Literal["layer", "model"] = "layer",
+    knob: Knob | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``handler`` for ``config_type`` under ``config_type.method``."""
+    """Register ``handler`` for ``config_type`` under ``config_type.method``.
+
+    ``knob`` declares the number that sensitivity analysis and ``auto`` may sweep; it must be a
+    field of the config.
+    """
+    if knob is not None and knob.field not in {f.name for f in dataclasses.fields(config_type)}:
+        raise ConfigError(f"{config_type.__name__} has no field {knob.field!r} to use as its knob")
     name = config_type.method
     if not name:
         raise ConfigError(f"{config_type.__name__} has no method name (class variable 'method')")
@@ -86,6 +117,7 @@ def register_method(
             summary=doc[0] if doc else "",
             noop=noop,
             example=example if example is not None else config_type(),
+            knob=knob,
         )
         _METHODS[name] = spec
         _BY_TYPE[config_type] = spec
@@ -126,6 +158,12 @@ def list_methods() -> list[str]:
     """Names of all registered methods, sorted."""
     _load_builtins()
     return sorted(_METHODS)
+
+
+def knob_methods() -> list[str]:
+    """Names of the registered methods that declare a knob, sorted."""
+    _load_builtins()
+    return sorted(name for name, spec in _METHODS.items() if spec.knob is not None)
 
 
 def get_method(name: str) -> MethodSpec:

@@ -215,6 +215,9 @@ class HTLinear(FactorizedLinear):
     Parameter count: ``Σ_k m_k·n_k·r_k + Σ_{inner t} r_{t₁}·r_{t₂}·r_t [+ M]``.
     """
 
+    onnx_export = "converter:matmul_factorized"
+    executable_forms = ("dense", "two_gemm_cut")
+
     def __init__(
         self,
         in_features: int,

@@ -52,6 +52,8 @@ class LowRankLinear(CompressedModule):
     Parameter count: ``r·(m + n) [+ r] [+ m]``; MACs per row ``r·(m + n)`` against ``m·n``.
     """
 
+    onnx_export = "traced"
+
     stands_for = "Linear"
 
     def __init__(
@@ -156,6 +158,8 @@ def _check_conv(conv: nn.Conv2d) -> None:
 
 class _ConvChain(CompressedModule):
     """A conv layer replaced by a chain of small convs held as submodules."""
+
+    onnx_export = "traced"
 
     stands_for = "Conv2d"
 

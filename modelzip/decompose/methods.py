@@ -14,7 +14,7 @@ from torch import nn
 
 from modelzip.core.context import Context
 from modelzip.core.errors import ModelError
-from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.decompose._ops import layer_name
 from modelzip.decompose.configs import (
     CPConfig,
@@ -60,6 +60,7 @@ def _dispatch(module: nn.Module, config: Any, ctx: Context, table: dict[type, An
     family="decompose",
     example=SVDConfig(rank_fraction=0.5),
     noop=SVDConfig(energy=1.0),
+    knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
 )
 def svd(module: nn.Module, config: SVDConfig, ctx: Context) -> nn.Module:
     """Truncated SVD of Linear weights and channel decomposition of conv kernels."""
@@ -73,6 +74,7 @@ def svd(module: nn.Module, config: SVDConfig, ctx: Context) -> nn.Module:
     family="decompose",
     example=SpatialConfig(rank_fraction=0.5),
     noop=SpatialConfig(energy=1.0),
+    knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
 )
 def lowrank_spatial(module: nn.Module, config: SpatialConfig, ctx: Context) -> nn.Module:
     """Jaderberg et al. 2014 spatial decomposition: kh×1 conv then 1×kw conv."""
@@ -84,6 +86,7 @@ def lowrank_spatial(module: nn.Module, config: SpatialConfig, ctx: Context) -> n
     family="decompose",
     example=Tucker2Config(rank_fraction=0.5),
     noop=Tucker2Config(energy=1.0),
+    knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
 )
 def tucker2(module: nn.Module, config: Tucker2Config, ctx: Context) -> nn.Module:
     """Tucker-2 conv of Kim et al. 2016: 1×1 → k×k core → 1×1."""
@@ -95,6 +98,7 @@ def tucker2(module: nn.Module, config: Tucker2Config, ctx: Context) -> nn.Module
     family="decompose",
     example=CPConfig(rank_fraction=0.25, n_iter_max=25),
     noop=CPConfig(rank=FULL),
+    knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
 )
 def cp(module: nn.Module, config: CPConfig, ctx: Context) -> nn.Module:
     """CP conv of Lebedev et al. 2015: 1×1 → depthwise k×1 → depthwise 1×k → 1×1."""

@@ -46,6 +46,11 @@ class DecomposedRNN(CompressedModule):
     layer for the low-rank form.
     """
 
+    onnx_export = (
+        "refused: its recurrence is a Python loop over time steps; tracing would fix the "
+        "sequence length"
+    )
+
     def __init__(
         self,
         mode: str,

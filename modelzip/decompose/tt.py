@@ -93,6 +93,9 @@ class TTLinear(FactorizedLinear):
     ``4·7·4·7 → 5·5·5·5`` at rank 4 stores 1,100 weights (+625 bias) instead of 490,000.
     """
 
+    onnx_export = "converter:matmul_factorized"
+    executable_forms = ("dense", "two_gemm_cut")
+
     def __init__(
         self,
         in_features: int,
@@ -169,6 +172,9 @@ class TTConv2d(_ConvChain):
 
     Parameter count: ``r₀·kh·kw + Σ_k r_{k-1}·s_k·c_k·r_k [+ O]``.
     """
+
+    onnx_export = "converter:matmul_tt_conv2d"
+    executable_forms = ("dense", "fused_tt_conv")
 
     parts = ("spatial",)
 

@@ -32,6 +32,9 @@ class TTEmbedding(FactorizedLinear):
     Parameter count: ``Σ_k r_{k-1}·v_k·e_k·r_k``.
     """
 
+    onnx_export = "refused: its lookup reshapes by the number of ids, which tracing would fix"
+    executable_forms = ("dense",)
+
     stands_for = "Embedding"
 
     def __init__(

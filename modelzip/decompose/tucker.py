@@ -162,6 +162,9 @@ class TuckerLinear(FactorizedLinear):
     Parameter count: ``Σ_k m_k·n_k·r_k + ∏_k r_k [+ M]``, i.e. ``O(d·m·n·r + r^d)``.
     """
 
+    onnx_export = "converter:matmul_factorized"
+    executable_forms = ("dense", "two_gemm_cut")
+
     def __init__(
         self,
         in_features: int,

@@ -24,9 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from modelzip.cli import _inspect_sample, load_model
     from modelzip.core.errors import ConfigError
     from modelzip.export.onnx import export_onnx
+    from modelzip.model_source import load_model, sample_batch
 
     for flag, value, low, high in (
         ("--opset", args.opset, 13, 21),
@@ -35,7 +35,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not low <= value <= high:
             raise ConfigError(f"{flag}={value} is out of range; allowed [{low}, {high}]")
     model = load_model(args.model, args.weights, pretrained=False)
-    sample = _inspect_sample(args, model)
+    sample = sample_batch(model, args.input_shape, args.batch)
     result = export_onnx(model, args.out, sample, opset=args.opset, check=not args.no_check)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import modelzip.kernels.isa as isa
 from modelzip.core.module import conv2d
-from modelzip.kernels import isa
 
 _INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT

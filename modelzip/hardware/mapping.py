@@ -18,6 +18,7 @@ from typing import Any, Literal
 from modelzip.core.errors import ConfigError
 from modelzip.core.workload import Workload
 from modelzip.hardware.energy import EnergyTable
+from modelzip.hardware.layer_cost import estimate_layer
 from modelzip.hardware.result import LayerEstimate
 from modelzip.hardware.spec import AcceleratorSpec
 
@@ -63,8 +64,6 @@ def search_mapping(
     dataflows
         The dataflows allowed (``"rs"`` only on spatial arrays).
     """
-    from modelzip.hardware.estimate import estimate_layer
-
     if objective not in ("energy", "latency"):
         raise ConfigError(f"objective={objective!r} is not allowed; choose one of energy, latency")
     table = table or spec.energy_table()

@@ -4,7 +4,8 @@
 
 1. Cost each layer's options (:mod:`modelzip.joint.search`): the model with only that layer
    compressed, costed by the budget's :class:`~modelzip.joint.budget.CostModel`; measured latency
-   is timed per layer on the layer's own input, so that the table is not whole-model timer noise.
+   is timed per layer on the layer's own input, interleaved with the dense layer
+   (:mod:`modelzip.core.timing`), so that the table is not whole-model timer noise.
 2. Refuse an infeasible budget early: the cheapest allowed setting is built and measured, and if
    it misses the budget, :class:`InfeasibleBudgetError` says what it reached.
 3. Search: ``greedy`` (sensitivity-guided, from :func:`~modelzip.joint.sensitivity.run_sensitivity`
@@ -267,8 +268,8 @@ class _Auto:
 
     def _layer_latencies(self, pairs: list[tuple[str, str]]) -> dict[Any, Any]:
         """``(layer, method, value) -> (dense layer ms, compressed layer ms)`` on the layer's
-        own recorded input."""
-        from modelzip.measure import measure_latency
+        own recorded input, the two timed side by side."""
+        from modelzip.core.timing import time_interleaved
 
         inputs: dict[str, tuple[Any, ...]] = {}
 
@@ -285,18 +286,23 @@ class _Auto:
         for h in hooks:
             h.remove()
 
-        def best_of(module: nn.Module, args: tuple[Any, ...], times: int) -> float:
-            # The minimum of a few medians: load from other processes only ever adds time.
-            return min(measure_latency(module, args, repeats=10) for _ in range(times))
+        def side_by_side(
+            dense: nn.Module, new: nn.Module, args: tuple[Any, ...]
+        ) -> tuple[float, float]:
+            # Interleaved, so that load from other processes slows both layers alike; medians
+            # of at least 0.4 s of calls (20 to 200 rounds), the first calls left out.
+            a, b = time_interleaved([dense, new.eval()], args, reps=20, warmup=3,
+                                    min_seconds=0.4, max_reps=200, grad="inference")  # fmt: skip
+            return a.ms, b.ms
 
-        dense = {n: best_of(self.model.get_submodule(n), inputs[n], 3) for n in inputs}
         costs = {}
         for layer, method in pairs:
             for value in self.config.sensitivity.values(method):
                 small = compress_one(self.model, layer_config(method, value, layer))
                 if small is not None and layer in inputs:
-                    new = best_of(small.get_submodule(layer), inputs[layer], 2)
-                    costs[(layer, method, value)] = (dense[layer], new)
+                    dense = self.model.get_submodule(layer)
+                    new = small.get_submodule(layer)
+                    costs[(layer, method, value)] = side_by_side(dense, new, inputs[layer])
         return costs
 
     # --- verification ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from modelzip.cli import MODEL_HELP
+from modelzip.model_source import MODEL_HELP
 
 
 def _methods(values: list[str] | None) -> tuple[str, ...] | None:
@@ -27,9 +27,9 @@ def _sensitivity_config(args: argparse.Namespace) -> Any:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from modelzip.cli import _dataset, load_model
+    from modelzip.model_source import dataset_for, load_model
 
-    data = _dataset(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model)
     model = load_model(args.model, args.weights, args.dataset, progress=_bars(args), data=data)
     return model.eval(), data
 
@@ -43,7 +43,7 @@ def _model_name(spec: str) -> str:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
-    from modelzip.cli import _print_json
+    from modelzip.command_output import print_json
     from modelzip.core.atomic import write_json
     from modelzip.joint.sensitivity import plot_sensitivity, run_sensitivity
 
@@ -57,7 +57,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     plots = plot_sensitivity(result, out)
     files = [str(out / "sensitivity.json"), *map(str, plots)]
     if args.json:
-        _print_json({**result.to_dict(), "files": files})
+        print_json({**result.to_dict(), "files": files})
         return 0
     print(f"baseline validation accuracy {result.baseline_accuracy:.4f}")
     for c in result.curves:
@@ -68,7 +68,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
-    from modelzip.cli import _print_json
+    from modelzip.command_output import print_json
     from modelzip.joint.auto import AutoConfig, auto_compress
     from modelzip.joint.budget import parse_budget
     from modelzip.joint.run_dir import write_run_dir
@@ -104,7 +104,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
             files.append(_write_estimate(result, data, args.run_dir, config.accelerator))
         summary["files"] = [str(f) for f in files]
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
     _print_auto(summary)
     return 0
@@ -125,7 +125,7 @@ def _write_estimate(result: Any, data: Any, run_dir: str, accelerator: str) -> P
 def _print_auto(s: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from modelzip.cli import _console
+    from modelzip.command_output import rich_console
 
     table = Table(title=f"auto: {s['model']}, budget {s['budget']['kind']}", title_justify="left")
     for c in ("layer", "method", "knob", "value"):
@@ -134,7 +134,7 @@ def _print_auto(s: dict[str, Any]) -> None:
         table.add_row(
             row["layer"], row["method"], str(row["knob"] or "-"), str(row["value"] or "-")
         )
-    _console().print(table)
+    rich_console().print(table)
     unit = s["budget"]["unit"]
     print(
         f"cost {s['cost']:,.6g} {unit} (budget {s['budget']['limit']:,.6g}, baseline "

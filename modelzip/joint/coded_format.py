@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import modelzip.joint.huffman as huffman
 from modelzip.core.errors import DataError
 from modelzip.core.module import register_layer
-from modelzip.joint import huffman
-from modelzip.joint.weight_sharing import SharedConv2d, SharedLinear, _Shared, shared_layer
+from modelzip.joint.weight_sharing import SharedConv2d, SharedFormat, SharedLinear, shared_layer
 from modelzip.prune.sparse_format import (
     Encoded,
     _pack_bits,
@@ -38,7 +38,7 @@ from modelzip.prune.sparse_format import (
     encode_relative,
 )
 
-__all__ = ["HuffmanConv2d", "HuffmanLinear", "coded_layer", "layer_streams"]
+__all__ = ["HuffmanConv2d", "HuffmanFormat", "HuffmanLinear", "coded_layer", "layer_streams"]
 
 
 def _bytes_tensor(data: bytes) -> torch.Tensor:
@@ -82,8 +82,8 @@ VALUE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 INDEX_BITS_SEARCH = range(2, 11)
 
 
-class _Coded(_Shared):
-    """Huffman-coded storage on top of a shared-weight layer's computation.
+class HuffmanFormat(SharedFormat):
+    """The shared-weight format stored as Huffman-coded streams (see the module doc).
 
     ``value_dtype`` is the float format of the stored codebook and bias. With ``float16`` the
     layer's own centroids and bias are rounded to float16 values when it is built, so the file
@@ -92,6 +92,20 @@ class _Coded(_Shared):
 
     index_bits: int
     value_dtype: str
+
+    def _init_format(
+        self,
+        weight_shape: tuple[int, ...],
+        bits: int,
+        index_bits: int = 5,
+        value_dtype: str = "float32",
+    ) -> None:
+        super()._init_format(weight_shape, bits)
+        self.index_bits, self.value_dtype = index_bits, value_dtype
+
+    def format_spec(self) -> dict[str, Any]:
+        return {**super().format_spec(), "index_bits": self.index_bits,
+                "value_dtype": self.value_dtype}  # fmt: skip
 
     @classmethod
     def from_dense(
@@ -154,36 +168,17 @@ class _Coded(_Shared):
         }
 
 
+_Coded = HuffmanFormat  # the name before the op/format split (joint.deep_compression)
+
+
 @register_layer
-class HuffmanLinear(_Coded, SharedLinear):
+class HuffmanLinear(HuffmanFormat, SharedLinear):
     """:class:`SharedLinear` stored as Huffman-coded codes and relative indices."""
 
-    def __init__(
-        self, in_features: int, out_features: int, bits: int, index_bits: int = 5,
-        bias: bool = True, value_dtype: str = "float32",
-    ) -> None:  # fmt: skip
-        SharedLinear.__init__(self, in_features, out_features, bits, bias)
-        self.index_bits, self.value_dtype = index_bits, value_dtype
-
-    def spec(self) -> dict[str, Any]:
-        return {**SharedLinear.spec(self), "index_bits": self.index_bits,
-                "value_dtype": self.value_dtype}  # fmt: skip
-
 
 @register_layer
-class HuffmanConv2d(_Coded, SharedConv2d):
+class HuffmanConv2d(HuffmanFormat, SharedConv2d):
     """:class:`SharedConv2d` stored as Huffman-coded codes and relative indices."""
-
-    def __init__(
-        self, conv: dict[str, Any], bits: int, index_bits: int = 5, bias: bool = True,
-        value_dtype: str = "float32",
-    ) -> None:  # fmt: skip
-        SharedConv2d.__init__(self, conv, bits, bias)
-        self.index_bits, self.value_dtype = index_bits, value_dtype
-
-    def spec(self) -> dict[str, Any]:
-        return {**SharedConv2d.spec(self), "index_bits": self.index_bits,
-                "value_dtype": self.value_dtype}  # fmt: skip
 
 
 def best_index_bits(codes: torch.Tensor, mask: torch.Tensor) -> int:
@@ -209,16 +204,9 @@ def coded_layer(
         raise TypeError(f"{type(shared).__name__} is not a shared-weight layer")
     if index_bits is None:
         index_bits = best_index_bits(shared.codes, shared.mask)
-    has_bias = shared.bias is not None
-    if isinstance(shared, SharedLinear):
-        layer: _Coded = HuffmanLinear(
-            shared.in_features, shared.out_features, shared.weight_bits, index_bits, has_bias,
-            value_dtype,
-        )  # fmt: skip
-    else:
-        conv = dict(shared.conv_args)
-        layer = HuffmanConv2d(conv, shared.weight_bits, index_bits, has_bias, value_dtype)
-    layer = layer.to(shared.centroids.device)
+    cls = HuffmanLinear if isinstance(shared, SharedLinear) else HuffmanConv2d
+    spec = {**shared.spec(), "index_bits": index_bits, "value_dtype": value_dtype}
+    layer = cls.from_spec(spec).to(shared.centroids.device)
     layer._set(shared.codes, shared.centroids.detach(), shared.mask,
                None if shared.bias is None else shared.bias.detach())  # fmt: skip
     layer._round_values()

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_deep(sub: argparse._SubParsersAction) -> None:
-    from modelzip.cli import MODEL_HELP
+    from modelzip.model_source import MODEL_HELP
 
     p = sub.add_parser(
         "deep",
@@ -46,14 +46,15 @@ def _register_deep(sub: argparse._SubParsersAction) -> None:
 def _cmd_deep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from modelzip.cli import _dataset, _print_json, load_model
+    from modelzip.command_output import print_json
     from modelzip.core.atomic import write_json
     from modelzip.joint.deep_compression import DeepCompressionConfig, deep_compression
+    from modelzip.model_source import dataset_for, load_model
     from modelzip.train import TrainConfig
 
     # The method config checks the numbers (field, value and range in the message).
     DeepCompressionConfig(sparsity=args.sparsity, bits=args.bits, index_bits=args.index_bits)
-    data = _dataset(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     finetune = TrainConfig(epochs=args.epochs, lr=args.lr, weight_decay=0.0)
@@ -66,7 +67,7 @@ def _cmd_deep(args: argparse.Namespace) -> int:
     summary = result.to_dict()
     write_json(out / "deep_compression.json", summary)
     if args.json:
-        _print_json(summary)
+        print_json(summary)
         return 0
     s, acc = result.stages, result.accuracy
     for stage, key in (("original", "original"), ("pruned", "pruned"),

@@ -177,11 +177,11 @@ def share(
 ) -> nn.Module:
     """Stage 2 without retraining: k-means weight sharing of every ``Linear``/``Conv2d`` of a copy
     of ``pruned`` (``bits`` per layer name, or one for all)."""
-    import modelzip
+    from modelzip.api import compress
 
     make = functools.partial(WeightSharingConfig, init=init, iterations=iterations)
     steps = _steps(pruned, "bits", bits, make, types)
-    shared, _ = modelzip.compress(pruned, steps, evaluate=False, measure=False)
+    shared, _ = compress(pruned, steps, evaluate=False, measure=False)
     return shared
 
 
@@ -326,13 +326,13 @@ def breakdown(model: nn.Module, original: nn.Module | None = None) -> dict[str, 
 def saved_size(model: nn.Module, path: str | Path | None = None) -> tuple[int, Path | None]:
     """Bytes on disk of ``model`` saved with :func:`modelzip.save` (to ``path``, or a temporary
     file that is removed)."""
-    import modelzip
+    from modelzip.serialize import save
 
     if path is not None:
-        written = modelzip.save(model, path)
+        written = save(model, path)
         return written.stat().st_size, written
     with tempfile.TemporaryDirectory() as tmp:
-        written = modelzip.save(model, Path(tmp) / "model.mzip")
+        written = save(model, Path(tmp) / "model.mzip")
         return written.stat().st_size, None
 
 
@@ -371,13 +371,13 @@ def deep_compression(
         The Huffman-coded model and the sizes (per stage, and of the file on disk) and
         accuracies after each stage (with ``data``).
     """
-    import modelzip
-    from modelzip.prune import MagnitudePruneConfig
+    from modelzip.api import compress
+    from modelzip.prune.magnitude import MagnitudePruneConfig
 
     prune_steps = _steps(model, "sparsity", sparsity, MagnitudePruneConfig, types)
-    pruned, _ = modelzip.compress(
+    pruned, _ = compress(
         model, prune_steps, data, finetune=prune_finetune or finetune, evaluate=False,
-        measure=False,
+        measure=False, deploy=False,  # sharing and coding come next
     )  # fmt: skip
     accuracy: dict[str, float | None] = {"original": None, "pruned": None}
     if data is not None:

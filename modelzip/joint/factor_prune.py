@@ -76,6 +76,8 @@ class FactorPruned(CompressedModule):
     plus the inner layer's other tensors (biases, singular values).
     """
 
+    onnx_export = "converter:factor_pruned"
+
     def __init__(self, inner_class: str, inner_spec: dict[str, Any], factors: list[str]) -> None:
         super().__init__()
         self.inner = layer_class(inner_class).from_spec(inner_spec)

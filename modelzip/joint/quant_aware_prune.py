@@ -18,114 +18,61 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.module import conv2d, register_layer
+from modelzip.core.geometry import UnsupportedConv
+from modelzip.core.module import register_layer
 from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.magnitude import magnitude_mask
-from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
+from modelzip.prune.masked import MaskedConv2d, MaskedLinear, MaskFormat
 from modelzip.quantize.fake import ste
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
 
 __all__ = ["QuantAwareMaskedConv2d", "QuantAwareMaskedLinear", "QuantAwarePruneConfig"]
 
 
-class _QuantAware:
-    """Mixin of the fake-quantized masked layers (a ``_Masked`` with ``bits``, ``per_channel``)."""
+class QuantAwareFormat(MaskFormat):
+    """A :class:`~modelzip.prune.masked.MaskFormat` whose decoded weight is the masked weight
+    fake-quantized to ``bits`` bits (symmetric levels, straight-through gradients)."""
 
-    weight: nn.Parameter
-    mask: torch.Tensor
-    bits: int
-    per_channel: bool
+    def _init_format(
+        self, weight_shape: tuple[int, ...], bits: int = 4, per_channel: bool = True
+    ) -> None:
+        super()._init_format(weight_shape)
+        self.bits = self.weight_bits = bits
+        self.per_channel = per_channel
+
+    def format_spec(self) -> dict[str, Any]:
+        return {"bits": self.bits, "per_channel": self.per_channel}
 
     def quantized_weight(self) -> torch.Tensor:
         """The masked weight on ``bits``-bit symmetric levels, straight-through to the weight."""
-        w = self.weight * self.mask
+        w = self.masked_weight()
         gran = "channel" if self.per_channel else "tensor"
         q = quantize(w.detach(), QuantizerConfig(bits=self.bits, granularity=gran))[1]
         return ste(w, q.to(w.dtype))
 
-    def _quant_spec(self) -> dict[str, Any]:
-        return {"bits": self.bits, "per_channel": self.per_channel}
+    decode_weight = quantized_weight
 
-    def _copy_masked(self, layer: Any) -> Any:
-        """This (new) layer on ``layer``'s device and dtype with its weight, mask and bias."""
-        new = self.to(device=layer.weight.device, dtype=layer.weight.dtype)  # type: ignore[attr-defined]
-        with torch.no_grad():
-            new.weight.copy_(layer.weight)
-            new.mask.copy_(layer.mask)
-            if layer.bias is not None:
-                new.bias.copy_(layer.bias)
+    @classmethod
+    def from_masked(cls, layer: MaskFormat, bits: int, per_channel: bool) -> Any:
+        """``layer``'s weight, mask and bias (device and dtype too), fake-quantized."""
+        new = cls.from_spec({**layer.spec(), "bits": bits, "per_channel": per_channel})  # type: ignore[attr-defined]
+        new = new.to(device=layer.weight.device, dtype=layer.weight.dtype)
+        new.load_state_dict(layer.state_dict())  # type: ignore[attr-defined]
         return new
 
 
 @register_layer
-class QuantAwareMaskedLinear(_QuantAware, MaskedLinear):
+class QuantAwareMaskedLinear(QuantAwareFormat, MaskedLinear):
     """``MaskedLinear`` whose forward pass uses its masked weight fake-quantized."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        bits: int = 4,
-        per_channel: bool = True,
-    ) -> None:
-        super().__init__(in_features, out_features, bias)
-        self.bits, self.per_channel = bits, per_channel
-        self.weight_bits = bits
-
-    @classmethod
-    def from_masked(
-        cls, layer: MaskedLinear, bits: int, per_channel: bool
-    ) -> QuantAwareMaskedLinear:
-        new = cls(layer.in_features, layer.out_features, layer.bias is not None, bits, per_channel)
-        return new._copy_masked(layer)
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), **self._quant_spec()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.quantized_weight().to(x.dtype), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        dense = super().to_dense()
-        with torch.no_grad():
-            dense.weight.copy_(self.quantized_weight())
-        return dense
 
 
 @register_layer
-class QuantAwareMaskedConv2d(_QuantAware, MaskedConv2d):
+class QuantAwareMaskedConv2d(QuantAwareFormat, MaskedConv2d):
     """``MaskedConv2d`` whose forward pass uses its masked weight fake-quantized."""
-
-    def __init__(self, *args: Any, bits: int = 4, per_channel: bool = True, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.bits, self.per_channel = bits, per_channel
-        self.weight_bits = bits
-
-    @classmethod
-    def from_masked(
-        cls, layer: MaskedConv2d, bits: int, per_channel: bool
-    ) -> QuantAwareMaskedConv2d:
-        return cls(**layer.conv_args, bits=bits, per_channel=per_channel)._copy_masked(layer)
-
-    def spec(self) -> dict[str, Any]:
-        return {**super().spec(), **self._quant_spec()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.conv_args
-        w = self.quantized_weight().to(x.dtype)
-        return conv2d(x, w, self.bias, a)
-
-    def to_dense(self) -> nn.Conv2d:
-        dense = super().to_dense()
-        with torch.no_grad():
-            dense.weight.copy_(self.quantized_weight())
-        return dense
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,22 +109,18 @@ class QuantAwarePruneConfig(MethodConfig):
 )
 def quant_aware_prune(module: nn.Module, config: QuantAwarePruneConfig, ctx: Context) -> nn.Module:
     """Magnitude pruning with fake-quantized weights in the forward pass (train to adapt)."""
-    if isinstance(module, _QuantAware):
+    if isinstance(module, QuantAwareFormat):
         layer = module
         if (layer.bits, layer.per_channel) != (config.bits, config.per_channel):
             raise SkipLayer(f"already fake-quantized to {layer.bits} bits")
-    elif isinstance(module, _Masked) and type(module) in (MaskedLinear, MaskedConv2d):
-        cls = QuantAwareMaskedLinear if isinstance(module, MaskedLinear) else QuantAwareMaskedConv2d
-        layer = cls.from_masked(module, config.bits, config.per_channel)  # type: ignore[attr-defined]
-    elif type(module) in (nn.Linear, nn.Conv2d):
+    elif type(module) in (MaskedLinear, MaskedConv2d, nn.Linear, nn.Conv2d):
+        linear = isinstance(module, (MaskedLinear, nn.Linear))
+        cls = QuantAwareMaskedLinear if linear else QuantAwareMaskedConv2d
         try:
-            masked = (MaskedLinear if type(module) is nn.Linear else MaskedConv2d).from_dense(
-                module
-            )
-        except ValueError as e:
+            masked = module if isinstance(module, MaskFormat) else cls.from_dense(module)
+        except UnsupportedConv as e:
             raise SkipLayer(str(e)) from None
-        cls = QuantAwareMaskedLinear if type(module) is nn.Linear else QuantAwareMaskedConv2d
-        layer = cls.from_masked(masked, config.bits, config.per_channel)  # type: ignore[attr-defined]
+        layer = cls.from_masked(masked, config.bits, config.per_channel)
     else:
         raise SkipLayer(f"{type(module).__name__} has no quantization-aware masked form")
     # Already-pruned weights count as the smallest, so pruning again only adds to the mask.

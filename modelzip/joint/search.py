@@ -45,9 +45,9 @@ class Option:
     def describe(self) -> str:
         if self.method is None:
             return "keep"
-        from modelzip.joint.sensitivity import KNOBS
+        from modelzip.joint.sensitivity import knob_of
 
-        return f"{self.method} {KNOBS[self.method][0]}={self.value:g}"
+        return f"{self.method} {knob_of(self.method).field}={self.value:g}"
 
 
 @dataclasses.dataclass
@@ -112,12 +112,12 @@ class SearchSpace:
 
     def describe(self, setting: Setting) -> list[dict[str, Any]]:
         """Per-layer ``{layer, method, knob, value}`` (method ``keep`` for untouched layers)."""
-        from modelzip.joint.sensitivity import KNOBS
+        from modelzip.joint.sensitivity import knob_of
 
         out = []
         for layer, options, j in zip(self.layers, self.options, setting, strict=True):
             o = options[j]
-            knob = None if o.method is None else KNOBS[o.method][0]
+            knob = None if o.method is None else knob_of(o.method).field
             out.append(
                 {
                     "layer": layer,

@@ -27,17 +27,25 @@ from torch import nn
 from modelzip.core.config import MethodConfig
 from modelzip.core.errors import ConfigError, DataError
 from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.registry import Knob
 from modelzip.core.selection import Select
 
-#: The knob of each method the analysis can sweep: (config field, SensitivityConfig field).
-KNOBS: dict[str, tuple[str, str]] = {
-    "svd": ("rank_fraction", "rank_fractions"),
-    "tucker2": ("rank_fraction", "rank_fractions"),
-    "cp": ("rank_fraction", "rank_fractions"),
-    "lowrank_spatial": ("rank_fraction", "rank_fractions"),
-    "quantize_weights": ("bits", "bit_widths"),
-    "magnitude_prune": ("sparsity", "sparsities"),
-}
+#: The SensitivityConfig field that overrides the swept values of each knob field; a method's knob
+#: (declared at registration, :class:`modelzip.core.registry.Knob`) on another field sweeps the
+#: values it declares.
+_VALUES_FIELD = {"rank_fraction": "rank_fractions", "bits": "bit_widths", "sparsity": "sparsities"}
+
+
+def knob_of(method: str) -> Knob:
+    """The knob ``method`` declared at registration (:class:`ConfigError` if none)."""
+    from modelzip.core.registry import get_method, knob_methods
+
+    knob = get_method(method).knob
+    if knob is None:
+        raise ConfigError(
+            f"method {method!r} has no knob to sweep; methods with one: {knob_methods()}"
+        )
+    return knob
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +55,7 @@ class SensitivityConfig(ConfigBase):
     Parameters
     ----------
     methods:
-        Registered methods with a knob (:data:`KNOBS`).
+        Registered methods that declare a knob (:func:`modelzip.core.registry.knob_methods`).
     rank_fractions, bit_widths, sparsities:
         Knob values of the decompositions, of ``quantize_weights`` and of ``magnitude_prune``.
         Sparsity 0 keeps every weight, so its point equals the baseline accuracy exactly.
@@ -68,10 +76,12 @@ class SensitivityConfig(ConfigBase):
     select: Select = dataclasses.field(default_factory=Select)
 
     def validate(self) -> None:
+        from modelzip.core.registry import knob_methods
+
         for m in self.methods:
-            if m not in KNOBS:
+            if m not in knob_methods():
                 raise ConfigError(
-                    f"SensitivityConfig.methods has {m!r}; allowed methods: {sorted(KNOBS)}"
+                    f"SensitivityConfig.methods has {m!r}; allowed methods: {knob_methods()}"
                 )
         if not self.methods:
             raise ConfigError("SensitivityConfig.methods is empty; give at least one method")
@@ -92,7 +102,9 @@ class SensitivityConfig(ConfigBase):
 
     def values(self, method: str) -> tuple[float, ...]:
         """The knob values swept for ``method``, in the given order."""
-        return tuple(getattr(self, KNOBS[method][1]))
+        knob = knob_of(method)
+        field = _VALUES_FIELD.get(knob.field)
+        return tuple(getattr(self, field)) if field else knob.values
 
 
 @dataclasses.dataclass
@@ -170,9 +182,7 @@ def layer_config(method: str, value: float, layer: str) -> MethodConfig:
     from modelzip.core.registry import get_method
 
     spec = get_method(method)
-    knob = KNOBS[method][0]
-    value = int(value) if knob == "bits" else float(value)
-    return spec.config_type(**{knob: value, "select": Select(names=(re.escape(layer),))})
+    return knob_of(method).config(spec.config_type, value, select=Select(names=(re.escape(layer),)))
 
 
 def analysed_layers(model: nn.Module, config: SensitivityConfig) -> list[tuple[str, str]]:
@@ -283,7 +293,7 @@ def run_sensitivity(
         accs = [results[(layer, method, v)] for v in values]
         if any(a is None for a in accs):
             continue  # the method does not apply to this layer (e.g. too small to decompose)
-        curves.append(Curve(layer, method, KNOBS[method][0], values, tuple(accs)))  # type: ignore[arg-type]
+        curves.append(Curve(layer, method, knob_of(method).field, values, tuple(accs)))  # type: ignore[arg-type]
     return SensitivityResult(
         model=model_name,
         dataset=getattr(data, "name", "data"),

@@ -18,20 +18,20 @@ import math
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear
 from modelzip.core.config import MethodConfig, check_choice
 from modelzip.core.context import Context
 from modelzip.core.errors import ConfigError
-from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.module import register_layer
 from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.masked import _Masked, pack_mask, unpack_mask
-from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
+from modelzip.quantize.layers import QuantFormat, plain_like, require_float32
+from modelzip.quantize.packing import unpack_bits
 from modelzip.quantize.quantizer import (
     Levels,
     QuantizerConfig,
-    dequantize_codes,
     quantize,
     quantize_tensor,
 )
@@ -39,6 +39,7 @@ from modelzip.quantize.schemes import binarize, ternarize
 
 __all__ = [
     "SparseQuantConv2d",
+    "SparseQuantFormat",
     "SparseQuantLinear",
     "SparseQuantizeConfig",
     "quantize_kept",
@@ -107,237 +108,94 @@ def quantize_kept(
     return KeptQuantized(kept_codes, torch.cat(scales), torch.cat(offsets), None)
 
 
-class _SparseQuant(CompressedModule):
-    """Shared storage: mask, kept codes, per-group levels; subclasses define the product."""
+def scatter_codes(packed: torch.Tensor, mask: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes shaped like ``mask``: the ``bits``-bit ``packed`` codes of the kept weights (in
+    row-major order) where ``mask`` is set, 0 elsewhere."""
+    codes = torch.zeros(mask.shape, dtype=torch.long, device=packed.device)
+    codes[mask.to(packed.device)] = unpack_bits(packed, bits, int(mask.sum()))
+    return codes
+
+
+class SparseQuantFormat(QuantFormat):
+    """:class:`~modelzip.quantize.layers.QuantFormat`'s codes and levels for the ``kept`` weights
+    under a mask; pruned weights decode to exactly zero. Stored as the mask's bits, the packed
+    kept codes and the levels."""
 
     mask: torch.Tensor
-    packed: torch.Tensor
-    scale: torch.Tensor | None
-    offset: torch.Tensor | None
-    levels: torch.Tensor | None
-    bias: nn.Parameter | None
 
-    def _init_storage(
+    def _init_format(
         self,
         weight_shape: tuple[int, ...],
         kept: int,
         bits: int,
-        granularity: str,
-        n_levels: int,
-        bias: bool,
+        granularity: str = "channel",
+        n_levels: int = 0,
     ) -> None:
-        self.weight_shape, self.kept = tuple(weight_shape), kept
-        self.weight_bits, self.granularity, self.n_levels = bits, granularity, n_levels
-        groups = 1 if granularity == "tensor" else weight_shape[0]
+        self.kept = int(kept)
+        self._init_codes(weight_shape, self.kept, bits, granularity, 0, n_levels)
         self.register_buffer("mask", torch.zeros(self.weight_shape, dtype=torch.bool))
-        self.register_buffer("packed", torch.zeros(packed_bytes(kept, bits), dtype=torch.uint8))
-        if n_levels:
-            self.register_buffer("levels", torch.zeros(groups, n_levels))
-            self.scale = self.offset = None
-        else:
-            self.register_buffer("scale", torch.ones(groups))
-            self.register_buffer("offset", torch.zeros(groups))
-            self.levels = None
-        self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
-        self._cache: torch.Tensor | None = None
 
-    def _storage_spec(self) -> dict[str, Any]:
-        return {
-            "kept": self.kept,
-            "bits": self.weight_bits,
-            "granularity": self.granularity,
-            "n_levels": self.n_levels,
-            "bias": self.bias is not None,
-        }
-
-    @torch.no_grad()
-    def _set(self, mask: torch.Tensor, q: KeptQuantized, bias: torch.Tensor | None) -> None:
-        self.mask.copy_(mask)
-        self.packed.copy_(pack_bits(q.kept_codes, self.weight_bits))
-        if self.levels is not None:
-            self.levels.copy_(q.levels)
-        else:
-            self.scale.copy_(q.scale)
-            self.offset.copy_(q.offset)
-        if self.bias is not None and bias is not None:
-            self.bias.copy_(bias.float())
-        self._cache = None
+    def format_spec(self) -> dict[str, Any]:
+        return {"kept": self.kept, "bits": self.weight_bits, "granularity": self.granularity,
+                "n_levels": self.n_levels}  # fmt: skip
 
     def codes(self) -> torch.Tensor:
         """Codes shaped like the weight (0 where pruned)."""
-        codes = torch.zeros(self.weight_shape, dtype=torch.long, device=self.packed.device)
-        codes[self.mask] = unpack_bits(self.packed, self.weight_bits, self.kept)
-        return codes
+        return scatter_codes(self.packed, self.mask, self.weight_bits)
 
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The decoded weight; pruned weights are exactly zero."""
-        cached = not self.training and not torch.is_grad_enabled()
-        if self._cache is not None and cached:
-            return self._cache.to(dtype)
-        w = dequantize_codes(
-            self.codes(), self.weight_shape, self.granularity, 0,
-            self.scale, self.offset, self.levels,
-        )  # fmt: skip
-        w = torch.where(self.mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
-        if cached:
-            self._cache = w
-        return w.to(dtype)
+    def decode_weight(self) -> torch.Tensor:
+        w = super().decode_weight()
+        return torch.where(self.mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+    def weight_params(self) -> int:
+        return self.kept
 
     def sparsity(self) -> float:
         return 1.0 - self.kept / math.prod(self.weight_shape)
 
-    def param_count(self) -> int:
-        return self.kept + (self.bias.numel() if self.bias is not None else 0)
-
     def packed_state(self) -> dict[str, torch.Tensor]:
-        state = {"mask_bits": pack_mask(self.mask), "packed": self.packed}
-        for name in ("scale", "offset", "levels"):
-            if getattr(self, name) is not None:
-                state[name] = getattr(self, name)
-        if self.bias is not None:
-            state["bias"] = self.bias.detach()
-        return state
+        state = self.state_dict()
+        return {"mask_bits": pack_mask(state.pop("mask")), **state}
 
     @torch.no_grad()
     def load_packed_state(self, state: dict[str, torch.Tensor]) -> None:
-        mask = unpack_mask(state["mask_bits"], self.weight_shape)
+        state = dict(state)
+        mask = unpack_mask(state.pop("mask_bits"), self.weight_shape)
         if int(mask.sum()) != self.kept:
             raise ValueError(f"a mask of {int(mask.sum())} kept weights for kept={self.kept}")
-        self.mask.copy_(mask)
-        self.packed.copy_(state["packed"])
-        for name in ("scale", "offset", "levels"):
-            if getattr(self, name) is not None:
-                getattr(self, name).copy_(state[name])
-        if self.bias is not None:
-            self.bias.copy_(state["bias"])
-        self._cache = None
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        return load_dense(dense, self.dequantized_weight(), self.bias)
+        self.load_state_dict({**state, "mask": mask})
 
 
 @register_layer
-class SparseQuantLinear(_SparseQuant):
+class SparseQuantLinear(SparseQuantFormat, CompressedLinear):
     """``nn.Linear`` with a pruning mask and ``bits``-bit codes for the kept weights."""
 
-    stands_for = "Linear"
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        kept: int,
-        bits: int,
-        granularity: str = "channel",
-        n_levels: int = 0,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_storage((out_features, in_features), kept, bits, granularity, n_levels, bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            **self._storage_spec(),
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        return self._dense_weight_into(
-            nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        )
-
 
 @register_layer
-class SparseQuantConv2d(_SparseQuant):
+class SparseQuantConv2d(SparseQuantFormat, CompressedConv2d):
     """``nn.Conv2d`` with a pruning mask and ``bits``-bit codes for the kept weights."""
-
-    stands_for = "Conv2d"
-
-    def __init__(
-        self,
-        conv: dict[str, Any],
-        kept: int,
-        bits: int,
-        granularity: str = "channel",
-        n_levels: int = 0,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}
-        c = self.conv_args
-        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
-        self._init_storage(shape, kept, bits, granularity, n_levels, bias)
-
-    def spec(self) -> dict[str, Any]:
-        conv = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {"conv": conv, **self._storage_spec()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv_args
-        w = self.dequantized_weight(x.dtype)
-        return conv2d(x, w, self.bias, c)
-
-    def to_dense(self) -> nn.Conv2d:
-        return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
 
 
 def sparse_quantized_layer(
     module: nn.Module, cfg: QuantizerConfig, generator: torch.Generator | None = None
-) -> _SparseQuant:
+) -> SparseQuantLinear | SparseQuantConv2d:
     """The pruning-aware quantized form of a masked layer (its mask) or of a plain
     ``Linear`` / ``Conv2d`` (its exact zeros are the pruned weights)."""
-    if isinstance(module, _Masked):
-        weight, mask = module.masked_weight().detach(), module.mask.detach().clone()
-        kind = module.stands_for
-        conv = module.conv_args if kind == "Conv2d" else None
-    elif type(module) in (nn.Linear, nn.Conv2d):
-        weight = module.weight.detach()
-        mask = weight != 0
-        kind = type(module).__name__
-        if kind == "Conv2d" and module.padding_mode != "zeros":
-            raise SkipLayer(f"padding_mode {module.padding_mode!r} is not supported")
-        conv = conv_spec(module) if kind == "Conv2d" else None
-    else:
+    masked = isinstance(module, _Masked)
+    source = module.to_dense() if masked else module
+    weight = getattr(source, "weight", None)
+    if not isinstance(weight, torch.Tensor):
         raise SkipLayer(f"{type(module).__name__} has no pruning-aware quantized form")
-    if weight.dtype != torch.float32:
-        raise SkipLayer(
-            f"weight dtype {weight.dtype} is not supported; the layer computes in float32"
-        )
-    q = quantize_kept(weight, mask, cfg, generator)
-    kept, width = int(mask.sum()), _n_levels(cfg)
-    has_bias = module.bias is not None
-    if kind == "Linear":
-        out_f, in_f = weight.shape
-        layer: _SparseQuant = SparseQuantLinear(
-            in_f, out_f, kept, cfg.bits, cfg.granularity, width, has_bias
-        )
-    else:
-        assert conv is not None
-        conv = {k: v for k, v in conv.items() if k in _CONV_KEYS}
-        layer = SparseQuantConv2d(conv, kept, cfg.bits, cfg.granularity, width, has_bias)
-    layer = layer.to(weight.device)
-    layer._set(mask, q, module.bias)
+    mask = module.mask.detach().clone() if masked else weight.detach() != 0
+    layer = plain_like(
+        source, SparseQuantLinear, SparseQuantConv2d, "pruning-aware quantization",
+        kept=int(mask.sum()), bits=cfg.bits, granularity=cfg.granularity, n_levels=_n_levels(cfg),
+    )  # fmt: skip
+    require_float32(source)
+    q = quantize_kept(weight.detach(), mask, cfg, generator)
+    layer.mask.copy_(mask)
+    layer._store(q.kept_codes, q.scale, q.offset, q.levels)
     return layer
-
-
-_CONV_KEYS = (
-    "in_channels",
-    "out_channels",
-    "kernel_size",
-    "stride",
-    "padding",
-    "dilation",
-    "groups",
-)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,20 +21,22 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.module import CompressedModule, register_layer
 from modelzip.core.registry import SkipLayer, register_method
+from modelzip.joint.sparse_quant import scatter_codes
 from modelzip.prune.masked import pack_mask, unpack_mask
-from modelzip.quantize.layers import require_float32
-from modelzip.quantize.packing import pack_bits, unpack_bits
+from modelzip.quantize.layers import plain_like, require_float32
+from modelzip.quantize.packing import pack_bits
 from modelzip.quantize.quantizer import adaptive_table
 
 __all__ = [
     "SharedConv2d",
+    "SharedFormat",
     "SharedLinear",
     "WeightSharingConfig",
     "kmeans_centroids",
@@ -147,38 +149,52 @@ def assign(values: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def share_weights(
-    weight: torch.Tensor,
-    bits: int,
-    init: str = "linear",
-    iterations: int = 30,
-    generator: torch.Generator | None = None,
+    weight: torch.Tensor, bits: int, **kmeans: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(codes, centroids, mask)`` of ``weight``: the mask marks the nonzeros, which alone are
-    clustered; ``codes`` (int32, the weight's shape) is 0 where the mask is False."""
+    clustered (``kmeans``: :func:`kmeans_centroids`'s ``init``, ``iterations``, ``generator``);
+    ``codes`` (int32, the weight's shape) is 0 where the mask is False."""
     mask = weight.detach() != 0
     kept = weight.detach()[mask].float()
-    centroids = kmeans_centroids(kept, bits, init, iterations, generator)
+    centroids = kmeans_centroids(kept, bits, **kmeans)
     codes = torch.zeros(weight.shape, dtype=torch.int32, device=weight.device)
     if kept.numel():
         codes[mask] = assign(kept, centroids).to(torch.int32)
     return codes, centroids, mask
 
 
-class _Shared(CompressedModule):
-    """Codes, mask and a trainable centroid table; subclasses define the product."""
+class SharedFormat(WeightFormat):
+    """Storage: cluster indices ``codes`` and a ``mask`` shaped like the weight, and a trainable
+    table of ``2^bits`` ``centroids``; stored as the mask's bits, the kept indices packed to
+    ``bits`` bits and the table. The weight is ``C[codes] ⊙ mask``."""
+
+    onnx_export = "dense"
 
     codes: torch.Tensor
     mask: torch.Tensor
     centroids: nn.Parameter
-    bias: nn.Parameter | None
 
-    def _init_storage(self, weight_shape: tuple[int, ...], bits: int, bias: bool) -> None:
+    def _init_format(self, weight_shape: tuple[int, ...], bits: int) -> None:
         self.weight_shape = tuple(weight_shape)
         self.weight_bits = bits
         self.register_buffer("codes", torch.zeros(weight_shape, dtype=torch.int32))
         self.register_buffer("mask", torch.zeros(weight_shape, dtype=torch.bool))
         self.centroids = nn.Parameter(torch.zeros(1 << bits))
-        self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
+
+    def format_spec(self) -> dict[str, Any]:
+        return {"bits": self.weight_bits}
+
+    @classmethod
+    def from_dense(
+        cls, dense: nn.Module, config: Any, generator: torch.Generator | None = None
+    ) -> Any:
+        """Cluster the plain ``dense`` layer's nonzero weights as ``config`` (``bits``, ``init``,
+        ``iterations``) says."""
+        layer = plain_like(dense, cls, cls, "weight sharing", bits=config.bits)
+        kmeans = {"init": config.init, "iterations": config.iterations, "generator": generator}
+        codes, centroids, mask = share_weights(dense.weight, config.bits, **kmeans)
+        layer._set(codes, centroids, mask, None)
+        return layer
 
     @torch.no_grad()
     def _set(self, codes: torch.Tensor, centroids: torch.Tensor, mask: torch.Tensor,
@@ -186,20 +202,15 @@ class _Shared(CompressedModule):
         self.codes.copy_(codes)
         self.mask.copy_(mask)
         self.centroids.copy_(centroids)
-        if self.bias is not None and bias is not None:
-            self.bias.copy_(bias)
+        if self.bias is not None and bias is not None:  # type: ignore[attr-defined]
+            self.bias.copy_(bias)  # type: ignore[attr-defined]
+
+    def decode_weight(self) -> torch.Tensor:
+        """``C[codes] ⊙ mask``; differentiable in the centroids (their summed weight gradients)."""
+        return self.centroids[self.codes.long()] * self.mask
 
     def shared_weight(self) -> torch.Tensor:
-        """``C[codes] ⊙ mask``; differentiable in the centroids (their summed weight gradients)."""
-        if torch.is_grad_enabled():
-            return self.centroids[self.codes.long()] * self.mask
-        # Inference: reuse the decoded weight until the centroids, codes or mask change.
-        key = (self.centroids._version, self.codes._version, self.mask._version,
-               self.centroids.data_ptr())  # fmt: skip
-        if getattr(self, "_cached_key", None) != key:
-            self._cached = self.centroids[self.codes.long()] * self.mask
-            self._cached_key = key
-        return self._cached
+        return self.decoded_weight()
 
     def used_centroids(self) -> int:
         """Distinct centroids that some kept weight indexes."""
@@ -208,12 +219,8 @@ class _Shared(CompressedModule):
     def sparsity(self) -> float:
         return 1.0 - float(self.mask.sum()) / self.mask.numel()
 
-    def param_count(self) -> int:
-        kept = int(self.mask.sum())
-        return kept + self.centroids.numel() + (self.bias.numel() if self.bias is not None else 0)
-
-    def _storage_spec(self) -> dict[str, Any]:
-        return {"bits": self.weight_bits, "bias": self.bias is not None}
+    def weight_params(self) -> int:
+        return int(self.mask.sum()) + self.centroids.numel()
 
     def packed_state(self) -> dict[str, torch.Tensor]:
         state = {
@@ -221,95 +228,28 @@ class _Shared(CompressedModule):
             "mask_bits": pack_mask(self.mask),
             "centroids": self.centroids.detach(),
         }
-        if self.bias is not None:
-            state["bias"] = self.bias.detach()
+        if self.bias is not None:  # type: ignore[attr-defined]
+            state["bias"] = self.bias.detach()  # type: ignore[attr-defined]
         return state
 
     @torch.no_grad()
     def load_packed_state(self, state: dict[str, torch.Tensor]) -> None:
         mask = unpack_mask(state["mask_bits"], self.weight_shape).to(self.codes.device)
-        codes = torch.zeros_like(self.codes)
-        codes[mask] = unpack_bits(state["codes"], self.weight_bits, int(mask.sum())).to(codes)
+        codes = scatter_codes(state["codes"].to(mask.device), mask, self.weight_bits)
         self._set(codes, state["centroids"], mask, state.get("bias"))
 
-    def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        return load_dense(dense, self.shared_weight(), self.bias)
 
-    def _fill_from(self, dense: nn.Module, config: Any, generator: torch.Generator | None) -> None:
-        codes, centroids, mask = share_weights(
-            dense.weight, self.weight_bits, config.init, config.iterations, generator
-        )
-        self._set(codes, centroids, mask, dense.bias)
+_Shared = SharedFormat  # the name before the op/format split (joint.deep_compression)
 
 
 @register_layer
-class SharedLinear(_Shared):
+class SharedLinear(SharedFormat, CompressedLinear):
     """``nn.Linear`` whose nonzero weights index ``2^bits`` shared, trainable centroids."""
 
-    stands_for = "Linear"
-
-    def __init__(self, in_features: int, out_features: int, bits: int, bias: bool = True) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_storage((out_features, in_features), bits, bias)
-
-    @classmethod
-    def from_dense(
-        cls, dense: nn.Module, config: Any, generator: torch.Generator | None = None
-    ) -> SharedLinear:
-        layer = cls(dense.in_features, dense.out_features, config.bits, dense.bias is not None)
-        layer = layer.to(dense.weight.device)
-        layer._fill_from(dense, config, generator)
-        return layer
-
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                **self._storage_spec()}  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.shared_weight().to(x.dtype), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        return self._dense_weight_into(
-            nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        )
-
 
 @register_layer
-class SharedConv2d(_Shared):
+class SharedConv2d(SharedFormat, CompressedConv2d):
     """``nn.Conv2d`` whose nonzero weights index ``2^bits`` shared, trainable centroids."""
-
-    stands_for = "Conv2d"
-
-    def __init__(self, conv: dict[str, Any], bits: int, bias: bool = True) -> None:
-        super().__init__()
-        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}
-        self.conv_args.pop("bias", None)
-        c = self.conv_args
-        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
-        self._init_storage(shape, bits, bias)
-
-    @classmethod
-    def from_dense(
-        cls, dense: nn.Module, config: Any, generator: torch.Generator | None = None
-    ) -> SharedConv2d:
-        if dense.padding_mode != "zeros":
-            raise SkipLayer(f"padding_mode {dense.padding_mode!r} is not supported")
-        layer = cls(conv_spec(dense), config.bits, dense.bias is not None).to(dense.weight.device)
-        layer._fill_from(dense, config, generator)
-        return layer
-
-    def spec(self) -> dict[str, Any]:
-        conv = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {"conv": conv, **self._storage_spec()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv_args
-        w = self.shared_weight().to(x.dtype)
-        return conv2d(x, w, self.bias, c)
-
-    def to_dense(self) -> nn.Conv2d:
-        return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
 
 
 def dense_source(module: nn.Module) -> nn.Module:
@@ -341,7 +281,7 @@ def shared_layer(
     return cls.from_dense(dense, config, generator)
 
 
-def sharing_note(layer: _Shared, source: nn.Module) -> str:
+def sharing_note(layer: SharedFormat, source: nn.Module) -> str:
     """What the Report says about a shared layer built from ``source``: centroids used, and why
     when fewer than ``2^bits``."""
     k, used = 1 << layer.weight_bits, layer.used_centroids()

@@ -270,8 +270,10 @@ def pack_pixels(x: torch.Tensor) -> np.ndarray:
     return out
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+def conv_output_hw(hw: tuple[int, int], *pairs: tuple[int, int]) -> tuple[int, int]:
+    """A conv's output ``(H, W)`` on input ``hw``, given kernel size, stride, padding, dilation."""
+    out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(hw, *pairs, strict=True)]
+    return out[0], out[1]
 
 
 def im2col_words(
@@ -288,8 +290,7 @@ def im2col_words(
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     padded = np.zeros((b, h + 2 * ph, w + 2 * pw, cw), dtype=np.uint64)
     padded[:, ph : ph + h, pw : pw + w] = words
-    oh = conv_output_size(h, kh, sh, ph, dh)
-    ow = conv_output_size(w, kw, sw, pw, dw)
+    oh, ow = conv_output_hw((h, w), kernel_size, stride, padding, dilation)
     s = padded.strides
     view = np.lib.stride_tricks.as_strided(
         padded,
@@ -343,8 +344,7 @@ def binary_conv2d(
     """
     o, c, kh, kw = weight_shape
     cols = im2col_words(pack_pixels(x), (kh, kw), stride, padding, dilation)
-    b, oh = x.shape[0], conv_output_size(x.shape[2], kh, stride[0], padding[0], dilation[0])
-    ow = conv_output_size(x.shape[3], kw, stride[1], padding[1], dilation[1])
+    b, (oh, ow) = x.shape[0], conv_output_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
     ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
     y = xnor_gemm_affine(
         cols,

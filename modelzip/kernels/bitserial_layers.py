@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from modelzip.core.module import CompressedModule, dense_linear, register_layer
+from modelzip.core.compressed import CompressedLinear, WeightFormat
+from modelzip.core.module import register_layer
 from modelzip.kernels.bitpack import pack_planes, words_for, words_tensor
 from modelzip.kernels.bitserial import bitserial_gemm_packed, plane_weights
 
@@ -53,29 +54,33 @@ def grid_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 
 @register_layer
-class BitSerialLinear(CompressedModule):
+class BitSerialLinear(WeightFormat, CompressedLinear):
     """``y = s·(Δ ⊙ (A·Cᵀ) + m·Σa) + b`` with ``A·Cᵀ`` a bit-serial GEMM of unsigned codes;
-    built by :meth:`from_fake_quant`. Inference only (CPU kernel)."""
+    built by :meth:`from_fake_quant`. Inference only (CPU kernel).
 
-    stands_for = "Linear"
+    Its weight format: the codes as ``weight_bits`` packed bit planes and each row's grid
+    (``offset``, ``step``); ``alpha`` is the PACT clip of the inputs."""
 
-    def __init__(
-        self, in_features: int, out_features: int, weight_bits: int, act_bits: int, bias: bool
-    ) -> None:
-        super().__init__()
+    onnx_export = (
+        "refused: it runs a bit-serial AND-popcount kernel that ONNX has no operator for; export "
+        "the model before materializing it"
+    )
+
+    def _init_format(self, weight_shape: tuple[int, ...], weight_bits: int, act_bits: int) -> None:
         if not 1 <= weight_bits <= MAX_BITS or not 1 <= act_bits <= MAX_BITS:
             raise ValueError(
                 f"weight_bits={weight_bits}, act_bits={act_bits}: each must be in [1, {MAX_BITS}]"
             )
-        self.in_features, self.out_features = in_features, out_features
-        self.weight_bits, self.act_bits = weight_bits, act_bits
-        words = words_for(in_features)
-        planes = torch.zeros(weight_bits, out_features, words, dtype=torch.long)
+        self.weight_shape, self.weight_bits, self.act_bits = weight_shape, weight_bits, act_bits
+        words = words_for(self.in_features)
+        planes = torch.zeros(weight_bits, self.out_features, words, dtype=torch.long)
         self.register_buffer("planes", planes)
-        self.register_buffer("offset", torch.zeros(out_features))
-        self.register_buffer("step", torch.ones(out_features))
+        self.register_buffer("offset", torch.zeros(self.out_features))
+        self.register_buffer("step", torch.ones(self.out_features))
         self.register_buffer("alpha", torch.ones(()))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def format_spec(self) -> dict[str, Any]:
+        return {"weight_bits": self.weight_bits, "act_bits": self.act_bits}
 
     @classmethod
     def from_fake_quant(cls, layer: nn.Module) -> BitSerialLinear:
@@ -87,8 +92,7 @@ class BitSerialLinear(CompressedModule):
         if grid is None:
             raise ValueError(f"weights are not on a uniform grid of at most {MAX_BITS} bits")
         codes, offset, step, bits = grid
-        has_bias = layer.bias is not None
-        new = cls(layer.in_features, layer.out_features, bits, int(act.bits), has_bias)
+        new = cls.like(layer, weight_bits=bits, act_bits=int(act.bits))
         with torch.no_grad():
             new.planes.copy_(words_tensor(pack_planes(codes, bits)))
             new.offset.copy_(offset)
@@ -105,11 +109,6 @@ class BitSerialLinear(CompressedModule):
             "build it with from_fake_quant(layer) (materialize() does)"
         )
 
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                "weight_bits": self.weight_bits, "act_bits": self.act_bits,
-                "bias": self.bias is not None}  # fmt: skip
-
     def codes(self) -> torch.Tensor:
         """The unsigned weight codes ``(out, in)``."""
         bits = np.unpackbits(
@@ -118,14 +117,11 @@ class BitSerialLinear(CompressedModule):
         weights = plane_weights(self.weight_bits, signed=False)
         return torch.from_numpy(np.tensordot(weights, bits, axes=(0, 0)))
 
-    def weight(self) -> torch.Tensor:
+    def decode_weight(self) -> torch.Tensor:
+        """The grid weight (the input quantization is not part of ``nn.Linear``)."""
         return self.offset[:, None] + self.step[:, None] * self.codes().float()
 
-    def to_dense(self) -> nn.Linear:
-        """The weight-only equivalent (the input quantization is not part of ``nn.Linear``)."""
-        return dense_linear(self.weight(), self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("BitSerialLinear is an inference kernel; run it under no_grad()")
         lead, device = x.shape[:-1], x.device
@@ -145,8 +141,8 @@ class BitSerialLinear(CompressedModule):
             self.step * torch.from_numpy(acc).float()
             + self.offset * a.sum(dim=1, keepdim=True).float()
         )
-        if self.bias is not None:
-            y = y + self.bias.detach()
+        if bias is not None:
+            y = y + bias.detach()
         return y.reshape(*lead, self.out_features).to(device)
 
 

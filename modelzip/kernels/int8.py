@@ -1,4 +1,5 @@
-"""int8 products on PyTorch's own CPU kernels (no hand-written int8 GEMM: these win).
+"""int8 weights and their products on PyTorch's own CPU kernels (no hand-written int8 GEMM:
+these win).
 
 * :func:`int8_matmul`: ``torch._int_mm``, int8 × int8 → int32 (oneDNN, AVX-512 VNNI here).
   Without VNNI oneDNN's signed × signed product is not exact (pairs of products are added in a
@@ -8,21 +9,37 @@
   (activations quantized per batch to 7 bits, PyTorch's ``reduce_range``, so that the uint8 ×
   int8 products cannot saturate on CPUs without VNNI; per-channel int8 weights prepacked once).
 * :func:`prepack_conv2d` / :func:`conv2d_dynamic`: the same for convolutions.
+* :class:`Int8Format`: the storage of the int8 layers (symmetric codes ``q`` with per-channel
+  scales ``Δ``, ``W ≈ Δ_k·q``) and its activation policy, which picks the product:
 
-Weights are symmetric int8 codes with per-output-channel scales (``W ≈ Δ_k·q``), the form of
-:class:`modelzip.quantize.int8.Int8Linear`; see Jacob et al., CVPR 2018 for the integer scheme.
+  - ``"float"``: the weight is dequantized (and cached) and the product is in float;
+  - ``"dynamic"``: the input is quantized per call, by the kernels above;
+  - ``"static"``: the input and output are quantized to uint8 with ranges calibrated beforehand
+    (:mod:`modelzip.quantize.static_int8`) around ``torch.ops.quantized.linear``/``conv2d``.
+    Where int8 products can saturate (x86 without VNNI) the input is quantized on 7 bits: the
+    calibrated range split into 128 steps instead of 256 (codes 0..127); the buffers keep the
+    8-bit calibration, the grid is chosen by the machine that runs the layer.
+
+  Elsewhere than the CPU, for other dtypes and while autograd records, the same arithmetic runs
+  in float (the static policy as fake quantization). The layers are
+  :class:`modelzip.quantize.int8.Int8Linear`/``Int8Conv2d``, the static ones of
+  :mod:`modelzip.quantize.static_int8`, and :class:`Int8DynamicConv2d` here; see Jacob et al.,
+  CVPR 2018 for the integer scheme.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from modelzip.core.module import CompressedModule, register_layer
-from modelzip.kernels import isa
+import modelzip.kernels.isa as isa
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
+from modelzip.core.geometry import ConvGeometry
+from modelzip.core.module import register_layer
 
 #: Products of int8 codes are at most 2^14 in magnitude: float32 adds up to 2^10 of them exactly.
 _FLOAT32_EXACT_K = 2**24 // 2**14
@@ -61,7 +78,7 @@ def prepack_linear(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor 
 
 
 def linear_dynamic(x: torch.Tensor, packed: Any) -> torch.Tensor:
-    """``y = x·Wᵀ + b`` with ``x`` quantized per call to 8 bits (float in, float out)."""
+    """``y = x·Wᵀ + b`` with ``x`` quantized per call to 7 bits (float in, float out)."""
     shape = x.shape
     y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), packed, True)
     return y.reshape(*shape[:-1], y.shape[-1])
@@ -84,72 +101,236 @@ def prepack_conv2d(
 
 
 def conv2d_dynamic(x: torch.Tensor, packed: Any) -> torch.Tensor:
-    """Convolution with ``x`` quantized per call to 8 bits (float in, float out)."""
+    """Convolution with ``x`` quantized per call to 7 bits (float in, float out)."""
     return torch.ops.quantized.conv2d_dynamic(x.contiguous(), packed, True)
 
 
-@register_layer
-class Int8DynamicConv2d(CompressedModule):
-    """An int8 convolution (codes ``q``, per-channel scales ``Δ``) run by the x86 engine's
-    dynamic-quantized ``conv2d`` (input quantized per call). Built from
-    :class:`modelzip.quantize.int8.Int8Conv2d` or any layer with ``codes``, ``scale``, ``bias``
-    and ``conv_args``. Inference only."""
+#: Top int8 weight code (the symmetric range -127..127).
+QMAX = 127
+#: The activation policies of :class:`Int8Format`.
+ACTIVATIONS = ("float", "dynamic", "static")
+#: Top uint8 code of a static activation, and the one where int8 products can saturate.
+ACT_QMAX, QMAX_REDUCED = 255, 127
 
-    stands_for = "Conv2d"
+
+def quantize_symmetric_int8(
+    weight: torch.Tensor, per_channel: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes (int8, same shape) and scales (float32, per output channel or one) of ``weight``."""
+    w = weight.detach().float()
+    amax = w.reshape(w.shape[0], -1).abs().amax(dim=1) if per_channel else w.abs().amax().reshape(1)
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    view = (-1,) + (1,) * (w.dim() - 1)
+    codes = torch.clamp(torch.round(w / scale.reshape(view)), -QMAX, QMAX).to(torch.int8)
+    return codes, scale
+
+
+def qparams(lo: float, hi: float) -> tuple[float, int]:
+    """Scale and zero point of the uint8 affine map covering ``[lo, hi]`` (containing 0)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / ACT_QMAX if hi > lo else 1.0
+    zero = round(-lo / scale)
+    return float(scale), max(0, min(ACT_QMAX, zero))
+
+
+def reduced_qparams(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 7-bit grid (codes ``0..127``) over the range of the 8-bit grid ``(scale, zero)``:
+    ``[-zero·scale, (255 - zero)·scale]`` in 127 steps of ``255/127·scale``."""
+    zero7 = torch.round(zero * (QMAX_REDUCED / ACT_QMAX)).clamp(0, QMAX_REDUCED).long()
+    return scale * (ACT_QMAX / QMAX_REDUCED), zero7
+
+
+def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = ACT_QMAX) -> Any:
+    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    return (q - zero) * scale
+
+
+class Int8Format(WeightFormat):
+    """Storage: int8 ``codes`` shaped like the weight and float ``scale`` per output channel (or
+    one), with the activation policy (:data:`ACTIVATIONS`) deciding the product; the static
+    policy adds the calibrated ``in_scale``/``in_zero``/``out_scale``/``out_zero``."""
+
     weight_bits = 8
+    #: The policy of a class that has only that one (its spec then leaves ``activations`` out).
+    policy: ClassVar[str | None] = None
 
-    def __init__(self, conv_args: dict[str, Any], per_channel: bool = True) -> None:
-        super().__init__()
-        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv_args.items()}
-        a = self.conv_args
-        shape = (a["out_channels"], a["in_channels"] // a["groups"], *a["kernel_size"])
-        self.register_buffer("codes", torch.zeros(shape, dtype=torch.int8))
-        self.register_buffer("scale", torch.ones(shape[0] if per_channel else 1))
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if a["bias"] else None
-        self._packed: Any = None
+    codes: torch.Tensor
+    scale: torch.Tensor
+    in_scale: torch.Tensor
+    in_zero: torch.Tensor
+    out_scale: torch.Tensor
+    out_zero: torch.Tensor
+
+    def _init_format(
+        self, weight_shape: tuple[int, ...], per_channel: bool = True, activations: str = ""
+    ) -> None:
+        activations = activations or self.policy or "float"
+        if activations not in ACTIVATIONS or self.policy not in (None, activations):
+            allowed = self.policy or ", ".join(ACTIVATIONS)
+            raise ValueError(f"{type(self).__name__} takes activations {allowed}: {activations!r}")
+        self.weight_shape = tuple(weight_shape)
+        self.per_channel, self.activations = per_channel, activations
+        self.register_buffer("codes", torch.zeros(weight_shape, dtype=torch.int8))  # type: ignore[attr-defined]
+        self.register_buffer("scale", torch.ones(weight_shape[0] if per_channel else 1))  # type: ignore[attr-defined]
+        if activations == "static":
+            for name in ("in_scale", "out_scale"):
+                self.register_buffer(name, torch.ones(()))  # type: ignore[attr-defined]
+            for name in ("in_zero", "out_zero"):
+                self.register_buffer(name, torch.zeros((), dtype=torch.long))  # type: ignore[attr-defined]
+
+    def format_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"per_channel": self.per_channel}
+        return spec if self.policy else {**spec, "activations": self.activations}
+
+    def decode_weight(self) -> torch.Tensor:
+        view = (-1,) + (1,) * (self.codes.dim() - 1)
+        return self.codes.to(self.scale.dtype) * self.scale.reshape(view)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.decoded_weight(dtype)
 
     @classmethod
-    def from_dense(cls, dense: nn.Module, config: Any = None) -> Int8DynamicConv2d:
-        if isinstance(dense.conv_args["padding"], str):
-            raise ValueError("the int8 convolution kernel needs numeric padding")
-        layer = cls(dict(dense.conv_args), dense.scale.numel() > 1)
+    def quantized(cls, dense: Any, per_channel: bool = True, activations: str = "") -> Any:
+        """An empty layer of ``dense``'s shape holding its weight quantized, and its bias."""
+        layer = cls.like(dense, per_channel=per_channel, activations=activations)  # type: ignore[attr-defined]
+        codes, scale = quantize_symmetric_int8(dense.weight, per_channel)
         with torch.no_grad():
-            layer.codes.copy_(dense.codes)
-            layer.scale.copy_(dense.scale)
+            layer.codes.copy_(codes)
+            layer.scale.copy_(scale)
             if layer.bias is not None:
                 layer.bias.copy_(dense.bias)
         return layer
 
-    def spec(self) -> dict[str, Any]:
-        args = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {"conv_args": args, "per_channel": self.scale.numel() > 1}
+    @classmethod
+    def from_dense(cls, dense: Any, config: Any) -> Any:
+        """``config.activations="dynamic"`` reaches linear layers; a conv computes in float (its
+        dynamic kernel is a form :func:`modelzip.deploy.materialize` may choose)."""
+        dynamic = config.activations == "dynamic" and issubclass(cls, CompressedLinear)
+        return cls.quantized(dense, config.per_channel, "dynamic" if dynamic else "")
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
+    def with_activations(self, activations: str, cls: type[Int8Format] | None = None) -> Any:
+        """A new layer (of ``cls``, this class by default; on the CPU, in eval mode) holding this
+        weight and bias under another activation policy."""
+        new = (cls or type(self)).from_spec({**self.spec(), "activations": activations})  # type: ignore[attr-defined]
+        new.load_state_dict(self.state_dict())  # type: ignore[attr-defined]
+        return new.eval()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is None:
-            a = self.conv_args
-            self._packed = prepack_conv2d(self.codes, self.scale, self.bias, a["stride"],
-                                          a["padding"], a["dilation"], a["groups"])  # fmt: skip
-        with torch.no_grad():
-            return conv2d_dynamic(x.float(), self._packed)
+    # The static policy's activation quantization.
 
-    def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(**self.conv_args)
-        with torch.no_grad():
-            dense.weight.copy_(self.codes.float() * self.scale.reshape(-1, 1, 1, 1))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    @torch.no_grad()
+    def set_ranges(self, rin: tuple[float, float], rout: tuple[float, float]) -> None:
+        for (lo, hi), s, z in ((rin, "in_scale", "in_zero"), (rout, "out_scale", "out_zero")):
+            scale, zero = qparams(lo, hi)
+            getattr(self, s).fill_(scale)
+            getattr(self, z).fill_(zero)
+
+    def input_qparams(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Scale, zero point and top code of the input's quantization on this machine: the
+        calibrated 8-bit grid, or its 7-bit form (:func:`reduced_qparams`) where int8 products
+        can saturate (:func:`modelzip.kernels.isa.reduced_int8_range`)."""
+        if isa.reduced_int8_range():
+            return (*reduced_qparams(self.in_scale, self.in_zero), QMAX_REDUCED)
+        return self.in_scale, self.in_zero, ACT_QMAX
+
+    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        scale_t, zero_t, qmax = self.input_qparams()
+        scale, zero = float(scale_t), int(zero_t)
+        if qmax < ACT_QMAX:  # quint8 would go up to 255: clip to the top 7-bit code first
+            x = x.clamp(max=(qmax - zero) * scale)
+        with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+            warnings.simplefilter("ignore")
+            return torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+
+    # The products.
+
+    def _on_engine(self, x: torch.Tensor, geometry: ConvGeometry | None = None) -> bool:
+        """Whether PyTorch's int8 engine runs this call (else the float simulation)."""
+        return (
+            self.activations != "float"
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and not torch.is_grad_enabled()
+            and not (geometry is not None and isinstance(geometry.padding, str))
+        )
+
+    def _simulated(self, x: torch.Tensor, product: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        """``product`` in float, between the static policy's input and output quantization."""
+        if self.activations != "static":
+            return product(x)
+        return _fake(product(_fake(x, *self.input_qparams())), self.out_scale, self.out_zero)
+
+    def _prepacked(self, build: Callable[[], Any]) -> Any:
+        """The engine's prepacked weight, kept while the layer's tensors are unchanged (the key
+        of :meth:`WeightFormat.decoded_weight`'s cache)."""
+        own = [*self._parameters.values(), *self._buffers.values()]  # type: ignore[attr-defined]
+        key = tuple((t._version, t.data_ptr()) for t in own if t is not None)
+        cache: tuple[Any, Any] | None = self.__dict__.get("_prepack_cache")
+        if cache is None or cache[0] != key:
+            cache = self.__dict__["_prepack_cache"] = (key, build())
+        return cache[1]
+
+    def _static(self, op: Any, x: torch.Tensor, packed: Any) -> torch.Tensor:
+        qy = op(self._quantize_input(x), packed, float(self.out_scale), int(self.out_zero))
+        return qy.dequantize()
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not self._on_engine(x):
+            return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
+        packed = self._prepacked(lambda: prepack_linear(self.codes, self.scale, bias))
+        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        if self.activations == "dynamic":
+            y = linear_dynamic(flat, packed)
+        else:
+            y = self._static(torch.ops.quantized.linear, flat, packed)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def conv2d(
+        self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if not self._on_engine(x, geometry):
+            return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
+        g = geometry
+        packed = self._prepacked(lambda: prepack_conv2d(
+            self.codes, self.scale, bias, g.stride, g.padding, g.dilation, g.groups  # type: ignore[arg-type]
+        ))  # fmt: skip
+        if self.activations == "dynamic":
+            return conv2d_dynamic(x, packed)
+        return self._static(torch.ops.quantized.conv2d, x, packed)
+
+
+@register_layer
+class Int8DynamicConv2d(Int8Format, CompressedConv2d):
+    """An int8 convolution run by the x86 engine's dynamic-quantized ``conv2d`` (input quantized
+    per call): the int8 format with the ``"dynamic"`` policy, the form
+    :func:`modelzip.deploy.materialize` builds from an ``Int8Conv2d``."""
+
+    onnx_export = (
+        "refused: it runs PyTorch's dynamic int8 conv kernel, which has no ONNX form; export the "
+        "model before materializing it"
+    )
+    policy = "dynamic"
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, config: Any = None) -> Int8DynamicConv2d:
+        """From an ``Int8Conv2d`` (its codes, scales and bias)."""
+        return dense.with_activations("dynamic", cls)  # type: ignore[operator]
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Int8DynamicConv2d:
+        old = spec.get("conv_args", {})  # files of this class kept ``bias`` in ``conv_args``
+        return super().from_spec({"bias": old["bias"], **spec} if "bias" in old else spec)
 
 
 __all__ = [
+    "ACTIVATIONS",
     "Int8DynamicConv2d",
+    "Int8Format",
     "conv2d_dynamic",
     "int8_matmul",
     "linear_dynamic",
     "prepack_conv2d",
     "prepack_linear",
+    "qparams",
+    "quantize_symmetric_int8",
+    "reduced_qparams",
 ]

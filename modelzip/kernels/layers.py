@@ -1,13 +1,17 @@
-"""Executable layers: compressed layers in the form the kernels of this package run fast.
+"""Executable binary layers: ``±α`` weights bit-packed, run by the kernels of this package.
 
-Each is a :class:`~modelzip.core.module.CompressedModule`
-(``from_dense``/``to_dense``/``spec``) and is registered, so a materialized model saves and loads
-like any other. Inference only: the kernels
-have no backward, so these layers refuse to run with autograd on their inputs.
+One weight format, :class:`BinaryFormat` (sign bits packed 64 per word plus one ``α`` per output
+row), mixed into the linear and conv ops of :mod:`modelzip.core.compressed`, with kernels of its
+own for both: XNOR-popcount when the inputs are binarized too (``mode="xnor"``), BWN additions
+and subtractions of real inputs otherwise (``mode="bwn"``). Registered, so a materialized model
+saves and loads like any other. Inference only: the kernels have no backward, so these layers
+refuse to run with autograd on their inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.core.module import CompressedModule, dense_linear, register_layer
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
+from modelzip.core.geometry import ConvGeometry
+from modelzip.core.layer_workload import plain_workload
+from modelzip.core.module import register_layer
+from modelzip.core.workload import Workload
 from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_tensor
 
 BINARY_MODES = ("xnor", "bwn")
@@ -35,107 +43,140 @@ def _no_grad_input(x: torch.Tensor, name: str) -> None:
         raise RuntimeError(f"{name} is an inference kernel; run it under torch.no_grad()")
 
 
-class _Binary(CompressedModule):
+class BinaryFormat(WeightFormat):
+    """Storage: ``sign(W)`` packed 64 per ``int64`` word (``words``) and ``α`` per output row.
+
+    A linear weight's rows are packed as they are; a conv weight's in the tap layout of the
+    packed im2col (``(ky, kx)`` major, the channels of each tap packed into whole words).
+    """
+
+    onnx_export = (
+        "refused: it runs a bit-packed XNOR/popcount kernel that ONNX has no operator for; "
+        "export the model before converting it to kernel layers"
+    )
     weight_bits = 1
     words: torch.Tensor
     alpha: torch.Tensor
-    bias: nn.Parameter | None
 
-    def _init_binary(self, rows: int, k: int, bias: bool, mode: str, n_words: int = 0) -> None:
+    def _init_format(self, weight_shape: tuple[int, ...], mode: str = "bwn") -> None:
         if mode not in BINARY_MODES:
             raise ValueError(f"mode={mode!r}: binary layers run {BINARY_MODES}")
-        self.mode, self.k = mode, k
-        n_words = n_words or words_for(k)
+        self.weight_shape, self.mode = tuple(weight_shape), mode
+        rows, self.k = weight_shape[0], math.prod(weight_shape[1:])
+        taps = math.prod(weight_shape[2:])  # 1 for a linear weight
+        n_words = taps * words_for(weight_shape[1])
         self.register_buffer("words", torch.zeros(rows, n_words, dtype=torch.int64))
         self.register_buffer("alpha", torch.ones(rows))
-        self.bias = nn.Parameter(torch.zeros(rows)) if bias else None
 
-    @torch.no_grad()
-    def _binarize_from(self, dense: nn.Module) -> None:
+    def format_spec(self) -> dict[str, Any]:
+        return {"mode": self.mode}
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, config: Any = None) -> Any:
+        """From a layer whose rows are ``±α``; ``config`` is the mode (or has a ``mode``)."""
+        if isinstance(dense, nn.Conv2d) and (dense.groups != 1 or isinstance(dense.padding, str)):
+            raise ValueError("binary convolution needs groups=1 and numeric zero padding")
         alpha = binary_scales(dense.weight)
         if alpha is None:
             raise ValueError("weights are not ±α per output channel; binarize the layer first")
-        self.alpha.copy_(alpha)
-        self.words.copy_(words_tensor(self._pack(dense.weight)))
-        if self.bias is not None:
-            self.bias.copy_(dense.bias)
-
-    def _pack(self, weight: torch.Tensor) -> np.ndarray:
-        return pack_signs(weight.reshape(weight.shape[0], -1))
-
-    def _words(self) -> np.ndarray:
-        return self.words.numpy().view(np.uint64)
-
-    def _signs(self) -> torch.Tensor:
-        """``sign(W)`` as a float ``rows × K`` matrix."""
-        return torch.from_numpy(unpack_signs(self._words(), self.k))
-
-    def binary_weight(self) -> torch.Tensor:
-        """``α_k · sign(W_k)`` as a float ``rows × K`` matrix (unfold order for convolutions)."""
-        return self._signs() * self.alpha[:, None]
-
-    def param_count(self) -> int:
-        return self.words.shape[0] * self.k + (self.bias.numel() if self.bias is not None else 0)
-
-    def _gemm(self, x2: torch.Tensor, words: np.ndarray) -> torch.Tensor:
-        """``x2 (n × K) · sign(W)ᵀ`` from row-packed ``words``: XNOR on packed signs, or BWN
-        adds/subtracts."""
-        from modelzip.kernels.binary import bwn_gemm, xnor_gemm_affine
-
-        if self.mode == "xnor":
-            beta = self.bias.detach() if self.bias is not None else torch.zeros_like(self.alpha)
-            y = xnor_gemm_affine(pack_signs(x2), words, self.k, self.alpha.numpy(), beta.numpy())
-            return torch.from_numpy(y)  # scale and bias applied in the kernel
-        y = bwn_gemm(x2.float().numpy(), words, self.k)
-        y = torch.from_numpy(y).mul_(self.alpha)
-        if self.bias is not None:
-            y.add_(self.bias.detach())
-        return y
-
-
-@register_layer
-class BinaryLinear(_Binary):
-    """``y = α ⊙ (x·sign(W)ᵀ) + b`` with the signs packed 64 per word.
-
-    ``mode="xnor"`` (XNOR-Net/BNN): the input is binarized too, ``sign(x)``, and the product is
-    ``K − 2·popcount(x ⊕ w)``; ``mode="bwn"``: real inputs, additions and subtractions only.
-    """
-
-    stands_for = "Linear"
-
-    def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, mode: str = "bwn"
-    ) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_binary(out_features, in_features, bias, mode)
-
-    @classmethod
-    def from_dense(cls, dense: nn.Module, config: Any = None) -> BinaryLinear:
         mode = getattr(config, "mode", config if isinstance(config, str) else "bwn")
-        layer = cls(dense.in_features, dense.out_features, dense.bias is not None, mode)
-        layer._binarize_from(dense)
+        layer = cls.like(dense, mode=mode)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            layer.alpha.copy_(alpha)
+            layer.words.copy_(words_tensor(layer._pack(dense.weight)))
+            if layer.bias is not None:
+                layer.bias.copy_(dense.bias)
         return layer
 
-    def spec(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-            "mode": self.mode,
-        }
+    def _pack(self, weight: torch.Tensor) -> np.ndarray:
+        if weight.dim() == 4:
+            from modelzip.kernels.binary import pack_conv_weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _no_grad_input(x, type(self).__name__)
-        lead = x.shape[:-1]
-        y = self._gemm(x.detach().reshape(-1, self.in_features).cpu(), self._words())
-        return y.reshape(*lead, self.out_features).to(x.device)
+            return pack_conv_weight(weight)
+        return pack_signs(weight)
 
-    def to_dense(self) -> nn.Linear:
-        dense = dense_linear(self.binary_weight(), self.bias)
+    def _words(self) -> np.ndarray:
+        return self.words.cpu().numpy().view(np.uint64)
+
+    def _signs(self) -> torch.Tensor:
+        """``sign(W)`` as a float ``rows × K`` matrix (unfold order for convolutions)."""
+        if len(self.weight_shape) == 2:
+            return torch.from_numpy(unpack_signs(self._words(), self.k))
+        o, c, kh, kw = self.weight_shape
+        bits = unpack_signs(self._words().reshape(o, kh * kw, -1), c)  # (O, taps, C)
+        return torch.from_numpy(bits).reshape(o, kh, kw, c).permute(0, 3, 1, 2).reshape(o, -1)
+
+    def decode_weight(self) -> torch.Tensor:
+        w = self._signs().to(self.alpha.device) * self.alpha[:, None]
+        return w.reshape(self.weight_shape)
+
+    def _kernel_cache(self) -> dict[Any, Any]:
+        """Operands derived from the weight (padding corrections, row-packed words), kept as
+        long as the core's cached decoded weight is: rebuilt when ``words`` or ``alpha`` change."""
+        with torch.no_grad():
+            w = self.decoded_weight()
+        cache = self.__dict__.get("_binary_cache")
+        if cache is None or cache[0] is not w:
+            cache = (w, {})
+            self.__dict__["_binary_cache"] = cache
+        return cache[1]
+
+    def _gemm(self, x2: torch.Tensor, words: np.ndarray, bias: torch.Tensor | None) -> torch.Tensor:
+        """``α ⊙ (x2 (n × K) · sign(W)ᵀ) + b`` from row-packed ``words``: XNOR on packed signs,
+        or BWN adds/subtracts."""
+        from modelzip.kernels.binary import bwn_gemm, xnor_gemm_affine
+
+        alpha = self.alpha.detach().cpu()
+        beta = bias.detach().cpu() if bias is not None else None
         if self.mode == "xnor":
-            return _SignThen(dense)  # type: ignore[return-value]
-        return dense
+            beta = torch.zeros_like(alpha) if beta is None else beta
+            y = xnor_gemm_affine(pack_signs(x2), words, self.k, alpha.numpy(), beta.numpy())
+            return torch.from_numpy(y)  # scale and bias applied in the kernel
+        y = torch.from_numpy(bwn_gemm(x2.float().numpy(), words, self.k)).mul_(alpha)
+        return y if beta is None else y.add_(beta)
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        _no_grad_input(x, type(self).__name__)
+        y = self._gemm(x.detach().reshape(-1, self.k).cpu(), self._words(), bias)
+        return y.reshape(*x.shape[:-1], self.weight_shape[0]).to(x.device)
+
+    def conv2d(
+        self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        from modelzip.kernels.binary import binary_conv2d, conv_output_hw, padding_correction
+
+        _no_grad_input(x, type(self).__name__)
+        g, cache, device = geometry, self._kernel_cache(), x.device
+        x = x.detach().cpu().float()
+        if self.mode == "xnor":
+            hw = (x.shape[2], x.shape[3])
+            if hw not in cache:
+                signs = self._signs().reshape(self.weight_shape)
+                cache[hw] = (
+                    padding_correction(signs, hw, g.stride, g.padding, g.dilation)
+                    if any(g.padding)
+                    else None
+                )
+            return binary_conv2d(x, self._words(), self.weight_shape, g.stride, g.padding,
+                                 g.dilation, cache[hw], self.alpha, bias).to(device)  # fmt: skip
+        if "rows" not in cache:  # unfold-order words, for BWN
+            cache["rows"] = pack_signs(self._signs())
+        cols = F.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride)
+        b, ck, n = cols.shape
+        h, _ = conv_output_hw(x.shape[2:], g.kernel_size, g.stride, g.padding, g.dilation)
+        y = self._gemm(cols.transpose(1, 2).reshape(b * n, ck), cache["rows"], bias)
+        return y.reshape(b, h, n // h, -1).permute(0, 3, 1, 2).to(device)  # channels-last
+
+    def to_dense(self) -> nn.Module:
+        dense = super().to_dense()  # type: ignore[misc]
+        return _SignThen(dense) if self.mode == "xnor" else dense
+
+    def workloads(self, name: str, inputs: tuple[Any, ...], output: Any) -> list[Workload]:
+        """The op with 1-bit weights (and 1-bit inputs in XNOR mode)."""
+        op = plain_workload(name, super().to_dense(), inputs, output,  # type: ignore[misc]
+                            params=self.param_count(), weight_bits=1,  # type: ignore[attr-defined]
+                            weight_bytes=self.storage_bytes())  # type: ignore[attr-defined]  # fmt: skip
+        return [dataclasses.replace(op, act_bits=1) if self.mode == "xnor" else op]
 
 
 class _SignThen(nn.Module):
@@ -150,112 +191,18 @@ class _SignThen(nn.Module):
 
 
 @register_layer
-class BinaryConv2d(_Binary):
+class BinaryLinear(BinaryFormat, CompressedLinear):
+    """``y = α ⊙ (x·sign(W)ᵀ) + b`` with the signs packed 64 per word.
+
+    ``mode="xnor"`` (XNOR-Net/BNN): the input is binarized too, ``sign(x)``, and the product is
+    ``K − 2·popcount(x ⊕ w)``; ``mode="bwn"``: real inputs, additions and subtractions only.
+    """
+
+
+@register_layer
+class BinaryConv2d(BinaryFormat, CompressedConv2d):
     """``conv2d`` with ``α ⊙ sign(W)`` weights (groups 1, zero padding), via packed im2col.
 
     ``mode="xnor"``: ``conv(sign x, sign W)`` exactly, the +1 padding bits removed by a cached
     correction; ``mode="bwn"``: real input columns, additions and subtractions only.
     """
-
-    stands_for = "Conv2d"
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] = (0, 0),
-        dilation: tuple[int, int] = (1, 1),
-        bias: bool = True,
-        mode: str = "bwn",
-    ) -> None:
-        super().__init__()
-        self.conv_args = {
-            "in_channels": in_channels,
-            "out_channels": out_channels,
-            "kernel_size": tuple(kernel_size),
-            "stride": tuple(stride),
-            "padding": tuple(padding),
-            "dilation": tuple(dilation),
-            "bias": bias,
-        }
-        taps = kernel_size[0] * kernel_size[1]
-        # Words in the tap layout of the packed im2col: (ky, kx) major, channels packed.
-        self._init_binary(out_channels, in_channels * taps, bias, mode,
-                          taps * words_for(in_channels))  # fmt: skip
-        self._corrections: dict[tuple[int, int], torch.Tensor | None] = {}
-        self._row_words: np.ndarray | None = None  # unfold-order words, for BWN
-
-    def _pack(self, weight: torch.Tensor) -> np.ndarray:
-        from modelzip.kernels.binary import pack_conv_weight
-
-        return pack_conv_weight(weight)
-
-    def _signs(self) -> torch.Tensor:
-        o, c, kh, kw = self._weight_shape()
-        bits = unpack_signs(self._words().reshape(o, kh * kw, -1), c)  # (O, taps, C)
-        return torch.from_numpy(bits).reshape(o, kh, kw, c).permute(0, 3, 1, 2).reshape(o, -1)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._corrections, self._row_words = {}, None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    @classmethod
-    def from_dense(cls, dense: nn.Module, config: Any = None) -> BinaryConv2d:
-        if dense.groups != 1 or dense.padding_mode != "zeros" or isinstance(dense.padding, str):
-            raise ValueError("binary convolution needs groups=1 and numeric zero padding")
-        mode = getattr(config, "mode", config if isinstance(config, str) else "bwn")
-        layer = cls(dense.in_channels, dense.out_channels, dense.kernel_size, dense.stride,
-                    dense.padding, dense.dilation, dense.bias is not None, mode)  # fmt: skip
-        layer._binarize_from(dense)
-        return layer
-
-    def spec(self) -> dict[str, Any]:
-        spec = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {**spec, "mode": self.mode}
-
-    def _weight_shape(self) -> tuple[int, int, int, int]:
-        a = self.conv_args
-        return (a["out_channels"], a["in_channels"], *a["kernel_size"])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from modelzip.kernels.binary import binary_conv2d, padding_correction
-
-        _no_grad_input(x, type(self).__name__)
-        a = self.conv_args
-        x = x.detach().cpu().float()
-        if self.mode == "xnor":
-            hw = (x.shape[2], x.shape[3])
-            if hw not in self._corrections:
-                self._corrections[hw] = (
-                    padding_correction(
-                        self._signs().reshape(self._weight_shape()),
-                        hw,
-                        a["stride"],
-                        a["padding"],
-                        a["dilation"],
-                    )
-                    if any(a["padding"])
-                    else None
-                )
-            return binary_conv2d(x, self._words(), self._weight_shape(), a["stride"],
-                                 a["padding"], a["dilation"], self._corrections[hw], self.alpha,
-                                 self.bias)  # fmt: skip
-        cols = F.unfold(x, a["kernel_size"], a["dilation"], a["padding"], a["stride"])
-        b, ck, L = cols.shape
-        h = (x.shape[2] + 2 * a["padding"][0] - a["dilation"][0] * (a["kernel_size"][0] - 1)
-             - 1) // a["stride"][0] + 1  # fmt: skip
-        if self._row_words is None:
-            self._row_words = pack_signs(self._signs())
-        y = self._gemm(cols.transpose(1, 2).reshape(b * L, ck), self._row_words)  # with bias
-        return y.reshape(b, h, L // h, -1).permute(0, 3, 1, 2)  # channels-last, no copy
-
-    def to_dense(self) -> nn.Module:
-        args = {k: v for k, v in self.conv_args.items()}
-        dense = nn.Conv2d(**args)
-        with torch.no_grad():
-            dense.weight.copy_(self.binary_weight().reshape(self._weight_shape()))
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return _SignThen(dense) if self.mode == "xnor" else dense

@@ -103,6 +103,11 @@ class SplitLinear(CompressedModule):
     """``y = W x`` with ``W`` held as two matrices ``L`` (``M_L × N_L·b``) and ``R``
     (``N_R × b·M_R``) over a cut of the modes; built by :meth:`from_factorized`."""
 
+    onnx_export = (
+        "refused: its forward runs the two GEMMs in row chunks into a preallocated output, which "
+        "tracing would fix to one batch size; export the model before materializing it"
+    )
+
     stands_for = "Linear"
 
     def __init__(

@@ -85,6 +85,11 @@ class FusedTTConv2d(FusedConv, TTConv2d):
     :meth:`from_tt` (``materialize()`` does) or :meth:`from_dense`.
     """
 
+    onnx_export = (
+        "refused: it runs a fused AVX-512 kernel; export the model before materializing it"
+    )
+    executable_forms = ()
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.groups_plan, self.chain_macs = plan_groups(self.in_modes, self.out_modes, self.ranks)

@@ -69,6 +69,35 @@ class ModelSpec:
 
 _MODELS: dict[str, ModelSpec] = {}
 
+#: The zoo's modules; importing one registers its models. They are imported on the first look-up
+#: of the registry (:func:`list_models`, :func:`model_info`, a factory check), not with it, so
+#: that saving or loading a file does not import the compact family and the training loop that
+#: some zoo models are built from.
+ZOO_MODULES = (
+    "modelzip.models.lenet",
+    "modelzip.models.vgg",
+    "modelzip.models.resnet",
+    "modelzip.models.twn_net",
+    "modelzip.models.char_lstm",
+    "modelzip.models.compact_cnn",
+    "modelzip.models.rnn_zoo",
+)
+_zoo_loaded = False
+
+
+def _load_zoo() -> None:
+    """Import the zoo's modules once (see :data:`ZOO_MODULES`)."""
+    global _zoo_loaded
+    if _zoo_loaded:
+        return
+    _zoo_loaded = True  # first, so that a zoo module asking the registry does not recurse
+    try:
+        for module_name in ZOO_MODULES:
+            importlib.import_module(module_name)
+    except BaseException:
+        _zoo_loaded = False
+        raise
+
 
 def register_model(
     name: str,
@@ -98,11 +127,13 @@ def register_model(
 
 def list_models() -> list[str]:
     """Names of the zoo models, sorted."""
+    _load_zoo()
     return sorted(_MODELS)
 
 
 def model_info(name: str) -> ModelSpec:
     """The registry entry of ``name``."""
+    _load_zoo()
     if name not in _MODELS:
         raise unknown_name("model", name, list_models())
     return _MODELS[name]
@@ -345,6 +376,7 @@ def model_factory(
 
 def _registered(target: Callable[..., Any]) -> FactoryEntry | None:
     """The registration of ``target``: as a factory, or as a zoo model's factory."""
+    _load_zoo()
     entry = _FACTORIES.get(factory_ref(target)) if hasattr(target, "__qualname__") else None
     if entry is not None and entry.factory is target:
         return entry

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from modelzip.compact.rnn_networks import SkipRNN, StackedRNN
+from modelzip.compact.rnn_networks import SkipRNN, StackedRNN, make_cell
 from modelzip.data.text import SHAKESPEARE_VOCAB_SIZE
 from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
@@ -99,8 +99,6 @@ def rnn_char(
     if skip:
         if num_layers != 1:
             raise ValueError(f"skip=True supports num_layers=1, got {num_layers}")
-        from modelzip.compact.rnn_cells import make_cell
-
         unit = make_cell(cell, embed_dim, hidden_size, **(cell_kwargs or {}))
         return CharRNN(vocab_size, embed_dim, SkipRNN(unit), unit.output_size)
     rnn = StackedRNN(cell, embed_dim, hidden_size, num_layers, residual, **(cell_kwargs or {}))

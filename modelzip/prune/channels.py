@@ -18,13 +18,11 @@ import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context
-from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.context import Context, replace_module
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import register_method
 from modelzip.prune.criteria import channel_scores
 from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph
-from modelzip.report import LayerChange
 
 
 def select_channels(
@@ -140,13 +138,14 @@ def remove_channels(
 ) -> dict[str, tuple[nn.Module, nn.Module]]:
     """Replace every module that loses channels by a smaller dense one, in place.
 
-    Returns ``name -> (old, new)``.
+    A module registered under several names gets the new one under all of them (the tracer names
+    it once, and the name it is called by may be another). Returns ``name -> (old, new)``.
     """
     changed = {}
     for name, roles in _slices(graph, keep).items():
         old = model.get_submodule(name)
         new = _slice_module(old, roles)
-        model.set_submodule(name, new)
+        replace_module(model, name, new)
         changed[name] = (old, new)
     return changed
 
@@ -219,27 +218,14 @@ def plan_channels(
     example=ChannelPruneConfig(sparsity=0.5),
     noop=ChannelPruneConfig(sparsity=0.0),
 )
-def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) -> list[LayerChange]:
+def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) -> None:
     """Filter/neuron pruning with real removal of coupled channels (fx-traced)."""
     if ctx.sample is None:
         raise ModelError("channel_prune traces the model on a sample input: pass data or sample")
     was_training = model.training
     graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
     model.train(was_training)
-    changes = []
+    # Coupled layers are resized together (no one of them may be refused), so each is recorded.
     for name, (old, new) in remove_channels(model, graph, keep).items():
         note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"
-        changes.append(
-            LayerChange(
-                name=name,
-                method=config.method,
-                before=type(old).__name__,
-                after=type(new).__name__,
-                params_before=count_params(old),
-                params_after=count_params(new),
-                bytes_before=module_bytes(old),
-                bytes_after=module_bytes(new),
-                note=note,
-            )
-        )
-    return changes
+        ctx.record(name, old, new, method=config.method, note=note)

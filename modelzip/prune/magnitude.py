@@ -13,7 +13,7 @@ from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
 
 
@@ -73,6 +73,7 @@ class MagnitudePruneConfig(MethodConfig):
     family="prune",
     example=MagnitudePruneConfig(sparsity=0.9),
     noop=MagnitudePruneConfig(sparsity=0.0),
+    knob=Knob("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)),
 )
 def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
     """Unstructured magnitude pruning to an exact per-layer sparsity (Han et al. 2015)."""

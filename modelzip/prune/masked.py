@@ -4,6 +4,9 @@ While fine-tuning, the dense weight and a boolean mask are kept so that gradient
 weights only (the product ``weight * mask`` is what the layer computes). When saved, only the kept
 values and a bit mask (one bit per weight) are written: at sparsity ``s`` a float32 layer takes
 ``n/8 + 4·(1−s)·n`` bytes instead of ``4n``.
+
+The storage is one :class:`MaskFormat`, mixed into the linear and conv ops of
+:mod:`modelzip.core.compressed`.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modelzip.core.module import CompressedModule, conv2d, conv_args, dense_linear, register_layer
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
+from modelzip.core.module import register_layer
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -31,15 +34,38 @@ def unpack_mask(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(bits).reshape(shape)
 
 
-class _Masked(CompressedModule):
-    """Shared behaviour of masked layers; subclasses define ``_dense_type`` and ``forward``."""
+class MaskFormat(WeightFormat):
+    """Storage: a trainable dense ``weight`` and a boolean ``mask``; saved as the kept values
+    and the mask's bits."""
+
+    onnx_export = "dense"
+    executable_forms = ("dense", "sparse")
 
     weight: nn.Parameter
-    bias: nn.Parameter | None
     mask: torch.Tensor
+    bias: nn.Parameter | None
 
-    def _init_mask(self) -> None:
-        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+    def _init_format(self, weight_shape: tuple[int, ...]) -> None:
+        self.weight_shape = tuple(weight_shape)
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
+        self.register_buffer("mask", torch.ones(weight_shape, dtype=torch.bool))
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, config: Any = None) -> Any:
+        """``dense`` (an ``nn.Linear``/``nn.Conv2d``) with nothing pruned yet, in its dtype."""
+        layer = cls.like(dense).to(dtype=dense.weight.dtype)  # type: ignore[attr-defined]
+        with torch.no_grad():
+            layer.weight.copy_(dense.weight)
+            if layer.bias is not None:
+                layer.bias.copy_(dense.bias)
+        return layer
+
+    def decode_weight(self) -> torch.Tensor:
+        return self.masked_weight()
+
+    def masked_weight(self) -> torch.Tensor:
+        """``weight * mask`` (differentiable), what pruning criteria rank."""
+        return self.weight * self.mask
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -47,24 +73,12 @@ class _Masked(CompressedModule):
         self.mask.copy_(mask.to(self.mask.device))
         self.weight.mul_(self.mask)
 
-    def masked_weight(self) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return self.weight * self.mask
-        # Inference: reuse the product until the weight or the mask changes, so a pruned layer
-        # costs no more than its dense form.
-        key = (self.weight._version, self.mask._version, self.weight.data_ptr())
-        if getattr(self, "_cached_key", None) != key:
-            self._cached = self.weight * self.mask
-            self._cached_key = key
-        return self._cached
+    def weight_params(self) -> int:
+        return int(self.mask.sum().item())
 
     def sparsity(self) -> float:
         """Fraction of pruned weights."""
-        return 1.0 - float(self.mask.sum().item()) / self.mask.numel()
-
-    def param_count(self) -> int:
-        kept = int(self.mask.sum().item())
-        return kept + (self.bias.numel() if self.bias is not None else 0)
+        return 1.0 - self.weight_params() / self.mask.numel()
 
     def packed_state(self) -> dict[str, torch.Tensor]:
         state = {
@@ -77,7 +91,7 @@ class _Masked(CompressedModule):
 
     @torch.no_grad()
     def load_packed_state(self, state: dict[str, torch.Tensor]) -> None:
-        mask = unpack_mask(state["mask_bits"], tuple(self.weight.shape)).to(self.weight.device)
+        mask = unpack_mask(state["mask_bits"], self.weight_shape).to(self.weight.device)
         values = state["values"].to(self.weight)
         if values.numel() != int(mask.sum()):
             raise ValueError(f"{values.numel()} kept values for a mask of {int(mask.sum())}")
@@ -87,107 +101,16 @@ class _Masked(CompressedModule):
         if self.bias is not None:
             self.bias.copy_(state["bias"])
 
-    def _copy_from(self, dense: nn.Module) -> None:
-        with torch.no_grad():
-            self.weight.copy_(dense.weight)
-            if self.bias is not None:
-                self.bias.copy_(dense.bias)
+
+#: The name other modules test masked layers by.
+_Masked = MaskFormat
 
 
 @register_layer
-class MaskedLinear(_Masked):
+class MaskedLinear(MaskFormat, CompressedLinear):
     """``nn.Linear`` with a fixed pruning mask on its weight."""
 
-    stands_for = "Linear"
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.zeros(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._init_mask()
-
-    @classmethod
-    def from_dense(cls, dense: nn.Module, config: Any = None) -> MaskedLinear:
-        layer = cls(dense.in_features, dense.out_features, dense.bias is not None)
-        layer = layer.to(device=dense.weight.device, dtype=dense.weight.dtype)
-        layer._copy_from(dense)
-        return layer
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            "in_features": self.in_features,
-            "out_features": self.out_features,
-            "bias": self.bias is not None,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.masked_weight(), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        return dense_linear(self.masked_weight(), self.bias)
-
 
 @register_layer
-class MaskedConv2d(_Masked):
+class MaskedConv2d(MaskFormat, CompressedConv2d):
     """``nn.Conv2d`` with a fixed pruning mask on its weight."""
-
-    stands_for = "Conv2d"
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, int],
-        stride: tuple[int, int] = (1, 1),
-        padding: tuple[int, int] | str = (0, 0),
-        dilation: tuple[int, int] = (1, 1),
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: str = "zeros",
-    ) -> None:
-        super().__init__()
-        self.conv_args = {
-            **conv_args(
-                in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias
-            ),
-            "padding_mode": padding_mode,
-        }
-        shape = (out_channels, in_channels // groups, *self.conv_args["kernel_size"])
-        self.weight = nn.Parameter(torch.zeros(shape))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self._init_mask()
-
-    @classmethod
-    def from_dense(cls, dense: nn.Module, config: Any = None) -> MaskedConv2d:
-        if dense.padding_mode != "zeros":
-            raise ValueError(f"padding_mode {dense.padding_mode!r} is not supported")
-        layer = cls(
-            dense.in_channels,
-            dense.out_channels,
-            dense.kernel_size,
-            dense.stride,
-            dense.padding,
-            dense.dilation,
-            dense.groups,
-            dense.bias is not None,
-        )
-        layer = layer.to(device=dense.weight.device, dtype=dense.weight.dtype)
-        layer._copy_from(dense)
-        return layer
-
-    def spec(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.conv_args
-        w = self.masked_weight()
-        return conv2d(x, w, self.bias, a)
-
-    def to_dense(self) -> nn.Conv2d:
-        dense = nn.Conv2d(**self.conv_args).to(device=self.weight.device, dtype=self.weight.dtype)
-        with torch.no_grad():
-            dense.weight.copy_(self.masked_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense

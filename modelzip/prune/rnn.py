@@ -18,12 +18,11 @@ from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.counting import count_params, module_bytes, recurrent_workloads
+from modelzip.core.counting import recurrent_workloads
 from modelzip.core.errors import ModelError
 from modelzip.core.module import CompressedModule, register_layer
 from modelzip.core.registry import register_method
 from modelzip.core.workload import Workload
-from modelzip.report import LayerChange
 
 _GATES = {"LSTM": 4, "GRU": 3}
 
@@ -31,6 +30,11 @@ _GATES = {"LSTM": 4, "GRU": 3}
 @register_layer
 class PrunedRNN(CompressedModule):
     """An ``nn.LSTM``/``nn.GRU`` with fewer hidden units (a plain RNN inside, saved as such)."""
+
+    onnx_export = (
+        "refused: its recurrence is a Python loop over time steps; tracing would fix the "
+        "sequence length"
+    )
 
     stands_for = "LSTM"
 
@@ -53,27 +57,12 @@ class PrunedRNN(CompressedModule):
 
     @classmethod
     def from_dense(cls, dense: nn.Module, config: Any = None) -> PrunedRNN:
-        layer = cls(
-            type(dense).__name__,
-            dense.input_size,
-            dense.hidden_size,
-            dense.num_layers,
-            dense.bias,
-            dense.batch_first,
-        )
+        layer = cls(type(dense).__name__, **_shape(dense))
         layer.rnn = dense
         return layer
 
     def spec(self) -> dict[str, Any]:
-        r = self.rnn
-        return {
-            "kind": self.kind,
-            "input_size": r.input_size,
-            "hidden_size": r.hidden_size,
-            "num_layers": r.num_layers,
-            "bias": r.bias,
-            "batch_first": r.batch_first,
-        }
+        return {"kind": self.kind, **_shape(self.rnn)}
 
     def forward(self, x: torch.Tensor, hx: Any = None) -> Any:
         return self.rnn(x, hx)
@@ -83,6 +72,12 @@ class PrunedRNN(CompressedModule):
 
     def workloads(self, name: str, inputs: tuple[Any, ...], output: Any) -> list[Workload]:
         return recurrent_workloads(name, self.rnn, inputs)
+
+
+def _shape(rnn: nn.Module) -> dict[str, Any]:
+    """The constructor arguments of :class:`PrunedRNN` that ``rnn`` (an LSTM/GRU) gives."""
+    return {k: getattr(rnn, k) for k in ("input_size", "hidden_size", "num_layers", "bias",
+                                         "batch_first")}  # fmt: skip
 
 
 def _check_rnn(rnn: nn.Module) -> None:
@@ -207,9 +202,8 @@ class HiddenPruneConfig(MethodConfig):
 @register_method(
     HiddenPruneConfig, family="prune", scope="model", noop=HiddenPruneConfig(sparsity=0.0)
 )
-def hidden_prune(model: nn.Module, config: HiddenPruneConfig, ctx: Context) -> list[LayerChange]:
+def hidden_prune(model: nn.Module, config: HiddenPruneConfig, ctx: Context) -> None:
     """Hidden-unit pruning of LSTM/GRU layers with real removal."""
-    changes = []
     for name, rnn in list(config.select.select(model, config.default_types)):
         if not isinstance(rnn, (nn.LSTM, nn.GRU)):
             continue
@@ -223,20 +217,11 @@ def hidden_prune(model: nn.Module, config: HiddenPruneConfig, ctx: Context) -> l
             torch.sort(s.topk(n_keep).indices).values.cpu() for s in hidden_scores(rnn, consumer)
         ]
         new_rnn, new_consumer = remove_hidden_units(rnn, keep, consumer)
-        wrapped = PrunedRNN.from_dense(new_rnn)
-        for old, new, n in ((rnn, wrapped, name), (consumer, new_consumer, consumer_name)):
-            model.set_submodule(n, new)
-            changes.append(
-                LayerChange(
-                    n,
-                    config.method,
-                    type(old).__name__,
-                    type(new).__name__,
-                    count_params(old),
-                    count_params(new),
-                    module_bytes(old),
-                    module_bytes(new),
-                    f"{rnn.hidden_size}->{n_keep} units",
-                )
-            )
-    return changes
+        swaps = {name: PrunedRNN.from_dense(new_rnn), consumer_name: new_consumer}
+        # The two change together or not at all: a refusal of either skips the pair.
+        reason = next(filter(None, (ctx.refusal(n, new) for n, new in swaps.items())), None)
+        if reason is not None:
+            ctx.skip(name, config.method, reason)
+            continue
+        for n, new in swaps.items():
+            ctx.replace(n, new, method=config.method, note=f"{rnn.hidden_size}->{n_keep} units")

@@ -25,14 +25,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from modelzip.core.changes import LayerSize
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context, replace_module
-from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.context import Context
 from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.grains import keep_top
 from modelzip.prune.magnitude import as_masked, magnitude_mask
 from modelzip.prune.masked import _Masked
-from modelzip.report import LayerChange
 
 MaskFn = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -195,31 +194,28 @@ class GlobalPruneConfig(MethodConfig):
 @register_method(
     GlobalPruneConfig, family="prune", scope="model", noop=GlobalPruneConfig(sparsity=0.0)
 )
-def global_prune(model: nn.Module, config: GlobalPruneConfig, ctx: Context) -> list[LayerChange]:
+def global_prune(model: nn.Module, config: GlobalPruneConfig, ctx: Context) -> None:
     """Global magnitude pruning: one threshold across the selected layers."""
     layers: dict[str, _Masked] = {}
-    before: dict[str, tuple[str, int, int]] = {}
+    already: dict[str, LayerSize] = {}  # layers masked before: pruned in place, measured first
     for name, module in list(config.select.select(model, config.default_types)):
         try:
             layer = as_masked(module)
-        except SkipLayer:
+        except SkipLayer as e:
+            ctx.skip(name, config.method, str(e))
             continue
-        before[name] = (type(module).__name__, count_params(module), module_bytes(module))
-        if layer is not module:
-            replace_module(model, name, layer)  # every alias: a shared layer stays shared
+        # Checked before ranking, so that a layer left alone takes no share of the threshold.
+        reason = ctx.refusal(name, layer)
+        if reason is not None:
+            ctx.skip(name, config.method, reason)
+            continue
+        if layer is module:
+            already[name] = LayerSize.of(module)
         layers[name] = layer
     prune_layers(layers, config.sparsity, "global")
-    return [
-        LayerChange(
-            name=name,
-            method=config.method,
-            before=before[name][0],
-            after=type(layer).__name__,
-            params_before=before[name][1],
-            params_after=count_params(layer),
-            bytes_before=before[name][2],
-            bytes_after=module_bytes(layer),
-            note=f"sparsity {layer.sparsity():.3f}",
-        )
-        for name, layer in layers.items()
-    ]
+    for name, layer in layers.items():
+        note = f"sparsity {layer.sparsity():.3f}"
+        if name in already:
+            ctx.record(name, already[name], layer, method=config.method, note=note)
+        else:  # a masked copy of the untouched dense layer
+            ctx.replace(name, layer, method=config.method, note=note)

@@ -7,7 +7,8 @@ from modelzip.quantize import weights as _weights
 from modelzip.quantize.bn import fold_bn, quantize_bn
 from modelzip.quantize.fake import FakeQuantConv2d, FakeQuantLinear, QATConfig
 from modelzip.quantize.inq import INQConfig
-from modelzip.quantize.int8 import Int8Config, Int8Conv2d, Int8Linear, quantize_symmetric_int8
+from modelzip.quantize.int8 import Int8Conv2d, Int8Linear, quantize_symmetric_int8
+from modelzip.quantize.int8_method import Int8Config
 from modelzip.quantize.layers import QuantConv2d, QuantLinear
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import Quantized, Quantizer, QuantizerConfig, quantize

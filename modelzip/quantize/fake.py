@@ -14,19 +14,27 @@ import dataclasses
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.module import CompressedModule, conv2d, register_layer
-from modelzip.core.registry import SkipLayer, register_method
-from modelzip.quantize.layers import require_float32
+from modelzip.core.geometry import ConvGeometry
+from modelzip.core.module import register_layer
+from modelzip.core.registry import register_method
+from modelzip.quantize.layers import plain_like, require_float32
 from modelzip.quantize.observers import PACT
 from modelzip.quantize.quantizer import QuantizerConfig, quantize
 from modelzip.quantize.schemes import binarize, dorefa_weights, ternarize
 
-__all__ = ["FakeQuantConv2d", "FakeQuantLinear", "QATConfig", "fake_quantize_weight", "ste"]
+__all__ = [
+    "FakeQuantConv2d",
+    "FakeQuantFormat",
+    "FakeQuantLinear",
+    "QATConfig",
+    "fake_quantize_weight",
+    "ste",
+]
 
 WeightScheme = Literal["none", "uniform", "dorefa", "binary", "ternary", "ttq"]
 
@@ -76,39 +84,40 @@ class _TTQFunction(torch.autograd.Function):
         return grad_w, (g * pos).sum().reshape(wp.shape), -(g * neg).sum().reshape(wn.shape), None
 
 
-class _FakeQuant(CompressedModule):
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+class FakeQuantFormat(WeightFormat):
+    """Storage: the float ``weight`` trained through a straight-through quantizer (TTQ: also its
+    learned scales ``wp``, ``wn``), and the PACT quantizer ``act`` of the inputs, if any."""
 
-    def _init_fake(
+    onnx_export = "dense"
+    weight: nn.Parameter
+
+    def _init_format(
         self,
-        shape: tuple[int, ...],
-        bias: bool,
-        scheme: str,
-        bits: int,
-        per_channel: bool,
-        act_bits: int | None,
-        act_clip: float,
+        weight_shape: tuple[int, ...],
+        scheme: str = "uniform",
+        bits: int = 4,
+        per_channel: bool = True,
+        act_bits: int | None = None,
+        act_clip: float = 6.0,
     ) -> None:
+        self.weight_shape = tuple(weight_shape)
         self.scheme, self.bits, self.per_channel = scheme, bits, per_channel
         self.act_bits, self.act_clip = act_bits, act_clip
         self.weight_bits = {"none": 32, "binary": 1, "ternary": 2, "ttq": 2}.get(scheme, bits)
-        self.weight = nn.Parameter(torch.zeros(shape))
-        self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
+        self.weight = nn.Parameter(torch.zeros(weight_shape))
         self.act = PACT(act_bits, act_clip) if act_bits else None
         if scheme == "ttq":
             self.wp, self.wn = nn.Parameter(torch.ones(())), nn.Parameter(torch.ones(()))
 
-    def _fake_spec(self) -> dict[str, Any]:
-        return {"bias": self.bias is not None, "scheme": self.scheme, "bits": self.bits,
-                "per_channel": self.per_channel, "act_bits": self.act_bits,
-                "act_clip": self.act_clip}  # fmt: skip
+    def format_spec(self) -> dict[str, Any]:
+        return {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel,
+                "act_bits": self.act_bits, "act_clip": self.act_clip}  # fmt: skip
 
     @torch.no_grad()
     def _copy_from(self, dense: nn.Module) -> None:
         self.weight.copy_(dense.weight.float())
-        if self.bias is not None:
-            self.bias.copy_(dense.bias.float())
+        if self.bias is not None:  # type: ignore[attr-defined]
+            self.bias.copy_(dense.bias.float())  # type: ignore[attr-defined]
         if self.scheme == "ttq":
             _, levels = ternarize(dense.weight, per_channel=False, asymmetric=True)
             self.wn.fill_(float(-levels[0, 0]))
@@ -120,70 +129,33 @@ class _FakeQuant(CompressedModule):
             return _TTQFunction.apply(self.weight, self.wp, self.wn, delta)
         return fake_quantize_weight(self.weight, self.scheme, self.bits, self.per_channel)
 
+    def decode_weight(self) -> torch.Tensor:
+        return self.quantized_weight()
+
     def _input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.act is None:
-            return x
-        return self.act(x)
+        return x if self.act is None else self.act(x)
 
-    def param_count(self) -> int:
-        return self.weight.numel() + (self.bias.numel() if self.bias is not None else 0)
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super().linear(self._input(x), bias)
 
-    def _dense(self, dense: nn.Module) -> nn.Module:
-        dense = dense.to(self.weight.device)
-        with torch.no_grad():
-            dense.weight.copy_(self.quantized_weight())
-            if self.bias is not None:
-                dense.bias.copy_(self.bias)
-        return dense
+    def conv2d(
+        self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        return super().conv2d(self._input(x), geometry, bias)
 
 
 @register_layer
-class FakeQuantLinear(_FakeQuant):
+class FakeQuantLinear(FakeQuantFormat, CompressedLinear):
     """``nn.Linear`` trained with quantized weights (and inputs) in the forward pass."""
 
-    stands_for = "Linear"
-
-    def __init__(self, in_features: int, out_features: int, **settings: Any) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_fake((out_features, in_features), **settings)
-
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                **self._fake_spec()}  # fmt: skip
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._input(x), self.quantized_weight().to(x.dtype), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        return self._dense(nn.Linear(self.in_features, self.out_features, self.bias is not None))
+    executable_forms = ("frozen_fake_quant", "bit_serial")
 
 
 @register_layer
-class FakeQuantConv2d(_FakeQuant):
+class FakeQuantConv2d(FakeQuantFormat, CompressedConv2d):
     """``nn.Conv2d`` trained with quantized weights (and inputs) in the forward pass."""
 
-    stands_for = "Conv2d"
-
-    def __init__(self, conv: dict[str, Any], **settings: Any) -> None:
-        super().__init__()
-        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}
-        c = self.conv_args
-        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
-        self._init_fake(shape, **settings)
-
-    def spec(self) -> dict[str, Any]:
-        conv = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {"conv": conv, **self._fake_spec()}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv_args
-        w = self.quantized_weight().to(x.dtype)
-        x = self._input(x)
-        return conv2d(x, w, self.bias, c)
-
-    def to_dense(self) -> nn.Conv2d:
-        return self._dense(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
+    executable_forms = ("frozen_fake_quant",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,31 +195,11 @@ class QATConfig(MethodConfig):
 @register_method(QATConfig, family="quantize", example=QATConfig(), noop=QATConfig(weights="none"))
 def qat(module: nn.Module, config: QATConfig, ctx: Context) -> nn.Module:
     """Fake-quantized weights and inputs with straight-through estimators, for fine-tuning."""
-    if isinstance(module, CompressedModule):
-        raise SkipLayer(
-            f"already compressed as {type(module).__name__}; qat applies to dense layers"
-        )
+    layer = plain_like(
+        module, FakeQuantLinear, FakeQuantConv2d, "qat", scheme=config.weights,
+        bits=config.bits, per_channel=config.per_channel, act_bits=config.act_bits,
+        act_clip=config.act_clip,
+    )  # fmt: skip
     require_float32(module)
-    settings = {"bias": module.bias is not None, "scheme": config.weights, "bits": config.bits,
-                "per_channel": config.per_channel, "act_bits": config.act_bits,
-                "act_clip": config.act_clip}  # fmt: skip
-    if type(module) is nn.Linear:
-        layer: _FakeQuant = FakeQuantLinear(module.in_features, module.out_features, **settings)
-    elif type(module) is nn.Conv2d:
-        if module.padding_mode != "zeros":
-            raise SkipLayer(f"padding_mode {module.padding_mode!r} is not supported")
-        conv = {
-            "in_channels": module.in_channels,
-            "out_channels": module.out_channels,
-            "kernel_size": tuple(module.kernel_size),
-            "stride": tuple(module.stride),
-            "padding": module.padding if isinstance(module.padding, str) else tuple(module.padding),
-            "dilation": tuple(module.dilation),
-            "groups": module.groups,
-        }
-        layer = FakeQuantConv2d(conv, **settings)
-    else:
-        raise SkipLayer(f"{type(module).__name__} has no fake-quantized form")
-    layer = layer.to(module.weight.device)
     layer._copy_from(module)
     return layer

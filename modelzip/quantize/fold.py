@@ -16,11 +16,9 @@ from torch import nn
 
 from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
-from modelzip.core.counting import count_params, module_bytes
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import register_method
 from modelzip.quantize.bn import fold_bn
-from modelzip.report import LayerChange
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +39,7 @@ def _outputs(model: nn.Module, sample: torch.Tensor) -> torch.Tensor:
 
 
 @register_method(FoldBNConfig, family="quantize", scope="model")
-def fold_batchnorm(model: nn.Module, config: FoldBNConfig, ctx: Context) -> list[LayerChange]:
+def fold_batchnorm(model: nn.Module, config: FoldBNConfig, ctx: Context) -> None:
     """Fold BatchNorm into the preceding conv/linear layer (checked on the sample batch)."""
     before = dict(model.named_modules())
     reference = _outputs(model, ctx.sample) if ctx.sample is not None else None
@@ -62,22 +60,10 @@ def fold_batchnorm(model: nn.Module, config: FoldBNConfig, ctx: Context) -> list
                 f"{', '.join(b for _, b in pairs)} a BN does not directly follow the layer "
                 "defined before it; exclude those layers with select"
             )
-    after = dict(model.named_modules())
-    changes = []
+    # Not a swap of one module (a layer changes and its BN goes), so recorded, not replaced.
     for layer, bn in pairs:
         for name in (layer, bn):
-            old, new = before[name], after[name]
-            changes.append(
-                LayerChange(
-                    name=name,
-                    method=config.method,
-                    before=type(old).__name__,
-                    after=type(new).__name__,
-                    params_before=count_params(old),
-                    params_after=count_params(new),
-                    bytes_before=module_bytes(old),
-                    bytes_after=module_bytes(new),
-                    note=f"folded into {layer}" if name == bn else f"absorbed {bn}",
-                )
+            note = f"folded into {layer}" if name == bn else f"absorbed {bn}"
+            ctx.record(
+                name, before[name], model.get_submodule(name), method=config.method, note=note
             )
-    return changes

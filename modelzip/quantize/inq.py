@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import warnings
 
 import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context, replace_module
-from modelzip.core.counting import count_params, module_bytes
+from modelzip.core.context import Context
 from modelzip.core.errors import ConfigError, ModelError
 from modelzip.core.module import CompressedModule
 from modelzip.core.registry import register_method
 from modelzip.quantize.layers import quantized_layer
 from modelzip.quantize.quantizer import QuantizerConfig, quantize, quantize_tensor
-from modelzip.report import LayerChange
 
 __all__ = ["INQConfig", "inq"]
 
@@ -102,21 +99,18 @@ class _Freezer:
 
 
 @register_method(INQConfig, family="quantize", example=INQConfig(), scope="model")
-def inq(model: nn.Module, config: INQConfig, ctx: Context) -> list[LayerChange]:
+def inq(model: nn.Module, config: INQConfig, ctx: Context) -> None:
     """Incremental power-of-two weights (INQ), retraining the float share between stages."""
-    from modelzip.api import _weight_reader
-
     layers = {
         name: m
         for name, m in config.select.select(model, config.default_types)
         if type(m) in (nn.Linear, nn.Conv2d) and not isinstance(m, CompressedModule)
     }
-    for name in list(layers):
-        reader = _weight_reader(model, name)
-        if reader is not None:  # its forward reads the weight tensor, which QuantLinear lacks
+    for name in list(layers):  # dropped before retraining, which would change them too
+        reason = ctx.refusal(name, None)  # a quantized layer keeps no dense weight
+        if reason is not None:
             del layers[name]
-            warnings.warn(f"inq skips {name!r}: inside {reader}, which reads its weight directly",
-                          stacklevel=2)  # fmt: skip
+            ctx.skip(name, config.method, reason)
     for name, layer in layers.items():
         if layer.weight.dtype != torch.float32:  # quantized layers compute in float32
             raise ModelError(
@@ -131,23 +125,8 @@ def inq(model: nn.Module, config: INQConfig, ctx: Context) -> list[LayerChange]:
             freezer.stage(share, config.bits)
             settings = TrainConfig(epochs=config.epochs_per_stage, lr=config.lr, val_size=0)
             train(model, ctx.data, settings, progress=False, callbacks=[freezer])
-    changes = []
     for name, layer in layers.items():
         new = quantized_layer(
             layer, quantize_tensor(layer.weight.detach(), _levels_config(config.bits))
         )
-        replace_module(model, name, new)  # every alias: a shared layer stays shared
-        changes.append(
-            LayerChange(
-                name=name,
-                method=config.method,
-                before=type(layer).__name__,
-                after=type(new).__name__,
-                params_before=count_params(layer),
-                params_after=count_params(new),
-                bytes_before=module_bytes(layer),
-                bytes_after=module_bytes(new),
-                note=f"{config.bits}-bit powers of two",
-            )
-        )
-    return changes
+        ctx.replace(name, new, method=config.method, note=f"{config.bits}-bit powers of two")

@@ -5,8 +5,10 @@ One storage serves every weight quantizer of this family: ``bits``-bit codes pac
 (uniform levels) or a table ``levels[group, code]`` (power-of-two, k-means, binary, ternary,
 multi-bit bases). A 2-bit layer therefore saves a quarter of a byte per weight plus its levels.
 
-Products are computed in float with the weight decoded on the fly (and cached in eval mode);
-bit-serial and packed-binary kernels are the kernels family's.
+The storage is one :class:`QuantFormat`, mixed into the linear and conv ops of
+:mod:`modelzip.core.compressed`. Products are computed in float with the weight decoded on the
+fly (and cached without autograd); bit-serial and packed-binary kernels are the kernels
+family's.
 """
 
 from __future__ import annotations
@@ -15,42 +17,62 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modelzip.core.module import CompressedModule, conv2d, conv_spec, load_dense, register_layer
+from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
+from modelzip.core.geometry import UnsupportedConv
+from modelzip.core.module import CompressedModule, register_layer
 from modelzip.core.registry import SkipLayer
 from modelzip.quantize.packing import pack_bits, packed_bytes, unpack_bits
 from modelzip.quantize.quantizer import Quantized, dequantize_codes, group_rows
 
-__all__ = ["QuantConv2d", "QuantLinear", "quantized_layer", "require_float32"]
+__all__ = [
+    "QuantConv2d",
+    "QuantFormat",
+    "QuantLinear",
+    "plain_like",
+    "quantized_layer",
+    "require_float32",
+]
 
 
-class _QuantWeight(CompressedModule):
-    """Shared storage and decoding; subclasses define the product."""
+class QuantFormat(WeightFormat):
+    """Storage: ``bits``-bit packed codes and per-group levels (an affine map or a table)."""
+
+    onnx_export = "dense"
 
     packed: torch.Tensor
     scale: torch.Tensor | None
     offset: torch.Tensor | None
     levels: torch.Tensor | None
-    bias: nn.Parameter | None
 
-    def _init_storage(
+    def _init_format(
         self,
         weight_shape: tuple[int, ...],
+        bits: int,
+        granularity: str = "channel",
+        group_size: int = 64,
+        n_levels: int = 0,
+    ) -> None:
+        self._init_codes(weight_shape, math.prod(weight_shape), bits, granularity, group_size,
+                         n_levels)  # fmt: skip
+
+    def _init_codes(
+        self,
+        weight_shape: tuple[int, ...],
+        n_codes: int,
         bits: int,
         granularity: str,
         group_size: int,
         n_levels: int,
-        bias: bool,
     ) -> None:
+        """Register ``packed`` (``n_codes`` codes of ``bits`` bits) and the per-group levels."""
         self.weight_shape = tuple(weight_shape)
         self.weight_bits = bits
         self.granularity, self.group_size, self.n_levels = granularity, group_size, n_levels
-        numel = math.prod(weight_shape)
         groups = group_rows(torch.empty(weight_shape, device="meta"), granularity, group_size)
         n_groups = groups.shape[0]
-        self.register_buffer("packed", torch.zeros(packed_bytes(numel, bits), dtype=torch.uint8))
+        self.register_buffer("packed", torch.zeros(packed_bytes(n_codes, bits), dtype=torch.uint8))
         if n_levels:  # a level table
             self.register_buffer("levels", torch.zeros(n_groups, n_levels))
             self.scale = self.offset = None
@@ -58,152 +80,52 @@ class _QuantWeight(CompressedModule):
             self.register_buffer("scale", torch.ones(n_groups))
             self.register_buffer("offset", torch.zeros(n_groups))
             self.levels = None
-        self.bias = nn.Parameter(torch.zeros(weight_shape[0])) if bias else None
-        self._cache: torch.Tensor | None = None
 
-    def _storage_spec(self) -> dict[str, Any]:
-        return {
-            "bits": self.weight_bits,
-            "granularity": self.granularity,
-            "group_size": self.group_size,
-            "n_levels": self.n_levels,
-            "bias": self.bias is not None,
-        }
+    def format_spec(self) -> dict[str, Any]:
+        return {"bits": self.weight_bits, "granularity": self.granularity,
+                "group_size": self.group_size, "n_levels": self.n_levels}  # fmt: skip
 
     @torch.no_grad()
-    def _set(self, q: Quantized, bias: torch.Tensor | None) -> None:
-        self.packed.copy_(pack_bits(q.codes, q.bits))
+    def _store(
+        self,
+        codes: torch.Tensor,
+        scale: torch.Tensor | None,
+        offset: torch.Tensor | None,
+        levels: torch.Tensor | None,
+    ) -> None:
+        """Pack ``codes`` and copy the levels (a table, or ``scale`` and ``offset``)."""
+        self.packed.copy_(pack_bits(codes, self.weight_bits))
         if self.levels is not None:
-            assert q.levels is not None
-            self.levels.copy_(q.levels)
+            assert levels is not None
+            self.levels.copy_(levels)
         else:
-            assert q.scale is not None and q.offset is not None
-            self.scale.copy_(q.scale)
-            self.offset.copy_(q.offset)
-        if self.bias is not None and bias is not None:
-            self.bias.copy_(bias.float())
-        self._cache = None
+            assert scale is not None and offset is not None
+            self.scale.copy_(scale)
+            self.offset.copy_(offset)
 
     def codes(self) -> torch.Tensor:
         """The unpacked codes, shaped like the weight."""
         numel = math.prod(self.weight_shape)
         return unpack_bits(self.packed, self.weight_bits, numel).reshape(self.weight_shape)
 
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        # The decoded weight is cached for inference only: a tensor made under inference_mode
-        # must not enter autograd, and training may change the levels.
-        cached = not self.training and not torch.is_grad_enabled()
-        if self._cache is not None and cached:
-            return self._cache.to(dtype)
-        w = dequantize_codes(
+    def decode_weight(self) -> torch.Tensor:
+        return dequantize_codes(
             self.codes(), self.weight_shape, self.granularity, self.group_size,
             self.scale, self.offset, self.levels,
         )  # fmt: skip
-        if cached:
-            self._cache = w
-        return w.to(dtype)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._cache = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def param_count(self) -> int:
-        return math.prod(self.weight_shape) + (self.bias.numel() if self.bias is not None else 0)
-
-    def _dense_weight_into(self, dense: nn.Module) -> nn.Module:
-        return load_dense(dense, self.dequantized_weight(), self.bias)
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return self.decoded_weight(dtype)  # type: ignore[attr-defined]
 
 
 @register_layer
-class QuantLinear(_QuantWeight):
+class QuantLinear(QuantFormat, CompressedLinear):
     """``nn.Linear`` with a ``bits``-bit packed weight."""
 
-    stands_for = "Linear"
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bits: int,
-        granularity: str = "channel",
-        group_size: int = 64,
-        n_levels: int = 0,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self._init_storage(
-            (out_features, in_features), bits, granularity, group_size, n_levels, bias
-        )
-
-    def spec(self) -> dict[str, Any]:
-        return {"in_features": self.in_features, "out_features": self.out_features,
-                **self._storage_spec()}  # fmt: skip
-
-    @classmethod
-    def from_quantized(cls, dense: nn.Linear, q: Quantized) -> QuantLinear:
-        n_levels = 0 if q.levels is None else q.levels.shape[1]
-        layer = cls(
-            dense.in_features, dense.out_features, q.bits, q.granularity, q.group_size,
-            n_levels, dense.bias is not None,
-        ).to(dense.weight.device)  # fmt: skip
-        layer._set(q, dense.bias)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
-
-    def to_dense(self) -> nn.Linear:
-        return self._dense_weight_into(
-            nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        )
-
 
 @register_layer
-class QuantConv2d(_QuantWeight):
+class QuantConv2d(QuantFormat, CompressedConv2d):
     """``nn.Conv2d`` with a ``bits``-bit packed weight."""
-
-    stands_for = "Conv2d"
-
-    def __init__(
-        self,
-        conv: dict[str, Any],
-        bits: int,
-        granularity: str = "channel",
-        group_size: int = 64,
-        n_levels: int = 0,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv_args = {k: tuple(v) if isinstance(v, list) else v for k, v in conv.items()}
-        c = self.conv_args
-        shape = (c["out_channels"], c["in_channels"] // c["groups"], *c["kernel_size"])
-        self._init_storage(shape, bits, granularity, group_size, n_levels, bias)
-
-    def spec(self) -> dict[str, Any]:
-        conv = {k: list(v) if isinstance(v, tuple) else v for k, v in self.conv_args.items()}
-        return {"conv": conv, **self._storage_spec()}
-
-    @classmethod
-    def from_quantized(cls, dense: nn.Conv2d, q: Quantized) -> QuantConv2d:
-        if dense.padding_mode != "zeros":
-            raise SkipLayer(f"padding_mode {dense.padding_mode!r} is not supported")
-        conv = conv_spec(dense)
-        n_levels = 0 if q.levels is None else q.levels.shape[1]
-        layer = cls(conv, q.bits, q.granularity, q.group_size, n_levels, dense.bias is not None)
-        layer = layer.to(dense.weight.device)
-        layer._set(q, dense.bias)
-        return layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv_args
-        w = self.dequantized_weight(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
-            w = w.contiguous(memory_format=torch.channels_last)
-        return conv2d(x, w, self.bias, c)
-
-    def to_dense(self) -> nn.Conv2d:
-        return self._dense_weight_into(nn.Conv2d(**self.conv_args, bias=self.bias is not None))
 
 
 def require_float32(module: nn.Module) -> None:
@@ -218,15 +140,34 @@ def require_float32(module: nn.Module) -> None:
         )
 
 
-def quantized_layer(module: nn.Module, q: Quantized) -> QuantLinear | QuantConv2d:
-    """The packed layer for dense ``module`` with its weight quantized as ``q``."""
+def plain_like(module: nn.Module, linear: type, conv: type, what: str, **format_spec: Any) -> Any:
+    """An empty ``linear`` (for an ``nn.Linear``) or ``conv`` (for an ``nn.Conv2d``) layer of
+    ``module``'s shape holding its bias; a compressed or other layer, or a conv no compressed op
+    holds, is skipped with the reason. ``what`` names the method in the reasons."""
     if isinstance(module, CompressedModule):
         raise SkipLayer(
-            f"already compressed as {type(module).__name__}; weight quantization applies to "
-            "dense layers (combinations of methods are the joint family's)"
+            f"already compressed as {type(module).__name__}; {what} applies to dense layers "
+            "(combinations of methods are the joint family's)"
         )
-    if type(module) is nn.Linear:
-        return QuantLinear.from_quantized(module, q)
-    if type(module) is nn.Conv2d:
-        return QuantConv2d.from_quantized(module, q)
-    raise SkipLayer(f"{type(module).__name__} has no packed-weight form")
+    cls = {nn.Linear: linear, nn.Conv2d: conv}.get(type(module))  # exact types: no subclasses
+    if cls is None:
+        raise SkipLayer(f"{type(module).__name__} has no {what} form")
+    try:
+        layer = cls.like(module, **format_spec)
+    except UnsupportedConv as e:
+        raise SkipLayer(str(e)) from None
+    if module.bias is not None:
+        with torch.no_grad():
+            layer.bias.copy_(module.bias.float())
+    return layer
+
+
+def quantized_layer(module: nn.Module, q: Quantized) -> QuantLinear | QuantConv2d:
+    """The packed layer for dense ``module`` with its weight quantized as ``q``."""
+    n_levels = 0 if q.levels is None else q.levels.shape[1]
+    layer = plain_like(
+        module, QuantLinear, QuantConv2d, "weight quantization", bits=q.bits,
+        granularity=q.granularity, group_size=q.group_size, n_levels=n_levels,
+    )  # fmt: skip
+    layer._store(q.codes, q.scale, q.offset, q.levels)
+    return layer

@@ -20,7 +20,7 @@ from torch import nn
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.errors import ConfigError
-from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
 from modelzip.quantize.schemes import binarize, multibit_bases, ternarize
@@ -82,7 +82,12 @@ class QuantizeWeightsConfig(MethodConfig):
             raise ConfigError(str(e).replace("QuantizerConfig", type(self).__name__)) from None
 
 
-@register_method(QuantizeWeightsConfig, family="quantize", example=QuantizeWeightsConfig(bits=4))
+@register_method(
+    QuantizeWeightsConfig,
+    family="quantize",
+    example=QuantizeWeightsConfig(bits=4),
+    knob=Knob("bits", (2, 3, 4, 6, 8)),
+)
 def quantize_weights(module: nn.Module, config: QuantizeWeightsConfig, ctx: Context) -> nn.Module:
     """k-bit weights (uniform, power-of-two or k-means levels), bit-packed."""
     weight = _weight_of(module)

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from modelzip.reporting import plots
+import modelzip.reporting.plots as plots
 from modelzip.reporting.load import ReportInputs
 
 

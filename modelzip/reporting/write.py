@@ -6,7 +6,7 @@ from pathlib import Path
 
 from modelzip.core.atomic import write_text
 from modelzip.progress import progress_bar
-from modelzip.reporting.html import render_html
+from modelzip.reporting.html_page import render_html
 from modelzip.reporting.load import load_inputs
 from modelzip.reporting.markdown import write_markdown
 from modelzip.reporting.sections import build_sections, count_steps

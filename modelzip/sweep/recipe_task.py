@@ -3,10 +3,10 @@
 Runs in a worker. The base model and data are loaded once per worker process and reused by every
 task on the same base (``compress`` copies the model, so tasks cannot affect each other).
 
-The model is built by :func:`modelzip.cli.load_model`, that is through
+The model is built by :func:`modelzip.model_source.load_model`, that is through
 :func:`modelzip.models.resolve_model` (or, for a saved file,
-:func:`modelzip.models.build_from_source`) inside
-:func:`~modelzip.models.registry.trusting_remote_code` with the caller's trust alone: the task
+:func:`modelzip.models.build_from_source`) with the caller's trust alone (its
+``trust_remote_code`` scopes :func:`~modelzip.models.registry.trusting_remote_code`): the task
 carries ``"trust_remote_code": true`` only when :func:`make_recipe_task` was told so, and the
 base (read from the sweep file) has no say.
 """
@@ -41,13 +41,12 @@ def make_recipe_task(
 def _load_base(
     base_json: str, trust_remote_code: bool = False
 ) -> tuple[torch.nn.Module, Any, torch.Tensor | None]:
-    from modelzip.api import _sample_from, model_device
-    from modelzip.cli import _dataset, load_model
+    from modelzip.api import model_device, sample_from
     from modelzip.data import Dataset
-    from modelzip.models.registry import trusting_remote_code
+    from modelzip.model_source import dataset_for, load_model
 
     base = SweepBase.from_dict(json.loads(base_json))
-    full = _dataset(base.dataset, base.model)
+    full = dataset_for(base.dataset, base.model)
     # The fixed evaluation subset: the same samples for every point and every worker.
     data = (
         full.subset(train=base.train_size, test=base.eval_size, seed=0)
@@ -55,17 +54,17 @@ def _load_base(
         else full
     )
     torch.manual_seed(base.seed)
-    with trusting_remote_code(trust_remote_code):
-        model = load_model(
-            base.model,
-            base.weights,
-            base.dataset,
-            pretrained=base.pretrained,
-            progress=False,
-            data=full,
-        )
+    model = load_model(
+        base.model,
+        base.weights,
+        base.dataset,
+        pretrained=base.pretrained,
+        progress=False,
+        data=full,
+        trust_remote_code=trust_remote_code,
+    )
     model.eval()
-    return model, data, _sample_from(data, model_device(model))
+    return model, data, sample_from(data, model_device(model))
 
 
 def prepare_base(base: SweepBase, *, trust_remote_code: bool = False) -> None:
@@ -97,6 +96,7 @@ def run_recipe_task(task: dict[str, Any]) -> dict[str, Any]:
         evaluate=False,
         measure=False,
         seed=base.seed,
+        deploy=bool(base.latency),  # latency is the deployed model's; otherwise no need
     )
     # MACs and energy of one inference; latency of the sample batch (as ``compress`` reports it).
     one = None if sample is None else sample[:1]

@@ -52,7 +52,9 @@ def cases() -> dict[str, tuple[str, object, bool]]:
     conv_tt = dataclasses.replace(tt, select=modelzip.Select(types=("Conv2d",)))
     out["tt_conv"] = ("tt", conv_tt, False)
     out["tt_embedding"] = (
-        "rnn_tt", dataclasses.replace(tt, select=modelzip.Select(types=("Embedding",))), False
+        "rnn_tt",
+        dataclasses.replace(tt, select=modelzip.Select(types=("Embedding",))),
+        False,
     )
     # The executable forms materialize() builds (kernels/), saved as a deployed model would be.
     for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary"):

@@ -47,7 +47,7 @@ def test_bitserial_layer_refuses_what_it_cannot_run() -> None:
     with pytest.raises(ValueError, match="quantized inputs"):
         BitSerialLinear.from_fake_quant(_fake("uniform", 4, None))
     with pytest.raises(ValueError, match=r"weight_bits=9"):
-        BitSerialLinear(4, 4, 9, 2, True)
+        BitSerialLinear(4, 4, weight_bits=9, act_bits=2)
     fast = BitSerialLinear.from_fake_quant(_fake("uniform", 2, 2))
     with pytest.raises(RuntimeError, match="inference kernel"):
         fast(torch.randn(2, 77, requires_grad=True))

@@ -93,7 +93,7 @@ def test_methods_skip_layers_whose_shape_the_grain_does_not_fit():
     assert "conv1" in skipped and "row length 25" in skipped["conv1"]  # 1x5x5 filters
     assert {c.name for c in report.layers} == {"conv2", "fc1", "fc2"}
     small, _ = modelzip.compress(
-        model, BlockPruneConfig(grain="kernel", sparsity=0.5), sample=x, measure=False
+        model, BlockPruneConfig(grain="kernel", sparsity=0.5), sample=x, measure=False, deploy=False
     )
     conv2 = small.conv2.mask.reshape(50, 20, 25)
     assert bool((conv2.all(-1) | ~conv2.any(-1)).all())

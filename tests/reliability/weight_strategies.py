@@ -85,7 +85,9 @@ def sample_for(layer: nn.Module, batch: int = 2) -> torch.Tensor:
 def compress_layer(layer: nn.Module, config) -> tuple[nn.Module | None, object]:
     """Compress a one-layer model; the replacement layer (None if skipped) and the Report."""
     model = nn.Sequential(layer)
-    small, report = modelzip.compress(model, config, sample=sample_for(layer), measure=False)
+    small, report = modelzip.compress(
+        model, config, sample=sample_for(layer), measure=False, deploy=False
+    )
     new = small[0] if report.layers else None
     return new, report
 

@@ -1,8 +1,9 @@
 """``materialize(model)``: compressed modules → the fastest executable form this CPU has.
 
-For each layer it recognises (by its class: an attribute that happens to share a name, such as
-the ``codes`` and ``scale`` of a k-bit :class:`~modelzip.quantize.layers.QuantLinear`, does not
-make a layer int8):
+Each layer class declares the forms it offers (``executable_forms``, built by
+:mod:`modelzip.kernels.forms`); by class, so an attribute that happens to share a name (the
+``codes`` and ``scale`` of a k-bit :class:`~modelzip.quantize.layers.QuantLinear`) does not make
+a layer int8. Today:
 
 =============================================  ==============================================
 masked layer (``Masked*``)                      :class:`SparseLinear`/:class:`SparseConv2d`
@@ -32,13 +33,24 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from modelzip.core.compact_source import (
+    DEPLOYED_ATTR,
+    LAYOUT_ATTR,
+    SOURCE_ATTR,
+    compact_source,
+    remember_source,
+)
+from modelzip.core.context import replace_module
+from modelzip.core.forms import candidates, declared_forms
+from modelzip.core.module import CompressedModule
+from modelzip.core.timing import Timing, time_interleaved
 
 # Relative tolerance (to the output's largest magnitude) per kind of kernel: integer kernels are
 # exact, float kernels reorder sums, dynamic int8 quantizes the activations to 8 (7) bits.
@@ -56,6 +68,8 @@ class LayerMaterialization:
     reason: str
     max_rel_error: float | None = None
     speedup: float | None = None
+    #: The chosen executable form's kind (``"float:CSR"``, ``"dense"`` ...), "" when unchanged.
+    form: str = ""
 
 
 @dataclasses.dataclass
@@ -82,106 +96,50 @@ class MaterializeReport:
         return "\n".join(lines)
 
 
-def _rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    scale = float(ref.detach().abs().max()) or 1.0
-    return float((y.detach().float() - ref.detach().float()).abs().max()) / scale
+def _rel_error(y: Any, ref: Any) -> float:
+    """Largest absolute difference over the largest magnitude of ``ref``; outputs may be nested
+    tuples (an RNN's ``(output, (h, c))``), compared leaf by leaf."""
+    ys, refs = tree_leaves(y), tree_leaves(ref)
+    if len(ys) != len(refs):
+        return float("inf")
+    worst = 0.0
+    for a, b in zip(ys, refs, strict=True):
+        if not isinstance(b, torch.Tensor) or b.numel() == 0:
+            continue
+        scale = float(b.detach().abs().max()) or 1.0
+        worst = max(worst, float((a.detach().float() - b.detach().float()).abs().max()) / scale)
+    return worst
 
 
 def _time_interleaved(modules: list[nn.Module], x: torch.Tensor, reps: int) -> list[float]:
-    """Median seconds of ``m(x)`` for each module, the runs interleaved so that a busy machine
-    slows all candidates alike."""
-    times: list[list[float]] = [[] for _ in modules]
-    with torch.no_grad():
-        for _ in range(reps):
-            for i, m in enumerate(modules):
-                t = time.perf_counter()
-                m(x)
-                times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+    """Median seconds of ``m(x)`` for each module, interleaved and warm (the first call of each
+    is timed apart and left out), so that a busy machine slows all candidates alike."""
+    return [t.median for t in time_interleaved(modules, x, reps=reps, warmup=2)]
 
 
-def _is_pm1(x: torch.Tensor | None) -> bool:
-    return x is not None and bool(((x == 1) | (x == -1)).all())
-
-
-def _candidate(
-    module: nn.Module, x: torch.Tensor | None
-) -> list[tuple[str, Callable[[], nn.Module]]]:
-    """Executable forms to try for ``module``, each ``(kind, builder)``; the first that is
-    correct and fastest wins (the module itself is always a candidate)."""
-    from modelzip.kernels.sparse import detect_block
-
-    family = _kind(module)
-    if family == "masked":
-        from modelzip.kernels.sparse_layers import SparseConv2d, SparseLinear
-
-        dense = module.to_dense()
-        cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
-        if isinstance(dense, nn.Conv2d) and (dense.groups != 1 or isinstance(dense.padding, str)):
-            return [("dense", lambda: dense)]
-        block = detect_block(module.masked_weight())
-        fmt = f"BSR {block}×{block}" if block > 1 else "CSR"
-        return [("dense", lambda: dense), (f"float:{fmt}", lambda: cls.from_dense(module, block))]
-    if family == "int8":
-        from modelzip.quantize.int8 import Int8Linear
-
-        if isinstance(module, Int8Linear):
-
-            def dynamic() -> nn.Module:
-                new = type(module).from_spec({**module.spec(), "activations": "dynamic"})
-                new.load_state_dict(module.state_dict())
-                return new.eval()
-
-            return [("int8:x86 linear_dynamic", dynamic)]
-        if not isinstance(module.conv_args["padding"], str):  # an Int8Conv2d
-            from modelzip.kernels.int8 import Int8DynamicConv2d
-
-            return [("int8:x86 conv2d_dynamic", lambda: Int8DynamicConv2d.from_dense(module))]
-        return []
-    if family == "fake_quant":
-        from modelzip.quantize.fake import FakeQuantLinear
-
-        options = [("dense", lambda: _frozen_fake_quant(module))]
-        if isinstance(module, FakeQuantLinear) and module.act is not None:
-            from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
-
-            if int(module.act.bits) <= 8 and grid_codes(module.quantized_weight()) is not None:
-                build = lambda: BitSerialLinear.from_fake_quant(module)  # noqa: E731
-                options.append(("float:bit-serial AND-popcount", build))
-        return options
-    if family == "dense":
-        from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
-
-        if binary_scales(module.weight) is None:
-            return []
-        if isinstance(module, nn.Conv2d) and (
-            module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros"
-        ):
-            return []
-        cls = BinaryLinear if isinstance(module, nn.Linear) else BinaryConv2d
-        mode = "xnor" if _is_pm1(x) else "bwn"
-        kind = "exact:XNOR-popcount" if mode == "xnor" else "float:BWN add/sub"
-        return [(kind, lambda: cls.from_dense(module, mode))]
-    if family == "factorized" and hasattr(module, "to_dense"):
-        options: list[tuple[str, Callable[[], nn.Module]]] = [("dense", module.to_dense)]
-        if hasattr(module, "factor_indices") and hasattr(module, "in_modes"):
-            from modelzip.kernels.split_linear import SplitLinear, plan_cut
-
-            cut = plan_cut(module)
-            if cut is not None:
-                options.append(
-                    ("float:two-GEMM cut", lambda: SplitLinear.from_factorized(module, cut))
-                )
-        if hasattr(module, "spatial") and hasattr(module, "tt_cores") and x is not None:
-            from modelzip.kernels.tt_conv import FusedTTConv2d
-
-            fused = FusedTTConv2d.from_tt(module)
-            with torch.no_grad():
-                usable = fused.fused_unavailable(x) is None
-            if usable:
-                options.append(("float:fused TT-conv (AVX-512)", lambda: fused))
-        return options
-    return []
+def time_against(
+    reference: nn.Module, model: nn.Module, sample: Any, *, repeats: int = 15
+) -> tuple[Timing, Timing]:
+    """``reference`` (the dense original) and ``model`` timed side by side on ``sample``:
+    interleaved rounds, three warm-up calls each (the first timed apart as the cold call), then
+    at least ``repeats`` rounds and 0.3 s, in eval and inference mode (modes restored)."""
+    modes = [(m, m.training) for m in (reference, model)]
+    for m, _ in modes:
+        m.eval()
+    try:
+        timings = time_interleaved(
+            [reference, model],
+            sample,
+            reps=repeats,
+            warmup=3,
+            min_seconds=0.3,
+            max_reps=10 * repeats,
+            grad="inference",
+        )
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+    return timings[0], timings[1]
 
 
 def materialize(
@@ -238,27 +196,22 @@ def materialize(
 
             return hook
 
-        hooks = [
-            m.register_forward_hook(recorder(n))
-            for n, m in model.named_modules()
-            if n and _candidate_cheap(m)
-        ]
+        hooks = [m.register_forward_hook(recorder(n)) for n, m in _candidates(model)]
         with torch.no_grad():
             ref = model(*args)
         for h in hooks:
             h.remove()
     report = MaterializeReport([])
-    for name, module in list(model.named_modules()):
-        if not name or not _candidate_cheap(module):
-            continue
+    for name, module in _candidates(model):
         x = inputs.get(name)
         chosen, entry = _choose(name, module, x, reps, choose)
         report.layers.append(entry)
         if chosen is not module:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, chosen)
+            remember_source(chosen, module, entry.form)
+            replace_module(model, name, chosen)  # every alias of a shared layer
     for p in model.parameters():  # an inference model: the kernels have no backward
         p.requires_grad_(False)
+    model.__dict__[DEPLOYED_ATTR] = True
     model = _choose_layout(model, sample, ref, layout, reps, report)
     if ref is not None:
         with torch.no_grad():
@@ -266,21 +219,52 @@ def materialize(
     return model, report
 
 
-def _frozen_fake_quant(module: nn.Module) -> nn.Module:
-    """The fake-quantized layer with its quantized weight computed once (scheme ``none``): the
-    same outputs without re-quantizing the weights on every call."""
-    frozen = type(module).from_spec({**module.spec(), "scheme": "none"})
-    with torch.no_grad():
-        frozen.weight.copy_(module.quantized_weight())
-        if module.bias is not None:
-            frozen.bias.copy_(module.bias)
-        if module.act is not None:
-            frozen.act.alpha.copy_(module.act.alpha)
-    return frozen.to(module.weight.device).eval()
+def is_deployed(model: nn.Module) -> bool:
+    """Whether ``model`` is a deployed (inference-only) model: the output of :func:`materialize`
+    or of :func:`modelzip.load` of a file saved deployed."""
+    return bool(model.__dict__.get(DEPLOYED_ATTR))
+
+
+def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """The trainable form of a deployed model: every deployed layer back to the compressed layer
+    it was built from, parameters requiring grad again, contiguous memory layout.
+
+    A model that is not deployed is returned as it is (copied unless ``inplace``).
+    :func:`modelzip.compress` calls this first, so a deployed model can take more recipe steps.
+    """
+    model = model if inplace else copy.deepcopy(model)
+    if not is_deployed(model):
+        return model
+    for name, module in list(model.named_modules()):
+        source = compact_source(module)
+        if source is None:
+            continue
+        layer = source.layer().train(model.training)
+        if not name:
+            # The model's own notes (its source, its recipe) stay with it.
+            notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
+            for k in (DEPLOYED_ATTR, LAYOUT_ATTR, SOURCE_ATTR):
+                notes.pop(k, None)
+            layer.__dict__.update(notes)
+            model = layer
+            break
+        replace_module(model, name, layer)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if model.__dict__.pop(LAYOUT_ATTR, None) == "channels_last":
+        model.to(memory_format=torch.contiguous_format)
+    model.__dict__.pop(DEPLOYED_ATTR, None)
+    return model
 
 
 def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
+
+
+def _channels_last(model: nn.Module) -> nn.Module:
+    model.to(memory_format=torch.channels_last)
+    model.__dict__[LAYOUT_ATTR] = "channels_last"
+    return model
 
 
 def _choose_layout(
@@ -301,10 +285,10 @@ def _choose_layout(
     if layout == "measured" and (not isinstance(sample, torch.Tensor) or ref is None):
         report.layout_reason = "no sample to measure on"
         return model
-    candidate = copy.deepcopy(model).to(memory_format=torch.channels_last)
     if layout == "channels_last":
         report.layout, report.layout_reason = "channels_last", "asked for"
-        return candidate
+        return _channels_last(model)
+    candidate = _channels_last(copy.deepcopy(model))
     try:
         with torch.no_grad():
             err = _rel_error(candidate(sample), ref)
@@ -314,45 +298,30 @@ def _choose_layout(
     if err > TOLERANCE["float"]:
         report.layout_reason = f"channels-last disagrees (rel. error {err:.1e})"
         return model
-    # Two warm-up calls each: oneDNN builds its kernels for a new layout on the first call.
-    _time_interleaved([model, candidate], sample, 2)
+    # Warm-up calls are left out: oneDNN builds its kernels for a new layout on the first call.
     t_nchw, t_nhwc = _time_interleaved([model, candidate], sample, max(reps, 5))
     if t_nhwc < t_nchw:
         report.layout = "channels_last"
         report.layout_reason = f"measured {t_nchw / t_nhwc:.2f}× faster than NCHW"
-        return candidate
+        return _channels_last(model)  # in place: the caller's object stays the model
     report.layout_reason = f"channels-last measured {t_nchw / t_nhwc:.2f}× the speed: kept NCHW"
     return model
 
 
-def _kind(m: nn.Module) -> str | None:
-    """Which family of layer ``m`` is, by its class, or ``None`` for a layer with no other form.
-
-    By class and not by attribute names: a k-bit ``QuantLinear`` has ``codes`` and ``scale``
-    too, and taken for int8 it crashed (or, worse, would have run the wrong kernel). Subclasses
-    count (``StaticInt8Linear`` is an ``Int8Linear``); the executable layers of
-    :mod:`modelzip.kernels` subclass none of these, so a materialized model is left as it is.
-    """
-    from modelzip.prune.masked import MaskedConv2d, MaskedLinear
-    from modelzip.quantize.fake import FakeQuantConv2d, FakeQuantLinear
-    from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
-
-    if isinstance(m, (MaskedLinear, MaskedConv2d)):
-        return "masked"
-    if isinstance(m, (Int8Linear, Int8Conv2d)):
-        return "int8"
-    if type(m) in (FakeQuantLinear, FakeQuantConv2d):
-        return "fake_quant"
-    if type(m) in (nn.Linear, nn.Conv2d):
-        return "dense"
-    if any(hasattr(m, a) for a in ("tt_cores", "ht_factors", "tucker_factors")):
-        return "factorized"
-    return None
-
-
-def _candidate_cheap(m: nn.Module) -> bool:
-    """Whether ``m`` may have an executable form (without building it)."""
-    return _kind(m) is not None
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The layers that offer an executable form (their class declares one), outside compressed
+    layers: a compressed layer is one unit, and the torch layers it is built of (a Tucker-2
+    conv's 1×1 factors, a pruned factor) are its own business."""
+    out: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix) for prefix in inside):
+            continue
+        if declared_forms(module):
+            out.append((name, module))
+        if isinstance(module, CompressedModule) and module.leaf:
+            inside.append(name + ".")
+    return out
 
 
 def _choose(
@@ -360,7 +329,7 @@ def _choose(
 ) -> tuple[nn.Module, LayerMaterialization]:
     before = type(module).__name__
     entry = LayerMaterialization(name, before, before, "unchanged", "no faster form")
-    options = _candidate(module, x)
+    options = candidates(module, x)
     if not options:
         if type(module) in (nn.Linear, nn.Conv2d):
             entry.reason = "dense weights (not ±α per row)"
@@ -368,7 +337,7 @@ def _choose(
     if x is None:  # no sample: take the compressed kernel (the last option) unchecked
         kind, build = options[-1]
         new = build()
-        entry.after, entry.kernel = type(new).__name__, kind.split(":")[-1]
+        entry.after, entry.kernel, entry.form = type(new).__name__, kind.split(":")[-1], kind
         entry.reason = "no sample: compressed kernel taken unmeasured"
         return new, entry
     with torch.no_grad():
@@ -379,7 +348,7 @@ def _choose(
             new = build().eval()
             with torch.no_grad():
                 err = _rel_error(new(x), ref)
-        except (RuntimeError, ValueError) as e:
+        except (RuntimeError, ValueError, TypeError) as e:
             entry.reason = f"{kind} failed: {e}"
             continue
         tol = TOLERANCE[kind.split(":")[0]]
@@ -393,11 +362,11 @@ def _choose(
     for (kind, new), t_new in zip(built, times[1:], strict=True):
         if t_new < best_t:
             best, best_t = new, t_new
-            entry.after, entry.kernel = type(new).__name__, kind.split(":")[-1]
+            entry.after, entry.kernel, entry.form = type(new).__name__, kind.split(":")[-1], kind
             entry.reason = f"measured {t_ref / t_new:.2f}× faster than {before}"
     if choose == "compressed" and built and best is not built[-1][1]:
         (kind, best), best_t = built[-1], times[-1]
-        entry.after, entry.kernel = type(best).__name__, kind.split(":")[-1]
+        entry.after, entry.kernel, entry.form = type(best).__name__, kind.split(":")[-1], kind
         entry.reason = f"compressed kernel asked for ({t_ref / best_t:.2f}× the speed)"
     if best is module and built:
         entry.max_rel_error = None
@@ -410,4 +379,11 @@ def _choose(
     return best, entry
 
 
-__all__ = ["LayerMaterialization", "MaterializeReport", "materialize"]
+__all__ = [
+    "LayerMaterialization",
+    "MaterializeReport",
+    "is_deployed",
+    "materialize",
+    "time_against",
+    "trainable",
+]

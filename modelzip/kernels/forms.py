@@ -1,0 +1,123 @@
+"""The executable forms this package's kernels give compressed layers, registered by name in
+:mod:`modelzip.core.forms` (which layer classes offer which: their ``executable_forms``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modelzip.core.forms import Candidate, register_form
+
+
+@register_form("dense")
+def dense_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """The plain torch layer ``to_dense()`` gives (often fastest for small or dense layers)."""
+    return [("dense", module.to_dense)]  # type: ignore[list-item]
+
+
+@register_form("sparse")
+def sparse_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A masked layer as CSR, or BSR when its zeros form blocks (:mod:`.sparse_layers`)."""
+    from modelzip.kernels.sparse import detect_block
+    from modelzip.prune.sparse_exec import SparseConv2d, SparseLinear
+
+    dense = module.to_dense()  # type: ignore[operator]
+    if isinstance(dense, nn.Conv2d) and (dense.groups != 1 or isinstance(dense.padding, str)):
+        return []
+    cls = SparseLinear if isinstance(dense, nn.Linear) else SparseConv2d
+    block = detect_block(module.masked_weight())  # type: ignore[operator]
+    fmt = f"BSR {block}×{block}" if block > 1 else "CSR"
+    return [(f"float:{fmt}", lambda: cls.from_dense(module, block))]
+
+
+@register_form("int8_dynamic_linear")
+def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch)."""
+    return [("int8:x86 linear_dynamic", lambda: module.with_activations("dynamic"))]  # type: ignore[operator]
+
+
+@register_form("int8_dynamic_conv2d")
+def int8_dynamic_conv2d(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """An int8 conv on PyTorch's x86 dynamic conv kernel (:class:`.int8.Int8DynamicConv2d`)."""
+    if isinstance(module.geometry.padding, str):  # type: ignore[union-attr]
+        return []
+    from modelzip.kernels.int8 import Int8DynamicConv2d
+
+    return [("int8:x86 conv2d_dynamic", lambda: Int8DynamicConv2d.from_dense(module))]
+
+
+@register_form("frozen_fake_quant")
+def frozen_fake_quant(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """The fake-quantized layer with its quantized weight computed once (scheme ``none``): the
+    same outputs without re-quantizing the weights on every call."""
+
+    def build() -> nn.Module:
+        frozen = type(module).from_spec({**module.spec(), "scheme": "none"})  # type: ignore[attr-defined,operator]
+        with torch.no_grad():
+            frozen.weight.copy_(module.quantized_weight())  # type: ignore[operator]
+            if module.bias is not None:
+                frozen.bias.copy_(module.bias)
+            if module.act is not None:
+                frozen.act.alpha.copy_(module.act.alpha)  # type: ignore[union-attr]
+        return frozen.to(module.weight.device).eval()  # type: ignore[union-attr]
+
+    return [("dense", build)]
+
+
+@register_form("bit_serial")
+def bit_serial(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A fake-quantized linear with k-bit inputs as AND-popcount over bit planes."""
+    from modelzip.kernels.bitserial_layers import BitSerialLinear, grid_codes
+
+    act = getattr(module, "act", None)
+    if act is None or int(act.bits) > 8 or grid_codes(module.quantized_weight()) is None:  # type: ignore[operator]
+        return []
+    return [("float:bit-serial AND-popcount", lambda: BitSerialLinear.from_fake_quant(module))]
+
+
+def _is_pm1(x: torch.Tensor | None) -> bool:
+    return x is not None and bool(((x == 1) | (x == -1)).all())
+
+
+@register_form("binary")
+def binary(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A torch layer whose rows are ``±α``: XNOR-popcount when its inputs are ±1, else BWN."""
+    from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
+
+    weight = module.weight
+    # Rows of one weight are ±α trivially: such a layer is not taken for a binarized one.
+    if weight[0].numel() < 2 or binary_scales(weight) is None:  # type: ignore[arg-type,index]
+        return []
+    if isinstance(module, nn.Conv2d) and (
+        module.groups != 1 or isinstance(module.padding, str) or module.padding_mode != "zeros"
+    ):
+        return []
+    cls = BinaryLinear if isinstance(module, nn.Linear) else BinaryConv2d
+    mode = "xnor" if _is_pm1(x) else "bwn"
+    kind = "exact:XNOR-popcount" if mode == "xnor" else "float:BWN add/sub"
+    return [(kind, lambda: cls.from_dense(module, mode))]
+
+
+@register_form("two_gemm_cut")
+def two_gemm_cut(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A tensorized linear cut into two GEMMs (:class:`.split_linear.SplitLinear`)."""
+    from modelzip.kernels.split_linear import SplitLinear, plan_cut
+
+    cut = plan_cut(module)
+    if cut is None:
+        return []
+    return [("float:two-GEMM cut", lambda: SplitLinear.from_factorized(module, cut))]
+
+
+@register_form("fused_tt_conv")
+def fused_tt_conv(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A TT-conv fused per 16-pixel tile (:class:`.tt_conv.FusedTTConv2d`, AVX-512)."""
+    from modelzip.kernels.tt_conv import FusedTTConv2d
+
+    fused = FusedTTConv2d.from_tt(module)
+    if x is None:  # built again on load: where the kernel cannot run it runs the plain chain
+        return [("float:fused TT-conv (AVX-512)", lambda: fused)]
+    with torch.no_grad():
+        usable = fused.fused_unavailable(x) is None
+    return [("float:fused TT-conv (AVX-512)", lambda: fused)] if usable else []

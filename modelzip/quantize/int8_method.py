@@ -1,0 +1,85 @@
+"""The ``int8`` method: which int8 layer a dense layer becomes, by activation policy.
+
+Weights-only and dynamic activations give :class:`~modelzip.quantize.int8.Int8Linear` /
+:class:`~modelzip.quantize.int8.Int8Conv2d`; calibrated static activations give the
+:mod:`~modelzip.quantize.static_int8` layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from torch import nn
+
+from modelzip.core.config import MethodConfig, check_range
+from modelzip.core.context import Context
+from modelzip.core.errors import ConfigError
+from modelzip.core.geometry import UnsupportedConv
+from modelzip.core.module import CompressedModule
+from modelzip.core.registry import SkipLayer, register_method
+from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
+from modelzip.quantize.layers import require_float32
+from modelzip.quantize.static_int8 import static_int8_layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Config(MethodConfig):
+    """Symmetric int8 weight quantization.
+
+    Parameters
+    ----------
+    per_channel:
+        One scale per output channel (True) or one per tensor.
+    activations:
+        ``"dynamic"``: linear layers on the CPU quantize their input per batch and run PyTorch's
+        int8 GEMM; ``"float"``: weights are dequantized and products are in float;
+        ``"static"``: inputs and outputs of linear and conv layers are quantized to uint8 with
+        ranges calibrated on ``calibration_size`` training inputs (or the sample batch), and
+        products run on PyTorch's int8 CPU engine (per-channel weights).
+    observer:
+        Calibration range of the static activations: ``minmax``, ``percentile`` or ``mse``.
+    percentile:
+        Percentile of the ``percentile`` observer.
+    calibration_size:
+        Training inputs used for calibration.
+    """
+
+    method = "int8"
+    per_channel: bool = True
+    activations: Literal["float", "dynamic", "static"] = "dynamic"
+    observer: Literal["minmax", "percentile", "mse"] = "minmax"
+    percentile: float = 99.99
+    calibration_size: int = 512
+
+    def validate(self) -> None:
+        check_range(self, "percentile", 50, 100, low_open=True)
+        check_range(self, "calibration_size", 1)
+        if self.activations == "static" and not self.per_channel:
+            raise ConfigError(
+                "Int8Config.per_channel=False is not allowed with activations='static' "
+                "(the static path uses per-channel weights); allowed: True"
+            )
+
+
+_LAYERS = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
+
+
+@register_method(Int8Config, family="quantize", example=Int8Config())
+def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
+    """Symmetric per-channel int8 weights, one byte per weight."""
+    if isinstance(module, CompressedModule):
+        raise SkipLayer(
+            f"already compressed as {type(module).__name__}; int8 applies to dense layers "
+            "(combinations of methods are the joint family's)"
+        )
+    cls = _LAYERS.get(type(module))
+    if cls is None:
+        raise SkipLayer(f"{type(module).__name__} has no int8 form")
+    require_float32(module)
+    try:
+        if config.activations == "static":
+            return static_int8_layer(module, config, ctx)
+        return cls.from_dense(module, config)
+    except UnsupportedConv as e:
+        raise SkipLayer(str(e)) from None

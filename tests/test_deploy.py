@@ -1,0 +1,128 @@
+"""The deploy step every path ends with (issue #20, item 1).
+
+``compress`` returns each compressed layer in its fastest correct executable form, measured on the
+sample; the Report says what each layer became and times the result against the dense original
+side by side; a saved deployed model keeps its compact form in the file and loads deployed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import modelzip
+from modelzip.cli import main
+from modelzip.core.compact_source import compact_source
+from modelzip.core.errors import ModelError
+from modelzip.models import create
+from modelzip.prune import MagnitudePruneConfig
+from modelzip.prune.masked import MaskedLinear
+from modelzip.serialize import read_metadata
+
+PRUNE = MagnitudePruneConfig(sparsity=0.95)
+
+
+@pytest.fixture(scope="module")
+def lenet() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return create("lenet300").eval(), torch.rand(32, 1, 28, 28)
+
+
+def test_compress_deploys_by_default_and_reports_it(lenet) -> None:
+    model, x = lenet
+    trainable, _ = modelzip.compress(model, PRUNE, sample=x, deploy=False, measure=False)
+    deployed, report = modelzip.compress(model, PRUNE, sample=x)
+    assert [row["name"] for row in report.deployment] == ["fc1", "fc2", "fc3"]
+    assert all(row["reason"] for row in report.deployment)
+    for row in report.deployment:  # the Report names the form each layer has now
+        assert type(deployed.get_submodule(row["name"])).__name__ == row["after"]
+    assert report.deploy_note == ""
+    assert not any(p.requires_grad for p in deployed.parameters())  # inference-only kernels
+    with torch.no_grad():
+        ref = trainable(x)
+        torch.testing.assert_close(deployed(x), ref, rtol=0, atol=1e-4 * float(ref.abs().max()))
+    # Sizes are the compact ones the file keeps, not those of a dense executable form.
+    assert report.after.size_bytes == modelzip.model_stats(trainable).size_bytes
+
+
+def test_latency_is_timed_against_the_dense_original(lenet) -> None:
+    model, x = lenet
+    _, report = modelzip.compress(model, PRUNE, sample=x)
+    for stats in (report.before, report.after):
+        assert stats.latency_ms is not None and stats.latency_ms > 0
+        low, high = stats.latency_range_ms
+        assert low <= stats.latency_ms <= high
+        assert stats.first_call_ms is not None  # reported apart, not among the samples
+        assert stats.latency_batch == x.shape[0]
+    assert report.speedup == pytest.approx(report.before.latency_ms / report.after.latency_ms)
+    assert "first_call_ms" in report.to_dict()["after"]
+
+
+def test_trainable_form_on_request_and_without_a_sample(lenet) -> None:
+    model, x = lenet
+    kept, report = modelzip.compress(model, PRUNE, sample=x, deploy=False, measure=False)
+    assert isinstance(kept.fc1, MaskedLinear) and report.deployment == []
+    assert "deploy=False" in report.deploy_note
+    unsampled, report = modelzip.compress(model, PRUNE, measure=False)
+    assert isinstance(unsampled.fc1, MaskedLinear)
+    assert "no sample" in report.deploy_note
+    # The caller's model is never touched, deployed or not.
+    assert type(model.fc1) is torch.nn.Linear
+
+
+def test_a_deployed_file_stays_compact_and_loads_deployed(lenet, tmp_path: Path) -> None:
+    model, x = lenet
+    trainable, _ = modelzip.compress(model, PRUNE, sample=x, deploy=False, measure=False)
+    deployed, _ = modelzip.compress(model, PRUNE, sample=x, measure=False)
+    compact_file = modelzip.save(trainable, tmp_path / "compact.mzip")
+    deployed_file = modelzip.save(deployed, tmp_path / "deployed.mzip")
+    # The compact form and the choice of form, a few bytes more than the trainable file.
+    assert deployed_file.stat().st_size <= compact_file.stat().st_size + 1024
+    loaded = modelzip.load(deployed_file)
+    assert [type(m).__name__ for m in loaded.modules()] == [
+        type(m).__name__ for m in deployed.modules()
+    ]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), deployed(x))
+    # And saved again, it is the same file content (the compact form travels with the layer).
+    again = modelzip.save(loaded, tmp_path / "again.mzip")
+    assert read_metadata(again)["layers"] == read_metadata(deployed_file)["layers"]
+
+
+def test_an_unknown_deployed_form_is_refused_naming_the_layer(lenet, tmp_path: Path) -> None:
+    model, x = lenet
+    deployed, _ = modelzip.compress(model, PRUNE, sample=x, measure=False)
+    name = next(n for n, m in deployed.named_modules() if compact_source(m) is not None)
+    compact_source(deployed.get_submodule(name)).kind = "float:no such form"
+    path = modelzip.save(deployed, tmp_path / "odd.mzip")
+    with pytest.raises(ModelError, match=f"layer {name!r}.*no executable form"):
+        modelzip.load(path)
+
+
+def test_cli_compress_deploys_and_eval_times_against_dense(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- method: magnitude_prune\n  sparsity: 0.95\n")
+    out = tmp_path / "small.mzip"
+    args = ["compress", "lenet300", "--recipe", str(recipe), "--out", str(out), "--json"]
+    assert main([*args, "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["deployment"]) == 3 and report["speedup"] > 0
+    layers = read_metadata(out)["layers"]
+    for row in report["deployment"]:  # a larger form is saved as the compact layer + its choice
+        entry = layers[row["name"]]
+        assert entry["class"].endswith("MaskedLinear")
+        assert entry.get("deploy") in (None, row["form"])
+        if row["after"] == "Linear":  # dense takes 20x the bytes of a 95%-pruned layer
+            assert entry["deploy"] == "dense"
+    assert main(["eval", str(out), "--dataset", "mnist", "--json", "--quiet"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["dense_latency_ms"] > 0 and stats["latency_ms"] > 0
+    assert stats["speedup"] == pytest.approx(stats["dense_latency_ms"] / stats["latency_ms"])
+    kept = tmp_path / "kept.mzip"
+    args = ["compress", "lenet300", "--recipe", str(recipe), "--out", str(kept), "--no-deploy"]
+    assert main([*args, "--quiet", "--no-latency"]) == 0
+    layers = read_metadata(kept)["layers"]
+    assert all(e["class"].endswith("MaskedLinear") and "deploy" not in e for e in layers.values())
