@@ -2,10 +2,13 @@
 
 Each method runs with its registry example setting on the cached MNIST baseline, leaving the
 classifier layer dense (as Han et al. and most quantization papers do), is fine-tuned for one
-epoch, and is measured side by side with the baseline: test accuracy, stored parameters, saved
-bytes, MACs and the measured CPU latency ratio (baseline time over compressed time, batch 64).
-The latency is that of the *materialized* model (:func:`modelzip.deploy`: sparse,
-int8 and binary kernels where they are measured faster), against the fp32 baseline in the same run.
+epoch, and is then deployed as ``compress`` deploys it (:func:`modelzip.deploy.materialize`: each
+layer in its fastest correct executable form on this CPU, measured on the sample). The table gives
+test accuracy, stored parameters, saved bytes, MACs, what the layers were deployed as, and the
+latency ratio: the dense baseline's time over the deployed model's, both timed side by side in
+this run (interleaved rounds, warm, batch 64; the median of the per-round ratios, their 10th–90th
+percentiles in brackets). A method whose layers run the baseline's own float product (no faster
+form on this CPU) says so instead of a figure that would only measure noise.
 Methods that have nothing to do on an MLP (convolution-only methods) run on LeNet-5 instead and
 their row says so; so that a fresh demo stays within minutes, that LeNet-5 baseline is trained for
 3 epochs only (about 99.2% instead of the full config's 99.4%).
@@ -13,7 +16,9 @@ their row says so; so that a fresh demo stays within minutes, that LeNet-5 basel
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,34 @@ from modelzip.core.atomic import write_text
 from modelzip.core.registry import get_method, list_methods
 from modelzip.core.selection import Select
 
-HEADER = ("method", "model", "test acc", "params", "bytes", "compression", "MACs", "latency ratio")
+HEADER = (
+    "method",
+    "model",
+    "test acc",
+    "params",
+    "bytes",
+    "compression",
+    "MACs",
+    "deployed as",
+    "latency ratio",
+)
 
 
-def _row(method: str, model: str, stats: Any, base: Any) -> list[str]:
-    ratio = base.latency_ms / stats.latency_ms if stats.latency_ms else float("nan")
+def deployed_as(layers: list[Any]) -> str:
+    """What the deploy step made of the layers, e.g. ``"CSR ×2, dense ×1"``; ``""`` if nothing."""
+    kinds = Counter(entry.form.split(":")[-1] for entry in layers if entry.form)
+    return ", ".join(f"{kind} ×{n}" for kind, n in kinds.most_common())
+
+
+def _ratio(dense: Any, fast: Any) -> str:
+    """The median of the per-round ratios (the two were timed in the same rounds, so a round
+    that a busy machine slowed slows both), with their 10th–90th percentiles."""
+    ratios = sorted(d / f for d, f in zip(dense.values, fast.values, strict=True))
+    low, high = ratios[len(ratios) // 10], ratios[-1 - len(ratios) // 10]
+    return f"{statistics.median(ratios):.2f}× [{low:.2f}–{high:.2f}]"
+
+
+def _row(method: str, model: str, stats: Any, base: Any, deployed: str, ratio: str) -> list[str]:
     return [
         method,
         model,
@@ -37,7 +65,8 @@ def _row(method: str, model: str, stats: Any, base: Any) -> list[str]:
         f"{stats.size_bytes:,}",
         f"{base.size_bytes / stats.size_bytes:.1f}×",
         f"{stats.effective_macs:,}",
-        f"{ratio:.2f}×",
+        deployed,
+        ratio,
     ]
 
 
@@ -48,14 +77,14 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
 
     from modelzip.baselines import pretrained
     from modelzip.data import load_dataset
-    from modelzip.kernels import materialize
-    from modelzip.measure import measure_latency
-    from modelzip.train import TrainConfig, default_train_config, evaluate
+    from modelzip.deploy import materialize, time_against
+    from modelzip.train import TrainConfig, default_train_config, evaluate, train
 
     console = Console(width=max(Console().width, 132))  # the table stays readable when piped
     start = time.perf_counter()
     torch.manual_seed(0)
     data = load_dataset("mnist")
+    sample = data.x_test[:64]
     finetune = TrainConfig(epochs=1, lr=1e-3, optimizer="adam", schedule="cosine", seed=0)
     classifier = {"lenet300": "fc3", "lenet5": "fc2"}
     models: dict[str, Any] = {}
@@ -67,42 +96,46 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
             config = default_train_config(name)
             if name == "lenet5":
                 config = config.replace(epochs=3)
-            models[name] = pretrained(name, "mnist", config=config, progress=progress)
-            sample = data.x_test[:64]
-            bases[name] = model_stats(models[name], sample, data=data)
-            # The anchor is materialized too, so that a ratio is compression, not memory layout.
-            bases[name].latency_ms = measure_latency(materialize(models[name], sample)[0], sample)
+            models[name] = pretrained(name, "mnist", config=config, progress=progress).eval()
+            bases[name] = model_stats(models[name], sample, data=data, measure=False)
         return models[name], bases[name]
+
+    def compressed(model_name: str, spec: Any) -> tuple[Any, Any]:
+        model, _ = baseline(model_name)
+        step = spec.example.replace(select=Select(exclude=(classifier[model_name],)))
+        # The trainable form first: it is fine-tuned before it is deployed.
+        return compress(model, [step], data, evaluate=False, measure=False, deploy=False)
 
     rows: list[list[str]] = []
     model, base = baseline("lenet300")
-    rows.append(_row("(baseline)", "lenet300", base, base))
+    rows.append(_row("(baseline)", "lenet300", base, base, "dense", "1.00×"))
     for name in list_methods():
         spec = get_method(name)
-        model_name = "lenet300"
-        model, base = baseline(model_name)
         console.print(f"[bold]{name}[/] ({spec.family}): {spec.summary}")
-        step = spec.example.replace(select=Select(exclude=(classifier[model_name],)))
-        small, report = compress(model, [step], data, evaluate=False, measure=False)
+        model_name = "lenet300"
+        small, report = compressed(model_name, spec)
         if not report.layers:
             model_name = "lenet5"
-            model, base = baseline(model_name)
-            step = spec.example.replace(select=Select(exclude=(classifier[model_name],)))
-            small, report = compress(model, [step], data, evaluate=False, measure=False)
+            small, report = compressed(model_name, spec)
         if not report.layers:
-            rows.append([name, model_name, "not applicable", "", "", "", "", ""])
+            rows.append([name, model_name, "not applicable", *[""] * (len(HEADER) - 3)])
             continue
+        model, base = baseline(model_name)
         if not quick:
-            from modelzip.train import train
-
             train(small, data, finetune, progress=progress)
-        # Size, parameters and MACs are the stored compressed model's; accuracy and latency are
-        # measured on its materialized form, which is what would be deployed.
-        stats = model_stats(small.eval(), data.x_test[:64], measure=False)
-        fast, _ = materialize(small, data.x_test[:64])
+        # What compress(..., deploy=True) returns: each layer in its fastest correct form here.
+        fast, chosen = materialize(small.eval(), sample)
+        stats = model_stats(fast, sample, measure=False)  # counts the stored (compact) form
         stats.accuracy = evaluate(fast, data)["accuracy"]
-        stats.latency_ms = measure_latency(fast, data.x_test[:64])
-        rows.append(_row(name, model_name, stats, base))
+        changed = {c.name for c in report.layers}
+        kinds = deployed_as([e for e in chosen.layers if e.name in changed]) or "as compressed"
+        if kinds == "as compressed" and stats.macs is not None and stats.macs >= base.macs:
+            # The same float product as the baseline (weights decoded once): there is nothing
+            # to measure but noise, so say so.
+            ratio = "no faster form on this CPU"
+        else:
+            ratio = _ratio(*time_against(model, fast, sample))
+        rows.append(_row(name, model_name, stats, base, kinds, ratio))
 
     table = Table(title="modelzip demo: MNIST", title_justify="left")
     for h in HEADER:
@@ -117,9 +150,10 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
         "Trained baselines from the cache; each method with its registry example setting on "
         "every layer but the classifier, then "
         f"{'no' if quick else 'one epoch (Adam, lr 1e-3) of'} fine-tuning. "
-        "Latency ratio: baseline time over compressed time, batch 64, median of repeated "
-        "runs, measured in this run; both models are materialized (sparse, int8, binary "
-        "kernels and channels-last layout where measured faster).",
+        "Each compressed model is deployed as `compress` deploys it (the fastest correct "
+        "executable form per layer on this CPU). Latency ratio: the dense baseline's time over "
+        "the deployed model's, timed side by side in this run (interleaved, warm, batch 64), "
+        "median of the per-round ratios with their 10th–90th percentiles in brackets.",
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),

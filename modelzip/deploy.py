@@ -343,6 +343,7 @@ def _choose(
     with torch.no_grad():
         ref = module(x)
     built: list[tuple[str, nn.Module]] = []
+    errors: dict[int, float] = {}  # by id of the built module
     for kind, build in options:
         try:
             new = build().eval()
@@ -356,7 +357,7 @@ def _choose(
             entry.reason = f"{kind} disagrees (rel. error {err:.1e} > {tol:.0e}): kept"
             continue
         built.append((kind, new))
-        entry.max_rel_error = err
+        errors[id(new)] = err
     times = _time_interleaved([module] + [m for _, m in built], x, reps)
     t_ref, best_t, best = times[0], times[0], module
     for (kind, new), t_new in zip(built, times[1:], strict=True):
@@ -369,13 +370,13 @@ def _choose(
         entry.after, entry.kernel, entry.form = type(best).__name__, kind.split(":")[-1], kind
         entry.reason = f"compressed kernel asked for ({t_ref / best_t:.2f}× the speed)"
     if best is module and built:
-        entry.max_rel_error = None
         entry.reason = "measured: " + ", ".join(
             f"{k.split(':')[-1]} {t_ref / t:.2f}×"
             for (k, _), t in zip(built, times[1:], strict=True)
         )
         entry.reason += f" the speed of {before}: kept"
     entry.speedup = t_ref / best_t
+    entry.max_rel_error = errors.get(id(best))
     return best, entry
 
 

@@ -58,13 +58,13 @@ def test_noop_leaves_outputs_unchanged(method, model_for_method):
             torch.testing.assert_close(small(x), ref, rtol=1e-5, atol=1e-5)
     else:
         # No setting of this method is a no-op: applying it to its own result changes nothing.
-        once, report = modelzip.compress(model, spec.example, sample=x, measure=False)
+        once, report = modelzip.compress(model, spec.example, sample=x, measure=False, deploy=False)
         dense = copy.deepcopy(model)
         for change in report.layers:
             layer = once.get_submodule(change.name)
             # Plain torch layers (resized by channel removal) are their own dense form.
             dense.set_submodule(change.name, _dense_form(layer))
-        twice, _ = modelzip.compress(dense, spec.example, sample=x, measure=False)
+        twice, _ = modelzip.compress(dense, spec.example, sample=x, measure=False, deploy=False)
         with torch.inference_mode():
             torch.testing.assert_close(twice(x), once(x), rtol=1e-4, atol=1e-4)
 

@@ -17,9 +17,14 @@ import modelzip
 from modelzip.cli import main
 from modelzip.core.compact_source import compact_source
 from modelzip.core.errors import ModelError
+from modelzip.core.forms import candidates
+from modelzip.deploy import is_deployed, trainable
+from modelzip.joint.sparse_quant import SparseQuantizeConfig
 from modelzip.models import create
 from modelzip.prune import MagnitudePruneConfig
 from modelzip.prune.masked import MaskedLinear
+from modelzip.quantize import BinaryConfig, QuantizeWeightsConfig, TernaryConfig
+from modelzip.quantize.int8 import Int8Linear, int8_grid
 from modelzip.serialize import read_metadata
 
 PRUNE = MagnitudePruneConfig(sparsity=0.95)
@@ -126,3 +131,57 @@ def test_cli_compress_deploys_and_eval_times_against_dense(tmp_path: Path, capsy
     assert main([*args, "--quiet", "--no-latency"]) == 0
     layers = read_metadata(kept)["layers"]
     assert all(e["class"].endswith("MaskedLinear") and "deploy" not in e for e in layers.values())
+
+
+def test_a_deployed_model_takes_another_recipe_step(lenet) -> None:
+    model, x = lenet
+    pruned, _ = modelzip.compress(model, PRUNE, sample=x, measure=False)
+    assert is_deployed(pruned)
+    # compress turns the deployed layers back into the masked ones before the next step.
+    _, report = modelzip.compress(pruned, SparseQuantizeConfig(bits=4), sample=x, measure=False)
+    assert {c.before for c in report.layers} == {"MaskedLinear"}
+    assert {c.after for c in report.layers} == {"SparseQuantLinear"}
+    assert is_deployed(pruned), "the caller's deployed model is left as it was"
+    again = trainable(pruned)
+    assert not is_deployed(again) and all(p.requires_grad for p in again.parameters())
+    assert isinstance(again.fc1, MaskedLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), pruned(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_deployed_model_loads_frozen_and_deployed(lenet, tmp_path: Path) -> None:
+    model, x = lenet
+    deployed, _ = modelzip.compress(model, PRUNE, sample=x, measure=False)
+    loaded = modelzip.load(modelzip.save(deployed, tmp_path / "m.mzip"))
+    assert is_deployed(loaded)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    trainable_form, _ = modelzip.compress(model, PRUNE, sample=x, measure=False, deploy=False)
+    reloaded = modelzip.load(modelzip.save(trainable_form, tmp_path / "t.mzip"))
+    assert not is_deployed(reloaded)
+    assert all(p.requires_grad for p in reloaded.parameters())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [QuantizeWeightsConfig(bits=4), TernaryConfig(), BinaryConfig()],
+    ids=lambda c: c.method,
+)
+def test_k_bit_ternary_binary_weights_reach_the_int8_kernels_exactly(config, lenet) -> None:
+    model, x = lenet
+    small, _ = modelzip.compress(model, config, sample=x, measure=False, deploy=False)
+    layer = small.fc1
+    grid = int8_grid(layer.decoded_weight())
+    assert grid is not None, "k-bit codes lie on an int8 grid"
+    codes, scale = grid
+    # The int8 codes give back the weight the codes decode to (to the last float bit).
+    torch.testing.assert_close(codes.float() * scale[:, None], layer.decoded_weight())
+    [(_, build)] = [c for c in candidates(layer, None) if c[0].startswith("int8:")]
+    fast = build()
+    assert isinstance(fast, Int8Linear) and fast.activations == "dynamic"
+    torch.testing.assert_close(fast.dequantized_weight(), layer.decoded_weight())
+
+
+def test_a_weight_off_any_small_grid_is_not_taken_for_int8() -> None:
+    w = torch.tensor([[1.0, 0.3, -0.7], [0.5, 0.25, 2.0]])  # 0.3/0.7 share no step of ≤127
+    assert int8_grid(w) is None
+    assert int8_grid(torch.tensor([[0.5, -0.25, 0.0]]))[0].tolist() == [[2, -1, 0]]

@@ -169,6 +169,7 @@ class SharedFormat(WeightFormat):
     ``bits`` bits and the table. The weight is ``C[codes] ⊙ mask``."""
 
     onnx_export = "dense"
+    executable_forms = ("dense",)  # centroids decoded once: the float product, no lookups
 
     codes: torch.Tensor
     mask: torch.Tensor

@@ -82,9 +82,15 @@ def _is_pm1(x: torch.Tensor | None) -> bool:
 
 @register_form("binary")
 def binary(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
-    """A torch layer whose rows are ``±α``: XNOR-popcount when its inputs are ±1, else BWN."""
+    """A layer whose rows are ``±α`` (a torch layer, or a compressed one that decodes to such
+    rows, as 1-bit codes do): XNOR-popcount when its inputs are ±1, else BWN (adds and
+    subtracts)."""
     from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
 
+    if not isinstance(module, (nn.Linear, nn.Conv2d)):
+        if getattr(module, "weight_bits", None) != 1:
+            return []
+        module = module.to_dense()  # type: ignore[operator]
     weight = module.weight
     # Rows of one weight are ±α trivially: such a layer is not taken for a binarized one.
     if weight[0].numel() < 2 or binary_scales(weight) is None:  # type: ignore[arg-type,index]

@@ -13,11 +13,22 @@ activations, :mod:`modelzip.quantize.static_int8`).
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear
+from modelzip.core.forms import Candidate, register_form
 from modelzip.core.module import register_layer
 from modelzip.kernels.int8 import QMAX, Int8Format, quantize_symmetric_int8
 
-__all__ = ["QMAX", "Int8Conv2d", "Int8Format", "Int8Linear", "quantize_symmetric_int8"]
+__all__ = [
+    "QMAX",
+    "Int8Conv2d",
+    "Int8Format",
+    "Int8Linear",
+    "int8_grid",
+    "quantize_symmetric_int8",
+]
 
 
 @register_layer
@@ -34,3 +45,47 @@ class Int8Conv2d(Int8Format, CompressedConv2d):
 
     onnx_export = "converter:qdq_conv2d"
     executable_forms = ("int8_dynamic_conv2d",)
+
+
+def int8_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Int8 codes and per-row scales that give ``weight`` exactly, when its rows lie on grids of
+    at most 255 levels through 0 (k-bit uniform codes, ternary ``{-α, 0, α}``, binary ``±α``);
+    else None. The scale of a row is its smallest nonzero magnitude."""
+    w = weight.detach().float().reshape(weight.shape[0], -1)
+    mag = w.abs()
+    step = torch.where(mag > 0, mag, torch.inf).amin(dim=1)
+    step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
+    codes = torch.round(w / step[:, None])
+    exact = (codes * step[:, None] - w).abs().amax() <= 1e-6 * float(mag.amax().clamp(min=1e-30))
+    if not bool(exact) or float(codes.abs().amax()) > QMAX:
+        return None
+    return codes.to(torch.int8).reshape(weight.shape), step
+
+
+@register_form("int8_codes")
+def int8_codes(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A layer whose weights lie on a small per-row grid as int8 codes, computed once, for the
+    x86 int8 kernels (activations quantized per batch): k-bit, ternary and binary weights
+    through integer products instead of a float product on their decoded values."""
+    from modelzip.kernels.int8 import Int8DynamicConv2d
+
+    weight = module.decoded_weight()  # type: ignore[operator]
+    conv = isinstance(module, CompressedConv2d)
+    if weight.dim() not in (2, 4) or (conv and isinstance(module.geometry.padding, str)):
+        return []
+    grid = int8_grid(weight)
+    if grid is None:
+        return []
+
+    def build() -> nn.Module:
+        cls = Int8DynamicConv2d if conv else Int8Linear
+        layer = cls.like(module.to_dense(), per_channel=True, activations="dynamic")  # type: ignore[attr-defined,operator]
+        with torch.no_grad():
+            layer.codes.copy_(grid[0])
+            layer.scale.copy_(grid[1])
+            if module.bias is not None:
+                layer.bias.copy_(module.bias)
+        return layer.eval()
+
+    label = "x86 conv2d_dynamic" if conv else "x86 linear_dynamic"
+    return [(f"int8:{label} (codes once)", build)]

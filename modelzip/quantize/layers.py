@@ -40,6 +40,9 @@ class QuantFormat(WeightFormat):
     """Storage: ``bits``-bit packed codes and per-group levels (an affine map or a table)."""
 
     onnx_export = "dense"
+    # 1-bit codes run as BWN/XNOR, codes on an int8 grid through the int8 kernels, or the plain
+    # float product of the decoded weight, whichever is measured fastest.
+    executable_forms = ("dense", "binary", "int8_codes")
 
     packed: torch.Tensor
     scale: torch.Tensor | None

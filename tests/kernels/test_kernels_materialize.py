@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from modelzip.core.forms import candidates
+from modelzip.deploy import TOLERANCE
 from modelzip.kernels import materialize
 from modelzip.kernels.int8 import Int8DynamicConv2d
 from modelzip.kernels.layers import BinaryConv2d, BinaryLinear, binary_scales
@@ -197,7 +199,7 @@ def _compressed(model_name: str, method: str) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     x = torch.rand(4, 1, 28, 28)
     small, _ = modelzip.compress(
-        create(model_name).eval(), get_method(method).example, sample=x, measure=False
+        create(model_name).eval(), get_method(method).example, sample=x, measure=False, deploy=False
     )
     return small, x
 
@@ -215,11 +217,21 @@ def test_materialize_keeps_k_bit_layers_with_codes_and_scale(model_name: str, me
     assert kept, f"{method}'s example made no layer with codes and scale"
     for choose in ("compressed", "measured"):
         new, report = materialize(small, x, reps=1, choose=choose)  # type: ignore[arg-type]
+        forms = {entry.name: entry.form for entry in report.layers}
         for name, layer in kept.items():
-            assert type(new.get_submodule(name)) is type(layer), name
-        with torch.no_grad():
-            torch.testing.assert_close(new(x), small(x), rtol=1e-4, atol=1e-5)
-        assert report.max_rel_error is not None and report.max_rel_error < 1e-4
+            # Unchanged, or turned into one of the forms its class declares (k-bit codes on an
+            # int8 grid run on the int8 kernels), never taken for int8 by its attribute names.
+            kind = forms[name]
+            assert kind == "" or any(kind == k for k, _ in candidates(layer, None)), (
+                f"{name}: {kind!r}"
+            )
+            if kind == "":
+                assert type(new.get_submodule(name)) is type(layer), name
+        integer = any(kind.startswith("int8:") for kind in forms.values())
+        # Each int8 layer is checked against its own tolerance; through a few layers the input
+        # rounding of each adds up.
+        tolerance = 2 * TOLERANCE["int8"] if integer else 1e-4
+        assert report.max_rel_error is not None and report.max_rel_error < tolerance
 
 
 def test_materialize_every_method_keeps_outputs(model_for_method: object) -> None:

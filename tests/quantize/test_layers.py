@@ -11,6 +11,7 @@ from torch import nn
 import modelzip
 from modelzip.core.context import Context
 from modelzip.core.selection import Select
+from modelzip.deploy import trainable
 from modelzip.models import create
 from modelzip.quantize import (
     BinaryConfig,
@@ -40,12 +41,13 @@ def test_saved_file_shrinks_by_the_bit_width(config, bits, tmp_path):
     model, x = _lenet()
     small, report = modelzip.compress(model, config, sample=x, measure=False)
     dense_path = modelzip.save(model, tmp_path / "dense.mzip")
-    path = modelzip.save(small, tmp_path / "small.mzip")
+    path = modelzip.save(small, tmp_path / "small.mzip")  # deployed: saved in its compact form
     weights = sum(
         m.weight.numel() for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
     )
+    compact = trainable(small)
     for change in report.layers:
-        layer = small.get_submodule(change.name)
+        layer = compact.get_submodule(change.name)
         assert layer.packed.numel() == -(-layer.codes().numel() * bits // 8)
     ratio = dense_path.stat().st_size / path.stat().st_size
     assert ratio > 32 / bits * 0.8, ratio  # levels, biases and the header cost a little
@@ -59,7 +61,7 @@ def test_mixed_precision_through_selectors():
     model, x = _lenet()
     recipe = [QuantizeWeightsConfig(bits=8, select=Select(names=("fc2", "conv1"))),
               QuantizeWeightsConfig(bits=2)]  # fmt: skip
-    small, report = modelzip.compress(model, recipe, sample=x, measure=False)
+    small, report = modelzip.compress(model, recipe, sample=x, measure=False, deploy=False)
     bits = {n: small.get_submodule(n).weight_bits for n in ("conv1", "conv2", "fc1", "fc2")}
     assert bits == {"conv1": 8, "conv2": 2, "fc1": 2, "fc2": 8}
     assert {s.name for s in report.skipped} >= {"conv1", "fc2"}
