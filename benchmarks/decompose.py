@@ -25,6 +25,7 @@ from _common import BenchContext, PartResult, check, markdown_table, run_parts
 from torch import nn
 
 from modelzip.core.counting import collect_workloads
+from modelzip.core.geometry import ConvGeometry
 from modelzip.core.timing import time_interleaved
 from modelzip.decompose import (
     ChannelLowRankConv2d,
@@ -88,21 +89,17 @@ def part_speed(ctx: BenchContext) -> PartResult:
     conv = nn.Conv2d(256, 256, 3, padding=1)
     xl, xc = torch.randn(64, 4096), torch.randn(16, 256, 28, 28)
     m6, m8 = (4,) * 6, (8,) * 4
+    g = ConvGeometry.of(conv)
     cases = [
         ("SVD linear r=256", lin, LowRankLinear(4096, 4096, 256), xl),
         ("TT linear 4⁶×4⁶ r=8", lin, TTLinear(4096, 4096, m6, m6, (1,) + (8,) * 5 + (1,)), xl),
         ("HT linear 4⁶×4⁶ r=8", lin, HTLinear(4096, 4096, m6, m6, (1,) + (8,) * 10), xl),
         ("Tucker linear 8⁴×8⁴ r=8", lin, TuckerLinear(4096, 4096, m8, m8, (8,) * 4), xl),
-        ("Tucker-2 conv r=(64,64)", conv, Tucker2Conv2d(256, 256, 3, (64, 64), padding=1), xc),
-        ("CP conv r=128", conv, CPConv2d(256, 256, 3, 128, padding=1), xc),
-        ("SVD channel conv r=64", conv, ChannelLowRankConv2d(256, 256, 3, 64, padding=1), xc),
-        ("Spatial conv r=64", conv, SpatialLowRankConv2d(256, 256, 3, 64, padding=1), xc),
-        (
-            "TT conv 4⁴×4⁴ r=(4,8,8,8)",
-            conv,
-            TTConv2d(256, 256, 3, (4,) * 4, (4,) * 4, (4, 8, 8, 8, 1), padding=1),
-            xc,
-        ),
+        ("Tucker-2 conv r=(64,64)", conv, Tucker2Conv2d(g, (64, 64)), xc),
+        ("CP conv r=128", conv, CPConv2d(g, 128), xc),
+        ("SVD channel conv r=64", conv, ChannelLowRankConv2d(g, 64), xc),
+        ("Spatial conv r=64", conv, SpatialLowRankConv2d(g, 64), xc),
+        ("TT conv 4⁴×4⁴ r=(4,8,8,8)", conv, TTConv2d(g, (4,) * 4, (4,) * 4, (4, 8, 8, 8, 1)), xc),
     ]
     from modelzip.kernels import materialize
 
@@ -566,7 +563,6 @@ def part_conv(ctx: BenchContext) -> PartResult:
     quick = ctx.quick
     device = torch.device(ctx.device)
     checks: list[dict[str, Any]] = []
-    extra: dict[str, Any] = {}
     data = load_dataset("mnist")
     x = data.x_test[:1].to(device)
     rows = []
@@ -639,7 +635,7 @@ def part_conv(ctx: BenchContext) -> PartResult:
             ],
         )
     )
-    return _result(rows, checks, md, extra)
+    return PartResult(rows, checks, md)
 
 
 def part_lstm(ctx: BenchContext) -> PartResult:
@@ -651,7 +647,6 @@ def part_lstm(ctx: BenchContext) -> PartResult:
 
     quick = ctx.quick
     device = torch.device(ctx.device)
-    checks: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     corpus = load_dataset("shakespeare")
     steps = 60 if quick else 200
@@ -708,7 +703,7 @@ def part_lstm(ctx: BenchContext) -> PartResult:
             [[r["model"], f"{r['lstm_params']:,}", f"{r['val_perplexity']:.2f}"] for r in rows],
         )
     )
-    return _result(rows, checks, md, extra)
+    return _result(rows, [], md, extra)
 
 
 PARTS = {

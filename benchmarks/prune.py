@@ -123,33 +123,13 @@ def part_sparse(ctx: BenchContext) -> PartResult:
             }
         )
     by = {r["case"]: r for r in rows}
-    checks.append(
-        check(
-            "sparse exec 99%: speedup over dense",
-            by["99%"]["speedup_vs_dense"],
-            5.0,
-            "x",
-            by["99%"]["speedup_vs_dense"] >= 5.0,
-        )
-    )
-    checks.append(
-        check(
-            "sparse exec 90%: speedup over dense",
-            by["90%"]["speedup_vs_dense"],
-            1.5,
-            "x",
-            by["90%"]["speedup_vs_dense"] >= 1.5,
-        )
-    )
-    checks.append(
-        check(
-            "sparse exec 50%: dense fallback no slower (ratio)",
-            by["50%"]["speedup_vs_dense"],
-            0.9,
-            "x",
-            by["50%"]["speedup_vs_dense"] >= 0.9,
-        )
-    )
+    for case, what, target in (
+        ("99%", "speedup over dense", 5.0),
+        ("90%", "speedup over dense", 1.5),
+        ("50%", "dense fallback no slower (ratio)", 0.9),
+    ):
+        speedup = by[case]["speedup_vs_dense"]
+        checks.append(check(f"sparse exec {case}: {what}", speedup, target, "x", speedup >= target))
     table = markdown_table(
         [
             "sparsity",

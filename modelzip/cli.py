@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -338,6 +339,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------
 
 
+#: Options several subcommands take, worded once.
+_SHARED_FLAGS = {
+    "--no-latency": "skip the latency measurement",
+    "--json": "print JSON",
+    "--quiet": "no progress bar",
+}
+
+
+def _flags(p: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        p.add_argument(name, action="store_true", help=_SHARED_FLAGS[name])
+
+
+def _model_command(
+    sub: argparse._SubParsersAction, name: str, help: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    """A subcommand whose first argument is a model."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("model", help=MODEL_HELP)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelzip", description="Make neural networks smaller and faster, and measure it."
@@ -345,11 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="methods, models, data sets and accelerator presets")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _flags(p, "--json")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("train", help="train a model and save it")
-    p.add_argument("model", help=MODEL_HELP)
+    p = _model_command(sub, "train", "train a model and save it", cmd_train)
     p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
     p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
     p.add_argument("--lr", type=float, help="learning rate")
@@ -359,30 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint-dir",
         help="save training state there after every epoch; rerunning resumes from it",
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train)
+    _flags(p, "--json", "--quiet")
 
-    p = sub.add_parser("eval", help="test accuracy, size, MACs and latency")
-    p.add_argument("model", help=MODEL_HELP)
+    p = _model_command(sub, "eval", "test accuracy, size, MACs and latency", cmd_eval)
     p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
     p.add_argument("--dataset", help="data set name or .npz file")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_eval)
+    _flags(p, "--no-latency", "--json", "--quiet")
 
-    p = sub.add_parser("inspect", help="per-layer parameters, MACs and bytes")
-    p.add_argument("model", help=MODEL_HELP)
+    p = _model_command(sub, "inspect", "per-layer parameters, MACs and bytes", cmd_inspect)
     p.add_argument("--weights", help="weights file")
     p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
     p.add_argument("--batch", type=int, default=1, help="batch size for the counts (default 1)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_inspect)
+    _flags(p, "--no-latency", "--json")
 
-    p = sub.add_parser("compress", help="apply a recipe, fine-tune, save")
-    p.add_argument("model", help=MODEL_HELP)
+    p = _model_command(sub, "compress", "apply a recipe, fine-tune, save", cmd_compress)
     p.add_argument("--weights", help="weights file (default for zoo models: the cached baseline)")
     p.add_argument("--recipe", required=True, help="recipe YAML: a list of {method: ..., ...}")
     p.add_argument(
@@ -393,16 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    _flags(p, "--no-latency")
     p.add_argument(
         "--no-deploy", action="store_true",
         help="keep the trainable form (default: each layer in its fastest executable form on "
         "this CPU, measured; the file stays compact and loads deployed)",
     )  # fmt: skip
     p.add_argument("--run-dir", help="also write report.json, model.mzip, estimate.json here")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_compress)
+    _flags(p, "--json", "--quiet")
 
     p = sub.add_parser("estimate", help="cycles, energy and area on a modelled accelerator")
     p.add_argument(
@@ -420,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=["energy", "latency"], help="search mappings per layer")
     p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _flags(p, "--json")
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("demo", help="LeNet-300-100 on MNIST through every method")

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -322,7 +322,7 @@ def evaluate(
     elif split == "train":
         x, y = data.x_train, data.y_train
     elif split == "val":
-        x, y = _split(data, TrainConfig.val_size)[1]
+        x, y = train_val_split(data, TrainConfig.val_size)[1]
     else:
         raise DataError(f"split={split!r} is not one of 'train', 'val', 'test'")
     if len(x) == 0:
@@ -352,18 +352,19 @@ def _train_parts(
         raise DataError(f"cannot train on a {type(data).__name__}; expected Dataset or TextCorpus")
     if val is not None:
         return (data.x_train, data.y_train), tuple(val)
-    (x, y), (xv, yv) = _split(data, config.val_size)
+    (x, y), (xv, yv) = train_val_split(data, config.val_size)
     return (x, y), ((xv, yv) if len(xv) else None)
 
 
-def _split(data: Dataset, val_size: int | float) -> tuple[tuple[Tensor, Tensor], ...]:
+def train_val_split(data: Dataset, val_size: int | float) -> tuple[tuple[Tensor, Tensor], ...]:
     """The training/validation split of :class:`TrainConfig`: seed 0, counts capped at 10%."""
     if isinstance(val_size, int):
         val_size = min(val_size, len(data.x_train) // 10)
     return data.split(val_size, seed=0)
 
 
-def _steps_per_epoch(n: int, config: TrainConfig) -> int:
+def steps_per_epoch(n: int, config: TrainConfig) -> int:
+    """Optimizer steps per epoch over ``n`` training samples."""
     # Whole batches only (a last batch of one image breaks BatchNorm), unless there is just one.
     steps = max(n // config.batch_size, 1)
     return min(steps, config.steps_per_epoch or steps)
@@ -372,10 +373,11 @@ def _steps_per_epoch(n: int, config: TrainConfig) -> int:
 def count_steps(data: Data, config: TrainConfig, val: Any = None) -> int:
     """Optimizer steps that :func:`train` will take (for schedules in callbacks, e.g. pruning)."""
     parts, _ = _train_parts(data, config, val)
-    return config.epochs * _steps_per_epoch(len(parts[0]), config)
+    return config.epochs * steps_per_epoch(len(parts[0]), config)
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """``config``'s optimizer over ``model``'s trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ModelError("the model has no trainable parameters")
@@ -385,6 +387,24 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         )
     cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    lr: float,
+    grad_clip: float,
+    params: Iterable[Tensor],
+) -> None:
+    """One update of ``optimizer`` at learning rate ``lr`` from ``loss``'s gradients, their norm
+    over ``params`` clipped to ``grad_clip`` (0: not clipped)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
 
 
 def train(
@@ -431,7 +451,7 @@ def train(
     n = len(parts[0])
     if n == 0:
         raise DataError("the training set is empty")
-    per_epoch = _steps_per_epoch(n, config)
+    per_epoch = steps_per_epoch(n, config)
     total = config.epochs * per_epoch
     device = _device(model)
     parts = tuple(t.to(device) for t in parts)
@@ -440,7 +460,7 @@ def train(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, config)
     gen = torch.Generator().manual_seed(config.seed)
     old_threads = torch.get_num_threads()
     rng_devices = [device] if device.type == "cuda" else []
@@ -478,13 +498,7 @@ def train(
                         logits = model(xb.contiguous(memory_format=fmt))
                         loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
                     lr = config.lr * lr_factor(config.schedule, step, total)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if config.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                    optimizer.step()
+                    optimizer_step(optimizer, loss, lr, config.grad_clip, model.parameters())
                     step += 1
                     for cb in callbacks:
                         cb(model, step, epoch)

@@ -7,6 +7,7 @@ tests of the baseline cache point ``MODELZIP_CACHE`` at a temporary folder thems
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 # Before torch loads OpenMP: on a 2-core machine shared with other jobs, spinning OpenMP waits
 # made training 17x slower with 2 threads than with 1 (see benchmarks/baselines.py).
@@ -75,3 +76,13 @@ def _with_bn_statistics(model: torch.nn.Module) -> torch.nn.Module:
 def model_for_method():
     """``model_and_sample_for``, for tests parametrized over the registered methods."""
     return model_and_sample_for
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one CPU thread for the test: many tiny ops run far slower when a second thread
+    contends with other processes for the cores (OpenMP waits), and results do not change."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 import yaml
 
@@ -38,7 +39,7 @@ BLOCK = re.compile(r"```(yaml|python)\n(.*?)```", re.S)
 
 def _blocks(kind: str) -> list[tuple[str, str]]:
     return [
-        (path.name, m.group(2))
+        (path.name, textwrap.dedent(m.group(2)))  # a block inside a list item is indented
         for path in sorted(DOCS.glob("*.md"))
         for m in BLOCK.finditer(path.read_text())
         if m.group(1) == kind

@@ -19,7 +19,18 @@ from torch import Tensor, nn
 
 from modelzip.core.errors import ConfigError, DataError, ModelError
 from modelzip.data.dataset import Dataset
-from modelzip.train import EpochRecord, TrainConfig, TrainResult, evaluate, lr_factor, random_shift
+from modelzip.train import (
+    EpochRecord,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    lr_factor,
+    make_optimizer,
+    optimizer_step,
+    random_shift,
+    steps_per_epoch,
+    train_val_split,
+)
 
 __all__ = ["distill", "distillation_loss", "recalibrate_batchnorm"]
 
@@ -102,22 +113,11 @@ def distill(
         raise ConfigError(f"distill: alpha={alpha!r} is out of range; allowed [0, 1]")
     if not isinstance(data, Dataset):
         raise DataError(f"distill needs an image Dataset, got {type(data).__name__}")
-    val_size = config.val_size
-    if isinstance(val_size, int):
-        val_size = min(val_size, len(data.x_train) // 10)
-    (x, y), (xv, yv) = data.split(val_size, seed=0)
+    (x, y), (xv, yv) = train_val_split(data, config.val_size)
     device = _device(student)
     x, y = x.to(device), y.to(device)
-    params = [p for p in student.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    else:
-        cls = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
-        opt = cls(params, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = max(len(x) // config.batch_size, 1)
-    per_epoch = min(per_epoch, config.steps_per_epoch or per_epoch)
+    opt = make_optimizer(student, config)
+    per_epoch = steps_per_epoch(len(x), config)
     total, step = config.epochs * per_epoch, 0
     gen = torch.Generator().manual_seed(config.seed)
     teacher_was, student_was = teacher.training, student.training
@@ -138,13 +138,7 @@ def distill(
                     target = teacher(xb)
                 loss = distillation_loss(student(xb), target, yb, temperature, alpha)
                 lr = config.lr * lr_factor(config.schedule, step, total)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(params, config.grad_clip)
-                opt.step()
+                optimizer_step(opt, loss, lr, config.grad_clip, student.parameters())
                 step += 1
                 loss_sum += float(loss.detach())
             if not math.isfinite(loss_sum):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.geometry import ConvGeometry
-from modelzip.core.module import CompressedModule
+from modelzip.core.module import CompressedModule, load_dense
 
 L = TypeVar("L", bound="CompressedModule")
 
@@ -144,7 +144,7 @@ class CompressedLinear(CompressedModule):
     def to_dense(self) -> nn.Linear:
         w = self.decoded_weight().detach()  # type: ignore[attr-defined]
         dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        return _filled(dense, w, self.bias)  # type: ignore[return-value]
+        return load_dense(dense, w, self.bias)  # type: ignore[return-value]
 
     def param_count(self) -> int:
         bias = self.bias.numel() if self.bias is not None else 0
@@ -203,18 +203,8 @@ class CompressedConv2d(CompressedModule):
 
     def to_dense(self) -> nn.Conv2d:
         w = self.decoded_weight().detach()  # type: ignore[attr-defined]
-        return _filled(self.geometry.dense(self.bias is not None), w, self.bias)  # type: ignore[return-value]
+        return load_dense(self.geometry.dense(self.bias is not None), w, self.bias)  # type: ignore[return-value]
 
     def param_count(self) -> int:
         bias = self.bias.numel() if self.bias is not None else 0
         return self.weight_params() + bias  # type: ignore[attr-defined]
-
-
-def _filled(dense: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """``dense`` on ``weight``'s device and dtype, holding ``weight`` and ``bias``."""
-    dense = dense.to(device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        dense.weight.copy_(weight)
-        if bias is not None:
-            dense.bias.copy_(bias)
-    return dense

@@ -17,13 +17,13 @@ otherwise ``params × bits / 8`` at the tensor's own dtype.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from modelzip.core.compact_source import compact_source
+from modelzip.core.compact_source import CompactSource, compact_source
 from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
 from modelzip.core.module import CompressedModule
 from modelzip.core.workload import Workload
@@ -33,30 +33,44 @@ _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 def count_params(module: nn.Module) -> int:
     """Stored numbers of a module: parameters of plain layers, :meth:`param_count` of compressed."""
-    total = 0
-    for sub in _units(module):
-        source = compact_source(sub)
-        if source is not None:  # a deployed layer: the numbers its file keeps
-            total += source.params
-        elif isinstance(sub, CompressedModule):
-            total += sub.param_count()
-        else:
-            total += sum(p.numel() for p in sub.parameters(recurse=False))
-    return total
+    return _sum_units(
+        module,
+        deployed=lambda source: source.params,
+        compressed=lambda layer: layer.param_count(),
+        plain=lambda m: sum(p.numel() for p in m.parameters(recurse=False)),
+    )
 
 
 def module_bytes(module: nn.Module) -> int:
     """Bytes a module occupies when saved: compressed layers' packed state, others' tensors."""
+    return _sum_units(
+        module,
+        deployed=lambda source: source.bytes,
+        compressed=lambda layer: layer.storage_bytes(),
+        plain=lambda m: sum(
+            t.numel() * t.element_size()
+            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+        ),
+    )
+
+
+def _sum_units(
+    module: nn.Module,
+    *,
+    deployed: Callable[[CompactSource], int],
+    compressed: Callable[[CompressedModule], int],
+    plain: Callable[[nn.Module], int],
+) -> int:
+    """One number summed over :func:`_units`: a deployed layer counts what its file keeps."""
     total = 0
     for sub in _units(module):
         source = compact_source(sub)
-        if source is not None:  # a deployed layer: the bytes its file keeps
-            total += source.bytes
+        if source is not None:
+            total += deployed(source)
         elif isinstance(sub, CompressedModule):
-            total += sub.storage_bytes()
+            total += compressed(sub)
         else:
-            tensors = [*sub.parameters(recurse=False), *sub.buffers(recurse=False)]
-            total += sum(t.numel() * t.element_size() for t in tensors)
+            total += plain(sub)
     return total
 
 
@@ -82,17 +96,10 @@ def weight_sparsity(module: nn.Module) -> float:
 
 
 def dense_workload(
-    name: str,
-    module: nn.Module,
-    inputs: tuple[Any, ...],
-    output: Any,
-    *,
-    params: int | None = None,
-    weight_bits: int | None = None,
-    sparsity: float | None = None,
-    weight_bytes: int | None = None,
+    name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any, *, params: int | None = None
 ) -> Workload:
-    """The workload of one call of a plain torch compute layer, from its real tensors.
+    """The workload of one call of a plain torch compute layer, from its real tensors (``params``
+    overrides its parameter count).
 
     A compressed layer found inside another (a decomposed layer's factor that ``materialize``
     turned into a binary or sparse kernel) describes itself through its ``workloads``.
@@ -102,14 +109,7 @@ def dense_workload(
         if len(own) == 1:
             return own[0] if params is None else dataclasses.replace(own[0], params=params)
     return plain_workload(
-        name,
-        module,
-        inputs,
-        output,
-        params=params,
-        weight_bits=weight_bits,
-        sparsity=sparsity if sparsity is not None else weight_sparsity(module),
-        weight_bytes=weight_bytes,
+        name, module, inputs, output, params=params, sparsity=weight_sparsity(module)
     )
 
 
@@ -175,7 +175,13 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     for name, module in model.named_modules():
         if any(p == "" or name.startswith(p + ".") for p in skip_below):
             continue  # inside a compressed layer, which describes itself ("" is the root)
-        if isinstance(module, CompressedModule) and module.leaf:
+        source = compact_source(module)
+        if source is not None:
+            # A deployed layer is costed as the compressed layer it runs for (its bits, its
+            # zeros): the CPU form it took is this machine's choice, not the model's.
+            skip_below.append(name)
+            hook = _compressed_hook(name, records, source.layer())
+        elif isinstance(module, CompressedModule) and module.leaf:
             skip_below.append(name)
             hook = _compressed_hook(name, records)
         elif _is_compute(module):
@@ -205,9 +211,9 @@ def _dense_hook(name: str, records: list[Workload]):
     return hook
 
 
-def _compressed_hook(name: str, records: list[Workload]):
+def _compressed_hook(name: str, records: list[Workload], layer: CompressedModule | None = None):
     def hook(module: CompressedModule, inputs: tuple[Any, ...], output: Any) -> None:
-        records.extend(module.workloads(name, inputs, output))
+        records.extend((layer or module).workloads(name, inputs, output))
 
     return hook
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from modelzip.core.counting import dense_workload
 from modelzip.core.errors import ModelError
+from modelzip.core.module import CompressedModule, dense_linear
 from modelzip.core.workload import Workload
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -161,3 +162,19 @@ def rows_of(x: torch.Tensor, features: int) -> int:
 
 def copy_bias(bias: torch.Tensor | None) -> nn.Parameter | None:
     return None if bias is None else nn.Parameter(bias.detach().clone())
+
+
+class DecomposedLinear(CompressedModule):
+    """A Linear held as factors: subclasses give :meth:`weight` (the dense ``M × N`` product) and
+    ``workloads_for_rows(name, rows)``, which recurrent layers also call per gate matrix."""
+
+    stands_for = "Linear"
+    in_features: int
+    bias: nn.Parameter | None
+
+    def to_dense(self) -> nn.Module:
+        return dense_linear(self.weight(), self.bias)  # type: ignore[attr-defined]
+
+    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
+        rows = rows_of(inputs[0], self.in_features)
+        return self.workloads_for_rows(name, rows)  # type: ignore[attr-defined]

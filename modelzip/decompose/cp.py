@@ -11,8 +11,8 @@ from tensorly.decomposition import parafac
 from torch import nn
 
 from modelzip.core.module import register_layer
+from modelzip.decompose.conv_chain import ConvChain, Pieces, separable
 from modelzip.decompose.factorized import tensorly_torch
-from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
 from modelzip.decompose.rank import check_rank
 
 
@@ -105,7 +105,7 @@ class _Rank:
 
 
 @register_layer
-class CPConv2d(_ConvChain):
+class CPConv2d(ConvChain):
     """CP conv of Lebedev et al., "Speeding-up convolutional neural networks using fine-tuned
     CP-decomposition", ICLR 2015.
 
@@ -118,62 +118,21 @@ class CPConv2d(_ConvChain):
 
     parts = ("first", "vertical", "horizontal", "last")
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        rank: int,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._set_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
-        )
-        self.rank, self.bias_enabled = int(rank), bias
-        kh, kw = self.kernel_size
-        (sh, sw), (dh, dw), pad = self.stride, self.dilation, self.padding
-        vpad = pad if isinstance(pad, str) else (pad[0], 0)
-        hpad = pad if isinstance(pad, str) else (0, pad[1])
-        kwargs = {"device": device, "dtype": dtype}
-        self.first = nn.Conv2d(in_channels, rank, 1, bias=False, **kwargs)
-        self.vertical = nn.Conv2d(
-            rank,
-            rank,
-            (kh, 1),
-            (sh, 1),
-            vpad,
-            (dh, 1),
-            groups=rank,
-            bias=False,
-            padding_mode=padding_mode,
-            **kwargs,
-        )
-        self.horizontal = nn.Conv2d(
-            rank,
-            rank,
-            (1, kw),
-            (1, sw),
-            hpad,
-            (1, dw),
-            groups=rank,
-            bias=False,
-            padding_mode=padding_mode,
-            **kwargs,
-        )
-        self.last = nn.Conv2d(rank, out_channels, 1, bias=bias, **kwargs)
+    def _init_chain(self, new: Pieces, rank: int) -> None:
+        self.rank = r = int(rank)
+        vertical, horizontal = separable(self.geometry)
+        self.first = new.pointwise(self.in_channels, r)
+        self.vertical = new.conv(vertical.with_channels(r, r, groups=r))
+        self.horizontal = new.conv(horizontal.with_channels(r, r, groups=r))
+        self.last = new.pointwise(r, self.out_channels, self.bias_enabled)
+
+    def chain_spec(self) -> dict[str, Any]:
+        return {"rank": self.rank}
 
     @classmethod
     def from_dense(
         cls, dense: nn.Conv2d, config: Any = None, *, rank: int | None = None
     ) -> CPConv2d:
-        _check_conv(dense)
         W = dense.weight
         r = cp_rank(W, config if rank is None else _Rank(rank))
         if r == exact_rank(tuple(W.shape)):
@@ -182,28 +141,22 @@ class CPConv2d(_ConvChain):
             n_iter = getattr(config, "n_iter_max", 100)
             init = getattr(config, "init", "svd")
             A_out, A_in, A_y, A_x = _cp_als(W.detach().double(), r, n_iter, init)
-        layer = cls(**_conv_args(dense), rank=r, device=W.device, dtype=W.dtype)
+        layer = cls.like(dense, r)
         with torch.no_grad():
             layer.first.weight.copy_(A_in.T[:, :, None, None])
             layer.vertical.weight.copy_(A_y.T[:, None, :, None])
             layer.horizontal.weight.copy_(A_x.T[:, None, None, :])
             layer.last.weight.copy_(A_out[:, :, None, None])
-            if dense.bias is not None:
-                layer.last.bias.copy_(dense.bias)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.horizontal(self.vertical(self.first(x))))
 
-    def to_dense(self) -> nn.Conv2d:
-        weight = torch.einsum(
+    def kernel(self) -> torch.Tensor:
+        return torch.einsum(
             "or,ri,ry,rx->oiyx",
             self.last.weight[:, :, 0, 0],
             self.first.weight[:, :, 0, 0],
             self.vertical.weight[:, 0, :, 0],
             self.horizontal.weight[:, 0, 0, :],
         )
-        return self._dense_conv(weight, self.last.bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._conv_spec(), "rank": self.rank}

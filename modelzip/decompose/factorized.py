@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import tensorly as tl
 import torch
@@ -19,9 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.errors import ModelError
-from modelzip.core.module import CompressedModule, dense_linear
 from modelzip.core.workload import Workload
-from modelzip.decompose._ops import ContractionPlan, matmul_workloads, rows_of
+from modelzip.decompose._ops import ContractionPlan, DecomposedLinear, matmul_workloads, rows_of
+
+FL = TypeVar("FL", bound="FactorizedLinear")
 
 
 def tensorly_torch() -> Any:
@@ -99,32 +101,69 @@ def weight_tensor(weight: torch.Tensor, in_modes: tuple[int, ...], out_modes: tu
     return W.permute(order).reshape([m * n for m, n in zip(out_modes, in_modes, strict=False)])
 
 
-class FactorizedLinear(CompressedModule):
+class FactorizedLinear(DecomposedLinear):
     """Base of linear layers stored as a tensor network over factorized modes.
 
-    Subclasses define :meth:`factors` (the tensors) and :meth:`factor_indices` (their einsum
-    indices, given the letters of the input and output modes).
+    It owns the shape, modes, ranks and bias; subclasses register their tensors in
+    :meth:`_init_factors` and define :meth:`factors` (the tensors) and :meth:`factor_indices`
+    (their einsum indices, given the letters of the input and output modes).
     """
 
-    stands_for = "Linear"
-
-    def _init_linear(
+    def __init__(
         self,
         in_features: int,
         out_features: int,
         in_modes: Any,
         out_modes: Any,
-        bias: bool,
-        device: Any,
-        dtype: Any,
+        ranks: Any,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        **factor_spec: Any,
     ) -> None:
+        super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.in_modes, self.out_modes = tuple(in_modes), tuple(out_modes)
         check_modes(self.in_modes, self.out_modes, in_features, out_features)
-        self.bias = (
-            nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
-        )
+        factory = {"device": device, "dtype": dtype}
+        self.bias = nn.Parameter(torch.zeros(out_features, **factory)) if bias else None
+        self.ranks = tuple(int(r) for r in ranks)
         self._plans: dict[tuple[int, ...], ContractionPlan] = {}
+        self._init_factors(factory, **factor_spec)
+
+    def _init_factors(self, factory: dict[str, Any], **factor_spec: Any) -> None:
+        """Register the factor tensors (zeros; ``factory``: device and dtype)."""
+        raise NotImplementedError
+
+    def factor_spec(self) -> dict[str, Any]:
+        """JSON-able keyword arguments of :meth:`_init_factors`."""
+        return {}
+
+    @classmethod
+    def from_factors(
+        cls: type[FL],
+        dense: nn.Linear,
+        in_modes: Any,
+        out_modes: Any,
+        ranks: Any,
+        factors: Sequence[torch.Tensor],
+        **factor_spec: Any,
+    ) -> FL:
+        """The layer standing for ``dense`` (its device and dtype) with these factors (each
+        reshaped to its tensor) and ``dense``'s bias."""
+        W = dense.weight
+        shape = (W.shape[1], W.shape[0], in_modes, out_modes, ranks, dense.bias is not None)
+        layer = cls(*shape, W.device, W.dtype, **factor_spec)
+        return layer.load_factors(factors, dense.bias)
+
+    @torch.no_grad()
+    def load_factors(self: FL, factors: Sequence[torch.Tensor], bias: torch.Tensor | None) -> FL:
+        """Copy ``factors`` (in :meth:`factors` order) and ``bias`` into this layer."""
+        for p, f in zip(self.factors(), factors, strict=True):
+            p.copy_(f.reshape(p.shape))
+        if bias is not None:
+            self.bias.copy_(bias)
+        return self
 
     @property
     def d(self) -> int:
@@ -173,24 +212,20 @@ class FactorizedLinear(CompressedModule):
         W = W.reshape(math.prod(self.out_modes), math.prod(self.in_modes))
         return W[: self.out_features, : self.in_features]
 
-    def to_dense(self) -> nn.Linear:
-        return dense_linear(self.weight(), self.bias)
-
-    def _linear_spec(self) -> dict[str, Any]:
+    def spec(self) -> dict[str, Any]:
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
             "in_modes": list(self.in_modes),
             "out_modes": list(self.out_modes),
             "bias": self.bias is not None,
+            "ranks": list(self.ranks),
+            **self.factor_spec(),
         }
 
     def macs_per_row(self, rows: int = 1) -> float:
         """MACs of the planned contraction divided by ``rows``."""
         return self.plan(rows).macs / rows
-
-    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
-        return self.workloads_for_rows(name, rows_of(inputs[0], self.in_features))
 
     def workloads_for_rows(self, name: str, rows: int) -> list[Workload]:
         """The planned chain of small matmuls for ``rows`` input vectors."""

@@ -218,35 +218,23 @@ class HTLinear(FactorizedLinear):
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        in_modes: Any,
-        out_modes: Any,
-        ranks: Any,
-        tree: TreeKind = "balanced",
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._init_linear(in_features, out_features, in_modes, out_modes, bias, device, dtype)
+    def _init_factors(self, factory: dict[str, Any], tree: TreeKind = "balanced") -> None:
         self.tree_kind = tree
         self.tree = dimension_tree(self.d, tree)
         nodes = tree_nodes(self.tree)
-        self.ranks = tuple(int(r) for r in ranks)
         if len(self.ranks) != len(nodes):
             raise ModelError(f"HTLinear needs {len(nodes)} node ranks, got {list(self.ranks)}")
-        r = dict(zip(nodes, self.ranks, strict=False))
-        kw = {"device": device, "dtype": dtype}
+        r = dict(zip(nodes, self.ranks, strict=True))
         shapes = [
             (self.out_modes[n.modes[0]], self.in_modes[n.modes[0]], r[n])
             if n.is_leaf
             else (r[n.left], r[n.right], r[n])
             for n in nodes
         ]
-        self.ht_factors = nn.ParameterList(nn.Parameter(torch.zeros(*s, **kw)) for s in shapes)
+        self.ht_factors = nn.ParameterList(nn.Parameter(torch.zeros(*s, **factory)) for s in shapes)
+
+    def factor_spec(self) -> dict[str, Any]:
+        return {"tree": self.tree_kind}
 
     @classmethod
     def from_dense(cls, dense: nn.Linear, config: Any = None, *, ranks: Any = None) -> HTLinear:
@@ -258,23 +246,7 @@ class HTLinear(FactorizedLinear):
         if ranks is None:
             ranks = ht_rank_request(tensor.shape, tree, config, W.numel(), tensor=tensor)
         ht = ht_svd(tensor, ranks, tree)
-        layer = cls(
-            W.shape[1],
-            W.shape[0],
-            in_modes,
-            out_modes,
-            ht.ranks,
-            kind,
-            dense.bias is not None,
-            W.device,
-            W.dtype,
-        )
-        with torch.no_grad():
-            for p, f in zip(layer.ht_factors, ht.factors, strict=False):
-                p.copy_(f.reshape(p.shape))
-            if dense.bias is not None:
-                layer.bias.copy_(dense.bias)
-        return layer
+        return cls.from_factors(dense, in_modes, out_modes, ht.ranks, ht.factors, tree=kind)
 
     def factors(self) -> list[torch.Tensor]:
         return list(self.ht_factors)
@@ -288,9 +260,6 @@ class HTLinear(FactorizedLinear):
             else r[n.left] + r[n.right] + r[n]
             for n in nodes
         ]
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._linear_spec(), "ranks": list(self.ranks), "tree": self.tree_kind}
 
 
 def ht_rank_request(

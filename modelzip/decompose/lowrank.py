@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modelzip.core.errors import ModelError
-from modelzip.core.module import CompressedModule, dense_linear, register_layer
+from modelzip.core.module import register_layer
 from modelzip.core.workload import Workload
-from modelzip.decompose._ops import conv_chain_workloads, copy_bias, linear_workload, rows_of
+from modelzip.decompose._ops import DecomposedLinear, copy_bias, linear_workload
+from modelzip.decompose.conv_chain import ConvChain, Pieces, separable
 from modelzip.decompose.rank import matrix_rank
 
 
@@ -34,7 +34,7 @@ def _svd_values(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @register_layer
-class LowRankLinear(CompressedModule):
+class LowRankLinear(DecomposedLinear):
     """``y = U·diag(S)·Vᵀ·x + b``: a Linear layer as two thin products.
 
     Parameters
@@ -53,8 +53,6 @@ class LowRankLinear(CompressedModule):
     """
 
     onnx_export = "traced"
-
-    stands_for = "Linear"
 
     def __init__(
         self,
@@ -119,9 +117,6 @@ class LowRankLinear(CompressedModule):
             h = h * self.singular_values
         return F.linear(h, self.factor_out, self.bias)
 
-    def to_dense(self) -> nn.Linear:
-        return dense_linear(self.weight(), self.bias)
-
     def spec(self) -> dict[str, Any]:
         return {
             "in_features": self.in_features,
@@ -130,9 +125,6 @@ class LowRankLinear(CompressedModule):
             "bias": self.bias is not None,
             "singular_values": self.singular_values is not None,
         }
-
-    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
-        return self.workloads_for_rows(name, rows_of(inputs[0], self.in_features))
 
     def workloads_for_rows(self, name: str, rows: int) -> list[Workload]:
         """The two thin products for ``rows`` input vectors."""
@@ -151,81 +143,12 @@ class _Exact:
         self.rank = rank
 
 
-def _check_conv(conv: nn.Conv2d) -> None:
-    if conv.groups != 1:
-        raise ModelError(f"grouped convolution (groups={conv.groups}) cannot be decomposed here")
-
-
-class _ConvChain(CompressedModule):
-    """A conv layer replaced by a chain of small convs held as submodules."""
-
-    onnx_export = "traced"
-
-    stands_for = "Conv2d"
-
-    parts: tuple[str, ...] = ()
-
-    def _convs(self) -> list[tuple[str, nn.Conv2d]]:
-        return [(p, getattr(self, p)) for p in self.parts]
-
-    def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
-        return conv_chain_workloads(name, self._convs(), inputs[0])
-
-    def _dense_conv(self, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
-        dense = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.dilation,
-            1,
-            bias is not None,
-            self.padding_mode,
-            weight.device,
-            weight.dtype,
-        )
-        with torch.no_grad():
-            dense.weight.copy_(weight)
-            if bias is not None:
-                dense.bias.copy_(bias)
-        return dense
-
-    def _conv_spec(self) -> dict[str, Any]:
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
-            "dilation": list(self.dilation),
-            "padding_mode": self.padding_mode,
-            "bias": self.bias_enabled,
-        }
-
-    def _set_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, mode):
-        pair = nn.modules.utils._pair
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = pair(kernel_size), pair(stride)
-        self.padding = padding if isinstance(padding, str) else pair(padding)
-        self.dilation, self.padding_mode = pair(dilation), mode
-
-
-def _conv_args(conv: nn.Conv2d) -> dict[str, Any]:
-    return {
-        "in_channels": conv.in_channels,
-        "out_channels": conv.out_channels,
-        "kernel_size": conv.kernel_size,
-        "stride": conv.stride,
-        "padding": conv.padding,
-        "dilation": conv.dilation,
-        "padding_mode": conv.padding_mode,
-        "bias": conv.bias is not None,
-    }
+# The conv chains' base lived here; code written against this name still finds it.
+_ConvChain = ConvChain
 
 
 @register_layer
-class ChannelLowRankConv2d(_ConvChain):
+class ChannelLowRankConv2d(ConvChain):
     """Channel decomposition: the ``O × (I·kh·kw)`` kernel matrix as a truncated SVD, run as a
     ``kh×kw`` conv to ``r`` channels, then a ``1×1`` conv to ``O`` channels.
 
@@ -235,46 +158,19 @@ class ChannelLowRankConv2d(_ConvChain):
 
     parts = ("first", "second")
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        rank: int,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        bias: bool = True,
-        singular_values: bool = False,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._set_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
-        )
-        self.rank, self.bias_enabled = rank, bias
-        kw = {"device": device, "dtype": dtype}
-        self.first = nn.Conv2d(
-            in_channels,
-            rank,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            bias=False,
-            padding_mode=padding_mode,
-            **kw,
-        )
-        self.singular_values = nn.Parameter(torch.ones(rank, **kw)) if singular_values else None
-        self.second = nn.Conv2d(rank, out_channels, 1, bias=bias, **kw)
+    def _init_chain(self, new: Pieces, rank: int, singular_values: bool = False) -> None:
+        self.rank = int(rank)
+        self.first = new.conv(self.geometry.with_channels(self.in_channels, self.rank))
+        self.singular_values = new.tensor(self.rank, fill=1.0) if singular_values else None
+        self.second = new.pointwise(self.rank, self.out_channels, self.bias_enabled)
+
+    def chain_spec(self) -> dict[str, Any]:
+        return {"rank": self.rank, "singular_values": self.singular_values is not None}
 
     @classmethod
     def from_dense(
         cls, dense: nn.Conv2d, config: Any = None, *, rank: int | None = None
     ) -> ChannelLowRankConv2d:
-        _check_conv(dense)
         W = dense.weight
         O = W.shape[0]
         matrix = W.reshape(O, -1)
@@ -283,9 +179,7 @@ class ChannelLowRankConv2d(_ConvChain):
         cfg = _Exact(rank) if rank is not None else config
         r = matrix_rank(cfg, _svd_values(matrix), m, n, per_rank=m + n + explicit, what="Conv2d")
         U, S, Vh = truncated_svd(matrix, r)
-        layer = cls(
-            **_conv_args(dense), rank=r, singular_values=explicit, device=W.device, dtype=W.dtype
-        )
+        layer = cls.like(dense, r, singular_values=explicit)
         with torch.no_grad():
             if explicit:
                 layer.singular_values.copy_(S)
@@ -294,8 +188,6 @@ class ChannelLowRankConv2d(_ConvChain):
                 first, second = S.sqrt()[:, None] * Vh, U * S.sqrt()
             layer.first.weight.copy_(first.reshape(r, *W.shape[1:]))
             layer.second.weight.copy_(second.reshape(O, r, 1, 1))
-            if dense.bias is not None:
-                layer.second.bias.copy_(dense.bias)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,25 +196,16 @@ class ChannelLowRankConv2d(_ConvChain):
             h = h * self.singular_values[:, None, None]
         return self.second(h)
 
-    def to_dense(self) -> nn.Conv2d:
+    def kernel(self) -> torch.Tensor:
         first = self.first.weight.flatten(1)
         if self.singular_values is not None:
             first = self.singular_values[:, None] * first
-        weight = (self.second.weight.flatten(1) @ first).reshape(
-            self.out_channels, self.in_channels, *self.kernel_size
-        )
-        return self._dense_conv(weight, self.second.bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            **self._conv_spec(),
-            "rank": self.rank,
-            "singular_values": self.singular_values is not None,
-        }
+        product = self.second.weight.flatten(1) @ first
+        return product.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
 
 @register_layer
-class SpatialLowRankConv2d(_ConvChain):
+class SpatialLowRankConv2d(ConvChain):
     """Spatial decomposition of Jaderberg, Vedaldi, Zisserman 2014 ("Speeding up convolutional
     neural networks with low rank expansions", scheme 2): a ``kh×1`` conv from ``I`` to ``r``
     channels followed by a ``1×kw`` conv from ``r`` to ``O`` channels.
@@ -336,43 +219,20 @@ class SpatialLowRankConv2d(_ConvChain):
 
     parts = ("vertical", "horizontal")
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        rank: int,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._set_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
-        )
-        self.rank, self.bias_enabled = rank, bias
-        kh, kw = self.kernel_size
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        pad = self.padding
-        vpad = pad if isinstance(pad, str) else (pad[0], 0)
-        hpad = pad if isinstance(pad, str) else (0, pad[1])
-        kwargs = {"device": device, "dtype": dtype, "padding_mode": padding_mode}
-        self.vertical = nn.Conv2d(
-            in_channels, rank, (kh, 1), (sh, 1), vpad, (dh, 1), bias=False, **kwargs
-        )
-        self.horizontal = nn.Conv2d(
-            rank, out_channels, (1, kw), (1, sw), hpad, (1, dw), bias=bias, **kwargs
-        )
+    def _init_chain(self, new: Pieces, rank: int) -> None:
+        self.rank = int(rank)
+        vertical, horizontal = separable(self.geometry)
+        self.vertical = new.conv(vertical.with_channels(self.in_channels, self.rank))
+        horizontal = horizontal.with_channels(self.rank, self.out_channels)
+        self.horizontal = new.conv(horizontal, self.bias_enabled)
+
+    def chain_spec(self) -> dict[str, Any]:
+        return {"rank": self.rank}
 
     @classmethod
     def from_dense(
         cls, dense: nn.Conv2d, config: Any = None, *, rank: int | None = None
     ) -> SpatialLowRankConv2d:
-        _check_conv(dense)
         W = dense.weight
         O, I, kh, kw = W.shape
         matrix = W.permute(1, 2, 3, 0).reshape(I * kh, kw * O)
@@ -380,23 +240,17 @@ class SpatialLowRankConv2d(_ConvChain):
         cfg = _Exact(rank) if rank is not None else config
         r = matrix_rank(cfg, _svd_values(matrix), m, n, what="Conv2d (spatial)")
         U, S, Vh = truncated_svd(matrix, r)
-        layer = cls(**_conv_args(dense), rank=r, device=W.device, dtype=W.dtype)
+        layer = cls.like(dense, r)
         with torch.no_grad():
             A, B = U * S.sqrt(), S.sqrt()[:, None] * Vh
             layer.vertical.weight.copy_(A.T.reshape(r, I, kh, 1))
             layer.horizontal.weight.copy_(B.reshape(r, kw, O).permute(2, 0, 1).unsqueeze(2))
-            if dense.bias is not None:
-                layer.horizontal.bias.copy_(dense.bias)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.horizontal(self.vertical(x))
 
-    def to_dense(self) -> nn.Conv2d:
+    def kernel(self) -> torch.Tensor:
         A = self.vertical.weight[..., 0]  # r, I, kh
         B = self.horizontal.weight[:, :, 0, :]  # O, r, kw
-        weight = torch.einsum("riy,orx->oiyx", A, B)
-        return self._dense_conv(weight, self.horizontal.bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._conv_spec(), "rank": self.rank}
+        return torch.einsum("riy,orx->oiyx", A, B)

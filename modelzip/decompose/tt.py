@@ -16,13 +16,13 @@ from modelzip.core.errors import ModelError
 from modelzip.core.module import register_layer
 from modelzip.core.workload import Workload
 from modelzip.decompose._ops import ContractionPlan, letters, matmul_workloads
+from modelzip.decompose.conv_chain import ConvChain, Pieces
 from modelzip.decompose.factorized import (
     FactorizedLinear,
     modes_for,
     tensorly_torch,
     weight_tensor,
 )
-from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
 from modelzip.decompose.rank import check_rank, unfolding_ranks
 
 
@@ -83,8 +83,52 @@ def tt_ranks(
     return best
 
 
+def tt_matrix(
+    weight: torch.Tensor,
+    in_modes: Sequence[int],
+    out_modes: Sequence[int],
+    config: Any,
+    what: str,
+    ranks: Any = None,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """TT-matrix cores ``r_{k-1} × m_k × n_k × r_k`` of an ``out × in`` weight (TensorLy's
+    TT-SVD) and their ranks; ``ranks`` (all ``d + 1``), else the config's rule, sizes them."""
+    tensor = weight_tensor(weight.double(), in_modes, out_modes)
+    if ranks is None:
+        sizes = [m * n for m, n in zip(out_modes, in_modes, strict=True)]
+        ranks = tt_ranks(sizes, config, what, weight.numel(), tensor=tensor)
+    d = len(in_modes)
+    tensor = tensor.reshape([s for mn in zip(out_modes, in_modes, strict=True) for s in mn])
+    tensor = tensor.permute([2 * k for k in range(d)] + [2 * k + 1 for k in range(d)])
+    with tensorly_torch():
+        cores = tensor_train_matrix(tensor, rank=list(ranks))
+    return cores, [c.shape[0] for c in cores] + [1]
+
+
+class TTMatrix(FactorizedLinear):
+    """A weight stored as a TT-matrix: cores ``G_k`` of shape ``r_{k-1} × m_k × n_k × r_k``."""
+
+    def _init_factors(self, factory: dict[str, Any]) -> None:
+        if len(self.ranks) != self.d + 1:
+            raise ModelError(
+                f"{type(self).__name__} needs {self.d + 1} ranks, got {list(self.ranks)}"
+            )
+        r = self.ranks
+        self.tt_cores = nn.ParameterList(
+            nn.Parameter(torch.zeros(r[k], m, n, r[k + 1], **factory))
+            for k, (m, n) in enumerate(zip(self.out_modes, self.in_modes, strict=True))
+        )
+
+    def factors(self) -> list[torch.Tensor]:
+        return list(self.tt_cores)
+
+    def factor_indices(self, n_idx: list[str], m_idx: list[str], skip: str) -> list[str]:
+        r_idx = letters(self.d + 1, skip)
+        return [r_idx[k] + m_idx[k] + n_idx[k] + r_idx[k + 1] for k in range(self.d)]
+
+
 @register_layer
-class TTLinear(FactorizedLinear):
+class TTLinear(TTMatrix):
     """TT-linear layer of Novikov, Podoprikhin, Osokin, Vetrov, "Tensorizing neural networks",
     NeurIPS 2015: ``W((i₁,j₁),…,(i_d,j_d)) = G₁[i₁,j₁] ⋯ G_d[i_d,j_d]`` with cores ``G_k`` of
     shape ``r_{k-1} × m_k × n_k × r_k`` (``r₀ = r_d = 1``).
@@ -96,72 +140,16 @@ class TTLinear(FactorizedLinear):
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        in_modes: Any,
-        out_modes: Any,
-        ranks: Any,
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._init_linear(in_features, out_features, in_modes, out_modes, bias, device, dtype)
-        self.ranks = tuple(int(r) for r in ranks)
-        if len(self.ranks) != self.d + 1:
-            raise ModelError(f"TTLinear needs {self.d + 1} ranks, got {list(self.ranks)}")
-        self.tt_cores = nn.ParameterList(
-            nn.Parameter(
-                torch.zeros(self.ranks[k], m, n, self.ranks[k + 1], device=device, dtype=dtype)
-            )
-            for k, (m, n) in enumerate(zip(self.out_modes, self.in_modes, strict=False))
-        )
-
     @classmethod
     def from_dense(cls, dense: nn.Linear, config: Any = None, *, ranks: Any = None) -> TTLinear:
         W = dense.weight
         in_modes, out_modes = modes_for(W.shape[1], W.shape[0], config)
-        sizes = [m * n for m, n in zip(out_modes, in_modes, strict=False)]
-        tensor = weight_tensor(W.double(), in_modes, out_modes)
-        if ranks is None:
-            ranks = tt_ranks(sizes, config, "Linear", W.numel(), tensor=tensor)
-        d = len(in_modes)
-        tensor = tensor.reshape([s for mn in zip(out_modes, in_modes, strict=False) for s in mn])
-        tensor = tensor.permute([2 * k for k in range(d)] + [2 * k + 1 for k in range(d)])
-        with tensorly_torch():
-            cores = tensor_train_matrix(tensor, rank=list(ranks))
-        layer = cls(
-            W.shape[1],
-            W.shape[0],
-            in_modes,
-            out_modes,
-            [c.shape[0] for c in cores] + [1],
-            dense.bias is not None,
-            W.device,
-            W.dtype,
-        )
-        with torch.no_grad():
-            for p, c in zip(layer.tt_cores, cores, strict=False):
-                p.copy_(c)
-            if dense.bias is not None:
-                layer.bias.copy_(dense.bias)
-        return layer
-
-    def factors(self) -> list[torch.Tensor]:
-        return list(self.tt_cores)
-
-    def factor_indices(self, n_idx: list[str], m_idx: list[str], skip: str) -> list[str]:
-        r_idx = letters(self.d + 1, skip)
-        return [r_idx[k] + m_idx[k] + n_idx[k] + r_idx[k + 1] for k in range(self.d)]
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._linear_spec(), "ranks": list(self.ranks)}
+        cores, ranks = tt_matrix(W, in_modes, out_modes, config, "Linear", ranks)
+        return cls.from_factors(dense, in_modes, out_modes, ranks, cores)
 
 
 @register_layer
-class TTConv2d(_ConvChain):
+class TTConv2d(ConvChain):
     """TT-conv layer after Garipov, Podoprikhin, Novikov, Vetrov, "Ultimate tensorization:
     compressing convolutional and FC layers alike", 2016.
 
@@ -178,53 +166,32 @@ class TTConv2d(_ConvChain):
 
     parts = ("spatial",)
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        in_modes: Any,
-        out_modes: Any,
-        ranks: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._set_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
-        )
+    def _init_chain(self, new: Pieces, in_modes: Any, out_modes: Any, ranks: Any) -> None:
         self.in_modes, self.out_modes = tuple(in_modes), tuple(out_modes)
-        self.ranks, self.bias_enabled = tuple(int(r) for r in ranks), bias
+        self.ranks = r = tuple(int(rank) for rank in ranks)
         d = len(self.in_modes)
-        if len(self.out_modes) != d or len(self.ranks) != d + 1:
+        if len(self.out_modes) != d or len(r) != d + 1:
             raise ModelError(f"TTConv2d needs {d} output modes and {d + 1} ranks")
-        kw = {"device": device, "dtype": dtype}
-        self.spatial = nn.Conv2d(
-            1,
-            self.ranks[0],
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            bias=False,
-            padding_mode=padding_mode,
-            **kw,
-        )
+        self.spatial = new.conv(self.geometry.with_channels(1, r[0]))
         self.tt_cores = nn.ParameterList(
-            nn.Parameter(torch.zeros(self.ranks[k], s, c, self.ranks[k + 1], **kw))
-            for k, (s, c) in enumerate(zip(self.out_modes, self.in_modes, strict=False))
+            new.tensor(r[k], s, c, r[k + 1])
+            for k, (s, c) in enumerate(zip(self.out_modes, self.in_modes, strict=True))
         )
-        self.bias = nn.Parameter(torch.zeros(out_channels, **kw)) if bias else None
+        self.bias = new.tensor(self.out_channels) if self.bias_enabled else None
         self._plans: dict[tuple[int, ...], ContractionPlan] = {}
+
+    def chain_spec(self) -> dict[str, Any]:
+        return {
+            "in_modes": list(self.in_modes),
+            "out_modes": list(self.out_modes),
+            "ranks": list(self.ranks),
+        }
+
+    def output_bias(self) -> torch.Tensor | None:
+        return self.bias
 
     @classmethod
     def from_dense(cls, dense: nn.Conv2d, config: Any = None, *, ranks: Any = None) -> TTConv2d:
-        _check_conv(dense)
         W = dense.weight
         O, I, kh, kw = W.shape
         in_modes, out_modes = modes_for(I, O, config)
@@ -253,20 +220,11 @@ class TTConv2d(_ConvChain):
         with tensorly_torch():
             cores = tensor_train(T, rank=[1, *ranks])
         ranks = [c.shape[2] for c in cores]
-        layer = cls(
-            **_conv_args(dense),
-            in_modes=in_modes,
-            out_modes=out_modes,
-            ranks=ranks,
-            device=W.device,
-            dtype=W.dtype,
-        )
+        layer = cls.like(dense, in_modes, out_modes, ranks)
         with torch.no_grad():
             layer.spatial.weight.copy_(cores[0][0].T.reshape(ranks[0], 1, kh, kw))
             for p, c, s, ci in zip(layer.tt_cores, cores[1:], out_modes, in_modes, strict=False):
                 p.copy_(c.reshape(c.shape[0], s, ci, c.shape[2]))
-            if dense.bias is not None:
-                layer.bias.copy_(dense.bias)
         return layer
 
     def _plan(self, batch: int, p: int, q: int) -> ContractionPlan:
@@ -307,17 +265,6 @@ class TTConv2d(_ConvChain):
         channel = channel[..., 0][:, : self.out_channels, : self.in_channels]
         spatial = self.spatial.weight[:, 0]
         return torch.einsum("aoi,ayx->oiyx", channel, spatial)
-
-    def to_dense(self) -> nn.Conv2d:
-        return self._dense_conv(self.kernel(), self.bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {
-            **self._conv_spec(),
-            "in_modes": list(self.in_modes),
-            "out_modes": list(self.out_modes),
-            "ranks": list(self.ranks),
-        }
 
     def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
         x = inputs[0]

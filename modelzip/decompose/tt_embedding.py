@@ -6,25 +6,18 @@ import math
 from typing import Any
 
 import torch
-from tensorly.decomposition import tensor_train_matrix
 from torch import nn
 
 from modelzip.core.errors import ModelError
 from modelzip.core.module import register_layer
 from modelzip.core.workload import Workload
-from modelzip.decompose._ops import letters, matmul_workloads
-from modelzip.decompose.factorized import (
-    FactorizedLinear,
-    factorize,
-    modes_for,
-    tensorly_torch,
-    weight_tensor,
-)
-from modelzip.decompose.tt import tt_ranks
+from modelzip.decompose._ops import matmul_workloads
+from modelzip.decompose.factorized import factorize, modes_for
+from modelzip.decompose.tt import TTMatrix, tt_matrix
 
 
 @register_layer
-class TTEmbedding(FactorizedLinear):
+class TTEmbedding(TTMatrix):
     """TT embedding (Hrinchuk et al., "Tensorized embedding layers", 2020): the ``V × D`` table as
     a TT-matrix with vocabulary modes ``v_k`` and embedding modes ``e_k``; a lookup multiplies
     the ``d`` core slices picked by the digits of the token id, never forming the table.
@@ -48,19 +41,12 @@ class TTEmbedding(FactorizedLinear):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__()
-        self._init_linear(
-            embedding_dim, num_embeddings, embedding_modes, vocab_modes, False, device, dtype
+        # The table is read as an "out × in" matrix: its rows are looked up.
+        super().__init__(
+            embedding_dim, num_embeddings, embedding_modes, vocab_modes, ranks, False, device, dtype
         )
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.padding_idx = padding_idx
-        self.ranks = tuple(int(r) for r in ranks)
-        self.tt_cores = nn.ParameterList(
-            nn.Parameter(
-                torch.zeros(self.ranks[k], v, e, self.ranks[k + 1], device=device, dtype=dtype)
-            )
-            for k, (v, e) in enumerate(zip(self.out_modes, self.in_modes, strict=False))
-        )
 
     @classmethod
     def from_dense(
@@ -75,36 +61,9 @@ class TTEmbedding(FactorizedLinear):
         emb = tuple(getattr(config, "in_modes", None) or factorize(D, len(vocab)))
         proxy = type("M", (), {"in_modes": emb, "out_modes": vocab, "d": len(vocab)})()
         emb, vocab = modes_for(D, V, proxy)
-        sizes = [v * e for v, e in zip(vocab, emb, strict=False)]
-        tensor = weight_tensor(W.double(), emb, vocab)
-        if ranks is None:
-            ranks = tt_ranks(sizes, config, "Embedding", W.numel(), tensor=tensor)
-        k = len(vocab)
-        tensor = tensor.reshape([s for pair in zip(vocab, emb, strict=False) for s in pair])
-        tensor = tensor.permute([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
-        with tensorly_torch():
-            cores = tensor_train_matrix(tensor, rank=list(ranks))
-        layer = cls(
-            V,
-            D,
-            vocab,
-            emb,
-            [c.shape[0] for c in cores] + [1],
-            dense.padding_idx,
-            W.device,
-            W.dtype,
-        )
-        with torch.no_grad():
-            for p, c in zip(layer.tt_cores, cores, strict=False):
-                p.copy_(c)
-        return layer
-
-    def factors(self) -> list[torch.Tensor]:
-        return list(self.tt_cores)
-
-    def factor_indices(self, n_idx: list[str], m_idx: list[str], skip: str) -> list[str]:
-        r_idx = letters(self.d + 1, skip)
-        return [r_idx[k] + m_idx[k] + n_idx[k] + r_idx[k + 1] for k in range(self.d)]
+        cores, ranks = tt_matrix(W, emb, vocab, config, "Embedding", ranks)
+        layer = cls(V, D, vocab, emb, ranks, dense.padding_idx, W.device, W.dtype)
+        return layer.load_factors(cores, None)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)

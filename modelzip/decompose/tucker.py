@@ -13,13 +13,13 @@ from torch import nn
 from modelzip.core.errors import ModelError
 from modelzip.core.module import register_layer
 from modelzip.decompose._ops import letters
+from modelzip.decompose.conv_chain import ConvChain, Pieces
 from modelzip.decompose.factorized import (
     FactorizedLinear,
     modes_for,
     tensorly_torch,
     weight_tensor,
 )
-from modelzip.decompose.lowrank import _check_conv, _conv_args, _ConvChain
 from modelzip.decompose.rank import (
     check_rank,
     rank_for_energy,
@@ -62,7 +62,7 @@ def tucker2_ranks(weight: torch.Tensor, config: Any, what: str = "Conv2d") -> tu
 
 
 @register_layer
-class Tucker2Conv2d(_ConvChain):
+class Tucker2Conv2d(ConvChain):
     """Tucker-2 conv of Kim et al., "Compression of deep convolutional neural networks for fast
     and low power mobile applications", ICLR 2016.
 
@@ -75,46 +75,19 @@ class Tucker2Conv2d(_ConvChain):
 
     parts = ("first", "core", "last")
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        ranks: Any,
-        stride: Any = 1,
-        padding: Any = 0,
-        dilation: Any = 1,
-        padding_mode: str = "zeros",
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._set_conv(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, padding_mode
-        )
-        self.ranks, self.bias_enabled = (int(ranks[0]), int(ranks[1])), bias
-        r_out, r_in = self.ranks
-        kw = {"device": device, "dtype": dtype}
-        self.first = nn.Conv2d(in_channels, r_in, 1, bias=False, **kw)
-        self.core = nn.Conv2d(
-            r_in,
-            r_out,
-            kernel_size,
-            stride,
-            padding,
-            dilation,
-            bias=False,
-            padding_mode=padding_mode,
-            **kw,
-        )
-        self.last = nn.Conv2d(r_out, out_channels, 1, bias=bias, **kw)
+    def _init_chain(self, new: Pieces, ranks: Any) -> None:
+        self.ranks = r_out, r_in = int(ranks[0]), int(ranks[1])
+        self.first = new.pointwise(self.in_channels, r_in)
+        self.core = new.conv(self.geometry.with_channels(r_in, r_out))
+        self.last = new.pointwise(r_out, self.out_channels, self.bias_enabled)
+
+    def chain_spec(self) -> dict[str, Any]:
+        return {"ranks": list(self.ranks)}
 
     @classmethod
     def from_dense(
         cls, dense: nn.Conv2d, config: Any = None, *, ranks: tuple[int, int] | None = None
     ) -> Tucker2Conv2d:
-        _check_conv(dense)
         W = dense.weight
         ranks = tucker2_ranks(W, config) if ranks is None else tucker2_ranks(W, _Ranks(ranks))
         r_out, r_in = ranks
@@ -123,29 +96,23 @@ class Tucker2Conv2d(_ConvChain):
             (core, (U_out, U_in)), _ = partial_tucker(
                 W.detach().double(), rank=[r_out, r_in], modes=[0, 1], n_iter_max=n_iter
             )
-        layer = cls(**_conv_args(dense), ranks=ranks, device=W.device, dtype=W.dtype)
+        layer = cls.like(dense, ranks)
         with torch.no_grad():
             layer.first.weight.copy_(U_in.T[:, :, None, None])
             layer.core.weight.copy_(core)
             layer.last.weight.copy_(U_out[:, :, None, None])
-            if dense.bias is not None:
-                layer.last.bias.copy_(dense.bias)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last(self.core(self.first(x)))
 
-    def to_dense(self) -> nn.Conv2d:
-        weight = torch.einsum(
+    def kernel(self) -> torch.Tensor:
+        return torch.einsum(
             "abyx,oa,bi->oiyx",
             self.core.weight,
             self.last.weight[:, :, 0, 0],
             self.first.weight[:, :, 0, 0],
         )
-        return self._dense_conv(weight, self.last.bias)
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._conv_spec(), "ranks": list(self.ranks)}
 
 
 class _Ranks:
@@ -165,28 +132,14 @@ class TuckerLinear(FactorizedLinear):
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        in_modes: Any,
-        out_modes: Any,
-        ranks: Any,
-        bias: bool = True,
-        device: Any = None,
-        dtype: Any = None,
-    ) -> None:
-        super().__init__()
-        self._init_linear(in_features, out_features, in_modes, out_modes, bias, device, dtype)
-        self.ranks = tuple(int(r) for r in ranks)
+    def _init_factors(self, factory: dict[str, Any]) -> None:
         if len(self.ranks) != self.d:
             raise ModelError(f"TuckerLinear needs {self.d} ranks, got {list(self.ranks)}")
-        kw = {"device": device, "dtype": dtype}
         self.tucker_factors = nn.ParameterList(
-            nn.Parameter(torch.zeros(m, n, r, **kw))
-            for m, n, r in zip(self.out_modes, self.in_modes, self.ranks, strict=False)
+            nn.Parameter(torch.zeros(m, n, r, **factory))
+            for m, n, r in zip(self.out_modes, self.in_modes, self.ranks, strict=True)
         )
-        self.core = nn.Parameter(torch.zeros(*self.ranks, **kw))
+        self.core = nn.Parameter(torch.zeros(*self.ranks, **factory))
 
     @classmethod
     def from_dense(cls, dense: nn.Linear, config: Any = None, *, ranks: Any = None) -> TuckerLinear:
@@ -220,23 +173,7 @@ class TuckerLinear(FactorizedLinear):
             core, factors = tucker(
                 weight_tensor(W.double(), in_modes, out_modes), rank=list(ranks), n_iter_max=10
             )
-        layer = cls(
-            W.shape[1],
-            W.shape[0],
-            in_modes,
-            out_modes,
-            ranks,
-            dense.bias is not None,
-            W.device,
-            W.dtype,
-        )
-        with torch.no_grad():
-            for p, U, m, n in zip(layer.tucker_factors, factors, out_modes, in_modes, strict=False):
-                p.copy_(U.reshape(m, n, -1))
-            layer.core.copy_(core)
-            if dense.bias is not None:
-                layer.bias.copy_(dense.bias)
-        return layer
+        return cls.from_factors(dense, in_modes, out_modes, ranks, [*factors, core])
 
     def factors(self) -> list[torch.Tensor]:
         return [*self.tucker_factors, self.core]
@@ -245,6 +182,3 @@ class TuckerLinear(FactorizedLinear):
         r_idx = letters(self.d, skip)
         terms = [m + n + r for m, n, r in zip(m_idx, n_idx, r_idx, strict=False)]
         return [*terms, "".join(r_idx)]
-
-    def spec(self) -> dict[str, Any]:
-        return {**self._linear_spec(), "ranks": list(self.ranks)}

@@ -114,6 +114,11 @@ class Estimate:
     def dram_write_bytes(self) -> float:
         return sum(x.dram_write_bytes for x in self.layers)
 
+    @property
+    def dram_bytes(self) -> float:
+        """DRAM bytes read and written."""
+        return self.dram_read_bytes + self.dram_write_bytes
+
     def totals(self) -> dict[str, Any]:
         """The model-level numbers: cycles, latency, energy by level, DRAM bytes, area."""
         return {
@@ -145,35 +150,25 @@ class Estimate:
         """One row per layer plus a total row, with the columns the CLI prints."""
         rows = []
         for x in self.layers:
-            rows.append(
-                {
-                    "layer": x.name,
-                    "dataflow": x.dataflow,
-                    "bits": f"w{x.weight_bits}a{x.act_bits}",
-                    "macs": x.macs,
-                    "cycles": x.cycles,
-                    "stalls": x.stall_cycles,
-                    "util": round(x.utilization, 4),
-                    **{f"E_{k}": x.energy[k] for k in LEVELS},
-                    "energy": x.total_energy,
-                    "dram_kB": round(x.dram_bytes / 1024, 2),
-                    "weight_reuse": round(x.weight_reuse, 2),
-                }
-            )
-        energy = self.energy
-        rows.append(
-            {
-                "layer": "TOTAL",
-                "dataflow": "",
-                "bits": "",
-                "macs": self.macs,
-                "cycles": self.cycles,
-                "stalls": self.stall_cycles,
-                "util": round(self.utilization, 4),
-                **{f"E_{k}": energy[k] for k in LEVELS},
-                "energy": self.total_energy,
-                "dram_kB": round((self.dram_read_bytes + self.dram_write_bytes) / 1024, 2),
-                "weight_reuse": "",
-            }
-        )
-        return rows
+            bits = f"w{x.weight_bits}a{x.act_bits}"
+            rows.append(_table_row(x, x.name, x.dataflow, bits, round(x.weight_reuse, 2)))
+        return [*rows, _table_row(self, "TOTAL", "", "", "")]
+
+
+def _table_row(
+    cost: LayerEstimate | Estimate, layer: str, dataflow: str, bits: str, weight_reuse: float | str
+) -> dict[str, Any]:
+    energy = cost.energy  # an Estimate sums it over the layers on each access
+    return {
+        "layer": layer,
+        "dataflow": dataflow,
+        "bits": bits,
+        "macs": cost.macs,
+        "cycles": cost.cycles,
+        "stalls": cost.stall_cycles,
+        "util": round(cost.utilization, 4),
+        **{f"E_{k}": energy[k] for k in LEVELS},
+        "energy": cost.total_energy,
+        "dram_kB": round(cost.dram_bytes / 1024, 2),
+        "weight_reuse": weight_reuse,
+    }

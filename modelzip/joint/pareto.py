@@ -29,16 +29,8 @@ class Point:
     pareto: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "recipe": self.recipe,
-            "accuracy": self.accuracy,
-            "size_bytes": self.size_bytes,
-            "macs": self.macs,
-            "latency_ms": self.latency_ms,
-            "energy_uj": self.energy_uj,
-            "pareto": self.pareto,
-        }
+        """Every field but ``cost``, a copy of the column of the budget's kind."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "cost"}
 
 
 def pareto_mask(accuracy: Sequence[float], cost: Sequence[float]) -> list[bool]:

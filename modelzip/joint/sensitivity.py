@@ -169,12 +169,9 @@ def validation_split(data: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def training_split(data: Any) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """``((x_train, y_train), (x_val, y_val))`` as :func:`modelzip.train.train` splits ``data``."""
-    from modelzip.train import TrainConfig
+    from modelzip.train import TrainConfig, train_val_split
 
-    val_size = TrainConfig.val_size
-    if isinstance(val_size, int):
-        val_size = min(val_size, len(data.x_train) // 10)
-    return data.split(val_size, seed=0)
+    return train_val_split(data, TrainConfig.val_size)
 
 
 def layer_config(method: str, value: float, layer: str) -> MethodConfig:

@@ -219,15 +219,11 @@ class SparseQuantizeConfig(MethodConfig):
     granularity: Literal["tensor", "channel"] = "channel"
 
     def quantizer(self) -> QuantizerConfig:
-        fields = {f.name for f in dataclasses.fields(QuantizerConfig)} - {"group_size"}
-        return QuantizerConfig(**{k: getattr(self, k) for k in fields})
+        return QuantizerConfig.of(self)
 
     def validate(self) -> None:
         check_choice(self, "granularity", ("tensor", "channel"))
-        try:
-            self.quantizer()
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("QuantizerConfig", type(self).__name__)) from None
+        self.quantizer()
 
 
 @register_method(SparseQuantizeConfig, family="joint", example=SparseQuantizeConfig(bits=4))

@@ -37,3 +37,16 @@ def check_shape(input_shape: Sequence[int], num_classes: int) -> tuple[int, int,
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return shape  # type: ignore[return-value]
+
+
+def lenet_feature_pixels(
+    name: str, input_shape: Sequence[int], num_classes: int
+) -> tuple[int, int]:
+    """``(C, pixels)``: the input channels, and the pixels per map after LeNet-5's features (two
+    5x5 valid convs, each followed by a 2x2 max-pool; TWN's net has them too). ValueError on bad
+    arguments or inputs smaller than 16 x 16."""
+    c, h, w = check_shape(input_shape, num_classes)
+    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+    if min(out_h, out_w) < 1:
+        raise ValueError(f"{name} needs inputs of at least 16 x 16 pixels, got {h} x {w}")
+    return c, out_h * out_w

@@ -23,9 +23,15 @@ from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
 
 
-def _check_width(width: int) -> None:
+def _stem(
+    input_shape: Sequence[int], num_classes: int, width: int, multiple: int = 1
+) -> OrderedDict[str, nn.Module]:
+    """The arguments checked, then input normalization and the 3x3 stride-2 stem conv to
+    ``multiple * width`` channels."""
+    c, _, _ = check_shape(input_shape, num_classes)
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"width must be a positive int, got {width!r}")
+    return OrderedDict(normalize=Normalize(), stem=conv_bn_relu(c, multiple * width, 3, stride=2))
 
 
 def _head(c: int, num_classes: int) -> OrderedDict[str, nn.Module]:
@@ -45,19 +51,16 @@ def mobilenet_mnist(
 ) -> nn.Sequential:
     """Stem 3x3 conv (``w``, stride 2) -> separable block to ``2w`` -> inverted residuals
     (expansion 4) ``2w``, ``4w`` (stride 2), ``4w``, ``4w`` -> global average pool -> fc."""
-    c, _, _ = check_shape(input_shape, num_classes)
-    _check_width(width)
+    stem = _stem(input_shape, num_classes, width)  # first: the same weights for the same seed
     w = width
-    layers = OrderedDict(
-        normalize=Normalize(),
-        stem=conv_bn_relu(c, w, 3, stride=2),
+    blocks = OrderedDict(
         block1=SeparableBlock(w, 2 * w),
         block2=InvertedResidual(2 * w, 2 * w),
         block3=InvertedResidual(2 * w, 4 * w, stride=2),
         block4=InvertedResidual(4 * w, 4 * w),
         block5=InvertedResidual(4 * w, 4 * w),
     )
-    return nn.Sequential(layers | _head(4 * w, num_classes))
+    return nn.Sequential(stem | blocks | _head(4 * w, num_classes))
 
 
 @register_model(
@@ -74,18 +77,15 @@ def shufflenet_mnist(
 ) -> nn.Sequential:
     """Stem 3x3 conv (``w``, stride 2) -> shuffle units ``2w`` (stride 2), ``2w``, ``4w``
     (stride 2), ``4w``, each with ``groups`` groups -> global average pool -> fc."""
-    c, _, _ = check_shape(input_shape, num_classes)
-    _check_width(width)
+    stem = _stem(input_shape, num_classes, width)  # first: the same weights for the same seed
     w = width
-    layers = OrderedDict(
-        normalize=Normalize(),
-        stem=conv_bn_relu(c, w, 3, stride=2),
+    units = OrderedDict(
         unit1=ShuffleUnit(w, 2 * w, groups, stride=2),
         unit2=ShuffleUnit(2 * w, 2 * w, groups),
         unit3=ShuffleUnit(2 * w, 4 * w, groups, stride=2),
         unit4=ShuffleUnit(4 * w, 4 * w, groups),
     )
-    return nn.Sequential(layers | _head(4 * w, num_classes))
+    return nn.Sequential(stem | units | _head(4 * w, num_classes))
 
 
 @register_model(
@@ -100,14 +100,12 @@ def squeezenet_mnist(
     """Stem 3x3 conv (``2w``, stride 2) -> fire(``w/2``, ``2w``) -> max-pool -> fire(``w``,
     ``3w``) -> max-pool -> fire(``w``, ``4w``) -> 1x1 conv to the classes -> global average
     pool."""
-    c, _, _ = check_shape(input_shape, num_classes)
-    _check_width(width)
+    stem = _stem(input_shape, num_classes, width, multiple=2)
     w = width
     s = max(1, w // 2)
     return nn.Sequential(
-        OrderedDict(
-            normalize=Normalize(),
-            stem=conv_bn_relu(c, 2 * w, 3, stride=2),
+        stem
+        | OrderedDict(
             fire1=FireModule(2 * w, s, 2 * w),
             pool1=nn.MaxPool2d(2),
             fire2=FireModule(4 * w, w, 3 * w),

@@ -7,13 +7,12 @@ parameters (1.64% test error) and the Caffe LeNet-5 with 431,080 (0.80%).
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import nn
 
-from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
+from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape, lenet_feature_pixels
 from modelzip.models.registry import register_model
 
 
@@ -52,10 +51,7 @@ def lenet5(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> n
     As in Caffe's ``lenet_train_test.prototxt`` there is no non-linearity after the convolutions
     (the max-pools are the only ones); this is the network whose figures the literature reports.
     """
-    c, h, w = check_shape(input_shape, num_classes)
-    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
-    if min(out_h, out_w) < 1:
-        raise ValueError(f"lenet5 needs inputs of at least 16 x 16 pixels, got {h} x {w}")
+    c, pixels = lenet_feature_pixels("lenet5", input_shape, num_classes)
     return nn.Sequential(
         OrderedDict(
             normalize=Normalize(),
@@ -64,7 +60,7 @@ def lenet5(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> n
             conv2=nn.Conv2d(20, 50, 5),
             pool2=nn.MaxPool2d(2),
             flatten=nn.Flatten(),
-            fc1=nn.Linear(50 * math.prod((out_h, out_w)), 500),
+            fc1=nn.Linear(50 * pixels, 500),
             relu1=nn.ReLU(),
             fc2=nn.Linear(500, num_classes),
         )

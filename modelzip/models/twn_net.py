@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
+from modelzip.models.common import MNIST_SHAPE, Normalize, lenet_feature_pixels
 from modelzip.models.registry import register_model
 
 
@@ -24,10 +24,7 @@ from modelzip.models.registry import register_model
 def twn_net(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> nn.Sequential:
     """``conv1`` 32@5x5, BN, ReLU, max-pool 2, ``conv2`` 64@5x5, BN, ReLU, max-pool 2,
     ``fc1`` 512, BN, ReLU, ``fc2``."""
-    c, h, w = check_shape(input_shape, num_classes)
-    out_h, out_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
-    if min(out_h, out_w) < 1:
-        raise ValueError(f"twn_net needs inputs of at least 16 x 16 pixels, got {h} x {w}")
+    c, pixels = lenet_feature_pixels("twn_net", input_shape, num_classes)
     return nn.Sequential(
         OrderedDict(
             normalize=Normalize(),
@@ -40,7 +37,7 @@ def twn_net(input_shape: Sequence[int] = MNIST_SHAPE, num_classes: int = 10) -> 
             relu2=nn.ReLU(),
             pool2=nn.MaxPool2d(2),
             flatten=nn.Flatten(),
-            fc1=nn.Linear(64 * out_h * out_w, 512),
+            fc1=nn.Linear(64 * pixels, 512),
             bn3=nn.BatchNorm1d(512),
             relu3=nn.ReLU(),
             fc2=nn.Linear(512, num_classes),

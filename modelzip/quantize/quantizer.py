@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -81,6 +81,17 @@ class QuantizerConfig(ConfigBase):
                 f"{type(self).__name__}.bits={self.bits} is out of range for levels="
                 f"{self.levels!r} (a table of 2^bits levels per group); allowed [1, 8]"
             )
+
+    @classmethod
+    def of(cls, config: Any) -> QuantizerConfig:
+        """The quantizer a method's config describes by the fields it shares with this class (the
+        others default); a field out of range is reported under ``config``'s class name."""
+        own = {f.name for f in dataclasses.fields(config)}
+        shared = [f.name for f in dataclasses.fields(cls) if f.name in own]
+        try:
+            return cls(**{k: getattr(config, k) for k in shared})
+        except ConfigError as e:
+            raise ConfigError(str(e).replace(cls.__name__, type(config).__name__)) from None
 
 
 @dataclasses.dataclass

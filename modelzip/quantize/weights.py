@@ -19,7 +19,6 @@ from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
-from modelzip.core.errors import ConfigError
 from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
@@ -72,14 +71,10 @@ class QuantizeWeightsConfig(MethodConfig):
     group_size: int = 64
 
     def quantizer(self) -> QuantizerConfig:
-        fields = {f.name for f in dataclasses.fields(QuantizerConfig)}
-        return QuantizerConfig(**{k: getattr(self, k) for k in fields})
+        return QuantizerConfig.of(self)
 
     def validate(self) -> None:
-        try:
-            self.quantizer()
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("QuantizerConfig", type(self).__name__)) from None
+        self.quantizer()
 
 
 @register_method(

@@ -13,6 +13,7 @@ from torch import nn
 
 import modelzip
 from modelzip.core.errors import ModelError
+from modelzip.core.geometry import ConvGeometry
 from modelzip.decompose.configs import TTConfig
 from modelzip.decompose.tt import TTConv2d
 from modelzip.kernels import _native, materialize
@@ -45,7 +46,7 @@ def test_the_geometries_reach_both_register_tilings() -> None:
 def _pair(geometry: tuple[Any, ...], seed: int = 0) -> tuple[TTConv2d, FusedTTConv2d]:
     i, o, im, om, ranks, k, pad, dil, _, bias = geometry
     torch.manual_seed(seed)
-    layer = TTConv2d(i, o, k, im, om, ranks, padding=pad, dilation=dil, bias=bias)
+    layer = TTConv2d(ConvGeometry(i, o, k, padding=pad, dilation=dil), im, om, ranks, bias=bias)
     for p in layer.parameters():
         nn.init.normal_(p, std=0.5)
     return layer.eval(), FusedTTConv2d.from_tt(layer).eval()
@@ -95,7 +96,8 @@ def test_fused_falls_back_where_the_kernel_cannot_run() -> None:
     with torch.no_grad():
         _close(y, layer(x))
         assert "float32 CPU" in (fused.fused_unavailable(x.double()) or "")
-        strided = FusedTTConv2d.from_tt(TTConv2d(30, 20, 3, (4, 8), (4, 6), (4, 7, 1), stride=2))
+        strided = TTConv2d(ConvGeometry(30, 20, 3, stride=2), (4, 8), (4, 6), (4, 7, 1))
+        strided = FusedTTConv2d.from_tt(strided)
         assert "stride 1" in (strided.fused_unavailable(x) or "")
         assert strided(x).shape == (2, 20, 6, 10)
 

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import attack_log
 import pytest
-import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -31,12 +30,8 @@ settings.register_profile(
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    # Many tiny ops: a second thread only contends with other processes on a shared machine.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread: None) -> None:
+    """Every test here runs on one torch thread (see ``one_thread``)."""
 
 
 # --- the attack-class counts behind RELIABILITY.md's table (see attack_log.py) ---------------

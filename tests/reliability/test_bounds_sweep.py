@@ -23,6 +23,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from sweep_doubles import NoExecutor
 from weight_strategies import PROFILE
 
 import modelzip.cli
@@ -218,7 +219,7 @@ def test_the_cli_entry_point_is_not_a_model(tmp_path: Path, monkeypatch) -> None
         {"base": {"model": "modelzip.cli:main", "dataset": "digits", "pretrained": False}}
     )
     with pytest.raises(ModelzipError, match=re.escape("modelzip.cli:main")):
-        run_sweep(config, tmp_path / "out", executor=_NoExecutor(), progress=False)
+        run_sweep(config, tmp_path / "out", executor=NoExecutor(), progress=False)
     assert calls == []
 
 
@@ -254,7 +255,7 @@ def test_trust_from_the_command_line_reaches_the_workers(tmp_path: Path, monkeyp
         }
     )
     with pytest.raises(ModelzipError, match=name):
-        run_sweep(config, tmp_path / "refused", executor=_NoExecutor(), progress=False)
+        run_sweep(config, tmp_path / "refused", executor=NoExecutor(), progress=False)
     assert name not in sys.modules  # refused before importing it
     pool = LocalExecutor(1)
     try:
@@ -264,22 +265,6 @@ def test_trust_from_the_command_line_reaches_the_workers(tmp_path: Path, monkeyp
     finally:
         pool.close()
     assert (summary.tasks, summary.done, summary.failed) == (2, 2, 0), summary.failures
-
-
-class _NoExecutor:
-    """An executor that must not be used."""
-
-    def submit(self, *args: object) -> None:
-        raise AssertionError("nothing should be submitted")
-
-    def pending(self) -> int:
-        return 0
-
-    def wait_any(self) -> list:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 # --- 4. pool workers die with the parent ---------------------------------------------------------

@@ -31,6 +31,7 @@ from modelzip.core.errors import ModelzipError
 from modelzip.data.npz import load_npz
 from modelzip.hardware.spec import AcceleratorSpec
 from modelzip.recipe import Recipe
+from modelzip.sweep import SweepConfig
 
 # Plain data as YAML can hold it: what a hand-written (or garbled) recipe may contain.
 YAML_DATA = st.recursive(
@@ -223,40 +224,31 @@ def io_header(dtype, shape) -> bytes:
     return buffer.getvalue()  # magic string included
 
 
+SWEEP_KEYS = pytest.mark.attack("Non-string keys in sweep files (atheris finding)")
+
+
 @pytest.mark.parametrize(
-    "text",
+    ("load", "text", "says"),
     [
         # atheris, fuzz_spec: ``on:`` is the boolean True to YAML; sorting it with the field
         # names raised TypeError in ConfigBase.from_dict.
-        "name: eyeriss\nrows: 12\non: 1.0\n",
-        "rows: 12\n3: 4\n",
-    ],
-)
-def test_regression_non_string_keys_in_specs(tmp_path, text):
-    path = tmp_path / "spec.yaml"
-    path.write_text(text)
-    with pytest.raises(ModelzipError, match="field names must be strings"):
-        AcceleratorSpec.load(path)
-    path.write_text("- method: svd\n  select: {on: 1}\n")
-    with pytest.raises(ModelzipError, match="Select field names must be strings"):
-        Recipe.load(path)
-
-
-@pytest.mark.attack("Non-string keys in sweep files (atheris finding)")
-@pytest.mark.parametrize(
-    "text",
-    [
+        (AcceleratorSpec.load, "name: eyeriss\nrows: 12\non: 1.0\n", "field names must be strings"),
+        (AcceleratorSpec.load, "rows: 12\n3: 4\n", "field names must be strings"),
+        (Recipe.load, "- method: svd\n  select: {on: 1}\n", "Select field names must be strings"),
         # atheris, fuzz_grid: a grid key YAML reads as null (or a number, a boolean) raised
         # AttributeError ('NoneType' object has no attribute 'split') in the key check.
-        "base: {model: lenet300}\ngrid:\n  null: [0.5]\n",
-        "base: {model: lenet300}\ngrid:\n  3: [0.5]\n",
-        "base: {model: lenet300}\nrandom: {n: 2, seed: 0, space: {on: [1, 2]}}\n",
+        *(
+            pytest.param(SweepConfig.load, text, "must be a string", marks=SWEEP_KEYS)
+            for text in (
+                "base: {model: lenet300}\ngrid:\n  null: [0.5]\n",
+                "base: {model: lenet300}\ngrid:\n  3: [0.5]\n",
+                "base: {model: lenet300}\nrandom: {n: 2, seed: 0, space: {on: [1, 2]}}\n",
+            )
+        ),
     ],
 )
-def test_regression_non_string_keys_in_sweep_files(tmp_path, text):
-    from modelzip.sweep import SweepConfig
-
-    path = tmp_path / "sweep.yaml"
+def test_regression_non_string_keys_are_refused(tmp_path, load, text, says):
+    path = tmp_path / "file.yaml"
     path.write_text(text)
-    with pytest.raises(ModelzipError, match="must be a string"):
-        SweepConfig.load(path)
+    with pytest.raises(ModelzipError, match=says):
+        load(path)

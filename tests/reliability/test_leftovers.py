@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,18 +23,24 @@ def _temporaries(folder, name):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{name}."))
 
 
+def _writer(target: Path, data: bytes, then: str) -> str:
+    """A Python script that writes ``data`` to ``target`` through ``atomic_path`` and runs the
+    statement ``then`` before the write completes."""
+    return textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from modelzip.core.atomic import atomic_path
+        with atomic_path({str(target)!r}) as tmp:
+            tmp.write_bytes({data!r})
+            {then}
+        """
+    )
+
+
 @pytest.mark.attack("Process killed during a write")
 def test_write_killed_with_sigkill_leaves_a_temporary_that_the_next_write_removes(tmp_path):
     target = tmp_path / "model.mzip"
-    script = textwrap.dedent(
-        f"""
-        import os, signal
-        from modelzip.core.atomic import atomic_path
-        with atomic_path({str(target)!r}) as tmp:
-            tmp.write_bytes(b"half a file")
-            os.kill(os.getpid(), signal.SIGKILL)
-        """
-    )
+    script = _writer(target, b"half a file", "os.kill(os.getpid(), signal.SIGKILL)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert run.returncode == -9
     left = _temporaries(tmp_path, "model.mzip")
@@ -46,16 +53,7 @@ def test_write_killed_with_sigkill_leaves_a_temporary_that_the_next_write_remove
 @pytest.mark.attack("Process killed during a write")
 def test_a_live_writers_temporary_is_kept(tmp_path):
     target = tmp_path / "out.bin"
-    script = textwrap.dedent(
-        f"""
-        import sys, time
-        from modelzip.core.atomic import atomic_path
-        with atomic_path({str(target)!r}) as tmp:
-            tmp.write_bytes(b"slow writer")
-            print("started", flush=True)
-            sys.stdin.read()
-        """
-    )
+    script = _writer(target, b"slow writer", 'print("started", flush=True); sys.stdin.read()')
     writer = subprocess.Popen(
         [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )

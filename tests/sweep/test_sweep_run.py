@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from sweep_doubles import NoExecutor
 
 from modelzip.baselines import fit_kwargs
 from modelzip.cli import main
@@ -134,7 +135,7 @@ def test_local_sweep_records_every_task_and_writes_points(local_run: Path) -> No
 
 def test_rerun_of_a_finished_sweep_runs_nothing(local_run: Path, base_model: Path) -> None:
     before = _results(local_run)
-    summary = run_sweep(_config(base_model), local_run, executor=_NoExecutor(), progress=False)
+    summary = run_sweep(_config(base_model), local_run, executor=NoExecutor(), progress=False)
     assert (summary.ran, summary.resumed, summary.done) == (0, N_TASKS, N_TASKS)
     assert _results(local_run) == before
 
@@ -240,25 +241,9 @@ def test_failed_task_is_retried_once_and_recorded_with_its_errors(
         assert summary.failures[0]["errors"] == broken["errors"]
 
         # A rerun leaves the finished and the twice-failed tasks alone.
-        again = run_tasks(tasks, store, _NoExecutor(), progress=False)
+        again = run_tasks(tasks, store, NoExecutor(), progress=False)
         assert (again.ran, again.resumed, again.failed) == (0, 6, 1)
         assert len(store.records()) == 6
-
-
-class _NoExecutor:
-    """An executor that must not be used."""
-
-    def submit(self, *args: object) -> None:
-        raise AssertionError("nothing should be submitted")
-
-    def pending(self) -> int:
-        return 0
-
-    def wait_any(self) -> list:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:

@@ -17,7 +17,7 @@ import json
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -87,9 +87,43 @@ def _network(stem: int, stages: list[nn.Module], c_last: int, shape, classes) ->
     )
 
 
-class BlockSpace:
+class _OpsAndWidths:
+    """``sample`` and ``mutate`` of a space whose architecture is an op for each of ``slots``
+    slots (under ``slot_key``) and a width for each stage (under ``"widths"``)."""
+
+    slot_key: ClassVar[str]
+    ops: list[str]
+    widths: list[list[int]]
+
+    @property
+    def slots(self) -> int:
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random) -> Arch:
+        """A uniformly random architecture."""
+        return {
+            self.slot_key: [rng.choice(self.ops) for _ in range(self.slots)],
+            "widths": [rng.choice(w) for w in self.widths],
+        }
+
+    def mutate(self, arch: Arch, rng: random.Random) -> Arch:
+        """Change one slot's op or one stage's width (always to a different value)."""
+        key = self.slot_key
+        child = {key: list(arch[key]), "widths": list(arch["widths"])}
+        if rng.random() < 0.75:
+            i = rng.randrange(self.slots)
+            child[key][i] = rng.choice([o for o in self.ops if o != arch[key][i]])
+        else:
+            i = rng.randrange(len(self.widths))
+            child["widths"][i] = rng.choice([w for w in self.widths[i] if w != arch["widths"][i]])
+        return child
+
+
+class BlockSpace(_OpsAndWidths):
     """Full-network space (module docstring). An architecture is
     ``{"ops": [op per block], "widths": [width per stage]}``."""
+
+    slot_key = "ops"
 
     def __init__(
         self,
@@ -113,23 +147,7 @@ class BlockSpace:
     def num_blocks(self) -> int:
         return self.blocks_per_stage * len(self.widths)
 
-    def sample(self, rng: random.Random) -> Arch:
-        """A uniformly random architecture."""
-        return {
-            "ops": [rng.choice(self.ops) for _ in range(self.num_blocks)],
-            "widths": [rng.choice(w) for w in self.widths],
-        }
-
-    def mutate(self, arch: Arch, rng: random.Random) -> Arch:
-        """Change one block's op or one stage's width (always to a different value)."""
-        child = {"ops": list(arch["ops"]), "widths": list(arch["widths"])}
-        if rng.random() < 0.75:
-            i = rng.randrange(self.num_blocks)
-            child["ops"][i] = rng.choice([o for o in self.ops if o != arch["ops"][i]])
-        else:
-            i = rng.randrange(len(self.widths))
-            child["widths"][i] = rng.choice([w for w in self.widths[i] if w != arch["widths"][i]])
-        return child
+    slots = num_blocks
 
     def build(self, arch: Arch) -> nn.Sequential:
         """The network of ``arch``: the first block of each stage after the first has stride 2;
@@ -174,10 +192,12 @@ class _Motif(nn.Module):
         return values[-1] + x  # the motif is residual, so an all-"none" motif is the identity
 
 
-class HierarchicalSpace:
+class HierarchicalSpace(_OpsAndWidths):
     """Hierarchical space (module docstring). An architecture is
     ``{"motif": [op per DAG edge], "widths": [width per stage]}``: the same motif (level 2) is
     used in every stage of the network (level 3), stages joined by strided 1x1 reductions."""
+
+    slot_key = "motif"
 
     def __init__(
         self,
@@ -198,21 +218,7 @@ class HierarchicalSpace:
     def num_edges(self) -> int:
         return self.nodes * (self.nodes - 1) // 2
 
-    def sample(self, rng: random.Random) -> Arch:
-        return {
-            "motif": [rng.choice(self.ops) for _ in range(self.num_edges)],
-            "widths": [rng.choice(w) for w in self.widths],
-        }
-
-    def mutate(self, arch: Arch, rng: random.Random) -> Arch:
-        child = {"motif": list(arch["motif"]), "widths": list(arch["widths"])}
-        if rng.random() < 0.75:
-            i = rng.randrange(self.num_edges)
-            child["motif"][i] = rng.choice([o for o in self.ops if o != arch["motif"][i]])
-        else:
-            i = rng.randrange(len(self.widths))
-            child["widths"][i] = rng.choice([w for w in self.widths[i] if w != arch["widths"][i]])
-        return child
+    slots = num_edges
 
     def build(self, arch: Arch) -> nn.Sequential:
         stages: list[nn.Module] = []
