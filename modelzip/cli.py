@@ -122,15 +122,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from modelzip.api import model_device, model_stats, sample_from
+    from modelzip.deploy import is_deployed, materialize
 
     data = dataset_for(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     sample = sample_from(data, model_device(model))
-    stats = model_stats(model, sample, data=data, measure=False)
     extra: dict[str, Any] = {}
+    if sample is not None and not is_deployed(model):
+        # A file saved in its trainable form (modelzip deep, --no-deploy) runs as it would be
+        # deployed: each compressed layer in its fastest correct form on this CPU.
+        model, chosen = materialize(model, sample)
+        extra["deployed_on_load"] = [row for row in chosen.rows() if row["form"]]
+    stats = model_stats(model, sample, data=data, measure=False)
     if not args.no_latency and sample is not None:
-        extra = _latency_against_dense(model, sample, stats)
+        extra.update(_latency_against_dense(model, sample, stats))
     if args.json:
         print_json({**_stats_json(stats), **extra})
     else:

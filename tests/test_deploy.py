@@ -131,6 +131,13 @@ def test_cli_compress_deploys_and_eval_times_against_dense(tmp_path: Path, capsy
     assert main([*args, "--quiet", "--no-latency"]) == 0
     layers = read_metadata(kept)["layers"]
     assert all(e["class"].endswith("MaskedLinear") and "deploy" not in e for e in layers.values())
+    # eval runs a file saved in its trainable form as it would be deployed, and says so.
+    capsys.readouterr()
+    assert main(["eval", str(kept), "--dataset", "mnist", "--json", "--quiet"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    chosen = {row["name"]: row["form"] for row in stats["deployed_on_load"]}
+    assert set(chosen) <= {"fc1", "fc2", "fc3"} and all(chosen.values())
+    assert stats["speedup"] > 0
 
 
 def test_a_deployed_model_takes_another_recipe_step(lenet) -> None:

@@ -68,7 +68,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
+    from modelzip.api import model_device, sample_from
     from modelzip.command_output import print_json
+    from modelzip.deploy import materialize
     from modelzip.joint.auto import AutoConfig, auto_compress
     from modelzip.joint.budget import parse_budget
     from modelzip.joint.run_dir import write_run_dir
@@ -90,10 +92,12 @@ def cmd_auto(args: argparse.Namespace) -> int:
     result = auto_compress(
         model, data, budget, config, model_name=_model_name(args.model), progress=_bars(args)
     )
-    save(result.model, args.out)
+    # Saved deployed, as compress saves: the file keeps the compact layers and the chosen forms.
+    deployed, _ = materialize(result.model, sample_from(data, model_device(result.model)))
+    save(deployed, args.out)
     summary = {
         **result.summary(),
-        "test_accuracy": float(evaluate(result.model, data)["accuracy"]),
+        "test_accuracy": float(evaluate(deployed, data)["accuracy"]),
         "baseline_test_accuracy": float(evaluate(model, data)["accuracy"]),
         "out": str(args.out),
         "file_bytes": Path(args.out).stat().st_size,
