@@ -105,6 +105,21 @@ def binary(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     return [(kind, lambda: cls.from_dense(module, mode))]
 
 
+@register_form("xnor_net")
+def xnor_net(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A trained XNOR-Net layer (``XNORLinear``/``XNORConv2d``: binary weights and inputs) as
+    :class:`.layers.BinaryLinear`/``BinaryConv2d`` in XNOR mode: packed sign bits, XNOR-popcount,
+    then ``α`` and, when the layer scales its activations, ``β``/``K`` from the real input."""
+    from modelzip.kernels.layers import BinaryConv2d, BinaryLinear
+
+    dense = module.binary_dense()  # type: ignore[operator]
+    if isinstance(dense, nn.Conv2d) and (dense.groups != 1 or isinstance(dense.padding, str)):
+        return []
+    cls = BinaryLinear if isinstance(dense, nn.Linear) else BinaryConv2d
+    scale = bool(getattr(module, "scale_activations", False))
+    return [("exact:XNOR-popcount", lambda: cls.from_dense(dense, "xnor", act_scale=scale))]
+
+
 @register_form("two_gemm_cut")
 def two_gemm_cut(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """A tensorized linear cut into two GEMMs (:class:`.split_linear.SplitLinear`)."""

@@ -4,6 +4,7 @@ from modelzip.quantize import fake as _fake
 from modelzip.quantize import fold as _fold
 from modelzip.quantize import inq as _inq
 from modelzip.quantize import weights as _weights
+from modelzip.quantize import xnor as _xnor
 from modelzip.quantize.bn import fold_bn, quantize_bn
 from modelzip.quantize.fake import FakeQuantConv2d, FakeQuantLinear, QATConfig
 from modelzip.quantize.inq import INQConfig
@@ -19,8 +20,9 @@ from modelzip.quantize.weights import (
     QuantizeWeightsConfig,
     TernaryConfig,
 )
+from modelzip.quantize.xnor import XNORConv2d, XNORLinear, XNORNetConfig
 
-del _fake, _fold, _inq, _weights  # imported for their registrations
+del _fake, _fold, _inq, _weights, _xnor  # imported for their registrations
 
 __all__ = [
     "BinaryConfig",
@@ -41,6 +43,9 @@ __all__ = [
     "StaticInt8Conv2d",
     "StaticInt8Linear",
     "TernaryConfig",
+    "XNORConv2d",
+    "XNORLinear",
+    "XNORNetConfig",
     "fold_bn",
     "pack_bits",
     "packed_bytes",

@@ -6,18 +6,25 @@ Run from the repository root once, before changing a layer class, and commit wha
 
     .venv/bin/python tests/golden/make_golden.py
 
+A new method or layer class adds its files only, named by their stems (the existing files are
+what files saved before the change look like, and must not be written again):
+
+    .venv/bin/python tests/golden/make_golden.py xnor_net xnor_net_materialized
+
 Models are zoo models at small sizes (a few hundred kB), so that the files stay small.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 import modelzip
+from modelzip.core.compact_source import SOURCE_ATTR
 from modelzip.core.registry import get_method, list_methods
 from modelzip.models import create
 
@@ -57,7 +64,7 @@ def cases() -> dict[str, tuple[str, object, bool]]:
         False,
     )
     # The executable forms materialize() builds (kernels/), saved as a deployed model would be.
-    for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary"):
+    for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary", "xnor_net"):
         out[f"{method}_materialized"] = (method, get_method(method).example, True)
     out["tt_conv_materialized"] = ("tt", conv_tt, True)
     qat = get_method("qat").example
@@ -81,28 +88,43 @@ def xnor_model() -> tuple[torch.nn.Module, torch.Tensor]:
     return model, x
 
 
-def main() -> None:
+def main(only: set[str] | None = None) -> None:
+    """Write every golden file, or only those whose stems are in ``only``."""
     from modelzip.kernels import materialize
 
     for stem, (method, config, deployed) in sorted(cases().items()):
+        if only is not None and stem not in only:
+            continue
         types = set(get_method(method).config_type.default_types)
         model, x = model_for(method, types)
-        small, report = modelzip.compress(model, [config], sample=x, measure=False)
+        # The compressed (trainable) form; the `_materialized` cases deploy it below, with the
+        # compressed kernel taken whatever the timing says, so that the files do not depend on
+        # how fast this machine runs which form.
+        small, report = modelzip.compress(model, [config], sample=x, measure=False, deploy=False)
         if not report.layers:  # e.g. blocks that do not tile LeNet-5's small layers
             torch.manual_seed(0)
             model, x = create("lenet300", input_shape=[1, 8, 8]).eval(), torch.rand(4, 1, 8, 8)
-            small, report = modelzip.compress(model, [config], sample=x, measure=False)
+            small, report = modelzip.compress(
+                model, [config], sample=x, measure=False, deploy=False
+            )
         if not report.layers:
             print(f"{stem}: changed no layer, skipped")
             continue
         if deployed:
             small, _ = materialize(small, x, choose="compressed", layout="contiguous")
+            # The executable layers are written as themselves (as a model built from kernel
+            # layers is), not as the compact layer they remember: the file pins their stored
+            # form, and tests/test_golden.py compares each loaded layer's packed_state with it.
+            for module in small.modules():
+                module.__dict__.pop(SOURCE_ATTR, None)
         with torch.inference_mode():
             y = small(x)
         modelzip.save(small, HERE / f"{stem}.mzip")
         save_file({"x": x.contiguous(), "y": y.contiguous()}, str(HERE / f"{stem}.io.safetensors"))
         size = (HERE / f"{stem}.mzip").stat().st_size
         print(f"{stem}: {len(report.layers)} layers, {size:,} bytes")
+    if only is not None and "xnor" not in only:
+        return
     model, x = xnor_model()
     with torch.inference_mode():
         y = model(x)
@@ -111,4 +133,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(set(sys.argv[1:]) or None)

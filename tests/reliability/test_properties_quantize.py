@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
@@ -21,6 +22,7 @@ from weight_strategies import (
     dense_weight,
     linear_layers,
     methods_of,
+    sample_for,
     weights,
 )
 
@@ -29,6 +31,7 @@ from modelzip.core.registry import get_method
 from modelzip.quantize.fold import FoldBNConfig
 from modelzip.quantize.quantizer import QuantizerConfig, quantize, quantize_tensor
 from modelzip.quantize.schemes import multibit_bases
+from modelzip.quantize.xnor import XNORNetConfig
 
 #: Methods whose example, applied to its own dense result, changes nothing.
 IDEMPOTENT = ("binary", "inq", "int8", "multibit", "qat", "quantize_weights", "ternary")
@@ -41,6 +44,7 @@ SPECIFIC = {
     "binary": "test_binary_and_ternary_levels",
     "ternary": "test_binary_and_ternary_levels",
     "fold_bn": "test_fold_bn_keeps_outputs",
+    "xnor_net": "test_xnor_net_multiplies_signs_by_alpha_and_the_input_scale",
 }
 
 
@@ -183,6 +187,42 @@ def test_binary_and_ternary_levels(method, layer):
         assert len(magnitudes) <= 1  # ±α (and 0 for ternary), one α per row or tensor
         if method == "binary":
             assert (row != 0).all()
+
+
+@PROFILE
+@given(layer=_layers(), scale=st.booleans())
+def test_xnor_net_multiplies_signs_by_alpha_and_the_input_scale(layer, scale):
+    # keep_first_last off: the one-layer model's layer is both first and last.
+    new, report = compress_layer(layer, XNORNetConfig(scale_activations=scale,
+                                                      keep_first_last=False))  # fmt: skip
+    if new is None:  # a sample without negative inputs: sign(x) would be constant
+        assert "never negative" in report.skipped[0].reason
+        return
+    w = new.decoded_weight().detach()
+    rows, latent = w.reshape(w.shape[0], -1), layer.weight.detach().reshape(w.shape[0], -1)
+    alpha = latent.double().abs().mean(1).float()  # α = mean|W| per output row
+    assert torch.equal(rows.abs(), alpha[:, None].expand_as(rows))
+    assert torch.equal(rows < 0, latent < 0)  # sign(0) = +1
+    x = sample_for(layer).double()
+    sx, wd = torch.where(x < 0, -1.0, 1.0).double(), w.double()
+    bias = None if layer.bias is None else layer.bias.detach().double()
+    if isinstance(layer, nn.Conv2d):
+        args = (layer.stride, layer.padding, layer.dilation)
+        want, size = F.conv2d(sx, wd, None, *args), F.conv2d(sx.abs(), wd.abs(), None, *args)
+        if scale:  # K: mean |x| over the C·kh·kw entries of each window (zero padding counts)
+            cols = F.unfold(x.abs(), layer.kernel_size, layer.dilation, layer.padding, layer.stride)
+            k = cols.mean(1).reshape(x.shape[0], 1, *want.shape[2:])
+            want, size = want * k, size * k
+        want = want if bias is None else want + bias.reshape(1, -1, 1, 1)
+    else:
+        beta = x.abs().mean(1, keepdim=True) if scale else 1.0  # β = mean|x| per input row
+        want, size = F.linear(sx, wd) * beta, F.linear(sx.abs(), wd.abs()) * beta
+        want = want if bias is None else want + bias
+    with torch.no_grad():
+        got = new(x.float()).double()
+    # float32 rounding, relative to the terms summed (a sum of ±α may cancel to exactly 0)
+    bias_size = 0.0 if bias is None else float(bias.abs().max())
+    assert float((got - want).abs().max()) <= 1e-5 * (float(size.max()) + bias_size) + 1e-30
 
 
 @PROFILE
