@@ -20,7 +20,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING, Any
+
+# The `modelzip` command times kernels side by side; OpenMP threads that spin after a parallel
+# region (the default) steal the cores from the next kernel, and on a small machine a dense
+# product measured after a Numba one ran 10-200x slower. OpenMP reads this when torch loads it,
+# so it is set here, before torch, and only for the command (a library user's process is theirs).
+if os.path.basename(sys.argv[0] if sys.argv else "") == "modelzip":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from modelzip.core.config import MethodConfig
 from modelzip.core.errors import ConfigError, DataError, ModelError, ModelzipError

@@ -15,7 +15,7 @@ from modelzip.core.context import Context
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.registry import SkipLayer, spec_for
-from modelzip.deploy import materialize, time_against, trainable
+from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
 from modelzip.report import LayerChange, ModelStats, Report
@@ -214,7 +214,8 @@ def compress(
         An input batch for counting MACs and timing (default: 64 test inputs of ``data``).
     evaluate, measure:
         Whether to measure accuracy (needs ``data``) and latency before and after. Latency is
-        the dense original against the returned model, timed side by side at the end
+        the dense original (in its own fastest memory layout) against the returned model, timed
+        side by side at the end
         (interleaved, warm; each first call reported apart as ``first_call_ms``).
     deploy:
         Return the deployable form (default): every compressed layer in its fastest correct
@@ -282,7 +283,7 @@ def compress(
     after = model_stats(work, sample, data=eval_data, measure=False)
     if timed:
         assert reference is not None
-        dense, fast = time_against(reference, work, sample)
+        dense, fast = time_against(dense_anchor(reference, sample), work, sample)
         for stats, timing in ((before, dense), (after, fast)):
             stats.latency_ms = timing.ms
             stats.latency_range_ms = [timing.min * 1e3, timing.max * 1e3]

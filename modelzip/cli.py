@@ -151,7 +151,7 @@ def _latency_against_dense(model: Any, sample: Any, stats: Any) -> dict[str, Any
     interleaved and warm, into ``stats``; the original's latency and the speedup are returned.
     A model that is not compressed is its own original: it is timed alone."""
     from modelzip.core.counting import module_bytes
-    from modelzip.deploy import time_against
+    from modelzip.deploy import dense_anchor, time_against
     from modelzip.measure import latency_timing
     from modelzip.models.registry import SOURCE_ATTR, build_from_source
 
@@ -160,7 +160,7 @@ def _latency_against_dense(model: Any, sample: Any, stats: Any) -> dict[str, Any
     if reference is None or module_bytes(reference) == module_bytes(model):
         fast, dense = latency_timing(model, sample), None
     else:
-        dense, fast = time_against(reference, model, sample)
+        dense, fast = time_against(dense_anchor(reference, sample), model, sample)
     stats.latency_ms = fast.ms
     stats.latency_range_ms = [fast.min * 1e3, fast.max * 1e3]
     stats.first_call_ms = None if fast.cold is None else fast.cold * 1e3

@@ -117,6 +117,19 @@ def _time_interleaved(modules: list[nn.Module], x: torch.Tensor, reps: int) -> l
     return [t.median for t in time_interleaved(modules, x, reps=reps, warmup=2)]
 
 
+def dense_anchor(model: nn.Module, sample: Any) -> nn.Module:
+    """The dense original as the speed anchor: in its own fastest memory layout on this CPU
+    (measured as :func:`materialize` measures a deployed model's), so that a speedup is what the
+    compression buys, not channels-last. A copy when the layout changes; else ``model``."""
+    if not _has_conv(model) or not isinstance(sample, torch.Tensor):
+        return model
+    work = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        ref = work(sample)
+    chosen = _choose_layout(work, sample, ref, "measured", 5, MaterializeReport([]))
+    return chosen if chosen.__dict__.get(LAYOUT_ATTR) == "channels_last" else model
+
+
 def time_against(
     reference: nn.Module, model: nn.Module, sample: Any, *, repeats: int = 15
 ) -> tuple[Timing, Timing]:
@@ -383,6 +396,7 @@ def _choose(
 __all__ = [
     "LayerMaterialization",
     "MaterializeReport",
+    "dense_anchor",
     "is_deployed",
     "materialize",
     "time_against",

@@ -128,10 +128,25 @@ def dataset_for(name: str | None, model_spec: str | None = None) -> Any:
             raise ModelzipError("--dataset is required")
         from modelzip.models import list_models
 
-        if model_spec not in list_models():
+        zoo_name = _zoo_name_of_file(model_spec) or model_spec
+        if zoo_name not in list_models():
             raise ModelzipError("--dataset is required for models outside the zoo")
-        name = default_dataset(model_spec)
+        name = default_dataset(zoo_name)
     return load_dataset(name)
+
+
+def _zoo_name_of_file(model_spec: str) -> str | None:
+    """The zoo model a ``.mzip`` file was built from (its source record), if any."""
+    if not model_spec.endswith(".mzip") or not Path(model_spec).is_file():
+        return None
+    from modelzip.serialize import read_metadata
+
+    try:
+        source = read_metadata(Path(model_spec)).get("source") or {}
+    except ModelzipError:
+        return None  # loading it says what is wrong with it
+    name = source.get("name") if source.get("kind") == "zoo" else None
+    return name if isinstance(name, str) else None
 
 
 def sample_batch(model: nn.Module, input_shape: str | None, batch: int) -> torch.Tensor:

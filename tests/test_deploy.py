@@ -8,6 +8,9 @@ side by side; a saved deployed model keeps its compact form in the file and load
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -192,3 +195,16 @@ def test_a_weight_off_any_small_grid_is_not_taken_for_int8() -> None:
     w = torch.tensor([[1.0, 0.3, -0.7], [0.5, 0.25, 2.0]])  # 0.3/0.7 share no step of ≤127
     assert int8_grid(w) is None
     assert int8_grid(torch.tensor([[0.5, -0.25, 0.0]]))[0].tolist() == [[2, -1, 0]]
+
+
+@pytest.mark.parametrize(("argv0", "expected"), [("modelzip", "PASSIVE"), ("python", "None")])
+def test_the_command_sets_passive_openmp_waits_before_torch_loads(argv0, expected) -> None:
+    code = (
+        f"import sys; sys.argv = [{argv0!r}]; import modelzip, os; "
+        "print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == expected

@@ -1,0 +1,624 @@
+"""Deployed speed through the command line alone: ``modelzip compress`` → ``.mzip`` file →
+``modelzip eval --json``, each compressed file timed side by side with its dense original.
+
+    python benchmarks/deploy.py                  # full run: 3 evals per file, more rows
+    python benchmarks/deploy.py --quick          # one eval per file, the checked rows (< 5 min)
+    python benchmarks/deploy.py --parts sparse --keep   # some parts, the others' results kept
+
+Nothing is imported from modelzip to compress or time: every number comes from the JSON the two
+commands print (``speedup`` = the dense original's median latency over the deployed file's,
+interleaved by ``modelzip eval``), so this measures what a user of the CLI gets. The trained
+LeNets (cached baselines) get accuracy columns; the small VGG and ResNet run with random weights
+(built from their zoo factories, ``modelzip.models.vgg:vgg_small`` ...) on a 64-image slice of
+MNIST, speed only (``--trained-vgg`` uses the VGG baseline when it is cached). The zoo has no
+ResNet-18: the ``resnet18`` part says so (and runs static int8 on it once the zoo has one).
+
+Every command runs with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``NUMBA_NUM_THREADS`` set to
+``--threads`` (default 1) and ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared 2-core machine
+spinning OpenMP threads (PyTorch's, or Numba's after a sparse kernel ran) slowed the dense
+original up to 250×, which inflated the speedups eval reported. Beside eval's ``speedup`` (the
+checked number) each row has ``vs_deployed_dense``: the file against the dense model deployed by
+``compress`` with an empty recipe (same memory layout), timed alone. The CPU's instruction set
+(``modelzip.kernels.isa``) is recorded with the results and picks the int8 target (2.5× with
+AVX-512 VNNI, 1.8× without); the ``int8_avx2`` part reruns int8 under the AVX2 fallback
+environment of ``make test-fallback`` (no VNNI, no AVX-512 kernels) against the AVX2 target.
+
+Writes ``benchmarks/results/deploy.json`` and the ``deploy`` section of BENCHMARKS.md
+(``--quick``: ``deploy-quick.json``, BENCHMARKS.md left alone). Parts: ``int8``, ``int8_avx2``,
+``lowbit``, ``channels``, ``sparse``, ``resnet18``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from _common import (
+    REPO,
+    BenchContext,
+    PartResult,
+    check,
+    machine_info,
+    markdown_table,
+    peak_rss_mb,
+    run_parts,
+)
+
+#: The AVX2 fallback of the Makefile's ``test-fallback`` target: PyTorch's AVX2 kernels, oneDNN and
+#: fbgemm below VNNI, no hand-written AVX-512 kernels.
+AVX2_ENV = {
+    "MODELZIP_NATIVE": "0",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+}
+#: int8 against fp32, by whether the int8 kernels have AVX-512 VNNI (issue #20).
+INT8_TARGET = {True: 2.5, False: 1.8}
+LOWBIT_TARGET = 1.3  # 4-bit and ternary weights, VGG and ResNet
+CHANNEL_TARGET = 1.6  # channel pruning to half the MACs
+SPARSE_TARGET = 2.0  # 90% unstructured, LeNet-300-100, batch 1
+#: channel_prune's fraction of channels removed that halves the MACs of the VGG and ResNet
+#: (measured: 2.05× and 2.08× fewer MACs; LeNet-5 1.94×); rows record the measured reduction.
+HALF_MACS_SPARSITY = 0.3
+SUBPROCESS_TIMEOUT = 900
+
+ISA_PROBE = """
+import json, platform, torch
+from modelzip.kernels._native import cpu_flags
+from modelzip.kernels.isa import int8_saturation, reduced_int8_range
+flags = set(cpu_flags())
+print(json.dumps({"machine": platform.machine(),
+                  "torch_capability": torch.backends.cpu.get_cpu_capability(),
+                  "int8_saturation": int8_saturation(),
+                  "reduced_int8_range": reduced_int8_range(),
+                  "flags": sorted(f for f in flags if f.startswith(("avx", "amx")))}))
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A model as the CLI is given it, and the data set its commands take."""
+
+    name: str  # the zoo name, for the tables
+    spec: str  # what compress is given: a zoo name (trained baseline) or a factory reference
+    data: str  # "mnist", or a key of ``datasets()``
+    trained: bool
+
+
+# --- pure helpers (tested in tests/test_bench_deploy.py) ------------------------------------
+
+
+def isa_label(isa: dict[str, Any]) -> str:
+    """``"AVX-512 VNNI"``, ``"AVX-512"``, ``"AVX2"`` ... : the int8 path this process runs."""
+    if isa.get("machine", "").lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return isa.get("machine") or "unknown"
+    if isa.get("int8_saturation") is None:
+        return "AVX-512 VNNI"
+    return str(isa.get("torch_capability", "unknown")).replace("AVX512", "AVX-512")
+
+
+def has_vnni(isa: dict[str, Any]) -> bool:
+    """Whether the int8 kernels run with VNNI (x86, no saturation reason)."""
+    return isa_label(isa) == "AVX-512 VNNI"
+
+
+def int8_target(isa: dict[str, Any]) -> float:
+    """The int8 speedup target on this instruction set: 2.5× with VNNI, 1.8× without."""
+    return INT8_TARGET[has_vnni(isa)]
+
+
+def recipe_text(steps: list[dict[str, Any]]) -> str:
+    """A recipe file's text (JSON is YAML)."""
+    return json.dumps(steps) + "\n"
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON object a ``--json`` command printed (from its first ``{`` line on)."""
+    lines = stdout.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("{"):
+            return json.loads("\n".join(lines[i:]))
+    raise ValueError(f"no JSON object in the output: {stdout[-300:]!r}")
+
+
+def forms(deployment: list[dict[str, Any]], kept: str) -> str:
+    """What the deployment did, counted by executable form: ``"CSR×2, dense×1"``; ``kept``
+    names the layers' own class when compress deployed nothing (already executable)."""
+    counts: dict[str, int] = {}
+    for row in deployment:
+        key = row.get("kernel") or row.get("form") or row.get("after") or "?"
+        counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return kept
+    return ", ".join(f"{k}×{n}" for k, n in counts.items())
+
+
+def layer_classes(layers: list[dict[str, Any]]) -> str:
+    """The compressed classes a recipe produced (``StaticInt8Conv2d, StaticInt8Linear``)."""
+    return ", ".join(sorted({str(r.get("after")) for r in layers if r.get("after")})) or "-"
+
+
+def median_speedup(evals: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """(median speedup, median deployed ms, median dense ms) over repeated evals of one file."""
+    return (
+        statistics.median(e["speedup"] for e in evals),
+        statistics.median(e["latency_ms"] for e in evals),
+        statistics.median(e["dense_latency_ms"] for e in evals),
+    )
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def cli_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every command runs in (see the module docstring)."""
+    env = {**os.environ, **(extra or {})}
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[name] = str(threads)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def modelzip(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run ``modelzip ARGS --json``; its JSON, or RuntimeError with the command and its error."""
+    cmd = [sys.executable, "-m", "modelzip.cli", *args, "--json"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=SUBPROCESS_TIMEOUT
+    )
+    if done.returncode != 0:
+        shown = " ".join(["modelzip", *args, "--json"])
+        lines = done.stderr.strip().splitlines() or ["(no error output)"]
+        raise RuntimeError(f"`{shown}` exited {done.returncode}: {lines[-1][:300]}")
+    return last_json(done.stdout)
+
+
+class Workspace:
+    """The run's temporary folder: data files, recipes, compressed files."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="modelzip-deploy-")
+        self.dir = Path(self._tmp.name)
+        self._data: dict[str, str] = {}
+        self._count = 0
+
+    def tag(self, *words: Any) -> str:
+        """A fresh file stem naming a case: ``03-vgg_small-static_int8``."""
+        self._count += 1
+        text = "-".join(str(w) for w in words).replace(" ", "_").replace("/", "_")
+        return f"{self._count:02d}-{text}"
+
+    def dataset(self, key: str) -> str:
+        """``mnist``, or an ``.npz`` slice of it: ``mnist64`` (64 test images: the batch eval
+        times; 512 training images: static int8's calibration) or ``mnist1`` (one test image)."""
+        if key == "mnist":
+            return key
+        if key not in self._data:
+            import numpy as np
+            from _common import load_mnist
+
+            d = load_mnist()
+            n = {"mnist64": 64, "mnist1": 1}[key]
+            path = self.dir / f"{key}.npz"
+            np.savez(
+                path,
+                x_train=d.x_train[:512].numpy(),
+                y_train=d.y_train[:512].numpy(),
+                x_test=d.x_test[:n].numpy(),
+                y_test=d.y_test[:n].numpy(),
+                classes=np.array([str(c) for c in range(10)]),
+            )
+            self._data[key] = str(path)
+        return self._data[key]
+
+    def recipe(self, name: str, steps: list[dict[str, Any]]) -> str:
+        path = self.dir / f"{name}.yaml"
+        path.write_text(recipe_text(steps))
+        return str(path)
+
+
+def workspace(ctx: BenchContext) -> Workspace:
+    return ctx.cached("workspace", Workspace)
+
+
+def isa_of(env: dict[str, str]) -> dict[str, Any]:
+    """The instruction set the commands run with ``env`` (probed in a process of its own, since
+    the engines read their environment once)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ISA_PROBE], capture_output=True, text=True, env=env, cwd=REPO,
+        timeout=120, check=True,
+    )  # fmt: skip
+    isa = last_json(done.stdout)
+    isa["label"] = isa_label(isa)
+    return isa
+
+
+def factory_ref(name: str) -> str:
+    """``package.module:function`` of a zoo model: built untrained by the CLI."""
+    from modelzip.models import model_info
+
+    f = model_info(name).factory
+    return f"{f.__module__}:{f.__qualname__}"
+
+
+def zoo(ctx: BenchContext, name: str) -> Model:
+    """The LeNets trained (their cached baselines: accuracy is cheap); the VGG and ResNet with
+    random weights on the 64-image slice, unless ``--trained-vgg`` and its baseline is cached."""
+    if name in ("lenet300", "lenet5"):
+        return Model(name, name, "mnist", True)
+    if name == "vgg_small" and getattr(ctx.options, "trained_vgg", False):
+        from modelzip.baselines import baseline_path
+
+        if baseline_path(name).is_file():
+            return Model(name, name, "mnist", True)
+    return Model(name, factory_ref(name), "mnist64", False)
+
+
+def compress_file(
+    ctx: BenchContext,
+    model: Model,
+    steps: list[dict[str, Any]],
+    env: dict[str, str],
+    tag: str,
+    batch: int,
+) -> tuple[dict[str, Any], dict[str, Any], str, str]:
+    """``modelzip compress`` ``model`` with ``steps`` into a file deployed for ``batch``:
+    (compress's JSON, the deploying compress's JSON, the file, the data set to eval it on).
+
+    At batch 1 the file is deployed (its executable forms chosen) on one image: compress with
+    ``--no-deploy``, then an empty recipe on the one-image data set."""
+    ws = workspace(ctx)
+    out = str(ws.dir / f"{tag}.mzip")
+    data = ws.dataset(model.data)
+    recipe = ws.recipe(tag, steps)
+    common = ["--no-latency", "--quiet"]
+    if batch == 64:
+        comp = modelzip(
+            ["compress", model.spec, "--recipe", recipe, "--dataset", data, "--out", out, *common],
+            env,
+        )
+        return comp, comp, out, data
+    if batch != 1:
+        raise ValueError(f"batch {batch}: the CLI times the data set's first 64 images or 1")
+    trainable = str(ws.dir / f"{tag}-trainable.mzip")
+    comp = modelzip(
+        ["compress", model.spec, "--recipe", recipe, "--dataset", data, "--out", trainable,
+         "--no-deploy", *common],
+        env,
+    )  # fmt: skip
+    one = ws.dataset("mnist1")
+    again = modelzip(
+        ["compress", trainable, "--recipe", ws.recipe("empty", []), "--dataset", one,
+         "--out", out, *common],
+        env,
+    )  # fmt: skip
+    return comp, again, out, one
+
+
+def deployed_dense_ms(
+    ctx: BenchContext, model: Model, env: dict[str, str], batch: int
+) -> float | None:
+    """Milliseconds of the dense model itself deployed by ``modelzip compress`` (an empty
+    recipe: no layer changes, but the memory layout compress measures fastest), timed alone by
+    ``modelzip eval`` (which times an uncompressed file without an original beside it); once
+    per model, batch and environment in a run. None when a command fails."""
+
+    def make() -> float | None:
+        tag = workspace(ctx).tag(model.name, "dense", f"b{batch}")
+        try:
+            _, _, out, data = compress_file(ctx, model, [], env, tag, batch)
+            evals = [modelzip(["eval", out, "--dataset", data], env) for _ in range(repeats(ctx))]
+        except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+            print(f"  deployed dense {model.name} failed: {e}", file=sys.stderr, flush=True)
+            return None
+        return statistics.median(e["latency_ms"] for e in evals)
+
+    key = json.dumps(["dense", model.name, batch, _env_note(env)], sort_keys=True)
+    return ctx.cached(key, make)
+
+
+def repeats(ctx: BenchContext) -> int:
+    """Evals per file: the median of 3 in a full run."""
+    return 1 if ctx.quick else 3
+
+
+def run_case(
+    ctx: BenchContext,
+    model: Model,
+    method: str,
+    steps: list[dict[str, Any]],
+    env: dict[str, str],
+    *,
+    batch: int = 64,
+) -> dict[str, Any]:
+    """Compress ``model`` with ``steps`` (:func:`compress_file`), then time the file with
+    ``modelzip eval`` (three times in a full run, median); the row, with the file's speed
+    against the dense model deployed alike (:func:`deployed_dense_ms`) beside eval's."""
+    tag = workspace(ctx).tag(model.name, method, f"b{batch}")
+    comp, final, out, eval_data = compress_file(ctx, model, steps, env, tag, batch)
+    evals = [modelzip(["eval", out, "--dataset", eval_data], env) for _ in range(repeats(ctx))]
+    if any(e.get("speedup") is None for e in evals):
+        raise RuntimeError(f"modelzip eval {out} gave no speedup (no dense original?)")
+    speedup, ms, dense_ms = median_speedup(evals)
+    row: dict[str, Any] = {
+        "model": model.name,
+        "weights": "trained" if model.trained else "random",
+        "method": method,
+        "recipe": steps,
+        "batch": evals[0]["latency_batch"],
+        "dense_ms": round(dense_ms, 4),
+        "ms": round(ms, 4),
+        "speedup": round(speedup, 3),
+        "speedups": [round(e["speedup"], 3) for e in evals],
+        "mac_reduction": round(comp["mac_reduction"], 3),
+        "compression": round(comp["compression"], 2),
+        "file_bytes": final["file_bytes"],
+        "layers": layer_classes(comp["layers"]),
+        "deployed": forms(final["deployment"], layer_classes(comp["layers"])),
+    }
+    deployed = deployed_dense_ms(ctx, model, env, batch)
+    if deployed is not None:
+        row["deployed_dense_ms"] = round(deployed, 4)
+        row["vs_deployed_dense"] = round(deployed / ms, 3)
+    if comp.get("skipped"):
+        row["skipped"] = [s.get("name") for s in comp["skipped"]]
+    if model.trained:
+        row["accuracy_dense"] = comp["before"]["accuracy"]
+        # At batch 1 eval's data set is one image: the accuracy is compress's, on the test set.
+        row["accuracy"] = (
+            comp["after"]["accuracy"]
+            if batch == 1
+            else statistics.median(e["accuracy"] for e in evals)
+        )
+    return row
+
+
+def failed_row(model: Model, method: str, batch: int, error: Exception) -> dict[str, Any]:
+    weights = "trained" if model.trained else "random"
+    return {"model": model.name, "weights": weights, "method": method, "batch": batch,
+            "error": str(error)[-800:]}  # fmt: skip
+
+
+def cases_part(
+    title: str,
+    cases: list[tuple[Model, str, list[dict[str, Any]], float | None]],
+    env: dict[str, str],
+    ctx: BenchContext,
+    isa: dict[str, Any],
+    *,
+    batch: int = 64,
+    check_suffix: str = "",
+    batches: dict[int, int] | None = None,
+) -> PartResult:
+    """Run each ``(model, method, steps, target)``: a row each, a check where ``target`` is
+    given (a command that fails is a missed check with its error in the row)."""
+    rows, checks = [], []
+    for i, (model, method, steps, target) in enumerate(cases):
+        b = (batches or {}).get(i, batch)
+        print(f"  {model.name}: {method}, batch {b}", file=sys.stderr, flush=True)
+        try:
+            row = run_case(ctx, model, method, steps, env, batch=b)
+            value = row["speedup"]
+        except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+            row, value = failed_row(model, method, b, e), 0.0
+            print(f"  failed: {row['error']}", file=sys.stderr, flush=True)
+        row["isa"] = isa["label"]
+        if target is not None:
+            row["target"] = target
+            name = f"{method} vs fp32, {model.name}, batch {b}{check_suffix}"
+            checks.append(check(name, value, target, "×", value >= target))
+        rows.append(row)
+    extra = {"isa": isa, "threads": ctx.options.threads, "env": _env_note(env)}
+    return PartResult(rows, checks, part_markdown(title, rows, isa), extra)
+
+
+def _env_note(env: dict[str, str]) -> dict[str, str]:
+    keys = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", *AVX2_ENV)
+    return {k: env[k] for k in keys if k in env}
+
+
+def part_markdown(title: str, rows: list[dict[str, Any]], isa: dict[str, Any]) -> str:
+    table = []
+    for r in rows:
+        if "error" in r:
+            table.append([r["model"], r["method"], r["batch"], "failed", "-", "-", "-", "-", "-",
+                          "-", r["error"][-300:].replace("|", "/")])  # fmt: skip
+            continue
+        acc = "-"
+        if "accuracy" in r:
+            acc = f"{100 * r['accuracy_dense']:.2f} → {100 * r['accuracy']:.2f}"
+        table.append(
+            [
+                f"{r['model']} ({r['weights']})",
+                r["method"],
+                r["batch"],
+                f"{r['dense_ms']:.3f}",
+                f"{r['ms']:.3f}",
+                f"**{r['speedup']:.2f}×**" + (f" (≥ {r['target']})" if "target" in r else ""),
+                f"{r['vs_deployed_dense']:.2f}×" if "vs_deployed_dense" in r else "-",
+                f"{r['mac_reduction']:.2f}×",
+                f"{r['compression']:.1f}×",
+                acc,
+                f"{r['layers']}; deployed: {r['deployed']}",
+            ]
+        )
+    headers = ["model", "recipe", "batch", "dense ms", "file ms", "speedup", "vs deployed dense",
+               "MACs ÷", "size ÷", "accuracy %", "layers"]  # fmt: skip
+    return f"### {title} ({isa['label']})\n\n" + markdown_table(headers, table)
+
+
+# --- parts --------------------------------------------------------------------------------------
+
+INT8_STATIC = [{"method": "int8", "activations": "static"}]
+INT8_DYNAMIC = [{"method": "int8", "activations": "dynamic"}]
+FOUR_BIT = [{"method": "quantize_weights", "bits": 4}]
+TERNARY = [{"method": "ternary"}]
+HALF_MACS = [{"method": "channel_prune", "sparsity": HALF_MACS_SPARSITY}]
+SPARSE_90 = [{"method": "magnitude_prune", "sparsity": 0.9}]
+ALL = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+
+
+def _native(ctx: BenchContext) -> tuple[dict[str, str], dict[str, Any]]:
+    env = cli_env(ctx.options.threads)
+    return env, ctx.cached("isa", lambda: isa_of(env))
+
+
+def _int8_cases(
+    ctx: BenchContext, target: float, models: tuple[str, ...] = ALL
+) -> list[tuple[Model, str, list[dict[str, Any]], float | None]]:
+    cases = []
+    for name in models:
+        model = zoo(ctx, name)
+        cases.append((model, "static int8", INT8_STATIC, target))
+        # Dynamic int8 has no fixed target in the issue (it is to match torch.ao's dynamic
+        # quantization, not measured here yet): reported, not checked.
+        cases.append((model, "dynamic int8", INT8_DYNAMIC, None))
+    return cases
+
+
+def part_int8(ctx: BenchContext) -> PartResult:
+    """Static and dynamic int8 on the four models, against the target of this CPU's ISA."""
+    env, isa = _native(ctx)
+    return cases_part("int8", _int8_cases(ctx, int8_target(isa)), env, ctx, isa)
+
+
+def part_int8_avx2(ctx: BenchContext) -> PartResult:
+    """int8 again under the AVX2 fallback environment, against the AVX2 target (the VGG and
+    ResNet in a quick run)."""
+    env = cli_env(ctx.options.threads, AVX2_ENV)
+    isa = ctx.cached("isa_avx2", lambda: isa_of(env))
+    models = ("vgg_small", "resnet_small") if ctx.quick else ALL
+    cases = _int8_cases(ctx, int8_target(isa), models)
+    return cases_part("int8, AVX2 fallback", cases, env, ctx, isa, check_suffix=" (AVX2 env)")
+
+
+def part_lowbit(ctx: BenchContext) -> PartResult:
+    """4-bit and ternary weights: checked on the VGG and ResNet (the LeNets too in a full run,
+    unchecked)."""
+    env, isa = _native(ctx)
+    cases = []
+    for name in ALL if not ctx.quick else ALL[2:]:
+        target = LOWBIT_TARGET if name in ("vgg_small", "resnet_small") else None
+        cases.append((zoo(ctx, name), "4-bit weights", FOUR_BIT, target))
+        cases.append((zoo(ctx, name), "ternary", TERNARY, target))
+    return cases_part("4-bit and ternary weights", cases, env, ctx, isa)
+
+
+def part_channels(ctx: BenchContext) -> PartResult:
+    """Channel pruning to half the MACs on the VGG and ResNet (LeNet-5 too in a full run)."""
+    env, isa = _native(ctx)
+    names = ("vgg_small", "resnet_small") if ctx.quick else ("lenet5", "vgg_small", "resnet_small")
+    method = f"channel_prune {HALF_MACS_SPARSITY} (half the MACs)"
+    cases = [(zoo(ctx, n), method, HALF_MACS, CHANNEL_TARGET) for n in names]
+    return cases_part("channel pruning to half the MACs", cases, env, ctx, isa)
+
+
+def part_sparse(ctx: BenchContext) -> PartResult:
+    """90% unstructured magnitude pruning of LeNet-300-100 at batch 1 (and 64 in a full run,
+    unchecked)."""
+    env, isa = _native(ctx)
+    model = zoo(ctx, "lenet300")
+    cases = [(model, "magnitude_prune 0.9", SPARSE_90, SPARSE_TARGET)]
+    if not ctx.quick:
+        cases.append((model, "magnitude_prune 0.9", SPARSE_90, None))
+    return cases_part("90% unstructured sparsity", cases, env, ctx, isa, batch=1, batches={1: 64})
+
+
+def part_resnet18(ctx: BenchContext) -> PartResult:
+    """A ResNet-18 from the zoo, static int8 with random weights, if the zoo has one; else a row
+    that says it has none (no check)."""
+    env, isa = _native(ctx)
+    names = [m["name"] for m in modelzip(["list"], env)["models"]]
+    found = [n for n in names if n.replace("_", "").replace("-", "").lower() == "resnet18"]
+    if not found:
+        why = f"the zoo has no ResNet-18 (modelzip list: {', '.join(names)})"
+        row = {"model": "resnet18", "method": "-", "batch": 64, "error": why}
+        md = f"### ResNet-18\n\nNot measured: {row['error']}."
+        return PartResult([row], [], md, {"isa": isa, "zoo": names})
+    model = Model(found[0], factory_ref(found[0]), "mnist64", False)
+    cases = [(model, "static int8", INT8_STATIC, int8_target(isa))]
+    return cases_part("ResNet-18", cases, env, ctx, isa)
+
+
+PARTS = {
+    "int8": part_int8,
+    "int8_avx2": part_int8_avx2,
+    "lowbit": part_lowbit,
+    "channels": part_channels,
+    "sparse": part_sparse,
+    "resnet18": part_resnet18,
+}
+
+
+def _section(ctx: BenchContext, done: dict[str, dict[str, Any]]) -> str:
+    checks = [c for p in done.values() for c in p["checks"]]
+    summary = markdown_table(
+        ["check", "value", "target", "met"],
+        [[c["name"], f"{c['value']:.2f}{c['unit']}", f"{c['target']}{c['unit']}",
+          "yes" if c["passed"] else "**no**"] for c in checks],
+    )  # fmt: skip
+    m = machine_info()
+    isa = next((p["isa"] for p in done.values() if "isa" in p), {})
+    runs = ", ".join(f"{p}{' (--quick)' if r['quick'] else ''}" for p, r in done.items())
+    threads = next((p.get("threads") for p in done.values() if p.get("threads")), 1)
+    head = (
+        "## Deployment through the CLI (`benchmarks/deploy.py`)\n\n"
+        "Each row: `modelzip compress MODEL --recipe R --out F.mzip`, then `modelzip eval F.mzip "
+        "--json`, whose `speedup` is the dense original's median latency over the file's, the "
+        "two timed interleaved in the same process (median of 3 evals in a full run). Batch 64 "
+        "(the test set's first 64 images) unless stated; batch 1 evaluates on a one-image "
+        "`.npz` after deploying on it. "
+        f"{m['cpu']}; instruction set of the int8 kernels: **{isa.get('label', '?')}** "
+        f"(PyTorch {isa.get('torch_capability', '?')}; "
+        f"flags {', '.join(isa.get('flags', []))}); {threads} thread(s), "
+        "`OMP_WAIT_POLICY=PASSIVE`. *vs deployed dense*: the dense model put through "
+        "`modelzip compress` with an empty recipe (no layer changed, but the memory layout "
+        "compress measures fastest, e.g. channels-last) and timed alone by eval, over the file's "
+        "time: what the compression itself buys (separate processes, so noisier than eval's "
+        "interleaved `speedup`). Trained LeNets (cached baselines) carry accuracy (no "
+        "fine-tuning); the VGG and ResNet have random weights (speed only). `MACs ÷`, `size ÷`: "
+        "compress's "
+        f"reduction. Parts: {runs}. Peak RSS of the driver {peak_rss_mb():.0f} MiB.\n\n" + summary
+    )
+    return "\n\n".join([head, *(r["markdown"] for r in done.values()), NOTES])
+
+
+NOTES = """\
+Why `OMP_WAIT_POLICY=PASSIVE`: with OpenMP's default (spinning) waits, a 90%-sparse LeNet-300
+file evaluated at batch 1 reported a 72× speedup, because after each call of its Numba sparse
+kernels the dense original's `addmm` took 10-12 ms instead of 0.04 ms (Numba's OpenMP threads
+spinning on the core PyTorch needed); with passive waits both take their real time.
+
+Why *vs deployed dense*: eval's dense original is rebuilt from the file's build record in the
+default (NCHW) layout, while `compress` deploys every model in the layout it measures fastest. A
+4-bit VGG file whose layers `compress` deployed as plain fp32 convolutions (dequantized weights,
+faster than the 4-bit form) in channels-last ran 1.8× faster than eval's original, and the dense
+original converted to channels-last ran just as fast: such a speedup is the layout's, not the
+4 bits'. The ResNet-18
+of the issue is not in the zoo (`modelzip list`); see the `resnet18` part."""
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trained-vgg", action="store_true",
+        help="the VGG's cached baseline (accuracy rows) instead of random weights",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_parts(
+        "deploy", "Deployment through the CLI", PARTS, __doc__.splitlines()[0], argv,
+        options=_options, section=_section, catch=True,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
