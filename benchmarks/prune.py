@@ -330,7 +330,9 @@ def part_filters(ctx: BenchContext) -> PartResult:
     best: tuple[float, Any] | None = None
     for sparsity in np.arange(0.20, 0.61, 0.02):
         config = ChannelPruneConfig(sparsity=float(sparsity), criterion="l1", round_to=8)
-        small, _ = modelzip.compress(base, config, sample=sample, evaluate=False, measure=False)
+        small, _ = modelzip.compress(
+            base, config, sample=sample, evaluate=False, measure=False, deploy=False
+        )  # the trainable form: it is retrained below
         widths = tuple(m.out_channels for m in small.modules() if isinstance(m, torch.nn.Conv2d))
         pruned_macs = sum(w.macs for w in collect_workloads(small, sample))
         if widths in seen or pruned_macs > 0.5 * macs:

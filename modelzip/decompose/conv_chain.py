@@ -2,9 +2,9 @@
 
 :class:`ConvChain` owns what every decomposed conv has whatever its factors: one
 :class:`~modelzip.core.geometry.ConvGeometry`, the bias flag and the padding mode, the spec,
-``to_dense`` and the workloads. A subclass says how its pieces are built from the geometry
-(:meth:`ConvChain._init_chain`, the factors' own arguments only) and what dense kernel they
-multiply to (:meth:`ConvChain.kernel`)::
+``to_dense``, the forward through its pieces and the workloads. A subclass says how its pieces
+are built from the geometry (:meth:`ConvChain._init_chain`, the factors' own arguments only)
+and what dense kernel they multiply to (:meth:`ConvChain.kernel`)::
 
     @register_layer
     class Tucker2Conv2d(ConvChain):
@@ -135,6 +135,8 @@ class ConvChain(CompressedModule):
         rest = dict(spec)
         # Taken before the geometry: a flat spec's mode would be refused by ConvGeometry.
         mode = rest.pop("padding_mode", "zeros")
+        # The compact convs' files (before issue #19) kept the bias flag in {"geometry": ...}.
+        rest.setdefault("bias", rest.get("geometry", {}).get("bias", True))
         return cls(ConvGeometry.pop_from_spec(rest), padding_mode=mode, **rest)
 
     def spec(self) -> dict[str, Any]:
@@ -149,6 +151,11 @@ class ConvChain(CompressedModule):
         bias = self.output_bias()
         dense = self.geometry.dense(bias is not None, padding_mode=self.padding_mode)
         return load_dense(dense, self.kernel(), bias)  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for part in self.parts:
+            x = getattr(self, part)(x)
+        return x
 
     def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:
         return conv_chain_workloads(name, [(p, getattr(self, p)) for p in self.parts], inputs[0])

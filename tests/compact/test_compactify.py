@@ -119,3 +119,29 @@ def test_recalibrate_batchnorm_restores_the_statistics():
     assert net[1].momentum == 0.1 and net.training
     out = net.eval()(images)
     assert out.mean().abs() < 0.1  # normalised with the new statistics
+
+
+@pytest.mark.parametrize(
+    ("cls", "config", "parts"),
+    [
+        (DepthwiseSeparableConv2d, DepthwiseSeparableConfig(), 2),
+        (GroupConv2d, GroupConvConfig(groups=2), 1),
+        (BottleneckConv2d, BottleneckConvConfig(), 3),
+    ],
+)
+def test_compact_specs_use_conv_and_old_geometry_specs_load(cls, config, parts):
+    conv, x = _conv(bias=False), torch.randn(2, 4, 5, 5)
+    layer = cls.from_dense(conv, config)
+    spec = layer.spec()
+    assert spec["conv"]["kernel_size"] == [3, 3] and spec["bias"] is False
+    # The layout written before issue #19: the geometry, with the bias flag, under "geometry".
+    geometry = {k: v for k, v in spec["conv"].items() if k != "groups"}
+    old = {"geometry": {**geometry, "bias": False}}
+    old |= {k: v for k, v in spec.items() if k not in ("conv", "padding_mode", "bias")}
+    for s in (spec, old):
+        again = cls.from_spec(s)
+        again.load_state_dict(layer.state_dict())
+        assert again.spec() == spec
+        torch.testing.assert_close(again(x), layer(x))
+    loads = layer.workloads("conv", (x,), layer(x))
+    assert [w.name for w in loads] == [f"conv.{i}" for i in range(parts)]
