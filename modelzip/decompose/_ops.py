@@ -135,9 +135,11 @@ def conv_chain_workloads(
     out = []
     current = torch.empty(x.shape, device="meta", dtype=x.dtype)
     for part, conv in convs:
-        weight = torch.empty(conv.weight.shape, device="meta", dtype=conv.weight.dtype)
+        # A piece a later step compressed (a masked core) takes its shape from its dense form.
+        plain = conv if isinstance(conv, nn.Conv2d) else conv.to_dense()  # type: ignore[operator]
+        weight = torch.empty(plain.weight.shape, device="meta", dtype=plain.weight.dtype)
         nxt = torch.nn.functional.conv2d(
-            current, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups
+            current, weight, None, plain.stride, plain.padding, plain.dilation, plain.groups
         )
         params = sum(p.numel() for p in conv.parameters())
         out.append(dense_workload(f"{name}:{part}", conv, (current,), nxt, params=params))

@@ -65,3 +65,17 @@ def test_the_old_base_name_and_grouped_convs() -> None:
         Tucker2Conv2d(ConvGeometry(4, 4, 3, groups=2), (2, 2))
     layer = Tucker2Conv2d(ConvGeometry(4, 6, 3, padding=1), (2, 3), bias=False)
     assert layer.output_bias() is None and layer.core.padding == (1, 1)
+
+
+def test_a_compressed_piece_inside_a_chain_still_describes_itself() -> None:
+    from torch import nn
+
+    from modelzip.core.counting import collect_workloads
+    from modelzip.decompose.tucker import Tucker2Conv2d
+    from modelzip.prune import MagnitudePruneConfig
+    from modelzip.prune.masked import MaskedConv2d
+
+    layer = Tucker2Conv2d.from_dense(nn.Conv2d(8, 16, 3, padding=1), None, ranks=(4, 4))
+    layer.core = MaskedConv2d.from_dense(layer.core, MagnitudePruneConfig(sparsity=0.5))
+    names = [w.name for w in collect_workloads(nn.Sequential(layer), torch.rand(1, 8, 8, 8))]
+    assert names == ["0:first", "0:core", "0:last"]
