@@ -31,18 +31,22 @@ test: setup
 	$(BIN)/ruff check modelzip tests benchmarks
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
 
-# The paths a CPU without AVX-512 takes, forced here (docs/kernels.md): no hand-written AVX-512
-# kernels, PyTorch's AVX2 kernels, oneDNN and fbgemm without VNNI (static int8 inputs on 7 bits).
-# Only the tests whose code paths change with the instruction set; CI runs it after `test`.
-FALLBACK_ENV := MODELZIP_NATIVE=0 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+# The paths a CPU without AVX-512 takes, forced here (docs/kernels.md): the AVX2 build of the
+# native kernels, PyTorch's AVX2 kernels, oneDNN and fbgemm without VNNI (static int8 inputs on 7
+# bits). Only the tests whose code paths change with the instruction set; CI runs it after `test`.
+# A second, shorter run takes the portable path of a CPU without AVX2 (ARM): no native kernels.
+FALLBACK_ENV := MODELZIP_NATIVE=avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
 	FBGEMM_ENABLE_INSTRUCTIONS=AVX2
 FALLBACK_TESTS := tests/quantize tests/export tests/kernels tests/joint/test_auto.py \
 	tests/prune/test_prune_sparse.py tests/decompose/test_decompose_tt.py tests/test_golden.py
+PORTABLE_TESTS := tests/kernels tests/prune/test_prune_sparse.py tests/decompose/test_decompose_tt.py
 .PHONY: test-fallback
 test-fallback: setup
-	@$(FALLBACK_ENV) $(BIN)/python -c "import torch; from modelzip.kernels import isa; \
-		print('fallbacks: ATen', torch.backends.cpu.get_cpu_capability(), '| int8:', isa.int8_saturation())"
+	@$(FALLBACK_ENV) $(BIN)/python -c "import torch; from modelzip.kernels import _native, isa; \
+		print('fallbacks: ATen', torch.backends.cpu.get_cpu_capability(), '| native:', \
+		_native.selected_isa(), '| int8:', isa.int8_saturation())"
 	OMP_WAIT_POLICY=PASSIVE $(FALLBACK_ENV) $(BIN)/python -m pytest -q $(FALLBACK_TESTS)
+	OMP_WAIT_POLICY=PASSIVE $(FALLBACK_ENV) MODELZIP_NATIVE=0 $(BIN)/python -m pytest -q $(PORTABLE_TESTS)
 
 # Long fuzzing, outside `make test`: atheris (coverage-guided) on each file reader for
 # FUZZ_SECONDS, then the reliability tests with the Hypothesis "fuzz" profile (1000 examples each).

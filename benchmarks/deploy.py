@@ -55,7 +55,7 @@ from _common import (
 #: The AVX2 fallback of the Makefile's ``test-fallback`` target: PyTorch's AVX2 kernels, oneDNN and
 #: fbgemm below VNNI, no hand-written AVX-512 kernels.
 AVX2_ENV = {
-    "MODELZIP_NATIVE": "0",
+    "MODELZIP_NATIVE": "avx2",  # what a CPU without AVX-512 runs
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",

@@ -1,18 +1,27 @@
-"""Optional AVX-512 kernels (``native/*.cpp``), compiled on first use and cached on disk.
+"""Optional native x86 kernels (``native/*.cpp``), compiled on first use and cached on disk.
 
-The XNOR-popcount GEMM and the 4 × 4 BSR product have hand-written AVX-512 versions that keep
-their accumulators in registers, which Numba cannot express (see the source's header); on these
-machines they run about 1.5× (XNOR) and 1.2–1.4× (BSR) faster than the Numba kernels
-(``benchmarks/kernels.py`` times both). The fused TT-conv (``native/tt_conv.cpp``) has no Numba
-twin: without it :class:`~modelzip.kernels.tt_conv.FusedTTConv2d` runs the PyTorch chain. They
-are built with ``torch.utils.cpp_extension`` into the modelzip cache the first time a kernel asks
-(about 30 s, once per source version; later processes load the cached library) — never at
-import. Without a C++ compiler, without AVX-512F + VPOPCNTDQ, or with ``MODELZIP_NATIVE=0``,
-:func:`native` returns None and the portable kernels run instead.
+The XNOR-popcount GEMM and the 4 × 4 BSR product have hand-written SIMD versions that keep
+their accumulators in registers, which Numba cannot express (see the sources' headers); the
+fused TT-conv (``native/tt_conv.cpp``) has no Numba twin: without it
+:class:`~modelzip.kernels.tt_conv.FusedTTConv2d` runs the PyTorch chain. Two builds of the same
+interface exist, chosen at run time (:func:`selected_isa`):
+
+* ``avx512`` (``avx512.cpp``, ``tt_conv.cpp``): where the CPU has AVX-512 F, DQ, BW, VL and
+  VPOPCNTDQ (:data:`NEEDED_FLAGS`); preferred wherever it can run;
+* ``avx2`` (``avx2.cpp``, ``tt_conv_avx2.cpp``): AVX2 + FMA + POPCNT (:data:`AVX2_FLAGS`), for
+  the x86 CPUs without AVX-512 (laptops, AMD before Zen 4); popcount by nibble lookup.
+
+Elsewhere (ARM, old x86, no C++ compiler) :func:`native` returns None and the portable kernels
+run. ``MODELZIP_NATIVE`` overrides the choice: ``0`` disables the native kernels, ``avx2``
+forces the AVX2 build (what an AVX2-only CPU runs, testable on an AVX-512 one), ``avx512`` the
+AVX-512 build; ``1`` or unset chooses from the CPU. Each build is made with
+``torch.utils.cpp_extension`` into the modelzip cache the first time a kernel asks (about 30 s,
+once per source version; later processes load the cached library) — never at import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import os
@@ -22,11 +31,38 @@ from pathlib import Path
 from typing import Any
 
 NATIVE = Path(__file__).with_name("native")
-#: Compiled into one extension; the bindings are in avx512.cpp.
-SOURCES = (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp")
-HEADERS = (NATIVE / "tt_conv.h",)
-#: CPU flags (``/proc/cpuinfo``) the kernels need.
-NEEDED_FLAGS = ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq")
+
+
+@dataclasses.dataclass(frozen=True)
+class Build:
+    """One extension: its sources (the first holds the bindings), compiler flags and the CPU
+    flags (``/proc/cpuinfo``) its code needs."""
+
+    isa: str
+    label: str
+    sources: tuple[Path, ...]
+    headers: tuple[Path, ...]
+    cflags: tuple[str, ...]
+    needed: tuple[str, ...]
+
+
+AVX512 = Build(
+    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), (NATIVE / "tt_conv.h",),
+    ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
+    ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq"),
+)  # fmt: skip
+AVX2 = Build(
+    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"),
+    (NATIVE / "tt_conv_avx2.h",), ("-mavx2", "-mfma", "-mpopcnt"), ("avx2", "fma", "popcnt"),
+)  # fmt: skip
+#: The builds, best first: automatic dispatch takes the first whose CPU flags are all present.
+BUILDS = {b.isa: b for b in (AVX512, AVX2)}
+#: The AVX-512 build (kept under their old names).
+SOURCES, HEADERS, NEEDED_FLAGS = AVX512.sources, AVX512.headers, AVX512.needed
+#: CPU flags the AVX2 build needs.
+AVX2_FLAGS = AVX2.needed
+#: ``MODELZIP_NATIVE`` values that choose from the CPU.
+AUTO = frozenset({"", "1", "auto"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,58 +78,96 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _missing(build: Build) -> list[str]:
+    flags = cpu_flags()
+    return [f for f in build.needed if f not in flags]
+
+
+def _selection() -> tuple[Build | None, str | None]:
+    """The build this process should run and None, or None and why none can run."""
+    mode = os.environ.get("MODELZIP_NATIVE", "1").strip().lower()
+    if mode == "0":
+        return None, "disabled by MODELZIP_NATIVE=0"
+    if mode in BUILDS:
+        missing = _missing(BUILDS[mode])
+        if missing:
+            return None, f"MODELZIP_NATIVE={mode} but the CPU lacks {', '.join(missing)}"
+        return BUILDS[mode], None
+    if mode not in AUTO:
+        return None, f"MODELZIP_NATIVE={mode} is not one of 0, 1, {', '.join(BUILDS)}"
+    lacks = []
+    for build in BUILDS.values():
+        missing = _missing(build)
+        if not missing:
+            return build, None
+        lacks.append(f"{', '.join(missing)} ({build.label})")
+    return None, f"the CPU lacks {' and '.join(lacks)}"
+
+
+def selected_isa() -> str | None:
+    """``"avx512"`` or ``"avx2"``: the build :func:`native` loads here (from the CPU and
+    ``MODELZIP_NATIVE``), or None where none can run. Whether it compiles is :func:`native`'s."""
+    build, _ = _selection()
+    return None if build is None else build.isa
+
+
 def unavailable_reason() -> str | None:
     """Why the native kernels cannot be used here, or None when they can be tried."""
-    if os.environ.get("MODELZIP_NATIVE", "1") == "0":
-        return "disabled by MODELZIP_NATIVE=0"
-    missing = [f for f in NEEDED_FLAGS if f not in cpu_flags()]
-    if missing:
-        return f"the CPU lacks {', '.join(missing)}"
-    return None
+    return _selection()[1]
 
 
-def source_digest() -> str:
+def source_digest(isa: str = "avx512") -> str:
     """Names the build directory: a changed source builds anew instead of loading a stale one."""
-    return hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES + HEADERS)).hexdigest()[:12]
+    build = BUILDS[isa]
+    return hashlib.sha256(
+        b"".join(p.read_bytes() for p in build.sources + build.headers)
+    ).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=1)
-def _build() -> Any:
+@functools.cache
+def _build(isa: str = "avx512") -> Any:
     from torch.utils import cpp_extension
 
     from modelzip.core.atomic import cache_dir
 
-    digest = source_digest()
-    build = cache_dir() / "native" / digest
-    build.mkdir(parents=True, exist_ok=True)
+    build = BUILDS[isa]
+    digest = source_digest(isa)
+    folder = cache_dir() / "native" / digest
+    folder.mkdir(parents=True, exist_ok=True)
     # cpp_extension serializes builds with a lock file; a build killed midway leaves it behind
     # and every later load would wait on it forever. A build takes ~20 s: 10 minutes is stale.
-    lock = build / "lock"
+    lock = folder / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > 600:
         lock.unlink(missing_ok=True)
-    flags = ["-O3", "-fopenmp", "-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
-             "-mavx512vpopcntdq"]  # fmt: skip
     return cpp_extension.load(
-        name=f"modelzip_avx512_{digest}",
-        sources=[str(p) for p in SOURCES],
+        name=f"modelzip_{isa}_{digest}",
+        sources=[str(p) for p in build.sources],
         extra_include_paths=[str(NATIVE)],
-        extra_cflags=flags,
+        extra_cflags=["-O3", "-fopenmp", *build.cflags],
         extra_ldflags=["-fopenmp"],
-        build_directory=str(build),
+        build_directory=str(folder),
         verbose=False,
     )
 
 
-@functools.lru_cache(maxsize=1)
-def native() -> Any | None:
-    """The compiled extension, or None (with one warning if the build failed)."""
-    if unavailable_reason() is not None:
-        return None
+@functools.cache
+def _load(isa: str) -> Any | None:
     try:
-        return _build()
+        return _build(isa)
     except Exception as e:  # no compiler, no ninja, a failed build: the Numba kernels run
-        warnings.warn(f"modelzip: AVX-512 kernels unavailable ({e}); using Numba", stacklevel=2)
+        label = BUILDS[isa].label
+        warnings.warn(f"modelzip: {label} kernels unavailable ({e}); using Numba", stacklevel=3)
         return None
 
 
-__all__ = ["NEEDED_FLAGS", "cpu_flags", "native", "unavailable_reason"]
+def native() -> Any | None:
+    """The compiled extension :func:`selected_isa` names, or None (with one warning if its
+    build failed). Follows ``MODELZIP_NATIVE`` as it is at each call; each build loads once."""
+    build, _ = _selection()
+    return None if build is None else _load(build.isa)
+
+
+__all__ = [
+    "AVX2_FLAGS", "BUILDS", "NEEDED_FLAGS", "cpu_flags", "native", "selected_isa",
+    "unavailable_reason",
+]  # fmt: skip
