@@ -180,7 +180,11 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
             # A deployed layer is costed as the compressed layer it runs for (its bits, its
             # zeros): the CPU form it took is this machine's choice, not the model's.
             skip_below.append(name)
-            hook = _compressed_hook(name, records, source.layer())
+            layer = source.layer()
+            weight = next(module.parameters(), None)
+            if weight is not None:  # the deployed layer's dtype (a float64 model stays float64)
+                layer = layer.to(weight.dtype)
+            hook = _compressed_hook(name, records, layer)
         elif isinstance(module, CompressedModule) and module.leaf:
             skip_below.append(name)
             hook = _compressed_hook(name, records)

@@ -77,6 +77,9 @@ class ConvChain(CompressedModule):
     """A conv layer replaced by a chain of small convs held as submodules (:attr:`parts`)."""
 
     onnx_export = "traced"
+    # Where the chain of small convs is slower than the one conv it makes (small layers,
+    # channels-last oneDNN kernels), deploy runs that conv; the file keeps the factors.
+    executable_forms: ClassVar[tuple[str, ...]] = ("dense",)
     stands_for = "Conv2d"
 
     #: The child convs in the order the input runs through them.

@@ -53,6 +53,7 @@ class LowRankLinear(DecomposedLinear):
     """
 
     onnx_export = "traced"
+    executable_forms = ("dense",)  # the product W = U·V where two thin GEMMs are slower
 
     def __init__(
         self,
