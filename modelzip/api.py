@@ -182,6 +182,16 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
             ctx.replace(name, new, method=config.method)
 
 
+def _apply_step(work: nn.Module, config: MethodConfig, ctx: Context) -> None:
+    spec = spec_for(config)
+    if spec.scope == "model":
+        returned = spec.handler(work, config, ctx)  # records its changes through ctx
+        # A handler written before ctx kept the record returns its changes instead.
+        ctx.changes.extend(c for c in returned or [] if isinstance(c, LayerChange))
+    else:
+        _apply_layer_method(work, config, spec.handler, ctx)
+
+
 def compress(
     model: nn.Module,
     recipe: Recipe | MethodConfig | Iterable[MethodConfig],
@@ -253,13 +263,12 @@ def compress(
 
     ctx = Context(data=data, sample=sample, seed=seed, model=work)
     for config in steps:
-        spec = spec_for(config)
-        if spec.scope == "model":
-            returned = spec.handler(work, config, ctx)  # records its changes through ctx
-            # A handler written before ctx kept the record returns its changes instead.
-            ctx.changes.extend(c for c in returned or [] if isinstance(c, LayerChange))
-        else:
-            _apply_layer_method(work, config, spec.handler, ctx)
+        for pre in config.prerequisites():
+            try:
+                _apply_step(work, pre, ctx)
+            except ModelError as e:
+                ctx.skip("(model)", pre.method, f"before {config.method}: {e}")
+        _apply_step(work, config, ctx)
     history = list(getattr(work, RECIPE_ATTR, [])) + steps.to_list()
     setattr(work, RECIPE_ATTR, history)
 
@@ -280,6 +289,7 @@ def compress(
     else:
         work, chosen = materialize(work, sample, inplace=True)
         deployment = chosen.rows()
+        deploy_note = f"int8 chain: {chosen.int8_chain}" if chosen.int8_chain else ""
     after = model_stats(work, sample, data=eval_data, measure=False)
     if timed:
         assert reference is not None

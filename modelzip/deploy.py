@@ -80,6 +80,9 @@ class MaterializeReport:
     max_rel_error: float | None = None
     layout: str = "contiguous"
     layout_reason: str = "not measured"
+    #: Static int8 layers and adds passing uint8 on (:mod:`modelzip.quantize.int8_chain`).
+    int8_links: int = 0
+    int8_chain: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(layer) for layer in self.layers]
@@ -91,6 +94,8 @@ class MaterializeReport:
             err = f"{r.max_rel_error:.1e}" if r.max_rel_error is not None else "-"
             lines.append(f"{r.name:<24} {r.before:<14} {r.after:<20} {sp:>8} {err:>9}  {r.reason}")
         lines.append(f"memory layout: {self.layout} ({self.layout_reason})")
+        if self.int8_chain:
+            lines.append(f"int8 chain: {self.int8_chain}")
         if self.max_rel_error is not None:
             lines.append(f"model output: max relative error {self.max_rel_error:.2e}")
         return "\n".join(lines)
@@ -225,11 +230,38 @@ def materialize(
     for p in model.parameters():  # an inference model: the kernels have no backward
         p.requires_grad_(False)
     model.__dict__[DEPLOYED_ATTR] = True
+    model = _chain(model, args if sample is not None else None, ref, report)
     model = _choose_layout(model, sample, ref, layout, reps, report)
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = _rel_error(model(*args), ref)
     return model, report
+
+
+def _chain(
+    model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
+) -> nn.Module:
+    """Link static int8 layers (uint8 between them, residual adds in int8), kept if the model's
+    output on the sample still agrees within the int8 tolerance."""
+    from modelzip.quantize.int8_chain import chain_static_int8, unchain
+
+    chained, links, why = chain_static_int8(model)
+    if not links:
+        report.int8_chain = "" if why.startswith("fewer") else why
+        return model
+    if args is not None and ref is not None:
+        try:
+            with torch.no_grad():
+                err = _rel_error(chained(*args), ref)
+        except (RuntimeError, ValueError, TypeError) as e:
+            report.int8_chain = f"unchained: {type(e).__name__}: {str(e)[:120]}"
+            return unchain(chained)
+        if err > TOLERANCE["int8"]:
+            report.int8_chain = f"unchained: output disagrees (rel. error {err:.1e})"
+            return unchain(chained)
+    report.int8_links = links
+    report.int8_chain = f"{links} static int8 layers and adds pass uint8 on"
+    return chained
 
 
 def is_deployed(model: nn.Module) -> bool:
@@ -245,9 +277,9 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     A model that is not deployed is returned as it is (copied unless ``inplace``).
     :func:`modelzip.compress` calls this first, so a deployed model can take more recipe steps.
     """
-    model = model if inplace else copy.deepcopy(model)
     if not is_deployed(model):
-        return model
+        return model if inplace else copy.deepcopy(model)
+    model = model if inplace else copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         source = compact_source(module)
         if source is None:
@@ -262,6 +294,9 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             model = layer
             break
         replace_module(model, name, layer)
+    from modelzip.quantize.int8_chain import unchain
+
+    model = unchain(model)
     for p in model.parameters():
         p.requires_grad_(True)
     if model.__dict__.pop(LAYOUT_ATTR, None) == "channels_last":

@@ -41,6 +41,7 @@ from torch import nn
 
 from modelzip.core.atomic import atomic_path
 from modelzip.core.compact_source import (
+    CHAIN_ATTR,
     DEPLOYED_ATTR,
     LAYOUT_ATTR,
     compact_source,
@@ -143,6 +144,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         or :func:`modelzip.models.resolve_model` recorded on it.
     """
     path = Path(path)
+    # A chained int8 model runs as a GraphModule of its eager model: the eager one is saved.
+    model = model.__dict__.get("_modelzip_eager", model)
     source = source or getattr(model, SOURCE_ATTR, None)
     if not source:
         raise ModelError(
@@ -182,6 +185,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     }
     if model.__dict__.get(LAYOUT_ATTR):
         meta["layout"] = model.__dict__[LAYOUT_ATTR]
+    if model.__dict__.get(CHAIN_ATTR):
+        meta["int8_chain"] = True
     params = list(model.parameters())
     if params and not any(p.requires_grad for p in params):
         # A deployed (inference-only) model: frozen again on load, since PyTorch may pick other
@@ -334,6 +339,10 @@ def _deploy_again(
             raise ModelError(f"{path}: layer {name!r}: {e}") from None
         remember_source(new, layer, entry["deploy"])
         replace_module(model, name, new)
+    if meta.get("int8_chain") is True:
+        from modelzip.quantize.int8_chain import chain_static_int8
+
+        model = chain_static_int8(model)[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

@@ -29,6 +29,9 @@ SOURCE_ATTR = "_modelzip_compact_source"
 LAYOUT_ATTR = "_modelzip_layout"
 #: Set on a deployed model (inference-only: parameters frozen, layers in executable forms).
 DEPLOYED_ATTR = "_modelzip_deployed"
+#: Set on a deployed model whose static int8 layers hand each other uint8 tensors
+#: (:mod:`modelzip.quantize.int8_chain`); saved with it, linked again on load.
+CHAIN_ATTR = "_modelzip_int8_chain"
 
 
 @dataclasses.dataclass

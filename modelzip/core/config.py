@@ -35,6 +35,12 @@ class MethodConfig(ConfigBase):
     default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")
     select: Select = dataclasses.field(default_factory=Select)
 
+    def prerequisites(self) -> tuple[MethodConfig, ...]:
+        """Steps ``compress`` runs on the model just before this one (static int8 folds
+        BatchNorm first, as int8 engines do); a prerequisite that cannot apply is skipped with
+        its reason."""
+        return ()
+
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()
         select = data.pop("select")

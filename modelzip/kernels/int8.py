@@ -235,6 +235,8 @@ class Int8Format(WeightFormat):
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         scale_t, zero_t, qmax = self.input_qparams()
         scale, zero = float(scale_t), int(zero_t)
+        if x.is_quantized:  # written on this grid by a chained layer (quantize.int8_chain)
+            return x if qmax == ACT_QMAX else torch.clamp(x, max=(qmax - zero) * scale)
         if qmax < ACT_QMAX:  # quint8 would go up to 255: clip to the top 7-bit code first
             x = x.clamp(max=(qmax - zero) * scale)
         with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
@@ -248,7 +250,7 @@ class Int8Format(WeightFormat):
         return (
             self.activations != "float"
             and x.device.type == "cpu"
-            and x.dtype == torch.float32
+            and (x.dtype == torch.float32 or x.is_quantized)
             and not torch.is_grad_enabled()
             and not (geometry is not None and isinstance(geometry.padding, str))
         )
@@ -257,7 +259,11 @@ class Int8Format(WeightFormat):
         """``product`` in float, between the static policy's input and output quantization."""
         if self.activations != "static":
             return product(x)
-        return _fake(product(_fake(x, *self.input_qparams())), self.out_scale, self.out_zero)
+        # A chained layer's output is rounded on the grid it writes (the next layer's input).
+        emit = self.__dict__.get("_modelzip_int8_emit")
+        grid = (torch.tensor(emit[0]), torch.tensor(emit[1])) if emit else None
+        out = grid or (self.out_scale, self.out_zero)
+        return _fake(product(_fake(x, *self.input_qparams())), *out)
 
     def _prepacked(self, build: Callable[[], Any]) -> Any:
         """The engine's prepacked weight, kept while the layer's tensors are unchanged (the key
@@ -270,8 +276,11 @@ class Int8Format(WeightFormat):
         return cache[1]
 
     def _static(self, op: Any, x: torch.Tensor, packed: Any) -> torch.Tensor:
-        qy = op(self._quantize_input(x), packed, float(self.out_scale), int(self.out_zero))
-        return qy.dequantize()
+        # A chained layer writes its output on the next layer's input grid (and leaves it uint8).
+        emit = self.__dict__.get("_modelzip_int8_emit")
+        scale, zero = (emit[0], emit[1]) if emit else (float(self.out_scale), int(self.out_zero))
+        qy = op(self._quantize_input(x), packed, scale, zero)
+        return qy if emit else qy.dequantize()
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self._on_engine(x):

@@ -43,6 +43,11 @@ class Int8Config(MethodConfig):
         Percentile of the ``percentile`` observer.
     calibration_size:
         Training inputs used for calibration.
+    fold_bn:
+        With static activations, fold each BatchNorm into the conv or linear layer before it
+        first (the ``fold_bn`` step, checked on the sample), as int8 engines do: the calibrated
+        ranges are then the normalized outputs and a deployed model runs no float BN between
+        int8 layers.
     """
 
     method = "int8"
@@ -51,6 +56,14 @@ class Int8Config(MethodConfig):
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
     percentile: float = 99.99
     calibration_size: int = 512
+    fold_bn: bool = True
+
+    def prerequisites(self) -> tuple[MethodConfig, ...]:
+        if self.activations != "static" or not self.fold_bn:
+            return ()
+        from modelzip.quantize.fold import FoldBNConfig
+
+        return (FoldBNConfig(),)
 
     def validate(self) -> None:
         check_range(self, "percentile", 50, 100, low_open=True)

@@ -1,0 +1,251 @@
+"""Static int8 layers that hand each other uint8 tensors instead of float.
+
+A static int8 layer alone quantizes its float input, runs the int8 product and dequantizes its
+output; between two such layers the activation goes uint8 → float → uint8, and the ReLU, pooling
+and residual adds between them run in float on 4× the bytes. In a deployed model this pass does
+what PyTorch's FX ``convert`` does, on our own calibrated grids:
+
+* a layer whose output reaches only static int8 layers, residual adds and ops that PyTorch runs on
+  quantized tensors as they are (ReLU, max and average pooling, flatten, reshape, dropout in eval)
+  writes its output straight on the next layer's input grid (``torch.ops.quantized.linear`` and
+  ``conv2d`` requantize in the kernel), or on its own calibrated output grid when only adds read
+  it; the next layer takes the uint8 tensor as it is;
+* a residual add of two such tensors whose sum reaches static int8 layers runs as
+  ``torch.ops.quantized.add`` onto their grid. The model's code cannot add quantized tensors, so
+  then the deployed model is a ``torch.fx.GraphModule`` of it with those adds replaced; it keeps
+  the eager model (:data:`EAGER_ATTR`, sharing every layer) for
+  :func:`modelzip.deploy.trainable` and saving.
+
+The result differs from the unchained model only in rounding: a value is rounded once onto the
+grid its reader uses instead of twice. ReLU and max pooling commute with the monotone uint8 map.
+
+The links are plain attributes of the layers (:data:`EMIT_ATTR`), not saved: a deployed file
+records that it was chained and :func:`chain_static_int8` runs again on load.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from modelzip.core.compact_source import CHAIN_ATTR
+
+#: On a static int8 layer: ``(scale, zero, qmax)`` of the grid its output is written on.
+EMIT_ATTR = "_modelzip_int8_emit"
+#: On a chained GraphModule: the eager model it was traced from (same layers).
+EAGER_ATTR = "_modelzip_eager"
+
+# Ops that take a quantized tensor (their first argument) and return one on the same grid.
+_SAME_GRID_MODULES = (
+    nn.ReLU,
+    nn.MaxPool2d,
+    nn.MaxPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+)
+_SAME_GRID_FUNCTIONS = (
+    F.relu,
+    torch.relu,
+    torch.flatten,
+    F.max_pool2d,
+    F.adaptive_avg_pool2d,
+    F.dropout,
+    torch.reshape,
+)
+_SAME_GRID_METHODS = ("relu", "relu_", "view", "reshape", "flatten", "contiguous")
+_SHAPE_METHODS = ("size", "dim")
+_ADDS = (operator.add, torch.add)
+
+
+class _LeafTracer(fx.Tracer):
+    """Keeps compressed layers (and torch's own) as single nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from modelzip.core.module import CompressedModule
+
+        return isinstance(m, CompressedModule) or super().is_leaf_module(m, qualname)
+
+
+def _is_static(module: Any) -> bool:
+    from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+
+    return isinstance(module, (StaticInt8Linear, StaticInt8Conv2d))
+
+
+def quantized_add(a: torch.Tensor, b: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """``a + b`` of two quantized tensors onto the grid ``(scale, zero)``."""
+    return torch.ops.quantized.add(a, b, scale, zero)
+
+
+class ChainedModel(fx.GraphModule):
+    """The GraphModule a chained model with int8 residual adds runs as; a copy keeps the
+    model's notes (``_modelzip_*``: its source, recipe, deployment, the eager model)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ChainedModel:
+        res = super().__deepcopy__(memo)
+        for key, value in self.__dict__.items():
+            if key.startswith("_modelzip_"):
+                res.__dict__[key] = copy.deepcopy(value, memo)
+        return res
+
+
+class _Graph:
+    """The traced model's nodes sorted into static int8 layers, same-grid ops and adds."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
+        self.modules = dict(model.named_modules())
+        self.graph = graph
+        calls: dict[str, int] = {}
+        for n in graph.nodes:
+            if n.op == "call_module":
+                calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+        # A layer called twice (shared) would need one grid for both calls: left unchained.
+        self.static = {
+            n for n in graph.nodes
+            if n.op == "call_module" and _is_static(self.modules.get(str(n.target)))
+            and calls[str(n.target)] == 1
+        }  # fmt: skip
+        self.same = {n for n in graph.nodes if self._same_grid(n)}
+        self.adds = {
+            n for n in graph.nodes
+            if n.op == "call_function" and n.target in _ADDS and not n.kwargs and len(n.args) == 2
+            and all(isinstance(a, fx.Node) for a in n.args)
+        }  # fmt: skip
+
+    def _same_grid(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return isinstance(self.modules.get(str(n.target)), _SAME_GRID_MODULES)
+        if n.op == "call_function":
+            return n.target in _SAME_GRID_FUNCTIONS
+        return n.op == "call_method" and n.target in _SAME_GRID_METHODS
+
+    @staticmethod
+    def _shape_only(n: fx.Node) -> bool:
+        return (n.op == "call_method" and n.target in _SHAPE_METHODS) or (
+            n.op == "call_function" and n.target is getattr and n.args[1:] == ("shape",)
+        )
+
+    def _accepts(self, user: fx.Node, value: fx.Node, q: set[fx.Node]) -> bool:
+        """Whether ``user`` can read ``value`` as a quantized tensor."""
+        if self._shape_only(user):
+            return True
+        if user in self.adds:
+            return user in q
+        return bool(user.args) and user.args[0] is value and (user in self.static or user in q)
+
+    def _readers(self, node: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
+        """The static layers and adds ``node``'s value reaches through same-grid ops."""
+        static, adds, stack = [], [], [node]
+        while stack:
+            for user in stack.pop().users:
+                if user in self.static:
+                    static.append(user)
+                elif user in self.adds:
+                    adds.append(user)
+                elif user in self.same:
+                    stack.append(user)
+        return static, adds
+
+    def grid_of(self, node: fx.Node) -> tuple[float, int, int] | None:
+        """The grid ``node`` (a static layer or an add) writes its output on, or None."""
+        static, _ = self._readers(node)
+        grids = {
+            tuple(float(v) for v in self.modules[str(s.target)].input_qparams())  # type: ignore[operator]
+            for s in static
+        }
+        if len(grids) > 1:
+            return None
+        if grids:
+            scale, zero, qmax = grids.pop()
+            return scale, int(zero), int(qmax)
+        if node in self.static:  # read by adds only: its own calibrated output grid
+            layer = self.modules[str(node.target)]
+            return float(layer.out_scale), int(layer.out_zero), 255  # type: ignore[arg-type]
+        return None  # an add read by adds only has no calibrated grid
+
+    def quantized_nodes(self) -> dict[fx.Node, tuple[float, int, int] | None]:
+        """The nodes whose output stays quantized, with the grid of those that make one."""
+        q = self.static | self.same | self.adds
+        grids: dict[fx.Node, tuple[float, int, int] | None] = {}
+        changed = True
+        while changed:
+            changed = False
+            for n in list(q):
+                ok = all(self._accepts(u, n, q) for u in n.users)
+                if n in self.same:
+                    ok = ok and bool(n.args) and n.args[0] in q
+                if n in self.adds:
+                    ok = ok and all(a in q for a in n.args)
+                if ok and (n in self.static or n in self.adds):
+                    grids[n] = self.grid_of(n)
+                    ok = grids[n] is not None
+                if not ok:
+                    q.discard(n)
+                    changed = True
+        return {n: grids.get(n) for n in q}
+
+
+def unchain(model: nn.Module) -> nn.Module:
+    """The model without links (every static int8 layer outputs float again): the eager model a
+    chained GraphModule was traced from, or ``model`` itself."""
+    eager = model.__dict__.get(EAGER_ATTR)
+    if eager is not None:  # the notes set on the GraphModule since (a loaded file's source...)
+        notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
+        notes.pop(EAGER_ATTR)
+        eager.__dict__.update(notes)
+        model = eager
+    for m in model.modules():
+        m.__dict__.pop(EMIT_ATTR, None)
+    model.__dict__.pop(CHAIN_ATTR, None)
+    return model
+
+
+def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
+    """Link the static int8 layers of ``model`` (see the module docstring). Returns the model to
+    run (``model`` itself, or a GraphModule of it when residual adds run quantized), the number
+    of layers and adds linked and, when there are none, why."""
+    if sum(_is_static(m) for m in model.modules()) < 2:
+        return model, 0, "fewer than two static int8 layers"
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as e:  # data-dependent control flow and the like: stay unchained
+        return model, 0, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+    info = _Graph(model, graph)
+    quantized = info.quantized_nodes()
+    links = 0
+    for node, grid in quantized.items():
+        if node in info.static and grid is not None:
+            info.modules[str(node.target)].__dict__[EMIT_ATTR] = grid
+            links += 1
+    adds = [n for n in quantized if n in info.adds]
+    for node in adds:
+        scale, zero, _ = quantized[node]  # type: ignore[misc]
+        node.target, node.args = quantized_add, (*node.args, scale, zero)
+    if not links:
+        return model, 0, "no static int8 layer feeds only int8 readers"
+    model.__dict__[CHAIN_ATTR] = True
+    if adds:
+        traced = ChainedModel(model, graph, class_name=type(model).__name__ + "Int8")
+        notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
+        traced.__dict__.update(notes)
+        traced.__dict__[EAGER_ATTR] = model
+        model = traced
+    return model, links + len(adds), ""
+
+
+__all__ = [
+    "EAGER_ATTR",
+    "EMIT_ATTR",
+    "ChainedModel",
+    "chain_static_int8",
+    "quantized_add",
+    "unchain",
+]

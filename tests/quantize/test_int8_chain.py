@@ -1,0 +1,129 @@
+"""Deployed static int8 layers hand each other uint8 tensors (modelzip.quantize.int8_chain)."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx, nn
+
+import modelzip
+from modelzip.deploy import trainable
+from modelzip.models.registry import create
+from modelzip.quantize.int8_chain import EMIT_ATTR, chain_static_int8
+from modelzip.quantize.int8_method import Int8Config
+from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+
+STATIC = Int8Config(activations="static")
+
+
+def _static(name: str, x: torch.Tensor) -> tuple[nn.Module, nn.Module, object]:
+    torch.manual_seed(0)
+    model = create(name).eval()
+    small, report = modelzip.compress(model, STATIC, sample=x, measure=False, evaluate=False)
+    return model, small, report
+
+
+def _quantized_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, bool]:
+    seen: dict[str, bool] = {}
+
+    def recorder(name: str):  # a pre-hook that returns something replaces the input: None
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            seen.setdefault(name, args[0].is_quantized)
+
+        return hook
+
+    hooks = [
+        m.register_forward_pre_hook(recorder(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (StaticInt8Conv2d, StaticInt8Linear))
+    ]
+    with torch.inference_mode():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_lenet_layers_pass_uint8_and_agree_with_the_unchained_model():
+    x = torch.rand(16, 1, 28, 28)
+    dense, small, report = _static("lenet5", x)
+    assert "pass uint8 on" in report.deploy_note
+    seen = _quantized_inputs(small, x)
+    assert seen["conv1"] is False  # the model's input is float
+    assert seen["conv2"] and seen["fc1"]  # written by conv1 / conv2 on their grids
+    unchained = trainable(small).eval()
+    assert not any(EMIT_ATTR in m.__dict__ for m in unchained.modules())
+    with torch.inference_mode():
+        got, ref, fp = small(x), unchained(x), dense(x)
+    scale = float(fp.abs().max())
+    assert float((got - ref).abs().max()) <= 0.05 * scale
+    assert float((got - fp).abs().max()) <= 0.1 * scale
+
+
+def test_resnet_adds_run_in_int8_and_the_file_loads_chained(tmp_path):
+    x = torch.rand(8, 1, 28, 28)
+    dense, small, _ = _static("resnet_small", x)
+    assert isinstance(small, fx.GraphModule)  # residual adds rewritten to quantized adds
+    assert "quantized_add" in small.code
+    seen = _quantized_inputs(small, x)
+    assert sum(seen.values()) >= len(seen) - 1  # all but the stem read uint8
+    with torch.inference_mode():
+        got, fp = small(x), dense(x)
+    assert float((got - fp).abs().max()) <= 0.1 * float(fp.abs().max())
+    path = modelzip.save(small, tmp_path / "r.mzip")
+    loaded = modelzip.load(path)
+    assert isinstance(loaded, fx.GraphModule) and modelzip.deploy.is_deployed(loaded)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), got)
+    back = trainable(loaded)
+    assert type(back).__name__ == "ResNetSmall"
+    assert all(p.requires_grad for p in back.parameters())
+    modelzip.save(back, tmp_path / "back.mzip")  # it keeps the loaded file's source
+
+
+def test_a_layer_read_by_a_float_op_stays_float():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(torch.sigmoid(self.b(torch.relu(self.a(x)))))
+
+    x = torch.randn(32, 8)
+    small, _ = modelzip.compress(Net().eval(), STATIC, sample=x, measure=False, evaluate=False)
+    assert EMIT_ATTR in small.a.__dict__  # a → relu → b: linked
+    assert EMIT_ATTR not in small.b.__dict__  # b → sigmoid: float
+    assert not isinstance(small, fx.GraphModule)  # no adds: the model's own class
+
+
+def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
+    layer = nn.Linear(6, 6)
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l, self.out = layer, nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.l(torch.relu(self.l(x)))))
+
+    x = torch.randn(16, 6)
+    small, _ = modelzip.compress(Shared().eval(), STATIC, sample=x, measure=False, evaluate=False)
+    assert EMIT_ATTR not in small.l.__dict__
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            if h.sum() > 0:  # data-dependent: torch.fx cannot trace it
+                h = torch.relu(h)
+            return self.b(h)
+
+    trainable_form, _ = modelzip.compress(
+        Branchy().eval(), STATIC, sample=x, measure=False, evaluate=False, deploy=False
+    )
+    _, links, why = chain_static_int8(trainable_form)
+    assert links == 0 and "cannot be traced" in why
