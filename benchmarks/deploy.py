@@ -25,7 +25,8 @@ environment of ``make test-fallback`` (no VNNI, no AVX-512 kernels) against the 
 
 Writes ``benchmarks/results/deploy.json`` and the ``deploy`` section of BENCHMARKS.md
 (``--quick``: ``deploy-quick.json``, BENCHMARKS.md left alone). Parts: ``int8``, ``int8_avx2``,
-``lowbit``, ``channels``, ``sparse``, ``resnet18``.
+``engines`` (int8 against torch.ao and onnxruntime, in-process), ``lowbit``, ``channels``,
+``sparse``, ``resnet18``.
 """
 
 from __future__ import annotations
@@ -548,8 +549,49 @@ def part_resnet18(ctx: BenchContext) -> PartResult:
     return cases_part("ResNet-18", cases, env, ctx, isa)
 
 
+def part_engines(ctx: BenchContext) -> PartResult:
+    """modelzip's int8 against torch.ao's and onnxruntime's on the same networks, in one process
+    (``benchmarks/_int8_engines.py``; not through the CLI, which runs neither of those)."""
+    env, isa = _native(ctx)
+    threads = max(ctx.options.threads, 2)  # the issue's comparison ran on 2 threads
+    env = {**env, **{k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "_int8_engines.py"), "--threads",
+           str(threads)] + (["--quick"] if ctx.quick else [])  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          timeout=SUBPROCESS_TIMEOUT, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"_int8_engines.py failed: {proc.stderr[-2000:]}")
+    rows = last_json(proc.stdout)["rows"]
+    ms = {(r["model"], r["batch"], r["engine"]): r["ms"] for r in rows}
+    checks = []
+    for (model, batch, engine), t in ms.items():
+        if not engine.startswith("modelzip"):
+            continue
+        kind = engine.split()[1]  # dynamic / static
+        rival = "torch.ao dynamic" if kind == "dynamic" else "torch.ao FX static"
+        if (model, batch, rival) in ms:
+            ratio = ms[(model, batch, rival)] / t
+            checks.append(check(f"{engine} int8 vs {rival}, {model}, batch {batch}",
+                                round(ratio, 3), 1.0, "×", ratio >= 1.0))  # fmt: skip
+        if kind == "dynamic" and (model, batch, "onnxruntime dynamic") in ms:
+            ratio = ms[(model, batch, "onnxruntime dynamic")] / t
+            checks.append(check(f"{engine} int8 vs onnxruntime dynamic, {model}, batch {batch}",
+                                round(ratio, 3), 1.0, "×", ratio >= 1.0))  # fmt: skip
+    table = [[r["model"], r["batch"], r["engine"], f"{r['ms']:.3f}", f"{r['vs_fp32']:.2f}×"]
+             for r in rows]  # fmt: skip
+    md = (
+        f"### int8 engines side by side ({isa['label']}, {threads} threads)\n\n"
+        "In one process, interleaved (`benchmarks/_int8_engines.py`): each engine's median "
+        "latency and its speedup over the same fp32 model. A check passes when modelzip is at "
+        "least as fast as the engine it is compared with (ratio ≥ 1).\n\n"
+        + markdown_table(["model", "batch", "engine", "ms", "vs fp32"], table)
+    )
+    return PartResult(rows, checks, md, {"isa": isa, "threads": threads})
+
+
 PARTS = {
     "int8": part_int8,
+    "engines": part_engines,
     "int8_avx2": part_int8_avx2,
     "lowbit": part_lowbit,
     "channels": part_channels,
