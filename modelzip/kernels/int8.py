@@ -233,8 +233,7 @@ class Int8Format(WeightFormat):
         return self.in_scale, self.in_zero, ACT_QMAX
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        scale_t, zero_t, qmax = self.input_qparams()
-        scale, zero = float(scale_t), int(zero_t)
+        scale, zero, qmax = self._engine_state(None)[1]
         if x.is_quantized:  # written on this grid by a chained layer (quantize.int8_chain)
             return x if qmax == ACT_QMAX else torch.clamp(x, max=(qmax - zero) * scale)
         if qmax < ACT_QMAX:  # quint8 would go up to 255: clip to the top 7-bit code first
@@ -265,20 +264,38 @@ class Int8Format(WeightFormat):
         out = grid or (self.out_scale, self.out_zero)
         return _fake(product(_fake(x, *self.input_qparams())), *out)
 
-    def _prepacked(self, build: Callable[[], Any]) -> Any:
-        """The engine's prepacked weight, kept while the layer's tensors are unchanged (the key
-        of :meth:`WeightFormat.decoded_weight`'s cache)."""
+    def _engine_state(self, build: Callable[[], Any] | None) -> tuple[Any, Any, Any]:
+        """The engine's prepacked weight and, for the static policy, the input grid
+        ``(scale, zero, qmax)`` and output grid ``(scale, zero)`` as Python numbers: computed
+        once and kept while the layer's tensors are unchanged (the key of
+        :meth:`WeightFormat.decoded_weight`'s cache), so a call pays no tensor arithmetic for
+        them. ``build`` makes the prepacked weight (None: the grids only)."""
         own = [*self._parameters.values(), *self._buffers.values()]  # type: ignore[attr-defined]
-        key = tuple((t._version, t.data_ptr()) for t in own if t is not None)
-        cache: tuple[Any, Any] | None = self.__dict__.get("_prepack_cache")
+        key = (
+            isa.reduced_int8_range(),
+            *((t._version, t.data_ptr()) for t in own if t is not None),
+        )
+        cache: list[Any] | None = self.__dict__.get("_engine_cache")
         if cache is None or cache[0] != key:
-            cache = self.__dict__["_prepack_cache"] = (key, build())
-        return cache[1]
+            grids: tuple[Any, Any] = (None, None)
+            if self.activations == "static":
+                scale, zero, qmax = self.input_qparams()
+                grids = (
+                    (float(scale), int(zero), qmax),
+                    (float(self.out_scale), int(self.out_zero)),
+                )
+            cache = self.__dict__["_engine_cache"] = [key, None, *grids]
+        if build is not None and cache[1] is None:
+            cache[1] = build()
+        return cache[1], cache[2], cache[3]
+
+    def _prepacked(self, build: Callable[[], Any]) -> Any:
+        return self._engine_state(build)[0]
 
     def _static(self, op: Any, x: torch.Tensor, packed: Any) -> torch.Tensor:
         # A chained layer writes its output on the next layer's input grid (and leaves it uint8).
         emit = self.__dict__.get("_modelzip_int8_emit")
-        scale, zero = (emit[0], emit[1]) if emit else (float(self.out_scale), int(self.out_zero))
+        scale, zero = (emit[0], emit[1]) if emit else self._engine_state(None)[2]
         qy = op(self._quantize_input(x), packed, scale, zero)
         return qy if emit else qy.dequantize()
 
@@ -286,12 +303,12 @@ class Int8Format(WeightFormat):
         if not self._on_engine(x):
             return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
         packed = self._prepacked(lambda: prepack_linear(self.codes, self.scale, bias))
-        flat = x.reshape(-1, x.shape[-1]).contiguous()
+        flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
         if self.activations == "dynamic":
-            y = linear_dynamic(flat, packed)
+            y = torch.ops.quantized.linear_dynamic(flat, packed, True)
         else:
             y = self._static(torch.ops.quantized.linear, flat, packed)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     def conv2d(
         self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None

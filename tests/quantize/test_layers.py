@@ -116,7 +116,7 @@ def test_static_int8_runs_int8_kernels_and_matches_simulation():
     ref = model(x).detach()
     assert (got - simulated).abs().max() <= 0.05 * simulated.abs().max()
     assert (got - ref).abs().max() <= 0.1 * ref.abs().max()
-    assert "_prepack_cache" in vars(layers[0])  # the prepacked int8 weight was used
+    assert "_engine_cache" in vars(layers[0])  # the prepacked int8 weight was used
 
 
 def _saturating_layer(kind: str) -> tuple[nn.Module, torch.Tensor]:
