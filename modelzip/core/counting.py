@@ -170,7 +170,7 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     layer appears as its small ops and a quantized one with its bit-widths.
     """
     records: list[Workload] = []
-    hooks = []
+    hooks: list[tuple[nn.Module, Callable[..., Any]]] = []
     skip_below: list[str] = []
     for name, module in model.named_modules():
         if any(p == "" or name.startswith(p + ".") for p in skip_below):
@@ -192,17 +192,28 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
             hook = _dense_hook(name, records)
         else:
             continue
-        hooks.append(module.register_forward_hook(hook))
+        hooks.append((module, hook))
+    run_hooked(model, sample, hooks)
+    return records
+
+
+def run_hooked(
+    model: nn.Module, sample: Any, hooks: list[tuple[nn.Module, Callable[..., Any]]], pre=False
+) -> Any:
+    """``model(sample)`` (a tuple: the arguments) once in eval and inference mode, with
+    ``hooks`` (``(module, hook)`` pairs; forward pre-hooks with ``pre``) on for that call only;
+    the model's train/eval mode is restored."""
+    handles = [m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)
+               for m, h in hooks]  # fmt: skip
     was_training = model.training
     try:
         model.eval()
         with torch.inference_mode():
-            model(*sample) if isinstance(sample, tuple) else model(sample)
+            return model(*sample) if isinstance(sample, tuple) else model(sample)
     finally:
-        for h in hooks:
-            h.remove()
+        for handle in handles:
+            handle.remove()
         model.train(was_training)
-    return records
 
 
 def _dense_hook(name: str, records: list[Workload]):

@@ -269,6 +269,7 @@ class _Auto:
     def _layer_latencies(self, pairs: list[tuple[str, str]]) -> dict[Any, Any]:
         """``(layer, method, value) -> (dense layer ms, compressed layer ms)`` on the layer's
         own recorded input, the two timed side by side."""
+        from modelzip.core.counting import run_hooked
         from modelzip.core.timing import time_interleaved
 
         inputs: dict[str, tuple[Any, ...]] = {}
@@ -280,11 +281,8 @@ class _Auto:
             return hook
 
         names = dict.fromkeys(layer for layer, _ in pairs)
-        hooks = [self.model.get_submodule(n).register_forward_hook(record(n)) for n in names]
-        with torch.inference_mode():
-            self.model(self.sample)
-        for h in hooks:
-            h.remove()
+        hooks = [(self.model.get_submodule(n), record(n)) for n in names]
+        run_hooked(self.model, self.sample, hooks)
 
         def side_by_side(
             dense: nn.Module, new: nn.Module, args: tuple[Any, ...]

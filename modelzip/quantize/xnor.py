@@ -34,6 +34,7 @@ from torch import nn
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
+from modelzip.core.counting import run_hooked
 from modelzip.core.geometry import ConvGeometry
 from modelzip.core.layer_workload import plain_workload
 from modelzip.core.module import register_layer
@@ -256,16 +257,7 @@ def _observe(
             least.setdefault(key, -math.inf)  # nothing to judge by: not taken for non-negative
 
     modules = {id(m): m for _, m in layers}
-    handles = [m.register_forward_pre_hook(hook) for m in modules.values()]
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*sample) if isinstance(sample, tuple) else model(sample)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(training)
+    run_hooked(model, sample, [(m, hook) for m in modules.values()], pre=True)
     return order, least
 
 
