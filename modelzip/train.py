@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from modelzip.core.errors import DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.running import eval_inference, model_device
 from modelzip.data.dataset import Dataset
 from modelzip.data.text import TextCorpus, sequence_windows
 from modelzip.train_checkpoint import load_training_state, save_training_state
@@ -228,33 +229,16 @@ def check_finite(model: nn.Module, action: str = "use") -> None:
                 raise ModelError(f"{kind} {name!r} contains NaN or Inf; refusing to {action} it")
 
 
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _classify(
     model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool
 ) -> dict[str, float]:
-    device, loss_sum, correct = _device(model), 0.0, 0
+    device, loss_sum, correct = model_device(model), 0.0, 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    with _eval_mode(model):
+    with eval_inference(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device).contiguous(memory_format=fmt)
             yb = y[start : start + batch_size].to(device)
@@ -265,9 +249,9 @@ def _classify(
 
 
 def _language(model: nn.Module, stream: Tensor, seq_len: int, batch_size: int) -> dict[str, float]:
-    device, loss_sum, correct, count = _device(model), 0.0, 0, 0
+    device, loss_sum, correct, count = model_device(model), 0.0, 0, 0
     windows = sequence_windows(stream, seq_len)
-    with _eval_mode(model):
+    with eval_inference(model):
         for start in range(0, len(windows), batch_size):
             rows = windows[start : start + batch_size].to(device)
             logits = model(rows[:, :-1]).float().flatten(0, 1)
@@ -453,7 +437,7 @@ def train(
         raise DataError("the training set is empty")
     per_epoch = steps_per_epoch(n, config)
     total = config.epochs * per_epoch
-    device = _device(model)
+    device = model_device(model)
     parts = tuple(t.to(device) for t in parts)
     channels_last = config.channels_last and _has_conv(model) and not text
     was_channels_last, was_training = _is_channels_last(model), model.training

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from modelzip.core.errors import ConfigError, DataError, ModelError
+from modelzip.core.running import model_device
 from modelzip.data.dataset import Dataset
 from modelzip.train import (
     EpochRecord,
@@ -65,7 +66,7 @@ def recalibrate_batchnorm(
         return
     saved = [(m.momentum, m.training) for m in norms]
     was_training = model.training
-    device = _device(model)
+    device = model_device(model)
     try:
         model.train()
         for m in norms:
@@ -77,10 +78,6 @@ def recalibrate_batchnorm(
         for m, (momentum, _) in zip(norms, saved, strict=True):
             m.momentum = momentum
         model.train(was_training)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def distill(
@@ -114,7 +111,7 @@ def distill(
     if not isinstance(data, Dataset):
         raise DataError(f"distill needs an image Dataset, got {type(data).__name__}")
     (x, y), (xv, yv) = train_val_split(data, config.val_size)
-    device = _device(student)
+    device = model_device(student)
     x, y = x.to(device), y.to(device)
     opt = make_optimizer(student, config)
     per_epoch = steps_per_epoch(len(x), config)

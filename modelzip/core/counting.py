@@ -26,6 +26,7 @@ from torch import nn
 from modelzip.core.compact_source import CompactSource, compact_source
 from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
 from modelzip.core.module import CompressedModule
+from modelzip.core.running import run_hooked
 from modelzip.core.workload import Workload
 
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -195,25 +196,6 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
         hooks.append((module, hook))
     run_hooked(model, sample, hooks)
     return records
-
-
-def run_hooked(
-    model: nn.Module, sample: Any, hooks: list[tuple[nn.Module, Callable[..., Any]]], pre=False
-) -> Any:
-    """``model(sample)`` (a tuple: the arguments) once in eval and inference mode, with
-    ``hooks`` (``(module, hook)`` pairs; forward pre-hooks with ``pre``) on for that call only;
-    the model's train/eval mode is restored."""
-    handles = [m.register_forward_pre_hook(h) if pre else m.register_forward_hook(h)
-               for m, h in hooks]  # fmt: skip
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            return model(*sample) if isinstance(sample, tuple) else model(sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
 
 
 def _dense_hook(name: str, records: list[Workload]):

@@ -29,6 +29,10 @@ def _build(entry: list[Any]) -> CompressedModule:
     return layer_class(key).from_spec(spec)
 
 
+#: The ``nn.LSTM``/``GRU``/``RNN`` options a decomposed layer keeps (spec keys of the same names).
+_RNN_OPTIONS = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+
 @register_layer
 class DecomposedRNN(CompressedModule):
     """A recurrent layer (``mode`` LSTM, GRU, RNN_TANH or RNN_RELU) over decomposed matrices.
@@ -199,13 +203,7 @@ class DecomposedRNN(CompressedModule):
         return output, ((hn, cn) if lstm else hn)
 
     def to_dense(self) -> nn.RNNBase:
-        kwargs = {
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "batch_first": self.batch_first,
-            "dropout": self.dropout,
-            "bidirectional": self.bidirectional,
-        }
+        kwargs = {k: getattr(self, k) for k in _RNN_OPTIONS}
         if self.mode == "LSTM":
             dense: nn.RNNBase = nn.LSTM(self.input_size, self.hidden_size, **kwargs)
         elif self.mode == "GRU":
@@ -232,11 +230,7 @@ class DecomposedRNN(CompressedModule):
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
             "cells": [dict(c) for c in self.cells],
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "batch_first": self.batch_first,
-            "dropout": self.dropout,
-            "bidirectional": self.bidirectional,
+            **{k: getattr(self, k) for k in _RNN_OPTIONS},
         }
 
     def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:

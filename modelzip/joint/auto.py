@@ -269,7 +269,7 @@ class _Auto:
     def _layer_latencies(self, pairs: list[tuple[str, str]]) -> dict[Any, Any]:
         """``(layer, method, value) -> (dense layer ms, compressed layer ms)`` on the layer's
         own recorded input, the two timed side by side."""
-        from modelzip.core.counting import run_hooked
+        from modelzip.core.running import run_hooked
         from modelzip.core.timing import time_interleaved
 
         inputs: dict[str, tuple[Any, ...]] = {}

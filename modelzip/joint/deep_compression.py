@@ -233,14 +233,8 @@ class DeepCompressionResult:
         return self.original_bytes / self.file_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "original_bytes": self.original_bytes,
-            "stages": self.stages,
-            "file_bytes": self.file_bytes,
-            "ratio": self.ratio,
-            "path": str(self.path) if self.path else None,
-            "accuracy": self.accuracy,
-        }
+        path = str(self.path) if self.path else None
+        return {**dataclasses.asdict(self), "ratio": self.ratio, "path": path}
 
 
 def _tensor_bytes(tensors: Any) -> int:

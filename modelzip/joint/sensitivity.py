@@ -28,6 +28,7 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.errors import ConfigError, DataError
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.core.registry import Knob
+from modelzip.core.running import eval_inference, model_device
 from modelzip.core.selection import Select
 
 #: The SensitivityConfig field that overrides the swept values of each knob field; a method's knob
@@ -124,9 +125,7 @@ class Curve:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "layer": self.layer,
-            "method": self.method,
-            "knob": self.knob,
+            **dataclasses.asdict(self),
             "values": list(self.values),
             "accuracy": list(self.accuracy),
         }
@@ -146,12 +145,7 @@ class SensitivityResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The run directory's ``sensitivity.json``."""
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "baseline_accuracy": self.baseline_accuracy,
-            "curves": [c.to_dict() for c in self.curves],
-        }
+        return {**dataclasses.asdict(self), "curves": [c.to_dict() for c in self.curves]}
 
 
 def validation_split(data: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,19 +190,11 @@ def analysed_layers(model: nn.Module, config: SensitivityConfig) -> list[tuple[s
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, in eval and inference mode."""
-    from modelzip.api import model_device
-
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch):
-                logits = model(x[i : i + batch].to(device))
-                correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
-    finally:
-        model.train(was_training)
+    device, correct = model_device(model), 0
+    with eval_inference(model):
+        for i in range(0, len(x), batch):
+            logits = model(x[i : i + batch].to(device))
+            correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
     return correct / len(x)
 
 

@@ -34,11 +34,11 @@ from torch import nn
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
-from modelzip.core.counting import run_hooked
 from modelzip.core.geometry import ConvGeometry
 from modelzip.core.layer_workload import plain_workload
 from modelzip.core.module import register_layer
 from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.running import run_hooked
 from modelzip.core.selection import Select
 from modelzip.core.workload import Workload
 from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_tensor
