@@ -23,14 +23,6 @@ from modelzip.report import LayerChange, ModelStats, Report
 from modelzip.serialize import RECIPE_ATTR
 
 
-def check_finite(model: nn.Module) -> None:
-    """Refuse a model with NaN or Inf in a parameter or floating buffer, naming it."""
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
-            bad = "NaN" if torch.isnan(t).any() else "Inf"
-            raise ModelError(f"the model's {name!r} contains {bad}; refusing to compress it")
-
-
 def _dims(shape: Iterable[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
@@ -225,7 +217,9 @@ def compress(
     steps = Recipe.of(recipe)
     if not isinstance(model, nn.Module):
         raise ModelError(f"compress expects a torch.nn.Module, got {type(model).__name__}")
-    check_finite(model)
+    from modelzip.train import check_finite
+
+    check_finite(model, "compress")
     if data is not None:
         check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)

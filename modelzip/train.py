@@ -226,7 +226,8 @@ def check_finite(model: nn.Module, action: str = "use") -> None:
     for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in named:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ModelError(f"{kind} {name!r} contains NaN or Inf; refusing to {action} it")
+                bad = "NaN" if torch.isnan(t).any() else "Inf"
+                raise ModelError(f"{kind} {name!r} contains {bad}; refusing to {action} it")
 
 
 def _has_conv(model: nn.Module) -> bool:
