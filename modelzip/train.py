@@ -39,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "check_finite",
+    "classify",
     "count_steps",
     "default_train_config",
     "evaluate",
@@ -234,9 +235,10 @@ def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
 
-def _classify(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool
+def classify(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool = False
 ) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval and inference mode."""
     device, loss_sum, correct = model_device(model), 0.0, 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     with eval_inference(model):
@@ -312,7 +314,7 @@ def evaluate(
         raise DataError(f"split={split!r} is not one of 'train', 'val', 'test'")
     if len(x) == 0:
         raise DataError(f"the {split!r} split of {data.name} is empty")
-    return _classify(model, x, y, batch_size or 1000, _is_channels_last(model))
+    return classify(model, x, y, batch_size or 1000, _is_channels_last(model))
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -529,7 +531,7 @@ def _epoch_record(
     if val_parts is not None and len(val_parts) == 1:
         metrics = _language(model, val_parts[0], config.seq_len, 64)
     elif val_parts is not None:
-        metrics = _classify(model, *val_parts, 1000, fmt == torch.channels_last)
+        metrics = classify(model, *val_parts, 1000, fmt == torch.channels_last)
     return EpochRecord(
         epoch=epoch + 1,
         train_loss=train_loss,

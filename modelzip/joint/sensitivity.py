@@ -28,7 +28,6 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.errors import ConfigError, DataError
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.core.registry import Knob
-from modelzip.core.running import eval_inference, model_device
 from modelzip.core.selection import Select
 
 #: The SensitivityConfig field that overrides the swept values of each knob field; a method's knob
@@ -190,12 +189,9 @@ def analysed_layers(model: nn.Module, config: SensitivityConfig) -> list[tuple[s
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, in eval and inference mode."""
-    device, correct = model_device(model), 0
-    with eval_inference(model):
-        for i in range(0, len(x), batch):
-            logits = model(x[i : i + batch].to(device))
-            correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
-    return correct / len(x)
+    from modelzip.train import classify
+
+    return classify(model, x, y, batch)["accuracy"]
 
 
 def compress_one(model: nn.Module, config: MethodConfig) -> nn.Module | None:
