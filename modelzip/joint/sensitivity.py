@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -91,11 +92,11 @@ class SensitivityConfig(ConfigBase):
             if not values:
                 raise ConfigError(f"SensitivityConfig.{name} is empty")
             for v in values:
-                probe = _Probe(v)
+                probe = SimpleNamespace(value=v)
                 try:
                     check_range(probe, "value", lo, hi, low_open=lo_open, high_open=hi_open)
                 except ConfigError as e:
-                    msg = str(e).replace("_Probe.value", f"SensitivityConfig.{name}")
+                    msg = str(e).replace("SimpleNamespace.value", f"SensitivityConfig.{name}")
                     raise ConfigError(msg) from None
         check_range(self, "validation_size", 1)
         check_range(self, "workers", 1)
@@ -105,11 +106,6 @@ class SensitivityConfig(ConfigBase):
         knob = knob_of(method)
         field = _VALUES_FIELD.get(knob.field)
         return tuple(getattr(self, field)) if field else knob.values
-
-
-@dataclasses.dataclass
-class _Probe:
-    value: float
 
 
 @dataclasses.dataclass(frozen=True)
