@@ -171,10 +171,8 @@ class _Auto:
         self.base_cost = min(self.cost(self.model) for _ in range(rounds))
         self.points: list[Point] = []
 
-    def build(self, space: SearchSpace, setting: Setting) -> nn.Module:
-        return self.build_with_report(space, setting)[0]
-
-    def build_with_report(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, Any]:
+    def build(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, Any]:
+        """The model of ``setting`` (in eval mode) and the report of building it."""
         from modelzip.api import compress
 
         small, report = compress(self.model, space.recipe(setting), evaluate=False, measure=False)
@@ -182,44 +180,32 @@ class _Auto:
 
     def evaluate(self, space: SearchSpace, setting: Setting, name: str) -> Evaluated:
         """Build ``setting``, measure accuracy and cost, and record it as an explored point."""
-        small = self.build(space, setting)
-        e = Evaluated(setting, accuracy(small, self.x, self.y), self.cost(small))
-        self.points.append(self.point(space, setting, small, e, name))
-        return e
-
-    def point(
-        self, space: SearchSpace, setting: Setting, small: nn.Module, e: Evaluated, name: str
-    ) -> Point:
-        from modelzip.core.counting import collect_workloads, module_bytes
         from modelzip.recipe import Recipe
 
-        macs = sum(w.effective_macs for w in collect_workloads(small, self.sample[:1]))
-        kind = self.budget.kind
-        return Point(
-            name=name,
-            recipe=Recipe.of(space.recipe(setting)).to_list(),
-            accuracy=e.accuracy,
-            size_bytes=int(module_bytes(small)),
-            macs=int(macs),
-            cost=e.cost,
-            latency_ms=e.cost if kind == "latency" else None,
-            energy_uj=e.cost if kind == "energy" and not self.budget.native_unit else None,
-        )
+        small, _ = self.build(space, setting)
+        e = Evaluated(setting, accuracy(small, self.x, self.y), self.cost(small))
+        recipe = Recipe.of(space.recipe(setting)).to_list()
+        point = Point(name, recipe, e.accuracy, cost=e.cost, **self.columns(small, e.cost))
+        self.points.append(point)
+        return e
 
-    def baseline(self) -> dict[str, Any]:
+    def columns(self, model: nn.Module, cost: float) -> dict[str, Any]:
+        """The size, MACs and the latency or energy column (the budget's cost) of a point."""
         from modelzip.core.counting import collect_workloads, module_bytes
 
         kind = self.budget.kind
         joules = kind == "energy" and not self.budget.native_unit
-        workloads = collect_workloads(self.model, self.sample[:1])
+        workloads = collect_workloads(model, self.sample[:1])
         return {
-            "accuracy": self.base_accuracy,
-            "size_bytes": int(module_bytes(self.model)),
+            "size_bytes": int(module_bytes(model)),
             "macs": int(sum(w.effective_macs for w in workloads)),
-            "latency_ms": self.base_cost if kind == "latency" else None,
-            "energy_uj": self.base_cost if joules else None,
-            "cost": self.base_cost,
+            "latency_ms": cost if kind == "latency" else None,
+            "energy_uj": cost if joules else None,
         }
+
+    def baseline(self) -> dict[str, Any]:
+        columns = self.columns(self.model, self.base_cost)
+        return {"accuracy": self.base_accuracy, **columns, "cost": self.base_cost}
 
     # --- search space ---------------------------------------------------------------------
 
@@ -335,7 +321,7 @@ class _Auto:
     def verify(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, float, float, Any]:
         """(model, validation accuracy, cost, report) of ``setting`` after the fine-tune (the
         untuned weights are kept when the fine-tune did not help)."""
-        small, report = self.build_with_report(space, setting)
+        small, report = self.build(space, setting)
         acc = accuracy(small, self.x, self.y)
         tuned = False
         if self.config.finetune_epochs and space.recipe(setting):
