@@ -33,9 +33,7 @@ from torch import nn
 
 import modelzip.kernels.isa as isa
 
-_INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
-_INT32 = 6  # onnx.TensorProto.INT32
 _UINT8 = 2  # onnx.TensorProto.UINT8
 #: Top code of a reduced-range (7-bit) uint8 activation.
 _QMAX_REDUCED = 127

@@ -354,6 +354,3 @@ class Quantizer:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return quantize(x, self.config, generator)[1]
-
-    def fit_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Quantized:
-        return quantize_tensor(x, self.config, generator)
