@@ -51,6 +51,8 @@ __all__ = [
 #: Called as ``callback(model, step, epoch)`` after each optimizer step; ``step`` counts the steps
 #: taken so far (1 after the first), ``epoch`` is the index of the running epoch (from 0).
 Callback = Callable[[nn.Module, int, int], Any]
+#: ``loss_fn(logits, inputs, targets)``: a batch's loss (see :func:`train`).
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 Data = Dataset | TextCorpus
 Schedule = Literal["cosine", "step", "constant", "onecycle"]
 
@@ -404,6 +406,7 @@ def train(
     val: tuple[Tensor, Tensor] | Tensor | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` and return the per-epoch history.
 
@@ -430,6 +433,9 @@ def train(
         With ``checkpoint_dir``, continue from its last checkpoint: an interrupted run, rerun
         with the same arguments, ends with the same weights as an uninterrupted one (on the
         same device and thread count). The callbacks' own state is not saved.
+    loss_fn : callable, optional
+        ``loss_fn(logits, inputs, targets)`` of a batch instead of the cross-entropy (the
+        distillation loss, :func:`modelzip.compact.distill`).
     """
     config = config or TrainConfig()
     check_finite(model, "train")
@@ -476,14 +482,20 @@ def train(
                     idx = order[i * config.batch_size : (i + 1) * config.batch_size].to(device)
                     if text:
                         rows = parts[0][idx]
-                        logits = model(rows[:, :-1])
-                        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+                        inputs, targets = rows[:, :-1], rows[:, 1:]
                     else:
-                        xb, yb = parts[0][idx], parts[1][idx]
+                        inputs, targets = parts[0][idx], parts[1][idx]
                         if config.augment:
-                            xb = random_shift(xb, 2, gen)
-                        logits = model(xb.contiguous(memory_format=fmt))
-                        loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                            inputs = random_shift(inputs, 2, gen)
+                        inputs = inputs.contiguous(memory_format=fmt)
+                    logits = model(inputs)
+                    if loss_fn is not None:
+                        loss = loss_fn(logits, inputs, targets)
+                    elif text:
+                        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+                    else:
+                        smoothing = config.label_smoothing
+                        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
                     lr = config.lr * lr_factor(config.schedule, step, total)
                     optimizer_step(optimizer, loss, lr, config.grad_clip, model.parameters())
                     step += 1
