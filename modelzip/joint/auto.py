@@ -31,6 +31,7 @@ from torch import nn
 
 from modelzip.core.config import MethodConfig
 from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.running import model_device
 from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError
 from modelzip.joint.pareto import Point, mark_pareto, points_document
 from modelzip.joint.search import Evaluated, Option, SearchSpace, Setting, evolve, greedy_path
@@ -160,8 +161,7 @@ class _Auto:
         self.config = config
         self.progress = progress
         self.x, self.y = validation_split(data, config.sensitivity.validation_size)
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.sample = self.x[:64].to(device)
+        self.sample = self.x[:64].to(model_device(self.model))
         self.cost = CostModel(budget, self.sample, config.accelerator)
         self.target = budget.limit * (1 - config.latency_margin if budget.kind == "latency" else 1)
         self.base_accuracy = accuracy(self.model, self.x, self.y)
