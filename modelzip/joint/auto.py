@@ -26,7 +26,6 @@ import copy
 import dataclasses
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig
