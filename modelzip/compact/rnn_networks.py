@@ -184,13 +184,11 @@ class StackedRNN(nn.Module):
         **cell_kwargs,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
         check_positive_ints(num_layers=num_layers)
         layers = []
         size = input_size
         for _ in range(num_layers):
-            unit = CELLS[cell](size, hidden_size, **cell_kwargs)
+            unit = make_cell(cell, size, hidden_size, **cell_kwargs)
             layers.append(RecurrentLayer(unit, compile))
             size = unit.output_size
         self.layers = nn.ModuleList(layers)
