@@ -15,26 +15,12 @@ from modelzip.core.context import Context
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.registry import SkipLayer, spec_for
+from modelzip.core.running import eval_inference, model_device
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
 from modelzip.report import LayerChange, ModelStats, Report
 from modelzip.serialize import RECIPE_ATTR
-
-
-def check_finite(model: nn.Module) -> None:
-    """Refuse a model with NaN or Inf in a parameter or floating buffer, naming it."""
-    for name, t in [*model.named_parameters(), *model.named_buffers()]:
-        if t.is_floating_point() and t.numel() and not torch.isfinite(t).all():
-            bad = "NaN" if torch.isnan(t).any() else "Inf"
-            raise ModelError(f"the model's {name!r} contains {bad}; refusing to compress it")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in [*model.parameters(), *model.buffers()]:
-        return t.device
-    return torch.device("cpu")
 
 
 def _dims(shape: Iterable[int]) -> str:
@@ -100,10 +86,8 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
             )
     else:
         return
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_inference(model):
             out = model(x.to(model_device(model)))
     except _FORWARD_ERRORS as e:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
@@ -111,8 +95,6 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
             f"data set {data.name!r} ({got}) does not fit the model: one input through it "
             f"fails with {type(e).__name__}: {reason}"
         ) from None
-    finally:
-        model.train(was_training)
     if isinstance(out, (tuple, list)) and out:
         out = out[0]
     if isinstance(out, torch.Tensor) and out.ndim >= 2 and top >= out.shape[-1]:
@@ -245,7 +227,9 @@ def compress(
     steps = Recipe.of(recipe)
     if not isinstance(model, nn.Module):
         raise ModelError(f"compress expects a torch.nn.Module, got {type(model).__name__}")
-    check_finite(model)
+    from modelzip.train import check_finite
+
+    check_finite(model, "compress")
     if data is not None:
         check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)

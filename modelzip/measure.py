@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 
+from modelzip.core.running import eval_inference
 from modelzip.core.timing import Timing, time_interleaved
 
 
@@ -23,9 +24,7 @@ def latency_timing(
     ``warmup`` calls (at least one) is timed apart as the cold call. The model's train/eval mode
     is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_inference(model):
         (timing,) = time_interleaved(
             [model],
             sample,
@@ -35,8 +34,6 @@ def latency_timing(
             max_reps=10 * repeats,
             grad="inference",
         )
-    finally:
-        model.train(was_training)
     return timing
 
 

@@ -26,10 +26,6 @@ class Progress:
             fields = {} if description is None else {"description": description}
             self._bar.update(self._task, advance=steps, **fields)
 
-    def set_total(self, total: float | None) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, total=total)
-
 
 @contextmanager
 def progress_bar(description: str, total: float | None, enabled: bool = True) -> Iterator[Progress]:

@@ -71,20 +71,10 @@ class Report:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "recipe": self.recipe,
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "compression": self.compression,
-            "speedup": self.speedup,
-            "mac_reduction": self.mac_reduction,
-            "layers": [dataclasses.asdict(c) for c in self.layers],
-            "skipped": [dataclasses.asdict(s) for s in self.skipped],
-            "seconds": self.seconds,
-            "finetune_epochs": self.finetune_epochs,
-            "deployment": self.deployment,
-            "deploy_note": self.deploy_note,
-        }
+        """Every field as plain data, and the ratios (``compression``, ``speedup``,
+        ``mac_reduction``)."""
+        ratios = {k: getattr(self, k) for k in ("compression", "speedup", "mac_reduction")}
+        return {**dataclasses.asdict(self), **ratios}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Report:

@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from modelzip.core.errors import DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.running import eval_inference, model_device
 from modelzip.data.dataset import Dataset
 from modelzip.data.text import TextCorpus, sequence_windows
 from modelzip.train_checkpoint import load_training_state, save_training_state
@@ -38,6 +39,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "check_finite",
+    "classify",
     "count_steps",
     "default_train_config",
     "evaluate",
@@ -49,6 +51,8 @@ __all__ = [
 #: Called as ``callback(model, step, epoch)`` after each optimizer step; ``step`` counts the steps
 #: taken so far (1 after the first), ``epoch`` is the index of the running epoch (from 0).
 Callback = Callable[[nn.Module, int, int], Any]
+#: ``loss_fn(logits, inputs, targets)``: a batch's loss (see :func:`train`).
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 Data = Dataset | TextCorpus
 Schedule = Literal["cosine", "step", "constant", "onecycle"]
 
@@ -225,36 +229,21 @@ def check_finite(model: nn.Module, action: str = "use") -> None:
     for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
         for name, t in named:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise ModelError(f"{kind} {name!r} contains NaN or Inf; refusing to {action} it")
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
+                bad = "NaN" if torch.isnan(t).any() else "Inf"
+                raise ModelError(f"{kind} {name!r} contains {bad}; refusing to {action} it")
 
 
 def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
-
-
-def _classify(
-    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool
+def classify(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool = False
 ) -> dict[str, float]:
-    device, loss_sum, correct = _device(model), 0.0, 0
+    """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval and inference mode."""
+    device, loss_sum, correct = model_device(model), 0.0, 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    with _eval_mode(model):
+    with eval_inference(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device).contiguous(memory_format=fmt)
             yb = y[start : start + batch_size].to(device)
@@ -265,9 +254,9 @@ def _classify(
 
 
 def _language(model: nn.Module, stream: Tensor, seq_len: int, batch_size: int) -> dict[str, float]:
-    device, loss_sum, correct, count = _device(model), 0.0, 0, 0
+    device, loss_sum, correct, count = model_device(model), 0.0, 0, 0
     windows = sequence_windows(stream, seq_len)
-    with _eval_mode(model):
+    with eval_inference(model):
         for start in range(0, len(windows), batch_size):
             rows = windows[start : start + batch_size].to(device)
             logits = model(rows[:, :-1]).float().flatten(0, 1)
@@ -327,7 +316,7 @@ def evaluate(
         raise DataError(f"split={split!r} is not one of 'train', 'val', 'test'")
     if len(x) == 0:
         raise DataError(f"the {split!r} split of {data.name} is empty")
-    return _classify(model, x, y, batch_size or 1000, _is_channels_last(model))
+    return classify(model, x, y, batch_size or 1000, _is_channels_last(model))
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -417,6 +406,7 @@ def train(
     val: tuple[Tensor, Tensor] | Tensor | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` and return the per-epoch history.
 
@@ -443,6 +433,9 @@ def train(
         With ``checkpoint_dir``, continue from its last checkpoint: an interrupted run, rerun
         with the same arguments, ends with the same weights as an uninterrupted one (on the
         same device and thread count). The callbacks' own state is not saved.
+    loss_fn : callable, optional
+        ``loss_fn(logits, inputs, targets)`` of a batch instead of the cross-entropy (the
+        distillation loss, :func:`modelzip.compact.distill`).
     """
     config = config or TrainConfig()
     check_finite(model, "train")
@@ -453,7 +446,7 @@ def train(
         raise DataError("the training set is empty")
     per_epoch = steps_per_epoch(n, config)
     total = config.epochs * per_epoch
-    device = _device(model)
+    device = model_device(model)
     parts = tuple(t.to(device) for t in parts)
     channels_last = config.channels_last and _has_conv(model) and not text
     was_channels_last, was_training = _is_channels_last(model), model.training
@@ -489,14 +482,20 @@ def train(
                     idx = order[i * config.batch_size : (i + 1) * config.batch_size].to(device)
                     if text:
                         rows = parts[0][idx]
-                        logits = model(rows[:, :-1])
-                        loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
+                        inputs, targets = rows[:, :-1], rows[:, 1:]
                     else:
-                        xb, yb = parts[0][idx], parts[1][idx]
+                        inputs, targets = parts[0][idx], parts[1][idx]
                         if config.augment:
-                            xb = random_shift(xb, 2, gen)
-                        logits = model(xb.contiguous(memory_format=fmt))
-                        loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+                            inputs = random_shift(inputs, 2, gen)
+                        inputs = inputs.contiguous(memory_format=fmt)
+                    logits = model(inputs)
+                    if loss_fn is not None:
+                        loss = loss_fn(logits, inputs, targets)
+                    elif text:
+                        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+                    else:
+                        smoothing = config.label_smoothing
+                        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
                     lr = config.lr * lr_factor(config.schedule, step, total)
                     optimizer_step(optimizer, loss, lr, config.grad_clip, model.parameters())
                     step += 1
@@ -544,7 +543,7 @@ def _epoch_record(
     if val_parts is not None and len(val_parts) == 1:
         metrics = _language(model, val_parts[0], config.seq_len, 64)
     elif val_parts is not None:
-        metrics = _classify(model, *val_parts, 1000, fmt == torch.channels_last)
+        metrics = classify(model, *val_parts, 1000, fmt == torch.channels_last)
     return EpochRecord(
         epoch=epoch + 1,
         train_loss=train_loss,

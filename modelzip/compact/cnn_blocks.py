@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from modelzip.core.limits import check_positive_ints
+
 __all__ = [
     "BottleneckBlock",
     "ChannelShuffle",
@@ -37,12 +39,6 @@ __all__ = [
     "channel_shuffle",
     "conv_bn_relu",
 ]
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def conv_bn_relu(
@@ -68,7 +64,7 @@ class DilatedConv2d(nn.Conv2d):
     def __init__(
         self, c_in: int, c_out: int, kernel_size: int = 3, dilation: int = 2, **kwargs
     ) -> None:
-        _check_positive(kernel_size=kernel_size, dilation=dilation)
+        check_positive_ints(kernel_size=kernel_size, dilation=dilation)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd for 'same' padding, got {kernel_size}")
         pad = dilation * (kernel_size - 1) // 2
@@ -96,7 +92,7 @@ class DeformableConv2d(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, c_out=c_out, kernel_size=kernel_size, stride=stride)
+        check_positive_ints(c_in=c_in, c_out=c_out, kernel_size=kernel_size, stride=stride)
         self.kernel_size, self.stride, self.dilation = kernel_size, stride, dilation
         self.padding = dilation * (kernel_size - 1) // 2 if padding is None else padding
         taps = kernel_size * kernel_size
@@ -153,7 +149,7 @@ class ChannelShuffle(nn.Module):
 
     def __init__(self, groups: int) -> None:
         super().__init__()
-        _check_positive(groups=groups)
+        check_positive_ints(groups=groups)
         self.groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
@@ -169,7 +165,7 @@ class ShuffleUnit(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, groups: int = 2, stride: int = 1) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, c_out=c_out, groups=groups)
+        check_positive_ints(c_in=c_in, c_out=c_out, groups=groups)
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         if stride == 1 and c_in != c_out:
@@ -198,7 +194,7 @@ class SeparableBlock(nn.Sequential):
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1, kernel_size: int = 3) -> None:
-        _check_positive(c_in=c_in, c_out=c_out, stride=stride, kernel_size=kernel_size)
+        check_positive_ints(c_in=c_in, c_out=c_out, stride=stride, kernel_size=kernel_size)
         super().__init__(
             conv_bn_relu(c_in, c_in, kernel_size, stride, groups=c_in),
             conv_bn_relu(c_in, c_out, 1),
@@ -213,7 +209,7 @@ class InvertedResidual(nn.Module):
         self, c_in: int, c_out: int, stride: int = 1, expansion: int = 4, kernel_size: int = 3
     ) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, c_out=c_out, stride=stride, expansion=expansion)
+        check_positive_ints(c_in=c_in, c_out=c_out, stride=stride, expansion=expansion)
         mid = c_in * expansion
         layers: list[nn.Module] = []
         if expansion != 1:
@@ -241,7 +237,7 @@ class ResidualBlock(nn.Module):
         self, c_in: int, c_out: int, stride: int = 1, body: nn.Module | None = None
     ) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, c_out=c_out, stride=stride)
+        check_positive_ints(c_in=c_in, c_out=c_out, stride=stride)
         self.body = body or nn.Sequential(
             conv_bn_relu(c_in, c_out, 3, stride), conv_bn_relu(c_out, c_out, 3, relu=False)
         )
@@ -257,7 +253,7 @@ class BottleneckBlock(ResidualBlock):
     """ResNet bottleneck: 1x1 reduce to ``width`` -> ``k x k`` -> 1x1 expand, plus the shortcut."""
 
     def __init__(self, c_in: int, c_out: int, width: int, stride: int = 1, kernel_size: int = 3):
-        _check_positive(width=width, kernel_size=kernel_size)
+        check_positive_ints(width=width, kernel_size=kernel_size)
         body = nn.Sequential(
             conv_bn_relu(c_in, width, 1),
             conv_bn_relu(width, width, kernel_size, stride),
@@ -272,7 +268,7 @@ class FireModule(nn.Module):
 
     def __init__(self, c_in: int, squeeze: int, expand: int) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, squeeze=squeeze, expand=expand)
+        check_positive_ints(c_in=c_in, squeeze=squeeze, expand=expand)
         self.squeeze = conv_bn_relu(c_in, squeeze, 1)
         self.expand1 = conv_bn_relu(squeeze, expand, 1)
         self.expand3 = conv_bn_relu(squeeze, expand, 3)
@@ -291,7 +287,7 @@ class DenseBlock(nn.Module):
 
     def __init__(self, c_in: int, growth: int, layers: int, kernel_size: int = 3) -> None:
         super().__init__()
-        _check_positive(c_in=c_in, growth=growth, layers=layers)
+        check_positive_ints(c_in=c_in, growth=growth, layers=layers)
         self.layers = nn.ModuleList(
             nn.Sequential(
                 nn.BatchNorm2d(c_in + i * growth),

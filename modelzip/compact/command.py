@@ -73,9 +73,8 @@ def cmd_nas(args: argparse.Namespace) -> int:
         energy_target=args.energy_target,
         latency_target_ms=args.latency_target_ms,
     )
-    for flag in ("population", "cycles", "trials"):
-        if getattr(args, flag) < (1 if flag != "cycles" else 0):
-            low = 1 if flag != "cycles" else 0
+    for flag, low in (("population", 1), ("cycles", 0), ("trials", 1)):
+        if getattr(args, flag) < low:
             raise ConfigError(f"--{flag}={getattr(args, flag)} is out of range; allowed >= {low}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,27 +10,14 @@ The ``T^2`` keeps the soft term's gradients on the scale of the hard term's as `
 
 from __future__ import annotations
 
-import math
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modelzip.core.errors import ConfigError, DataError, ModelError
+from modelzip.core.errors import ConfigError, DataError
+from modelzip.core.running import model_device
 from modelzip.data.dataset import Dataset
-from modelzip.train import (
-    EpochRecord,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    lr_factor,
-    make_optimizer,
-    optimizer_step,
-    random_shift,
-    steps_per_epoch,
-    train_val_split,
-)
+from modelzip.train import TrainConfig, TrainResult, train
 
 __all__ = ["distill", "distillation_loss", "recalibrate_batchnorm"]
 
@@ -65,7 +52,7 @@ def recalibrate_batchnorm(
         return
     saved = [(m.momentum, m.training) for m in norms]
     was_training = model.training
-    device = _device(model)
+    device = model_device(model)
     try:
         model.train()
         for m in norms:
@@ -77,10 +64,6 @@ def recalibrate_batchnorm(
         for m, (momentum, _) in zip(norms, saved, strict=True):
             m.momentum = momentum
         model.train(was_training)
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def distill(
@@ -100,7 +83,8 @@ def distill(
     data : Dataset
         Image classification data; trains on the training part of ``data.split(val_size)``.
     config : TrainConfig, optional
-        Optimizer, schedule, epochs, augmentation, as for :func:`modelzip.train.train`.
+        Optimizer, schedule, epochs, augmentation, as for :func:`modelzip.train.train`, which
+        runs the training with the distillation loss.
     temperature : float
         Softmax temperature ``T > 0`` of both models in the soft term.
     alpha : float
@@ -113,48 +97,15 @@ def distill(
         raise ConfigError(f"distill: alpha={alpha!r} is out of range; allowed [0, 1]")
     if not isinstance(data, Dataset):
         raise DataError(f"distill needs an image Dataset, got {type(data).__name__}")
-    (x, y), (xv, yv) = train_val_split(data, config.val_size)
-    device = _device(student)
-    x, y = x.to(device), y.to(device)
-    opt = make_optimizer(student, config)
-    per_epoch = steps_per_epoch(len(x), config)
-    total, step = config.epochs * per_epoch, 0
-    gen = torch.Generator().manual_seed(config.seed)
-    teacher_was, student_was = teacher.training, student.training
+
+    def loss(logits: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = teacher(images)
+        return distillation_loss(logits, target, labels, temperature, alpha)
+
+    teacher_was = teacher.training
     teacher.eval()
-    history: list[EpochRecord] = []
-    start = time.perf_counter()
     try:
-        for epoch in range(config.epochs):
-            student.train()
-            t0, loss_sum = time.perf_counter(), 0.0
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(per_epoch):
-                idx = order[i * config.batch_size : (i + 1) * config.batch_size].to(device)
-                xb, yb = x[idx], y[idx]
-                if config.augment:
-                    xb = random_shift(xb, 2, gen)
-                with torch.no_grad():
-                    target = teacher(xb)
-                loss = distillation_loss(student(xb), target, yb, temperature, alpha)
-                lr = config.lr * lr_factor(config.schedule, step, total)
-                optimizer_step(opt, loss, lr, config.grad_clip, student.parameters())
-                step += 1
-                loss_sum += float(loss.detach())
-            if not math.isfinite(loss_sum):
-                raise ModelError(f"distillation diverged in epoch {epoch + 1}; lower the lr")
-            val = evaluate(student, data, (xv, yv)) if len(xv) else {}
-            history.append(
-                EpochRecord(
-                    epoch=epoch + 1,
-                    train_loss=loss_sum / per_epoch,
-                    lr=lr,
-                    seconds=time.perf_counter() - t0,
-                    val_loss=val.get("loss"),
-                    val_accuracy=val.get("accuracy"),
-                )
-            )
+        return train(student, data, config, progress=False, loss_fn=loss)
     finally:
         teacher.train(teacher_was)
-        student.train(student_was)
-    return TrainResult(tuple(history), time.perf_counter() - start, step)

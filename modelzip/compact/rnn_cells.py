@@ -32,6 +32,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from modelzip.core.limits import check_positive_ints
+
 __all__ = [
     "BASIC_CELLS",
     "GRUCell",
@@ -47,18 +49,12 @@ __all__ = [
 State = tuple[Tensor, ...]
 
 
-def _check(input_size: int, hidden_size: int) -> None:
-    for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-
 class RecurrentCell(nn.Module):
     """Base of the cells: one time step ``(x, state) -> (h, state)``."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
-        _check(input_size, hidden_size)
+        check_positive_ints(input_size=input_size, hidden_size=hidden_size)
         self.input_size, self.hidden_size = input_size, hidden_size
 
     @property

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from modelzip.compact.rnn_cells import BASIC_CELLS, LSTMCell, RecurrentCell, State
+from modelzip.core.limits import check_positive_ints
 
 __all__ = [
     "CELLS",
@@ -65,8 +66,7 @@ class LSTMPCell(LSTMCell):
     back. Parameters ``4n(m + p + 1) + n p`` against ``4n(m + n + 1)``."""
 
     def __init__(self, input_size: int, hidden_size: int, proj_size: int) -> None:
-        if not isinstance(proj_size, int) or proj_size < 1:
-            raise ValueError(f"proj_size must be a positive int, got {proj_size!r}")
+        check_positive_ints(proj_size=proj_size)
         self.proj_size = proj_size
         super().__init__(input_size, hidden_size)
         self.proj = nn.Linear(hidden_size, proj_size, bias=False)
@@ -84,8 +84,7 @@ class FLSTMCell(LSTMCell):
     ``r (m + n) + 4 n r + 4 n`` parameters."""
 
     def __init__(self, input_size: int, hidden_size: int, rank: int) -> None:
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive int, got {rank!r}")
+        check_positive_ints(rank=rank)
         self.rank = rank
         super().__init__(input_size, hidden_size)
         self.w2 = nn.Linear(rank, 4 * hidden_size)
@@ -106,8 +105,7 @@ class GLSTMCell(LSTMCell):
     ``4 n (m + n) / G + 4 n`` parameters."""
 
     def __init__(self, input_size: int, hidden_size: int, groups: int) -> None:
-        if not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        check_positive_ints(groups=groups)
         self.groups = groups
         super().__init__(input_size, hidden_size)
 
@@ -186,14 +184,11 @@ class StackedRNN(nn.Module):
         **cell_kwargs,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"unknown cell {cell!r}; choose one of {sorted(CELLS)}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        check_positive_ints(num_layers=num_layers)
         layers = []
         size = input_size
         for _ in range(num_layers):
-            unit = CELLS[cell](size, hidden_size, **cell_kwargs)
+            unit = make_cell(cell, size, hidden_size, **cell_kwargs)
             layers.append(RecurrentLayer(unit, compile))
             size = unit.output_size
         self.layers = nn.ModuleList(layers)

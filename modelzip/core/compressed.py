@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.geometry import ConvGeometry
-from modelzip.core.module import CompressedModule, load_dense
+from modelzip.core.module import CompressedModule, dense_linear, load_dense
 
 L = TypeVar("L", bound="CompressedModule")
 
@@ -74,6 +74,11 @@ class WeightFormat:
     def sparsity(self) -> float:
         """Fraction of weights that are exactly zero by construction."""
         return 0.0
+
+    def param_count(self) -> int:
+        """Stored weight numbers and the bias (the layer's :meth:`CompressedModule.param_count`)."""
+        bias = self.bias  # type: ignore[attr-defined]
+        return self.weight_params() + (bias.numel() if bias is not None else 0)
 
     def decoded_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The decoded weight, cached while no gradient is being recorded."""
@@ -142,13 +147,7 @@ class CompressedLinear(CompressedModule):
         return self.linear(x, self.bias)  # type: ignore[attr-defined]
 
     def to_dense(self) -> nn.Linear:
-        w = self.decoded_weight().detach()  # type: ignore[attr-defined]
-        dense = nn.Linear(self.in_features, self.out_features, self.bias is not None)
-        return load_dense(dense, w, self.bias)  # type: ignore[return-value]
-
-    def param_count(self) -> int:
-        bias = self.bias.numel() if self.bias is not None else 0
-        return self.weight_params() + bias  # type: ignore[attr-defined]
+        return dense_linear(self.decoded_weight().detach(), self.bias)  # type: ignore[attr-defined]
 
 
 class CompressedConv2d(CompressedModule):
@@ -177,20 +176,6 @@ class CompressedConv2d(CompressedModule):
         geometry = ConvGeometry.pop_from_spec(rest)
         return cls(geometry, **rest)
 
-    @property
-    def conv_args(self) -> dict[str, Any]:
-        """``nn.Conv2d`` keyword arguments (read-only view of :attr:`geometry`)."""
-        g = self.geometry
-        return {
-            "in_channels": g.in_channels,
-            "out_channels": g.out_channels,
-            "kernel_size": g.kernel_size,
-            "stride": g.stride,
-            "padding": g.padding,
-            "dilation": g.dilation,
-            "groups": g.groups,
-        }
-
     def spec(self) -> dict[str, Any]:
         return {
             "conv": self.geometry.to_dict(),
@@ -204,7 +189,3 @@ class CompressedConv2d(CompressedModule):
     def to_dense(self) -> nn.Conv2d:
         w = self.decoded_weight().detach()  # type: ignore[attr-defined]
         return load_dense(self.geometry.dense(self.bias is not None), w, self.bias)  # type: ignore[return-value]
-
-    def param_count(self) -> int:
-        bias = self.bias.numel() if self.bias is not None else 0
-        return self.weight_params() + bias  # type: ignore[attr-defined]

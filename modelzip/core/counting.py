@@ -26,6 +26,7 @@ from torch import nn
 from modelzip.core.compact_source import CompactSource, compact_source
 from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
 from modelzip.core.module import CompressedModule
+from modelzip.core.running import run_hooked
 from modelzip.core.workload import Workload
 
 _RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -170,7 +171,7 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     layer appears as its small ops and a quantized one with its bit-widths.
     """
     records: list[Workload] = []
-    hooks = []
+    hooks: list[tuple[nn.Module, Callable[..., Any]]] = []
     skip_below: list[str] = []
     for name, module in model.named_modules():
         if any(p == "" or name.startswith(p + ".") for p in skip_below):
@@ -192,16 +193,8 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
             hook = _dense_hook(name, records)
         else:
             continue
-        hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(*sample) if isinstance(sample, tuple) else model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+        hooks.append((module, hook))
+    run_hooked(model, sample, hooks)
     return records
 
 

@@ -160,11 +160,7 @@ class ConfigBase:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) suitable for YAML or JSON."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = _plain(value)
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: Mapping[str, Any]) -> C:

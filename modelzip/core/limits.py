@@ -31,6 +31,15 @@ MAX_STRING = 256
 
 Range = tuple[float, float]
 
+
+def check_positive_ints(**values: Any) -> None:
+    """ValueError naming the first of ``values`` that is not a positive int (the constructor
+    arguments of layers and zoo models)."""
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 #: Ranges by the name of the field (the last key on the path to the value).
 DEFAULT_BOUNDS: dict[str, Range] = {
     "bits": (0, 32),

@@ -20,7 +20,6 @@ import importlib
 from typing import Any, ClassVar, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.errors import ModelError
@@ -66,59 +65,7 @@ def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """An ``nn.Linear`` holding ``weight`` (``out × in``) and ``bias``, on their device and dtype
     (the :meth:`CompressedModule.to_dense` of every linear-like layer)."""
     out_features, in_features = weight.shape
-    dense = nn.Linear(in_features, out_features, bias is not None, weight.device, weight.dtype)
-    with torch.no_grad():
-        dense.weight.copy_(weight)
-        if bias is not None:
-            dense.bias.copy_(bias)
-    return dense
-
-
-def conv_args(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: Any,
-    stride: Any = 1,
-    padding: Any = 0,
-    dilation: Any = 1,
-    groups: int = 1,
-    bias: bool = True,
-) -> dict[str, Any]:
-    """``nn.Conv2d`` constructor arguments with pairs as tuples (a spec from JSON has lists)."""
-
-    def pair(v: Any) -> tuple[int, int]:
-        return (v, v) if isinstance(v, int) else tuple(v)
-
-    return {
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "kernel_size": pair(kernel_size),
-        "stride": pair(stride),
-        "padding": padding if isinstance(padding, str) else pair(padding),
-        "dilation": pair(dilation),
-        "groups": groups,
-        "bias": bias,
-    }
-
-
-def conv_spec(conv: nn.Conv2d) -> dict[str, Any]:
-    """A torch conv's shape arguments as :func:`conv_args` gives them, without ``bias``."""
-    args = conv_args(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-        conv.dilation, conv.groups,
-    )  # fmt: skip
-    del args["bias"]
-    return args
-
-
-def conv2d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, args: dict[str, Any]
-) -> torch.Tensor:
-    """``F.conv2d`` with the stride, padding, dilation and groups of a :func:`conv_args` dict
-    (the forward of every conv-like layer that keeps its weight in another form)."""
-    return F.conv2d(
-        x, weight, bias, args["stride"], args["padding"], args["dilation"], args.get("groups", 1)
-    )
+    return load_dense(nn.Linear(in_features, out_features, bias is not None), weight, bias)  # type: ignore[return-value]
 
 
 def load_dense(dense: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:

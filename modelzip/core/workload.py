@@ -16,7 +16,6 @@ linear layer over ``[x, h]`` applied once per time step; an embedding is a looku
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Literal
 
 Op = Literal["conv", "linear", "recurrent", "embedding", "matmul"]
@@ -73,11 +72,6 @@ class Workload:
     def weight_count(self) -> int:
         """Weights of the loop nest (the kernel tensor), excluding biases."""
         return self.K * self.C * self.R * self.S * self.groups
-
-    def operational_intensity(self) -> float:
-        """MACs per byte moved (weights + inputs + outputs), for a roofline view."""
-        moved = self.weight_bytes + self.input_bytes + self.output_bytes
-        return self.effective_macs / moved if moved else math.inf
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

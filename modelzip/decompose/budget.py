@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -69,27 +70,18 @@ def _planner(method: str, module: nn.Module, config: Any) -> Planner:
         O, I, kh, kw = W.shape
 
         def plan(t: float) -> tuple[dict[str, Any], int]:
-            r = cp_rank(W, _Fraction(t))
+            r = cp_rank(W, SimpleNamespace(rank_fraction=t))
             return {"rank": r}, cp_conv_params(O, I, kh, kw, r) + bias
 
         return plan
-    if method == "tt" and isinstance(module, (nn.Linear, nn.Embedding)):
-        n, m = (W.shape[1], W.shape[0])
-        in_modes, out_modes = modes_for(n, m, config)
-        sizes = [a * b for a, b in zip(in_modes, out_modes, strict=False)]
+    if method == "tt" and isinstance(module, (nn.Linear, nn.Embedding, nn.Conv2d)):
+        kind = "Conv2d" if isinstance(module, nn.Conv2d) else "Linear"
+        in_modes, out_modes = modes_for(W.shape[1], W.shape[0], config)
+        spatial = [math.prod(W.shape[2:])] if kind == "Conv2d" else []  # a conv's kh·kw mode
+        sizes = spatial + [a * b for a, b in zip(in_modes, out_modes, strict=False)]
 
         def plan(t: float) -> tuple[dict[str, Any], int]:
-            ranks = tt_ranks(sizes, _Fraction(t), "Linear", W.numel())
-            return {"ranks": tuple(ranks[1:-1])}, tt_params(sizes, ranks) + bias
-
-        return plan
-    if method == "tt" and isinstance(module, nn.Conv2d):
-        O, I, kh, kw = W.shape
-        in_modes, out_modes = modes_for(I, O, config)
-        sizes = [kh * kw] + [a * b for a, b in zip(in_modes, out_modes, strict=False)]
-
-        def plan(t: float) -> tuple[dict[str, Any], int]:
-            ranks = tt_ranks(sizes, _Fraction(t), "Conv2d", W.numel())
+            ranks = tt_ranks(sizes, SimpleNamespace(rank_fraction=t), kind, W.numel())
             return {"ranks": tuple(ranks[1:-1])}, tt_params(sizes, ranks) + bias
 
         return plan
@@ -99,16 +91,12 @@ def _planner(method: str, module: nn.Module, config: Any) -> Planner:
         tree = dimension_tree(len(shape), config.tree)
 
         def plan(t: float) -> tuple[dict[str, Any], int]:
-            ranks = ht_ranks(shape, tree, ht_rank_request(shape, tree, _Fraction(t), W.numel()))
+            share = SimpleNamespace(rank_fraction=t)
+            ranks = ht_ranks(shape, tree, ht_rank_request(shape, tree, share, W.numel()))
             return {"ranks": tuple(ranks[1:])}, ht_params(shape, tree, ranks) + bias
 
         return plan
     raise ModelError(f"allocate_ranks does not plan {method!r} for {type(module).__name__}")
-
-
-class _Fraction:
-    def __init__(self, fraction: float) -> None:
-        self.rank_fraction = fraction
 
 
 def allocate_ranks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -99,11 +100,6 @@ def _pad_columns(factor: torch.Tensor, rank: int) -> torch.Tensor:
     return torch.cat([factor, factor.new_zeros(factor.shape[0], extra)], dim=1)
 
 
-class _Rank:
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-
-
 @register_layer
 class CPConv2d(ConvChain):
     """CP conv of Lebedev et al., "Speeding-up convolutional neural networks using fine-tuned
@@ -134,7 +130,7 @@ class CPConv2d(ConvChain):
         cls, dense: nn.Conv2d, config: Any = None, *, rank: int | None = None
     ) -> CPConv2d:
         W = dense.weight
-        r = cp_rank(W, config if rank is None else _Rank(rank))
+        r = cp_rank(W, config if rank is None else SimpleNamespace(rank=rank))
         if r == exact_rank(tuple(W.shape)):
             A_out, A_in, A_y, A_x = exact_cp(W.detach().double())
         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import tensorly as tl
@@ -24,6 +24,7 @@ from modelzip.core.workload import Workload
 from modelzip.decompose._ops import ContractionPlan, DecomposedLinear, matmul_workloads, rows_of
 
 FL = TypeVar("FL", bound="FactorizedLinear")
+Contract = Callable[[ContractionPlan, list[torch.Tensor]], torch.Tensor]
 
 
 def tensorly_torch() -> Any:
@@ -193,15 +194,19 @@ class FactorizedLinear(DecomposedLinear):
             self._plans[key] = ContractionPlan(self._equation(True), shapes)
         return self._plans[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, contract: Contract | None = None) -> torch.Tensor:
+        """``W x + b``; ``contract(plan, operands)`` evaluates the planned contraction another way
+        (the ONNX export's matmuls), by default opt_einsum does. Reshapes keep the batch as
+        ``-1``, so that a traced graph takes any batch size."""
         lead = x.shape[:-1]
-        rows = rows_of(x, self.in_features)
-        x = x.reshape(rows, self.in_features)
+        plan = self.plan(rows_of(x, self.in_features))
+        x = x.reshape(-1, self.in_features)
         padded_in = math.prod(self.in_modes)
         if padded_in != self.in_features:
             x = F.pad(x, (0, padded_in - self.in_features))
-        y = self.plan(rows)(x.reshape(rows, *self.in_modes), *self.factors())
-        y = y.reshape(rows, -1)[:, : self.out_features]
+        operands = [x.reshape(-1, *self.in_modes), *self.factors()]
+        y = plan(*operands) if contract is None else contract(plan, operands)
+        y = y.reshape(-1, math.prod(self.out_modes))[:, : self.out_features]
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -28,7 +28,7 @@ from modelzip.core.errors import ModelError
 from modelzip.core.module import register_layer
 from modelzip.decompose._ops import letters
 from modelzip.decompose.factorized import FactorizedLinear, modes_for, weight_tensor
-from modelzip.decompose.rank import check_rank, unfolding_ranks
+from modelzip.decompose.rank import check_rank, unfold, unfolding_ranks
 
 TreeKind = Literal["balanced", "tt"]
 
@@ -148,12 +148,6 @@ class HTTensor:
         return basis(self.tree).reshape(self.shape)
 
 
-def _matricize(tensor: torch.Tensor, modes: tuple[int, ...]) -> torch.Tensor:
-    rest = [m for m in range(tensor.dim()) if m not in modes]
-    size = math.prod(tensor.shape[m] for m in modes)
-    return tensor.permute(*modes, *rest).reshape(size, -1)
-
-
 def ht_svd(
     tensor: torch.Tensor,
     rank: int | Sequence[int] | None = None,
@@ -175,7 +169,7 @@ def ht_svd(
         if node is tree:
             basis[node] = tensor.reshape(-1, 1)
         else:
-            U = torch.linalg.svd(_matricize(tensor, node.modes), full_matrices=False)[0]
+            U = torch.linalg.svd(unfold(tensor, node.modes), full_matrices=False)[0]
             basis[node] = U[:, : ranks[node]]
     factors = []
     for node in nodes:

@@ -8,6 +8,7 @@ full-rank decomposition ``W ≈ W₁H₁`` with the same error.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ class LowRankLinear(DecomposedLinear):
             per_rank = m + n + (1 if singular_values else 0)
             rank = matrix_rank(config, _svd_values(W), m, n, per_rank=per_rank, what="Linear")
         else:
-            matrix_rank(_Exact(rank), W.new_zeros(1), m, n, what="Linear")
+            matrix_rank(SimpleNamespace(rank=rank), W.new_zeros(1), m, n, what="Linear")
         U, S, Vh = truncated_svd(W, rank)
         layer = cls(n, m, rank, dense.bias is not None, singular_values, W.device, W.dtype)
         with torch.no_grad():
@@ -139,11 +140,6 @@ class LowRankLinear(DecomposedLinear):
         ]
 
 
-class _Exact:
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-
-
 # The conv chains' base lived here; code written against this name still finds it.
 _ConvChain = ConvChain
 
@@ -177,7 +173,7 @@ class ChannelLowRankConv2d(ConvChain):
         matrix = W.reshape(O, -1)
         m, n = matrix.shape
         explicit = not getattr(config, "fold_singular_values", True)
-        cfg = _Exact(rank) if rank is not None else config
+        cfg = SimpleNamespace(rank=rank) if rank is not None else config
         r = matrix_rank(cfg, _svd_values(matrix), m, n, per_rank=m + n + explicit, what="Conv2d")
         U, S, Vh = truncated_svd(matrix, r)
         layer = cls.like(dense, r, singular_values=explicit)
@@ -238,7 +234,7 @@ class SpatialLowRankConv2d(ConvChain):
         O, I, kh, kw = W.shape
         matrix = W.permute(1, 2, 3, 0).reshape(I * kh, kw * O)
         m, n = matrix.shape
-        cfg = _Exact(rank) if rank is not None else config
+        cfg = SimpleNamespace(rank=rank) if rank is not None else config
         r = matrix_rank(cfg, _svd_values(matrix), m, n, what="Conv2d (spatial)")
         U, S, Vh = truncated_svd(matrix, r)
         layer = cls.like(dense, r)

@@ -57,14 +57,13 @@ def unfolding_ranks(
     then errs by at most ``√(Σ_k (1 − energy))·‖W‖`` (Oseledets 2011, Thm. 2.2).
     """
     t = tensor.detach().double()
-    ranks = []
-    for group in groups:
-        group = list(group)
-        rest = [k for k in range(t.dim()) if k not in group]
-        rows = math.prod(t.shape[k] for k in group)
-        unfolding = t.permute(*group, *rest).reshape(rows, -1)
-        ranks.append(rank_for_energy(torch.linalg.svdvals(unfolding), energy))
-    return ranks
+    return [rank_for_energy(torch.linalg.svdvals(unfold(t, group)), energy) for group in groups]
+
+
+def unfold(tensor: torch.Tensor, modes: Sequence[int]) -> torch.Tensor:
+    """The matricization ``tensor_(modes) × (other modes)``: ``modes`` index the rows."""
+    rest = [m for m in range(tensor.dim()) if m not in modes]
+    return tensor.permute(*modes, *rest).reshape(math.prod(tensor.shape[m] for m in modes), -1)
 
 
 def scale_ranks(

@@ -18,7 +18,13 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from modelzip.core.errors import ModelError
-from modelzip.core.module import CompressedModule, layer_class, layer_key, register_layer
+from modelzip.core.module import (
+    CompressedModule,
+    dense_linear,
+    layer_class,
+    layer_key,
+    register_layer,
+)
 from modelzip.core.workload import Workload
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
@@ -27,6 +33,10 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
 def _build(entry: list[Any]) -> CompressedModule:
     key, spec = entry
     return layer_class(key).from_spec(spec)
+
+
+#: The ``nn.LSTM``/``GRU``/``RNN`` options a decomposed layer keeps (spec keys of the same names).
+_RNN_OPTIONS = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
 
 @register_layer
@@ -97,13 +107,8 @@ class DecomposedRNN(CompressedModule):
                 for kind in ("ih", "hh"):
                     W = getattr(dense, f"weight_{kind}{sfx}")
                     b = getattr(dense, f"bias_{kind}{sfx}", None) if dense.bias else None
-                    lin = nn.Linear(W.shape[1], W.shape[0], b is not None, W.device, W.dtype)
-                    with torch.no_grad():
-                        lin.weight.copy_(W)
-                        if b is not None:
-                            lin.bias.copy_(b)
                     try:
-                        part = linear_cls.from_dense(lin, config)
+                        part = linear_cls.from_dense(dense_linear(W.detach(), b), config)
                     except ModelError as e:
                         raise ModelError(f"weight_{kind}{sfx}: {e}") from None
                     pair.append(part)
@@ -115,17 +120,8 @@ class DecomposedRNN(CompressedModule):
                         for k, p in zip(("ih", "hh"), pair, strict=False)
                     }
                 )
-        module = cls(
-            dense.mode,
-            dense.input_size,
-            H,
-            cells,
-            dense.num_layers,
-            dense.bias,
-            dense.batch_first,
-            dense.dropout,
-            dense.bidirectional,
-        )
+        options = {k: getattr(dense, k) for k in _RNN_OPTIONS}
+        module = cls(dense.mode, dense.input_size, H, cells, **options)
         module.ih, module.hh = nn.ModuleList(ih), nn.ModuleList(hh)
         return module
 
@@ -199,13 +195,7 @@ class DecomposedRNN(CompressedModule):
         return output, ((hn, cn) if lstm else hn)
 
     def to_dense(self) -> nn.RNNBase:
-        kwargs = {
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "batch_first": self.batch_first,
-            "dropout": self.dropout,
-            "bidirectional": self.bidirectional,
-        }
+        kwargs = {k: getattr(self, k) for k in _RNN_OPTIONS}
         if self.mode == "LSTM":
             dense: nn.RNNBase = nn.LSTM(self.input_size, self.hidden_size, **kwargs)
         elif self.mode == "GRU":
@@ -232,11 +222,7 @@ class DecomposedRNN(CompressedModule):
             "input_size": self.input_size,
             "hidden_size": self.hidden_size,
             "cells": [dict(c) for c in self.cells],
-            "num_layers": self.num_layers,
-            "bias": self.bias,
-            "batch_first": self.batch_first,
-            "dropout": self.dropout,
-            "bidirectional": self.bidirectional,
+            **{k: getattr(self, k) for k in _RNN_OPTIONS},
         }
 
     def workloads(self, name: str, inputs: tuple[torch.Tensor, ...], output: Any) -> list[Workload]:

@@ -18,6 +18,7 @@ from modelzip.core.workload import Workload
 from modelzip.decompose._ops import ContractionPlan, letters, matmul_workloads
 from modelzip.decompose.conv_chain import ConvChain, Pieces
 from modelzip.decompose.factorized import (
+    Contract,
     FactorizedLinear,
     modes_for,
     tensorly_torch,
@@ -243,16 +244,20 @@ class TTConv2d(ConvChain):
             self._plans[key] = ContractionPlan(eq, shapes)
         return self._plans[key]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, contract: Contract | None = None) -> torch.Tensor:
+        """The conv; ``contract`` as in :meth:`FactorizedLinear.forward
+        <modelzip.decompose.factorized.FactorizedLinear.forward>` (the batch reshaped as ``-1``)."""
         B, I, H, W = x.shape
-        z = self.spatial(x.reshape(B * I, 1, H, W))
+        z = self.spatial(x.reshape(-1, 1, H, W))
         _, r0, P, Q = z.shape
-        z = z.reshape(B, I, r0, P, Q)
+        z = z.reshape(-1, I, r0, P, Q)
         Ip = math.prod(self.in_modes)
         if Ip != I:
             z = F.pad(z, (0, 0, 0, 0, 0, 0, 0, Ip - I))
-        z = z.reshape(B, *self.in_modes, r0, P, Q)
-        y = self._plan(B, P, Q)(z, *self.tt_cores).reshape(B, -1, P, Q)[:, : self.out_channels]
+        z = z.reshape(-1, *self.in_modes, r0, P, Q)
+        plan = self._plan(int(B), int(P), int(Q))
+        y = plan(z, *self.tt_cores) if contract is None else contract(plan, [z, *self.tt_cores])
+        y = y.reshape(-1, math.prod(self.out_modes), P, Q)[:, : self.out_channels]
         return y if self.bias is None else y + self.bias[:, None, None]
 
     def kernel(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modelzip.core.errors import ModelError
-from modelzip.core.module import register_layer
+from modelzip.core.module import load_dense, register_layer
 from modelzip.core.workload import Workload
 from modelzip.decompose._ops import matmul_workloads
 from modelzip.decompose.factorized import factorize, modes_for
@@ -81,17 +81,8 @@ class TTEmbedding(TTMatrix):
         return rows.reshape(*ids.shape, self.embedding_dim)
 
     def to_dense(self) -> nn.Embedding:
-        W = self.weight()
-        dense = nn.Embedding(
-            self.num_embeddings,
-            self.embedding_dim,
-            self.padding_idx,
-            device=W.device,
-            dtype=W.dtype,
-        )
-        with torch.no_grad():
-            dense.weight.copy_(W)
-        return dense
+        dense = nn.Embedding(self.num_embeddings, self.embedding_dim, self.padding_idx)
+        return load_dense(dense, self.weight().detach(), None)  # type: ignore[return-value]
 
     def spec(self) -> dict[str, Any]:
         return {

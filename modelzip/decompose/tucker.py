@@ -4,6 +4,7 @@ linear layer. The decompositions themselves are TensorLy's (HOOI, SVD-initialise
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -89,7 +90,7 @@ class Tucker2Conv2d(ConvChain):
         cls, dense: nn.Conv2d, config: Any = None, *, ranks: tuple[int, int] | None = None
     ) -> Tucker2Conv2d:
         W = dense.weight
-        ranks = tucker2_ranks(W, config) if ranks is None else tucker2_ranks(W, _Ranks(ranks))
+        ranks = tucker2_ranks(W, config if ranks is None else SimpleNamespace(ranks=tuple(ranks)))
         r_out, r_in = ranks
         n_iter = getattr(config, "n_iter_max", 10)
         with tensorly_torch():
@@ -113,11 +114,6 @@ class Tucker2Conv2d(ConvChain):
             self.last.weight[:, :, 0, 0],
             self.first.weight[:, :, 0, 0],
         )
-
-
-class _Ranks:
-    def __init__(self, ranks: Any) -> None:
-        self.ranks = tuple(ranks)
 
 
 @register_layer

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 FORMATS = ("onnx",)
 
@@ -24,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from modelzip.command_output import print_json
     from modelzip.core.errors import ConfigError
     from modelzip.export.onnx import export_onnx
     from modelzip.model_source import load_model, sample_batch
@@ -38,7 +38,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     sample = sample_batch(model, args.input_shape, args.batch)
     result = export_onnx(model, args.out, sample, opset=args.opset, check=not args.no_check)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
         return 0
     error = (
         ""

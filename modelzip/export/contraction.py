@@ -16,10 +16,9 @@ from typing import Any
 
 import opt_einsum
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from modelzip.decompose._ops import ContractionPlan, rows_of
+from modelzip.decompose._ops import ContractionPlan
 
 
 def _size(letters: str, sizes: dict[str, int], batch: str) -> int:
@@ -87,6 +86,11 @@ def contract(plan: ContractionPlan, operands: list[torch.Tensor], batch: str) ->
     return result
 
 
+def _matmuls(plan: ContractionPlan, operands: list[torch.Tensor]) -> torch.Tensor:
+    """:func:`contract` with the plan's first index as the batch (the layers' ``contract``)."""
+    return contract(plan, operands, plan.equation[0])
+
+
 class MatMulFactorizedLinear(nn.Module):
     """A :class:`~modelzip.decompose.factorized.FactorizedLinear` with its forward lowered to
     matmuls (same factors, shared parameters)."""
@@ -96,20 +100,7 @@ class MatMulFactorizedLinear(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
-        lead = x.shape[:-1]
-        rows = rows_of(x, layer.in_features)
-        x = x.reshape(-1, layer.in_features)
-        padded_in = math.prod(layer.in_modes)
-        if padded_in != layer.in_features:
-            x = F.pad(x, (0, padded_in - layer.in_features))
-        plan = layer.plan(rows)
-        batch = plan.equation[0]
-        y = contract(plan, [x.reshape(-1, *layer.in_modes), *layer.factors()], batch)
-        y = y.reshape(-1, math.prod(layer.out_modes))[:, : layer.out_features]
-        if layer.bias is not None:
-            y = y + layer.bias
-        return y.reshape(*lead, layer.out_features)
+        return self.layer.forward(x, _matmuls)
 
 
 class MatMulTTConv2d(nn.Module):
@@ -120,16 +111,4 @@ class MatMulTTConv2d(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layer
-        B, I, H, W = x.shape
-        z = layer.spatial(x.reshape(-1, 1, H, W))
-        _, r0, P, Q = z.shape
-        z = z.reshape(-1, I, r0, P, Q)
-        Ip = math.prod(layer.in_modes)
-        if Ip != I:
-            z = F.pad(z, (0, 0, 0, 0, 0, 0, 0, Ip - I))
-        z = z.reshape(-1, *layer.in_modes, r0, P, Q)
-        plan = layer._plan(int(B), int(P), int(Q))
-        y = contract(plan, [z, *layer.tt_cores], plan.equation[0])
-        y = y.reshape(-1, math.prod(layer.out_modes), P, Q)[:, : layer.out_channels]
-        return y if layer.bias is None else y + layer.bias[:, None, None]
+        return self.layer.forward(x, _matmuls)

@@ -71,8 +71,8 @@ def export_path(module: nn.Module) -> str:
     return "refused: modelzip has no ONNX export path for this layer class"
 
 
-def _convert(module: nn.Module) -> nn.Module | None:
-    """The export form of one compressed layer (None: ``traced``, export it as it is)."""
+def _convert(module: nn.Module, name: str) -> nn.Module | None:
+    """The export form of the compressed layer ``name`` (None: ``traced``, export it as it is)."""
     path = export_path(module)
     if path == "traced":
         return None
@@ -82,7 +82,7 @@ def _convert(module: nn.Module) -> nn.Module | None:
         name = type(module).onnx_export.removeprefix("converter:")  # type: ignore[attr-defined]
         return converters()[name](module)
     raise ModelError(
-        f"layer ({type(module).__name__}) cannot be exported to ONNX: "
+        f"layer {name!r} ({type(module).__name__}) cannot be exported to ONNX: "
         f"{path.removeprefix('refused: ')}"
     )
 
@@ -112,13 +112,7 @@ def exportable(model: nn.Module) -> nn.Module:
         if not isinstance(module, CompressedModule):
             continue
         replaced.append(name)
-        path = export_path(module)
-        if path.startswith("refused: "):
-            raise ModelError(
-                f"layer {name!r} ({type(module).__name__}) cannot be exported to ONNX: "
-                f"{path.removeprefix('refused: ')}"
-            )
-        new = _convert(module)
+        new = _convert(module, name)
         if new is None:
             continue
         if not name:  # the model itself is one compressed layer

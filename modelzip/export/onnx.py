@@ -18,6 +18,7 @@ from torch import nn
 
 from modelzip.core.atomic import write_bytes
 from modelzip.core.errors import ModelError, ModelzipError
+from modelzip.core.running import eval_inference
 from modelzip.export.convert import exportable
 
 DEFAULT_OPSET = 17
@@ -119,12 +120,8 @@ def export_onnx(
     data = to_onnx_bytes(model, sample, opset, dynamic_batch)
     error = None
     if check:
-        was_training = model.training
-        try:
-            with torch.no_grad():
-                ref = model.eval()(sample).detach().float().cpu()
-        finally:
-            model.train(was_training)
+        with eval_inference(model):
+            ref = model(sample).float().cpu()
         error = float((run_onnx(data, sample) - ref).abs().max())
     write_bytes(path, data)
     ops = sorted({n.op_type for n in onnx.load_from_string(data).graph.node})

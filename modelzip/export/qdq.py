@@ -32,11 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import modelzip.kernels.isa as isa
-from modelzip.core.module import conv2d
 
-_INT8 = 3  # onnx.TensorProto.INT8
 _FLOAT = 1  # onnx.TensorProto.FLOAT
-_INT32 = 6  # onnx.TensorProto.INT32
 _UINT8 = 2  # onnx.TensorProto.UINT8
 #: Top code of a reduced-range (7-bit) uint8 activation.
 _QMAX_REDUCED = 127
@@ -152,11 +149,10 @@ class QDQConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        a = layer.conv_args
         if self.static:
             x = _fake_quant_input(layer, x)
         w = dequantized_weight(layer)
-        y = conv2d(x, w, layer.bias, a)
+        y = layer.geometry.conv(x, w, layer.bias)
         if self.static:
             y = _fake_quant(y, layer.out_scale, layer.out_zero)
         return y

@@ -26,11 +26,11 @@ import copy
 import dataclasses
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig
 from modelzip.core.frozen import ConfigBase, check_range
+from modelzip.core.running import model_device
 from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError
 from modelzip.joint.pareto import Point, mark_pareto, points_document
 from modelzip.joint.search import Evaluated, Option, SearchSpace, Setting, evolve, greedy_path
@@ -160,8 +160,7 @@ class _Auto:
         self.config = config
         self.progress = progress
         self.x, self.y = validation_split(data, config.sensitivity.validation_size)
-        device = next((p.device for p in self.model.parameters()), torch.device("cpu"))
-        self.sample = self.x[:64].to(device)
+        self.sample = self.x[:64].to(model_device(self.model))
         self.cost = CostModel(budget, self.sample, config.accelerator)
         self.target = budget.limit * (1 - config.latency_margin if budget.kind == "latency" else 1)
         self.base_accuracy = accuracy(self.model, self.x, self.y)
@@ -171,10 +170,8 @@ class _Auto:
         self.base_cost = min(self.cost(self.model) for _ in range(rounds))
         self.points: list[Point] = []
 
-    def build(self, space: SearchSpace, setting: Setting) -> nn.Module:
-        return self.build_with_report(space, setting)[0]
-
-    def build_with_report(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, Any]:
+    def build(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, Any]:
+        """The model of ``setting`` (in eval mode) and the report of building it."""
         from modelzip.api import compress
 
         small, report = compress(self.model, space.recipe(setting), evaluate=False, measure=False)
@@ -182,44 +179,32 @@ class _Auto:
 
     def evaluate(self, space: SearchSpace, setting: Setting, name: str) -> Evaluated:
         """Build ``setting``, measure accuracy and cost, and record it as an explored point."""
-        small = self.build(space, setting)
-        e = Evaluated(setting, accuracy(small, self.x, self.y), self.cost(small))
-        self.points.append(self.point(space, setting, small, e, name))
-        return e
-
-    def point(
-        self, space: SearchSpace, setting: Setting, small: nn.Module, e: Evaluated, name: str
-    ) -> Point:
-        from modelzip.core.counting import collect_workloads, module_bytes
         from modelzip.recipe import Recipe
 
-        macs = sum(w.effective_macs for w in collect_workloads(small, self.sample[:1]))
-        kind = self.budget.kind
-        return Point(
-            name=name,
-            recipe=Recipe.of(space.recipe(setting)).to_list(),
-            accuracy=e.accuracy,
-            size_bytes=int(module_bytes(small)),
-            macs=int(macs),
-            cost=e.cost,
-            latency_ms=e.cost if kind == "latency" else None,
-            energy_uj=e.cost if kind == "energy" and not self.budget.native_unit else None,
-        )
+        small, _ = self.build(space, setting)
+        e = Evaluated(setting, accuracy(small, self.x, self.y), self.cost(small))
+        recipe = Recipe.of(space.recipe(setting)).to_list()
+        point = Point(name, recipe, e.accuracy, cost=e.cost, **self.columns(small, e.cost))
+        self.points.append(point)
+        return e
 
-    def baseline(self) -> dict[str, Any]:
+    def columns(self, model: nn.Module, cost: float) -> dict[str, Any]:
+        """The size, MACs and the latency or energy column (the budget's cost) of a point."""
         from modelzip.core.counting import collect_workloads, module_bytes
 
         kind = self.budget.kind
         joules = kind == "energy" and not self.budget.native_unit
-        workloads = collect_workloads(self.model, self.sample[:1])
+        workloads = collect_workloads(model, self.sample[:1])
         return {
-            "accuracy": self.base_accuracy,
-            "size_bytes": int(module_bytes(self.model)),
+            "size_bytes": int(module_bytes(model)),
             "macs": int(sum(w.effective_macs for w in workloads)),
-            "latency_ms": self.base_cost if kind == "latency" else None,
-            "energy_uj": self.base_cost if joules else None,
-            "cost": self.base_cost,
+            "latency_ms": cost if kind == "latency" else None,
+            "energy_uj": cost if joules else None,
         }
+
+    def baseline(self) -> dict[str, Any]:
+        columns = self.columns(self.model, self.base_cost)
+        return {"accuracy": self.base_accuracy, **columns, "cost": self.base_cost}
 
     # --- search space ---------------------------------------------------------------------
 
@@ -269,6 +254,7 @@ class _Auto:
     def _layer_latencies(self, pairs: list[tuple[str, str]]) -> dict[Any, Any]:
         """``(layer, method, value) -> (dense layer ms, compressed layer ms)`` on the layer's
         own recorded input, the two timed side by side."""
+        from modelzip.core.running import run_hooked
         from modelzip.core.timing import time_interleaved
 
         inputs: dict[str, tuple[Any, ...]] = {}
@@ -280,11 +266,8 @@ class _Auto:
             return hook
 
         names = dict.fromkeys(layer for layer, _ in pairs)
-        hooks = [self.model.get_submodule(n).register_forward_hook(record(n)) for n in names]
-        with torch.inference_mode():
-            self.model(self.sample)
-        for h in hooks:
-            h.remove()
+        hooks = [(self.model.get_submodule(n), record(n)) for n in names]
+        run_hooked(self.model, self.sample, hooks)
 
         def side_by_side(
             dense: nn.Module, new: nn.Module, args: tuple[Any, ...]
@@ -337,7 +320,7 @@ class _Auto:
     def verify(self, space: SearchSpace, setting: Setting) -> tuple[nn.Module, float, float, Any]:
         """(model, validation accuracy, cost, report) of ``setting`` after the fine-tune (the
         untuned weights are kept when the fine-tune did not help)."""
-        small, report = self.build_with_report(space, setting)
+        small, report = self.build(space, setting)
         acc = accuracy(small, self.x, self.y)
         tuned = False
         if self.config.finetune_epochs and space.recipe(setting):

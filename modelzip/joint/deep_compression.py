@@ -36,11 +36,11 @@ from modelzip.core.context import Context
 from modelzip.core.errors import ConfigError
 from modelzip.core.registry import register_method
 from modelzip.core.selection import Select
+from modelzip.decompose._ops import layer_name
 from modelzip.joint.coded_format import INDEX_BITS_SEARCH, _Coded, coded_layer
 from modelzip.joint.weight_sharing import (
     Init,
     WeightSharingConfig,
-    _name_in,
     _Shared,
     dense_source,
     shared_layer,
@@ -119,9 +119,7 @@ def deep_compression_layer(
     layer = coded_layer(
         shared_layer(dense, config, generator), config.index_bits, config.value_dtype
     )
-    name = _name_in(ctx, module)
-    if name is not None:
-        ctx.note(name, sharing_note(layer, dense))
+    ctx.note(layer_name(module, ctx), sharing_note(layer, dense))
     return layer
 
 
@@ -233,14 +231,8 @@ class DeepCompressionResult:
         return self.original_bytes / self.file_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "original_bytes": self.original_bytes,
-            "stages": self.stages,
-            "file_bytes": self.file_bytes,
-            "ratio": self.ratio,
-            "path": str(self.path) if self.path else None,
-            "accuracy": self.accuracy,
-        }
+        path = str(self.path) if self.path else None
+        return {**dataclasses.asdict(self), "ratio": self.ratio, "path": path}
 
 
 def _tensor_bytes(tensors: Any) -> int:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -91,11 +92,11 @@ class SensitivityConfig(ConfigBase):
             if not values:
                 raise ConfigError(f"SensitivityConfig.{name} is empty")
             for v in values:
-                probe = _Probe(v)
+                probe = SimpleNamespace(value=v)
                 try:
                     check_range(probe, "value", lo, hi, low_open=lo_open, high_open=hi_open)
                 except ConfigError as e:
-                    msg = str(e).replace("_Probe.value", f"SensitivityConfig.{name}")
+                    msg = str(e).replace("SimpleNamespace.value", f"SensitivityConfig.{name}")
                     raise ConfigError(msg) from None
         check_range(self, "validation_size", 1)
         check_range(self, "workers", 1)
@@ -105,11 +106,6 @@ class SensitivityConfig(ConfigBase):
         knob = knob_of(method)
         field = _VALUES_FIELD.get(knob.field)
         return tuple(getattr(self, field)) if field else knob.values
-
-
-@dataclasses.dataclass
-class _Probe:
-    value: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +120,7 @@ class Curve:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "layer": self.layer,
-            "method": self.method,
-            "knob": self.knob,
+            **dataclasses.asdict(self),
             "values": list(self.values),
             "accuracy": list(self.accuracy),
         }
@@ -146,12 +140,7 @@ class SensitivityResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The run directory's ``sensitivity.json``."""
-        return {
-            "model": self.model,
-            "dataset": self.dataset,
-            "baseline_accuracy": self.baseline_accuracy,
-            "curves": [c.to_dict() for c in self.curves],
-        }
+        return {**dataclasses.asdict(self), "curves": [c.to_dict() for c in self.curves]}
 
 
 def validation_split(data: Any, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,20 +185,9 @@ def analysed_layers(model: nn.Module, config: SensitivityConfig) -> list[tuple[s
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``, in eval and inference mode."""
-    from modelzip.api import model_device
+    from modelzip.train import classify
 
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(x), batch):
-                logits = model(x[i : i + batch].to(device))
-                correct += int((logits.argmax(1) == y[i : i + batch].to(device)).sum())
-    finally:
-        model.train(was_training)
-    return correct / len(x)
+    return classify(model, x, y, batch)["accuracy"]
 
 
 def compress_one(model: nn.Module, config: MethodConfig) -> nn.Module | None:

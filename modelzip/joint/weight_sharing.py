@@ -28,6 +28,7 @@ from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.module import CompressedModule, register_layer
 from modelzip.core.registry import SkipLayer, register_method
+from modelzip.decompose._ops import layer_name
 from modelzip.joint.sparse_quant import scatter_codes
 from modelzip.prune.masked import pack_mask, unpack_mask
 from modelzip.quantize.layers import plain_like, require_float32
@@ -307,16 +308,5 @@ def weight_sharing(module: nn.Module, config: WeightSharingConfig, ctx: Context)
     generator = ctx.generator(device) if config.init == "random" else None
     source = dense_source(module)
     layer = shared_layer(source, config, generator)
-    name = _name_in(ctx, module)
-    if name is not None:
-        ctx.note(name, sharing_note(layer, source))
+    ctx.note(layer_name(module, ctx), sharing_note(layer, source))
     return layer
-
-
-def _name_in(ctx: Context, module: nn.Module) -> str | None:
-    if ctx.model is None:
-        return None
-    for name, m in ctx.model.named_modules():
-        if m is module:
-            return name
-    return None

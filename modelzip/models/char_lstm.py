@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from modelzip.core.limits import check_positive_ints
 from modelzip.data.text import SHAKESPEARE_VOCAB_SIZE
 from modelzip.models.registry import register_model
 
@@ -44,14 +45,9 @@ def char_lstm(
     dropout: float = 0.0,
 ) -> CharLSTM:
     """A next-character model; the default vocabulary is the Shakespeare corpus's 84 characters."""
-    for name, value in (
-        ("vocab_size", vocab_size),
-        ("embed_dim", embed_dim),
-        ("hidden_size", hidden_size),
-        ("num_layers", num_layers),
-    ):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_positive_ints(
+        vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers
+    )
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     return CharLSTM(vocab_size, embed_dim, hidden_size, num_layers, dropout)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from modelzip.core.limits import check_positive_ints
+
 MNIST_SHAPE = (1, 28, 28)
 #: MNIST's pixel mean and standard deviation (of the 60k training images scaled to [0, 1]).
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -34,8 +36,7 @@ def check_shape(input_shape: Sequence[int], num_classes: int) -> tuple[int, int,
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"input_shape must be (C, H, W) of positive ints, got {input_shape!r}")
-    if not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    check_positive_ints(num_classes=num_classes)
     return shape  # type: ignore[return-value]
 
 

@@ -19,6 +19,7 @@ from modelzip.compact.cnn_blocks import (
     ShuffleUnit,
     conv_bn_relu,
 )
+from modelzip.core.limits import check_positive_ints
 from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
 
@@ -29,8 +30,7 @@ def _stem(
     """The arguments checked, then input normalization and the 3x3 stride-2 stem conv to
     ``multiple * width`` channels."""
     c, _, _ = check_shape(input_shape, num_classes)
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive int, got {width!r}")
+    check_positive_ints(width=width)
     return OrderedDict(normalize=Normalize(), stem=conv_bn_relu(c, multiple * width, 3, stride=2))
 
 

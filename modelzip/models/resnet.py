@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from modelzip.core.limits import check_positive_ints
 from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
 
@@ -83,8 +84,5 @@ def resnet_small(
 ) -> ResNetSmall:
     """A CIFAR-style ResNet with ``blocks`` basic blocks per stage (1: ResNet-8, 2: ResNet-14)."""
     c, _, _ = check_shape(input_shape, num_classes)
-    if not isinstance(blocks, int) or blocks < 1:
-        raise ValueError(f"blocks must be a positive int, got {blocks!r}")
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive int, got {width!r}")
+    check_positive_ints(blocks=blocks, width=width)
     return ResNetSmall(c, num_classes, blocks, (width, 2 * width, 4 * width))

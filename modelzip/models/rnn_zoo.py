@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from modelzip.compact.rnn_networks import SkipRNN, StackedRNN, make_cell
+from modelzip.core.limits import check_positive_ints
 from modelzip.data.text import SHAKESPEARE_VOCAB_SIZE
 from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
@@ -49,12 +50,6 @@ class CharRNN(nn.Module):
         return self.fc(out[0] if isinstance(out, tuple) else out)
 
 
-def _positive(**values: Any) -> None:
-    for name, v in values.items():
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-
 @register_model(
     "rnn_mnist",
     "row-by-row MNIST (28 steps of 28 pixels) with any compact RNN unit, last output to fc",
@@ -71,7 +66,7 @@ def rnn_mnist(
 ) -> RowRNNClassifier:
     """A :class:`RowRNNClassifier` with ``num_layers`` ``cell`` units of ``hidden_size``."""
     c, _, w = check_shape(input_shape, num_classes)
-    _positive(hidden_size=hidden_size, num_layers=num_layers)
+    check_positive_ints(hidden_size=hidden_size, num_layers=num_layers)
     rnn = StackedRNN(cell, c * w, hidden_size, num_layers, **(cell_kwargs or {}))
     return RowRNNClassifier(rnn, num_classes)
 
@@ -93,7 +88,7 @@ def rnn_char(
     cell_kwargs: dict[str, Any] | None = None,
 ) -> CharRNN:
     """Residual stacks with ``residual=True``; ``skip=True`` wraps one cell in a Skip RNN."""
-    _positive(
+    check_positive_ints(
         vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size, num_layers=num_layers
     )
     if skip:

@@ -9,11 +9,10 @@ are never confused.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 
+from modelzip.core.running import model_device
 from modelzip.models.registry import list_models, model_info, model_source
 
 
@@ -47,8 +46,7 @@ def sample_input(
     shape = shape if shape is not None else model_input_shape(model)
     if shape is None:
         return None
-    first = next(itertools.chain(model.parameters(), model.buffers()), None)
-    device = first.device if first is not None else torch.device("cpu")
+    device = model_device(model)
     if len(shape) == 1:  # token ids
         return torch.zeros((batch, *shape), dtype=torch.long, device=device)
     return torch.rand((batch, *shape), device=device)

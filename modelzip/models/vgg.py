@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from modelzip.core.limits import check_positive_ints
 from modelzip.models.common import MNIST_SHAPE, Normalize, check_shape
 from modelzip.models.registry import register_model
 
@@ -27,8 +28,7 @@ def vgg_small(
     ``convN`` is followed by ``bnN`` and ``reluN``; the convolutions have no bias (BN has one).
     """
     c, _, _ = check_shape(input_shape, num_classes)
-    if not isinstance(width, int) or width < 1:
-        raise ValueError(f"width must be a positive int, got {width!r}")
+    check_positive_ints(width=width)
     channels = (width, width, 2 * width, 2 * width, 4 * width)
     layers: OrderedDict[str, nn.Module] = OrderedDict(normalize=Normalize())
     in_ch = c

@@ -9,6 +9,7 @@ At inference a BN layer is the per-channel affine map ``y = a·x + b`` with
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 
@@ -40,18 +41,10 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Mo
     """A copy of ``layer`` (``Linear`` or ``Conv2d``) computing ``bn(layer(x))`` at inference."""
     a, b = bn_affine(bn)
     weight = layer.weight.detach().float()
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    if isinstance(layer, nn.Linear):
-        new: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=True)
-    else:
-        new = nn.Conv2d(
-            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-            layer.padding, layer.dilation, layer.groups, bias=True, padding_mode=layer.padding_mode,
-        )  # fmt: skip
-    new = new.to(device=weight.device, dtype=layer.weight.dtype)
-    new.weight.copy_(weight * a.reshape(shape))
+    new = copy.deepcopy(layer)
+    new.weight.copy_(weight * a.reshape((-1,) + (1,) * (weight.dim() - 1)))
     bias = layer.bias.detach().float() if layer.bias is not None else torch.zeros_like(a)
-    new.bias.copy_(a * bias + b)
+    new.bias = nn.Parameter((a * bias + b).to(layer.weight))
     return new
 
 

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from modelzip.quantize.packing import pack_bits, unpack_bits
+from modelzip.quantize.quantizer import stochastic_round
 
 __all__ = ["QuantHookState", "onebit_hook", "qsgd_hook", "terngrad_hook"]
 
@@ -116,9 +117,8 @@ def qsgd_hook(state: QuantHookState, bucket: dist.GradBucket) -> torch.futures.F
     s = state.levels
     norm = rows.norm(dim=1)
     r = rows.abs() / norm.clamp_min(1e-30)[:, None] * s
-    low = torch.floor(r)
-    xi = low + (torch.rand(rows.shape, generator=state.generator) < r - low).float()
-    xi = xi.clamp(0, s)  # r can exceed s by a rounding error when one entry holds the norm
+    # r can exceed s by a rounding error when one entry holds the norm.
+    xi = stochastic_round(r, state.generator).clamp(0, s)
     codes = (torch.sign(rows) * xi + s).long()  # in [0, 2s]
     bits = math.ceil(math.log2(2 * s + 1))
     payload = pack_bits(codes, bits)

@@ -18,6 +18,7 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import register_method
+from modelzip.core.running import eval_inference
 from modelzip.quantize.bn import fold_bn
 
 
@@ -30,12 +31,8 @@ class FoldBNConfig(MethodConfig):
 
 
 def _outputs(model: nn.Module, sample: torch.Tensor) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    with torch.inference_mode():
-        out = model(sample)
-    model.train(was)
-    return out
+    with eval_inference(model):
+        return model(sample)
 
 
 @register_method(FoldBNConfig, family="quantize", scope="model")

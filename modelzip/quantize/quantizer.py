@@ -214,13 +214,16 @@ def _round_uniform(
     rounding: str, generator: torch.Generator | None,
 ) -> torch.Tensor:  # fmt: skip
     t = (rows - offset[:, None]) / scale[:, None]
-    if rounding == "stochastic":
-        low = torch.floor(t)
-        u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
-        t = low + (u < (t - low)).to(t.dtype)
-    else:
-        t = torch.round(t)
+    t = stochastic_round(t, generator) if rounding == "stochastic" else torch.round(t)
     return t.clamp(0, qmax).long()
+
+
+def stochastic_round(t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``t`` rounded up with probability equal to its distance from ``floor(t)``, else down, so
+    that the rounding is unbiased (``E[round(t)] = t``)."""
+    low = torch.floor(t)
+    u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
+    return low + (u < t - low).to(t.dtype)
 
 
 def _nearest_in_table(rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -351,6 +354,3 @@ class Quantizer:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return quantize(x, self.config, generator)[1]
-
-    def fit_transform(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Quantized:
-        return quantize_tensor(x, self.config, generator)

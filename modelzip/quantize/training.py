@@ -31,6 +31,7 @@ from torch.nn.utils import parametrize
 
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.quantize.fake import fake_quantize_weight, ste
+from modelzip.quantize.quantizer import stochastic_round
 
 __all__ = ["QuantizedTraining", "TrainingQuantConfig", "quantize_signal", "wage"]
 
@@ -79,12 +80,7 @@ def quantize_signal(
         return x
     n = 2 ** (bits - 1) - 1
     t = x / s * n
-    if stochastic:
-        low = torch.floor(t)
-        u = torch.rand(t.shape, generator=generator, device=t.device, dtype=t.dtype)
-        t = low + (u < t - low).to(t.dtype)
-    else:
-        t = torch.round(t)
+    t = stochastic_round(t, generator) if stochastic else torch.round(t)
     return t.clamp(-n, n) * (s / n)
 
 

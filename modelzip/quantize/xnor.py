@@ -38,6 +38,7 @@ from modelzip.core.geometry import ConvGeometry
 from modelzip.core.layer_workload import plain_workload
 from modelzip.core.module import register_layer
 from modelzip.core.registry import SkipLayer, register_method
+from modelzip.core.running import run_hooked
 from modelzip.core.selection import Select
 from modelzip.core.workload import Workload
 from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_tensor
@@ -256,16 +257,7 @@ def _observe(
             least.setdefault(key, -math.inf)  # nothing to judge by: not taken for non-negative
 
     modules = {id(m): m for _, m in layers}
-    handles = [m.register_forward_pre_hook(hook) for m in modules.values()]
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*sample) if isinstance(sample, tuple) else model(sample)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(training)
+    run_hooked(model, sample, [(m, hook) for m in modules.values()], pre=True)
     return order, least
 
 

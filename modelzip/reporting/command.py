@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,26 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from modelzip.command_output import print_json
     from modelzip.reporting.write import write_report
 
-    paths = write_report(
-        args.source,
-        args.out,
-        args.markdown,
-        args.accelerator,
-        progress=not (args.quiet or args.json),
-    )
+    progress = not (args.quiet or args.json)
+    paths = write_report(args.source, args.out, args.markdown, args.accelerator, progress=progress)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "html": str(paths[0]),
-                    "markdown": str(paths[1]),
-                    "figures": [str(p) for p in paths[2:]],
-                },
-                indent=2,
-            )
-        )
+        figures = [str(p) for p in paths[2:]]
+        print_json({"html": str(paths[0]), "markdown": str(paths[1]), "figures": figures})
     else:
         print(f"wrote {paths[0]} and {paths[1]} ({len(paths) - 2} figures)")
     return 0

@@ -282,9 +282,8 @@ def _cell(value: Any) -> str:
     )
 
 
-def build_sections(inputs: ReportInputs, tick: Callable[[], None] | None = None) -> list[Section]:
-    """The report's sections, in order; ``tick`` is called after each (for a progress bar)."""
-    tick = tick or (lambda: None)
+def _jobs(inputs: ReportInputs) -> list[Callable[[], Section | list[Section] | None]]:
+    """The section builders for what ``inputs`` holds, in the report's order."""
     jobs: list[Callable[[], Section | list[Section] | None]] = []
     if inputs.results is not None:
         jobs.append(lambda: _results_sections(inputs.results))
@@ -298,8 +297,14 @@ def build_sections(inputs: ReportInputs, tick: Callable[[], None] | None = None)
         jobs.append(lambda: _energy_section(inputs.estimate))
     if inputs.dataflows:
         jobs.append(lambda: _dataflow_section(inputs.dataflows))
+    return jobs
+
+
+def build_sections(inputs: ReportInputs, tick: Callable[[], None] | None = None) -> list[Section]:
+    """The report's sections, in order; ``tick`` is called after each (for a progress bar)."""
+    tick = tick or (lambda: None)
     sections: list[Section] = []
-    for job in jobs:
+    for job in _jobs(inputs):
         made = job()
         sections += made if isinstance(made, list) else [made] if made is not None else []
         tick()
@@ -308,13 +313,4 @@ def build_sections(inputs: ReportInputs, tick: Callable[[], None] | None = None)
 
 def count_steps(inputs: ReportInputs) -> int:
     """How many times :func:`build_sections` will call ``tick``."""
-    return sum(
-        (
-            inputs.results is not None,
-            2 * (inputs.report is not None),
-            bool(inputs.points and inputs.points["points"]),
-            bool(inputs.sensitivity and inputs.sensitivity["curves"]),
-            inputs.estimate is not None,
-            bool(inputs.dataflows),
-        )
-    )
+    return len(_jobs(inputs))

@@ -8,6 +8,7 @@ from typing import Any
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from modelzip.command_output import print_json
     from modelzip.sweep.grid import SweepConfig
     from modelzip.sweep.runner import run_sweep
 
@@ -25,7 +26,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with open(summary.points_path) as f:
         document = json.load(f)
     if args.json:
-        print(json.dumps({**summary.to_dict(), **document}, indent=2))
+        print_json({**summary.to_dict(), **document})
         return 0
     if not args.quiet:
         _print_points(document)
@@ -39,24 +40,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _print_points(document: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from modelzip.command_output import rich_console
 
     table = Table(title=f"sweep of {document['model']}", title_justify="left")
     for c in ("point", "accuracy", "bytes", "MACs", "energy uJ", "pareto"):
         table.add_column(c, justify="left" if c == "point" else "right")
     base = document["baseline"]
     rows = [{"name": "baseline", **base, "pareto": None}, *document["points"]]
+    columns = (("accuracy", ".4f"), ("size_bytes", ","), ("macs", ","), ("energy_uj", ".3g"))
     for r in rows:
-        table.add_row(
-            r["name"],
-            "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}",
-            "-" if r.get("size_bytes") is None else f"{r['size_bytes']:,}",
-            "-" if r.get("macs") is None else f"{r['macs']:,}",
-            "-" if r.get("energy_uj") is None else f"{r['energy_uj']:.3g}",
-            "" if r["pareto"] is None else ("*" if r["pareto"] else ""),
-        )
-    Console().print(table)
+        cells = ["-" if r.get(k) is None else format(r[k], spec) for k, spec in columns]
+        table.add_row(r["name"], *cells, "*" if r["pareto"] else "")
+    rich_console().print(table)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -15,6 +15,7 @@ import concurrent.futures as cf
 import multiprocessing
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from modelzip.core.errors import ConfigError, ModelzipError
@@ -78,8 +79,21 @@ def _start_worker(lifeline: _Lifeline) -> None:
     setup_worker()
 
 
-def _crash(e: BaseException) -> Outcome:
-    return {"ok": False, "error": f"worker failed: {type(e).__name__}: {e}", "seconds": None}
+def _collect(
+    done: Any, pending: dict[Any, Any], result: Callable[[Any], Outcome]
+) -> list[tuple[Any, Outcome]]:
+    """``(tag, outcome)`` of each finished handle in ``done``, taken out of ``pending``; a handle
+    whose result raises (the worker process itself died: BrokenProcessPool, RayTaskError,
+    WorkerCrashedError ...) is a failed outcome."""
+    out = []
+    for handle in done:
+        tag = pending.pop(handle)
+        try:
+            out.append((tag, result(handle)))
+        except Exception as e:
+            error = f"worker failed: {type(e).__name__}: {e}"
+            out.append((tag, {"ok": False, "error": error, "seconds": None}))
+    return out
 
 
 class LocalExecutor:
@@ -114,14 +128,7 @@ class LocalExecutor:
 
     def wait_any(self) -> list[tuple[Any, Outcome]]:
         done, _ = cf.wait(self._futures, return_when=cf.FIRST_COMPLETED)
-        out = []
-        for future in done:
-            tag = self._futures.pop(future)
-            try:
-                out.append((tag, future.result()))
-            except Exception as e:  # BrokenProcessPool: the worker process itself died
-                out.append((tag, _crash(e)))
-        return out
+        return _collect(done, self._futures, cf.Future.result)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -164,14 +171,7 @@ class RayExecutor:
 
     def wait_any(self) -> list[tuple[Any, Outcome]]:
         ready, _ = self._ray.wait(list(self._refs), num_returns=1)
-        out = []
-        for ref in ready:
-            tag = self._refs.pop(ref)
-            try:
-                out.append((tag, self._ray.get(ref)))
-            except Exception as e:  # the worker died (RayTaskError, WorkerCrashedError ...)
-                out.append((tag, _crash(e)))
-        return out
+        return _collect(ready, self._refs, self._ray.get)
 
     def close(self) -> None:
         for ref in self._refs:

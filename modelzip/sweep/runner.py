@@ -11,10 +11,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from modelzip.core.atomic import write_json
 from modelzip.progress import progress_bar
 from modelzip.sweep.executors import Executor, default_workers, make_executor
 from modelzip.sweep.grid import SweepConfig, SweepPoint
-from modelzip.sweep.points import points_document, write_points
+from modelzip.sweep.points import points_document
 from modelzip.sweep.recipe_task import make_recipe_task, prepare_base
 from modelzip.sweep.store import SweepStore
 from modelzip.sweep.tasks import resolve_kind, task_key
@@ -151,7 +152,7 @@ def run_sweep(
             pool.close()
     with SweepStore(out / STORE_NAME) as store:
         summary.points_path = str(out / "points.json")
-        write_points(summary.points_path, _document(config, tasks, store))
+        write_json(summary.points_path, _document(config, tasks, store))
     return summary
 
 

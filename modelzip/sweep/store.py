@@ -38,6 +38,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL);
 """
 
+#: The columns of a :class:`TaskRecord`, in its key order.
+_COLUMNS = ("key", "kind", "name", "task", "status", "result", "errors", "attempts", "seconds")
+
 
 class TaskRecord(dict):
     """One row as a dict: key, kind, name, task, status, result, errors, attempts, seconds."""
@@ -135,24 +138,12 @@ class SweepStore:
         return self._select("ORDER BY finished_at, key", ())
 
     def _select(self, where: str, params: tuple[Any, ...]) -> list[TaskRecord]:
-        cur = self._db.execute(
-            "SELECT key, kind, name, task, status, result, errors, attempts, seconds "
-            f"FROM tasks {where}",
-            params,
-        )
+        cur = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM tasks {where}", params)
         out = []
-        for key, kind, name, task, status, result, errors, attempts, seconds in cur:
-            out.append(
-                TaskRecord(
-                    key=key,
-                    kind=kind,
-                    name=name,
-                    task=json.loads(task),
-                    status=status,
-                    result=None if result is None else json.loads(result),
-                    errors=json.loads(errors),
-                    attempts=attempts,
-                    seconds=seconds,
-                )
-            )
+        for row in cur:
+            record = TaskRecord(zip(_COLUMNS, row, strict=True))
+            for field in ("task", "result", "errors"):  # stored as JSON text (result may be NULL)
+                if record[field] is not None:
+                    record[field] = json.loads(record[field])
+            out.append(record)
         return out

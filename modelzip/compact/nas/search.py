@@ -47,11 +47,6 @@ class SearchResult:
         """The entry with the highest score (the earliest among equals)."""
         return max(self.history, key=lambda e: e["metrics"]["score"])
 
-    def best_where(self, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-        """The best entry whose metrics satisfy ``ok``, or None."""
-        good = [e for e in self.history if ok(e["metrics"])]
-        return max(good, key=lambda e: e["metrics"]["score"]) if good else None
-
     def to_dict(self) -> dict[str, Any]:
         return {"algorithm": self.algorithm, "history": self.history, "best": self.best}
 
