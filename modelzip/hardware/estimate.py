@@ -20,6 +20,7 @@ from modelzip.hardware.presets import get_accelerator
 from modelzip.hardware.quantized import pe_area_um2
 from modelzip.hardware.result import Estimate
 from modelzip.hardware.spec import AcceleratorSpec
+from modelzip.hardware.tt_engine import keep_intermediates_on_chip, tt_chains
 
 _OPTS = {
     "bits",
@@ -74,6 +75,7 @@ def estimate(
     unknown = sorted(set(opts) - _OPTS)
     if unknown:
         raise ConfigError(f"estimate() got unknown option {unknown[0]!r}; known: {sorted(_OPTS)}")
+    workloads = list(workloads)
     spec = get_accelerator(accelerator)
     flow = dataflow or spec.dataflow
     if flow not in ("os", "ws", "is", "rs"):
@@ -91,6 +93,11 @@ def estimate(
         )
     else:
         layers = tuple(estimate_layer(w, spec, flow, table, **opts) for w in workloads)
+    if spec.tt_engine:  # a TT / HT layer's stages back to back, intermediates on chip
+        kept = list(layers)
+        for chain in tt_chains(workloads):
+            keep_intermediates_on_chip(kept, workloads, spec, table, chain)
+        layers = tuple(kept)
     return Estimate(
         accelerator=spec.name,
         energy_unit=table.unit,

@@ -24,6 +24,9 @@
                negative, 16x16 OS array, 16-bit (Akhlaghi et al., ISCA 2018).
 ``predict-execute`` decoupled predict-then-execute: a 4-bit predictor pass, then only the outputs
                predicted positive at 16 bits (SeerNet, Cao et al. CVPR 2019), 16x16 OS array.
+``tie``        a TT engine (TIE, Deng et al. ISCA 2019): the stages of a tensor-train /
+               hierarchical-Tucker layer run back to back with intermediates in working SRAM;
+               16x16 OS array of 16-bit MACs (TIE's 16 PEs of 16 multipliers), 64 kB buffers.
 ``sparse-both`` zero weights and zero activations both skipped (an SCNN-like combined engine,
                Parashar et al., ISCA 2017), 16x16 OS array, 16-bit.
 
@@ -189,6 +192,10 @@ _PRESETS: dict[str, _Preset] = {
             sparse=SparseSupport(output_prediction=True, predictor_bits=4),
         ),
         "4-bit predictor pass, then only outputs predicted positive (Cao et al. 2019)",
+    ),
+    "tie": _Preset(
+        _small_os("tie", "bit_parallel", energy_model="horowitz", tt_engine=True),
+        "TT engine: TT/HT layer stages back to back, intermediates on chip (Deng et al. 2019)",
     ),
     "sparse-both": _Preset(
         _small_os(

@@ -88,6 +88,9 @@ class AcceleratorSpec(ConfigBase):
     ``False`` is SCALE-Sim's model, where every row fold writes its outputs to DRAM.
     ``word_bits`` is the width the datapath and the energy table are built for; a ``bit_parallel``
     PE takes one cycle per MAC at any narrower width, bit-serial and Bit Fusion PEs gain from it.
+    ``tt_engine``: the array runs the stages of a tensor-train / hierarchical-Tucker layer back to
+    back with the intermediates in working SRAM (TIE, Deng et al. ISCA 2019; :mod:`.tt_engine`);
+    without it each stage is an independent product with a DRAM round trip between stages.
     """
 
     name: str = "custom"
@@ -108,6 +111,7 @@ class AcceleratorSpec(ConfigBase):
     bitfusion_brick_bits: int = 2
     fp: bool = False
     sparse: SparseSupport = dataclasses.field(default_factory=SparseSupport)
+    tt_engine: bool = False
     energy_model: EnergyModel = "eyeriss"
     custom_energy: EnergyTable | None = None
 
