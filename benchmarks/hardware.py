@@ -11,7 +11,8 @@ SCALE-Sim (the PyPI package ``scalesim``) is installed by this script into ``.ve
 ``scalesim`` installed; it is never a dependency of modelzip. The script talks to it by running
 itself in that environment with ``--scalesim-worker``, so this file imports only the standard
 library at the top (and ``_common``, which does too); modelzip is imported inside the functions
-that need it. Parts: ``scalesim``, ``eyeriss``, ``ratios``, ``families`` (``--parts``); ``--quick``
+that need it. Parts: ``scalesim``, ``eyeriss``, ``ratios``, ``families``, ``engines`` (in
+``_hardware_engines.py``; ``--parts``); ``--quick``
 writes ``results/hardware-quick.json`` and leaves BENCHMARKS.md alone.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchContext, PartResult, check, run_parts
+from _hardware_engines import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALESIM_VENV = ROOT / ".venv-scalesim"
@@ -590,7 +592,7 @@ def eyeriss_alexnet() -> tuple[list, list, str]:
             ours,
             EYERISS_DRAM_PER_MAC,
             "accesses/MAC",
-            abs(ratio - 1) <= 0.5,
+            abs(ratio - 1) <= 0.3,
         )
     ]
     energy = {k: v / est.macs for k, v in est.energy.items()}
@@ -619,17 +621,17 @@ Preset `eyeriss` (12x14 PEs, 0.5 kB RF, 108 kB buffer, row stationary), energies
 {table}
 
 Total: **{ours:.4f}** DRAM accesses per MAC against the published **{EYERISS_DRAM_PER_MAC}**
-(ours / published = {ratio:.2f}; the check allows +-50 %). Energy per MAC by level: MAC
+(ours / published = {ratio:.2f}; the check allows +-30 %). Energy per MAC by level: MAC
 {energy["mac"]:.2f}, RF {energy["rf"]:.2f}, array {energy["array"]:.2f}, buffer
 {energy["buffer"]:.2f}, DRAM {energy["dram"]:.2f} (shares: RF {share["rf"]:.0%}, DRAM
 {share["dram"]:.0%}). The compulsory traffic (every tensor once, no compression) is 0.0026 per
 MAC, so the published figure is 13 % above it and ours {ours / 0.00257 - 1:.0%}: most of our
-excess is ifmap re-reads in conv2-conv5, where the partial sums of a filter pass and the ifmap rows
-of a strip do not both fit the 108 kB buffer. Our row-stationary model searches only the filters
-per PE and the batch blocking; Eyeriss's mapper also chooses the channel split and the buffer
-split, and the chip run-length codes activations in DRAM (the `eyeriss-sparse` preset models that
-given activation sparsity; not applied here, as the published per-layer sparsities were not
-available to this benchmark). The 0.0029 target is the total the brief quotes; its per-layer
+excess is ifmap re-reads in conv3-conv5, where the partial sums of a filter pass and the ifmap rows
+of a strip do not both fit the 108 kB buffer. Our row-stationary mapper searches the filters and
+channels per PE, the batch blocking and the PE-set width (output rows per strip); Eyeriss's
+mapper also chooses the buffer split, and the chip run-length codes activations in DRAM (the
+`eyeriss-sparse` preset models that given activation sparsity; not applied here, as the published
+per-layer sparsities were not available to this benchmark). The 0.0029 target is the total the brief quotes; its per-layer
 table was not checked in this run.
 """
     return checks, rows, md
@@ -913,6 +915,7 @@ PARTS = {
     "eyeriss": _section_part("eyeriss", eyeriss_alexnet),
     "ratios": _section_part("ratios", published_ratios),
     "families": _section_part("", compressed_families),
+    "engines": _section_part("engines", engines),
 }
 
 
