@@ -631,8 +631,8 @@ of a strip do not both fit the 108 kB buffer. Our row-stationary mapper searches
 channels per PE, the batch blocking and the PE-set width (output rows per strip); Eyeriss's
 mapper also chooses the buffer split, and the chip run-length codes activations in DRAM (the
 `eyeriss-sparse` preset models that given activation sparsity; not applied here, as the published
-per-layer sparsities were not available to this benchmark). The 0.0029 target is the total the brief quotes; its per-layer
-table was not checked in this run.
+per-layer sparsities were not available to this benchmark). The 0.0029 target is the total the
+brief quotes; its per-layer table was not checked in this run.
 """
     return checks, rows, md
 
