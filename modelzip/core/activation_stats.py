@@ -155,7 +155,7 @@ def measure_activations(
     was_training = model.training
     model.eval()
     try:
-        model(sample)
+        model(*sample) if isinstance(sample, tuple) else model(sample)
     finally:
         for h in hooks:
             h.remove()

@@ -242,3 +242,18 @@ def test_one_output_sparsity_engine_at_a_time() -> None:
         SparseSupport(output_speculation=True, output_prediction=True)
     with pytest.raises(ConfigError, match="predictor_bits"):
         SparseSupport(output_prediction=True, predictor_bits=0)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(a) * b)
+
+
+def test_a_tuple_sample_is_unpacked_as_counting_does() -> None:
+    a, b = torch.tensor([[1.0, -1.0, 2.0, -2.0, 3.0, -3.0]]), torch.ones(1, 6)
+    (w,) = measured_workloads(TwoInputs(), (a, b))
+    assert w.act_sparsity == pytest.approx(0.5)
