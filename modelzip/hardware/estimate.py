@@ -64,7 +64,8 @@ def estimate(
         when the spec has one; ``structured`` (bool or {layer: bool}) marks weight sparsity as
         structured (default: what the workload's ``weight_structure`` says);
         ``output_sparsity`` (float or {layer: float}; default the measured
-        ``Workload.out_sparsity``) feeds SnaPEA speculation and output compression; ``speculation_prefix`` (default 0.5); ``search`` (``"energy"`` or
+        ``Workload.out_sparsity``) feeds SnaPEA speculation and output compression;
+        ``speculation_prefix`` (default 0.5); ``search`` (``"energy"`` or
         ``"latency"``) searches each layer's mapping (:mod:`.mapping`) instead of using
         ``dataflow`` with SCALE-Sim's fold order.
 
