@@ -4,12 +4,15 @@ Usage::
 
     python benchmarks/hardware.py [--quick]            # results/hardware.json + BENCHMARKS.md
     python benchmarks/hardware.py --write-test-reference  # tests/hardware/scalesim_reference.json
+    python benchmarks/hardware.py --write-dram-reference  # .../scalesim_dram_reference.json
 
 SCALE-Sim (the PyPI package ``scalesim``) is installed by this script into ``.venv-scalesim/``
-(needs ``numpy<2.4``); it is never a dependency of modelzip. The script talks to it by running
+(needs ``numpy<2.4``), or taken from ``$MODELZIP_SCALESIM_PYTHON`` when that names a Python with
+``scalesim`` installed; it is never a dependency of modelzip. The script talks to it by running
 itself in that environment with ``--scalesim-worker``, so this file imports only the standard
 library at the top (and ``_common``, which does too); modelzip is imported inside the functions
-that need it. Parts: ``scalesim``, ``eyeriss``, ``ratios``, ``families`` (``--parts``); ``--quick``
+that need it. Parts: ``scalesim``, ``eyeriss``, ``ratios``, ``families``, ``engines`` (in
+``_hardware_engines.py``; ``--parts``); ``--quick``
 writes ``results/hardware-quick.json`` and leaves BENCHMARKS.md alone.
 """
 
@@ -26,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from _common import BenchContext, PartResult, check, run_parts
+from _hardware_engines import engines
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALESIM_VENV = ROOT / ".venv-scalesim"
 REFERENCE = ROOT / "tests" / "hardware" / "scalesim_reference.json"
+DRAM_REFERENCE = ROOT / "tests" / "hardware" / "scalesim_dram_reference.json"
 
 # The test grid: odd sizes, stride 2, depthwise (DP), FC at batch 1 (conv form) and batch 16 (GEMM).
 # Conv rows are SCALE-Sim topology rows: name, H, W, R, S, C, K, stride.
@@ -216,7 +221,7 @@ def _worker(job_path: str, out_path: str) -> None:
 
 def ensure_scalesim() -> tuple[Path | None, str]:
     """Create ``.venv-scalesim`` with ``scalesim`` and ``numpy<2.4``; return (python, reason)."""
-    python = SCALESIM_VENV / "bin" / "python"
+    python = Path(os.environ.get("MODELZIP_SCALESIM_PYTHON", SCALESIM_VENV / "bin" / "python"))
     probe = [str(python), "-c", "import scalesim.scale_sim"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python, ""
@@ -275,6 +280,52 @@ def write_test_reference() -> None:
     print(f"wrote {len(rows)} reference rows to {REFERENCE}")
 
 
+# The DRAM grid: full SCALE-Sim runs (its read buffers traced) on arrays whose buffers hold the
+# operands (``roomy``), hold some (``mid``) and hold almost none (``tight``).
+DRAM_CONFIGS: list[dict[str, Any]] = [
+    {"name": "roomy", "rows": 16, "cols": 16, "ifmap_kb": 64, "filter_kb": 64, "ofmap_kb": 64},
+    {"name": "mid", "rows": 16, "cols": 16, "ifmap_kb": 8, "filter_kb": 8, "ofmap_kb": 8},
+    {"name": "tight", "rows": 8, "cols": 8, "ifmap_kb": 2, "filter_kb": 2, "ofmap_kb": 2},
+]
+DRAM_CONV = [GRID_CONV[i] for i in (0, 1, 3, 4, 5, 6, 8, 12, 16, 18)] + [
+    ["alex_conv3_half", 15, 15, 3, 3, 64, 96, 1]
+]
+DRAM_GEMM = [GRID_GEMM[i] for i in (0, 3, 4, 5)]
+
+
+def write_dram_reference() -> None:
+    """Record SCALE-Sim's DRAM reads and writes (full runs) for ``test_hardware_dram.py``."""
+    python, reason = ensure_scalesim()
+    if python is None:
+        raise SystemExit(reason)
+    runs = [
+        {"cfg": {**c, "dataflow": flow}, "conv": DRAM_CONV, "gemm": DRAM_GEMM}
+        for c in DRAM_CONFIGS
+        for flow in ("os", "ws", "is")
+    ]
+    rows = run_scalesim(python, "full", runs)
+    keep = ("ifmap_dram_reads", "filter_dram_reads", "ofmap_dram_writes", "demand_rows")
+    summed: dict[tuple, dict[str, Any]] = {}
+    for r in rows:  # depthwise layers come back one channel per row: add them up
+        key = (r["cfg"]["name"], r["cfg"]["dataflow"], r["kind"], _layer_key(r["layer"]))
+        acc = summed.setdefault(key, {"layer": key[3], "kind": r["kind"], "cfg": r["cfg"]})
+        for k in keep:
+            acc[k] = acc.get(k, 0) + int(r[k])
+    version = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('scalesim'))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    data = {
+        "scalesim_version": version,
+        "produced_by": "SCALE-Sim full runs (scalesim.run_scale), InterfaceBandwidth CALC",
+        "conv": DRAM_CONV,
+        "gemm": DRAM_GEMM,
+        "rows": list(summed.values()),
+    }
+    DRAM_REFERENCE.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {len(summed)} DRAM reference rows to {DRAM_REFERENCE}")
+
+
 # ---- benchmark sections (run in modelzip's environment) ----
 
 SIDE_CONFIGS: list[dict[str, Any]] = [
@@ -297,6 +348,7 @@ def scalesim_side_by_side(python: Path, quick: bool) -> tuple[list, list, str]:
 
     from modelzip.core.timing import time_interleaved
     from modelzip.hardware import estimate, spec_from_scalesim_cfg, workloads_from_topology_csv
+    from modelzip.hardware.buffer_sim import scalesim_reads
     from modelzip.hardware.systolic import systolic_counts
 
     conv = GRID_CONV[:4] + GRID_CONV[18:19] if quick else GRID_CONV[:8] + GRID_CONV[16:20]
@@ -325,9 +377,13 @@ def scalesim_side_by_side(python: Path, quick: bool) -> tuple[list, list, str]:
             for kind, topo in paths.items():
                 for w in workloads_from_topology_csv(topo):
                     ours = estimate([w], spec).layers[0]
+
+                    def cold(w: Any = w, s: Any = spec) -> Any:
+                        scalesim_reads.cache_clear()  # time the buffer model, not its cache
+                        return estimate([w], s)
+
                     # Best of 5 x 20 calls: the machine is shared, the minimum is the cost.
-                    (timing,) = time_interleaved([lambda w=w, s=spec: estimate([w], s)],
-                                                 reps=5, number=20, grad="enabled")  # fmt: skip
+                    (timing,) = time_interleaved([cold], reps=5, number=20, grad="enabled")
                     ours_s = timing.min
                     counts = systolic_counts(w, spec.rows, spec.cols, spec.dataflow)
                     ref = summed[(cfg["name"], cfg["dataflow"], kind, w.name)]
@@ -370,11 +426,11 @@ def scalesim_side_by_side(python: Path, quick: bool) -> tuple[list, list, str]:
         check("scalesim_exact_cycles_and_sram", exact, n, "layers", exact == n),
         check("scalesim_speedup_median", median_speedup, 1000, "x", median_speedup >= 1000),
         check(
-            "scalesim_dram_median_abs_diff",
-            sorted(dram_diffs)[n // 2],
-            0.25,
+            "scalesim_dram_max_abs_diff",
+            max(dram_diffs),
+            0.10,
             "fraction",
-            sorted(dram_diffs)[n // 2] <= 0.25,
+            max(dram_diffs) <= 0.10,
         ),
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -414,16 +470,18 @@ the JSON). SRAM reads are ifmap + filter reads; ofmap SRAM writes are compared a
 - cycles, folds and SRAM reads identical on **{exact} / {n}** layer x config x dataflow runs;
 - median speed-up per layer **{median_speedup:,.0f}x** (ours: a closed form; SCALE-Sim: cycle by
   cycle trace through its buffers);
-- DRAM bytes: median absolute difference **{sorted(dram_diffs)[n // 2]:.1%}**, exact on
-  {sum(1 for d in dram_diffs if d < 1e-3)} / {n} runs. Both count each unique word once when an
-  operand fits, and both write every ws / is row fold's outputs to DRAM (the spec read from a
-  `.cfg` sets `accumulate_in_buffer=False` to follow SCALE-Sim; our presets accumulate partial sums
-  in the ofmap buffer instead). The differences come from operands larger than half a buffer:
-  SCALE-Sim's read buffer keeps the latest unique addresses in sets of 1 % of the buffer and drops
-  half the buffer at once when it fills, so part of the block in use is lost and re-fetched; ours
-  re-fetches a non-fitting operand whole, once per sweep of the fold loop. Ours is lower when
-  SCALE-Sim loses part of a block that would fit (`small8`, `alex_conv3_half`), higher when a
-  whole re-fetch is more than SCALE-Sim's partial one.
+- DRAM bytes (ifmap and filter reads, ofmap writes): median absolute difference
+  **{sorted(dram_diffs)[n // 2]:.1%}**, largest **{max(dram_diffs):.1%}**, exact on
+  {sum(1 for d in dram_diffs if d < 1e-3)} / {n} runs. The reads come from a model of SCALE-Sim's
+  read buffer (`modelzip/hardware/buffer_sim.py`): the array's requests in SCALE-Sim's order
+  (folds column-outer, skewed per dataflow) through a buffer emptied every half-capacity of
+  misses, so that an ifmap that does not fit is re-fetched where SCALE-Sim re-fetches it (conv
+  window overlaps, every sweep of the inner fold loop). The spec read from a `.cfg` sets
+  `accumulate_in_buffer=False` to follow SCALE-Sim's ofmap writes (every ws / is row fold writes
+  its outputs to DRAM); our presets accumulate partial sums in the ofmap buffer instead. Streams
+  longer than 400k requests (and six buffer-fulls) are simulated over a prefix of whole folds and
+  the miss rate extrapolated, which is where the remaining differences come from. The time per
+  layer is with the model's cache cleared before each call.
 
 `scale32` is SCALE-Sim's `scale.cfg` array (32x32, 64 kB buffers); `small8` an 8x8 array with
 2 kB buffers, so that operands do not fit. Times are medians per layer; the per-layer rows are
@@ -534,7 +592,7 @@ def eyeriss_alexnet() -> tuple[list, list, str]:
             ours,
             EYERISS_DRAM_PER_MAC,
             "accesses/MAC",
-            abs(ratio - 1) <= 0.5,
+            abs(ratio - 1) <= 0.3,
         )
     ]
     energy = {k: v / est.macs for k, v in est.energy.items()}
@@ -563,18 +621,18 @@ Preset `eyeriss` (12x14 PEs, 0.5 kB RF, 108 kB buffer, row stationary), energies
 {table}
 
 Total: **{ours:.4f}** DRAM accesses per MAC against the published **{EYERISS_DRAM_PER_MAC}**
-(ours / published = {ratio:.2f}; the check allows +-50 %). Energy per MAC by level: MAC
+(ours / published = {ratio:.2f}; the check allows +-30 %). Energy per MAC by level: MAC
 {energy["mac"]:.2f}, RF {energy["rf"]:.2f}, array {energy["array"]:.2f}, buffer
 {energy["buffer"]:.2f}, DRAM {energy["dram"]:.2f} (shares: RF {share["rf"]:.0%}, DRAM
 {share["dram"]:.0%}). The compulsory traffic (every tensor once, no compression) is 0.0026 per
 MAC, so the published figure is 13 % above it and ours {ours / 0.00257 - 1:.0%}: most of our
-excess is ifmap re-reads in conv2-conv5, where the partial sums of a filter pass and the ifmap rows
-of a strip do not both fit the 108 kB buffer. Our row-stationary model searches only the filters
-per PE and the batch blocking; Eyeriss's mapper also chooses the channel split and the buffer
-split, and the chip run-length codes activations in DRAM (the `eyeriss-sparse` preset models that
-given activation sparsity; not applied here, as the published per-layer sparsities were not
-available to this benchmark). The 0.0029 target is the total the brief quotes; its per-layer
-table was not checked in this run.
+excess is ifmap re-reads in conv3-conv5, where the partial sums of a filter pass and the ifmap rows
+of a strip do not both fit the 108 kB buffer. Our row-stationary mapper searches the filters and
+channels per PE, the batch blocking and the PE-set width (output rows per strip); Eyeriss's
+mapper also chooses the buffer split, and the chip run-length codes activations in DRAM (the
+`eyeriss-sparse` preset models that given activation sparsity; not applied here, as the published
+per-layer sparsities were not available to this benchmark). The 0.0029 target is the total the
+brief quotes; its per-layer table was not checked in this run.
 """
     return checks, rows, md
 
@@ -857,6 +915,7 @@ PARTS = {
     "eyeriss": _section_part("eyeriss", eyeriss_alexnet),
     "ratios": _section_part("ratios", published_ratios),
     "families": _section_part("", compressed_families),
+    "engines": _section_part("engines", engines),
 }
 
 
@@ -883,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     through :func:`run_parts`."""
     modes = argparse.ArgumentParser(add_help=False)
     modes.add_argument("--write-test-reference", action="store_true")
+    modes.add_argument("--write-dram-reference", action="store_true")
     modes.add_argument("--scalesim-worker", nargs=2, metavar=("JOB", "OUT"))
     known, rest = modes.parse_known_args(argv)
     if known.scalesim_worker:
@@ -890,6 +950,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if known.write_test_reference:
         write_test_reference()
+        return 0
+    if known.write_dram_reference:
+        write_dram_reference()
         return 0
     return run_parts(
         "hardware", "Hardware cost model", PARTS, __doc__.splitlines()[0], rest, section=_section,

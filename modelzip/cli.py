@@ -318,15 +318,28 @@ def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:
     rich_console().print(table)
 
 
+def _estimate_sample(args: argparse.Namespace, model):
+    """``--dataset``: the first ``--batch`` test images, so the measured activation statistics
+    are those of real data; else the sample ``inspect`` runs."""
+    if not args.dataset:
+        return _inspect_sample(args, model)
+    data = dataset_for(args.dataset, args.model)
+    x = getattr(data, "x_test", None)
+    if x is None:
+        raise ModelzipError(f"estimate --dataset needs an image data set; {args.dataset!r} is not")
+    return x[: max(1, args.batch)]
+
+
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from modelzip.core.counting import collect_workloads
+    from modelzip.core.activation_stats import measured_workloads
     from modelzip.hardware import cli_estimate, render_table
     from modelzip.hardware.command import needs_model
 
     workloads = None
     if needs_model(args.model, args.topology):
         model = load_model(args.model, args.weights, pretrained=False)
-        workloads = collect_workloads(model, _inspect_sample(args, model))
+        # The sample also measures each layer's zero activations and activation bits.
+        workloads = measured_workloads(model, _estimate_sample(args, model))
     result = cli_estimate(vars(args) | {"model_or_file": args.model}, workloads=workloads)
     if args.json:
         print_json(result)
@@ -437,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=["energy", "latency"], help="search mappings per layer")
     p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument(
+        "--dataset",
+        help="measure activation sparsity on the first --batch test images of this data set "
+        "(default: the sample of --input-shape)",
+    )
     _flags(p, "--json")
     p.set_defaults(func=cmd_estimate)
 

@@ -36,6 +36,47 @@ def zero_fraction(weight: Any) -> float:
     return float((weight == 0).sum().item()) / weight.numel()
 
 
+def weight_structure(weight: Any) -> str:
+    """How the zeros of ``weight`` are laid out: ``"vector"``, ``"block"``, ``"nm"`` or
+    ``"unstructured"`` (also for a weight without zeros).
+
+    Read from the weight itself, so any pruning method that leaves the pattern is recognised
+    (``nm_prune``, ``block_prune``, ``vector_prune``, channel masks). The matrix is ``(out,
+    fan_in)``. ``vector``: every zero lies in an all-zero row or column. ``block``: every zero lies
+    in an all-zero tile of 2x2 ... 16x16, or in a zero conv kernel. ``nm``: in groups of ``m``
+    consecutive fan-in weights (m = 2 ... 16) no group is full and nearly all hold the same count,
+    which is what keeps the lanes of a sparse engine balanced.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or weight.numel() == 0:
+        return "unstructured"
+    nz = weight.detach().reshape(weight.shape[0], -1) != 0
+    zeros = int((~nz).sum())
+    if zeros == 0:
+        return "unstructured"
+    rows, cols = nz.shape
+    in_zero_rows = int((~nz[~nz.any(1)]).sum())
+    in_zero_cols = int((~nz[:, ~nz.any(0)]).sum())
+    if in_zero_rows == zeros or in_zero_cols == zeros:
+        return "vector"
+    tiles = [(b, b) for b in (2, 4, 8, 16)]
+    if weight.dim() == 4:
+        tiles.append((1, weight.shape[2] * weight.shape[3]))
+    for br, bc in tiles:
+        if rows % br or cols % bc or br * bc == 1:
+            continue
+        tile_nz = nz.reshape(rows // br, br, cols // bc, bc).any(3).any(1)
+        if int((~tile_nz).sum()) * br * bc == zeros:
+            return "block"
+    for m in (2, 4, 8, 16):
+        if cols % m:
+            continue
+        counts = nz.reshape(rows, cols // m, m).sum(2)
+        n = int(counts.max())
+        if n < m and float((counts == n).float().mean()) >= 0.95:
+            return "nm"
+    return "unstructured"
+
+
 def plain_workload(
     name: str,
     module: nn.Module,
@@ -67,6 +108,7 @@ def plain_workload(
         "weight_bits": wbits,
         "act_bits": act_bits,
         "weight_sparsity": sp,
+        "weight_structure": weight_structure(weight) if sp > 0 else "unstructured",
         "input_bytes": tensor_bytes(x),
         "output_bytes": tensor_bytes(out),
     }

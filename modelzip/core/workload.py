@@ -19,6 +19,9 @@ import dataclasses
 from typing import Any, Literal
 
 Op = Literal["conv", "linear", "recurrent", "embedding", "matmul"]
+# How a layer's zero weights are laid out: "unstructured", or a pattern that keeps the PEs of a
+# sparse engine equally busy (N:M groups, zero blocks, zero rows / columns).
+WeightStructure = Literal["unstructured", "nm", "block", "vector"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,12 @@ class Workload:
     act_bits: int = 32
     weight_sparsity: float = 0.0  # fraction of weights that are zero
     act_sparsity: float = 0.0  # fraction of input activations that are zero
+    # Measured on a sample (modelzip.core.activation_stats): outputs zero after the activation
+    # that follows, outputs a before-calculation predictor skipped, and its MACs per dense MAC.
+    out_sparsity: float = 0.0
+    predicted_skip: float = 0.0
+    predictor_cost: float = 0.0
+    weight_structure: WeightStructure = "unstructured"
     weight_bytes: int = 0
     input_bytes: int = 0
     output_bytes: int = 0

@@ -20,6 +20,7 @@ from modelzip.hardware.presets import get_accelerator
 from modelzip.hardware.quantized import pe_area_um2
 from modelzip.hardware.result import Estimate
 from modelzip.hardware.spec import AcceleratorSpec
+from modelzip.hardware.tt_engine import keep_intermediates_on_chip, tt_chains
 
 _OPTS = {
     "bits",
@@ -61,8 +62,10 @@ def estimate(
         ``bits`` ({layer: (w, a)}) per-layer bit-widths; ``cast_wider`` (default True) runs layers
         wider than the datapath at its width; ``stalls`` (default True) applies the bandwidth limit
         when the spec has one; ``structured`` (bool or {layer: bool}) marks weight sparsity as
-        structured; ``output_sparsity`` (float or {layer: float}) feeds SnaPEA speculation and
-        output compression; ``speculation_prefix`` (default 0.5); ``search`` (``"energy"`` or
+        structured (default: what the workload's ``weight_structure`` says);
+        ``output_sparsity`` (float or {layer: float}; default the measured
+        ``Workload.out_sparsity``) feeds SnaPEA speculation and output compression;
+        ``speculation_prefix`` (default 0.5); ``search`` (``"energy"`` or
         ``"latency"``) searches each layer's mapping (:mod:`.mapping`) instead of using
         ``dataflow`` with SCALE-Sim's fold order.
 
@@ -74,6 +77,7 @@ def estimate(
     unknown = sorted(set(opts) - _OPTS)
     if unknown:
         raise ConfigError(f"estimate() got unknown option {unknown[0]!r}; known: {sorted(_OPTS)}")
+    workloads = list(workloads)
     spec = get_accelerator(accelerator)
     flow = dataflow or spec.dataflow
     if flow not in ("os", "ws", "is", "rs"):
@@ -91,6 +95,11 @@ def estimate(
         )
     else:
         layers = tuple(estimate_layer(w, spec, flow, table, **opts) for w in workloads)
+    if spec.tt_engine:  # a TT / HT layer's stages back to back, intermediates on chip
+        kept = list(layers)
+        for chain in tt_chains(workloads):
+            keep_intermediates_on_chip(kept, workloads, spec, table, chain)
+        layers = tuple(kept)
     return Estimate(
         accelerator=spec.name,
         energy_unit=table.unit,

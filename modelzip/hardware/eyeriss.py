@@ -4,7 +4,8 @@ Chen, Emer and Sze, "Eyeriss: A Spatial Architecture for Energy-Efficient Datafl
 ISCA 2016, and Chen et al., ISSCC 2016 / JSSC 2017. Each PE runs a 1-D convolution: it keeps one
 filter row (``S`` weights) in its register file, slides it over one ifmap row and produces one row
 of partial sums (``Q`` outputs). A *PE set* of ``R x e`` PEs (filter rows x output rows, with
-``e = min(P, cols)``) computes ``e`` output rows of one 2-D convolution: filter rows are reused
+``e <= min(P, cols)``, the widest by default, narrower when that lets a strip's ifmap rows fit
+the buffer) computes ``e`` output rows of one 2-D convolution: filter rows are reused
 across a PE row, ifmap rows diagonally, partial sums accumulate up the columns. Several sets fill
 the ``rows x cols`` array (``floor(rows / R) * floor(cols / e)``) and take different filters or
 channels. Inside a PE the RF interleaves ``p`` filters and ``q`` channels, limited by the
@@ -20,12 +21,14 @@ Counts per layer (one MAC per PE per cycle)::
     buffer  = ifmap rows per filter pass + psum read/write between channel passes (filters go
               from DRAM to the PEs' RFs)
     DRAM    = each tensor once when its working set fits the global buffer, else re-read per
-              pass (loop order and the choice of ``p`` and batch blocking in ``row_stationary``)
+              pass (loop order and the choice of ``p``, ``q`` and batch blocking in
+              ``row_stationary``)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 from modelzip.core.workload import Workload
@@ -71,11 +74,10 @@ def _rf_tiling(spec: AcceleratorSpec, w: Workload) -> tuple[int, int]:
 
 
 def _rs(
-    w: Workload, spec: AcceleratorSpec, p: int, q: int, glb_words: float, n: int
+    w: Workload, spec: AcceleratorSpec, p: int, q: int, glb_words: float, n: int, e: int
 ) -> RowStationaryCounts:
     R = min(w.R, spec.rows)
     r_folds = math.ceil(w.R / spec.rows)
-    e = min(w.P, spec.cols)
     sets = max(1, spec.rows // R) * max(1, spec.cols // e)
     tK = min(sets, math.ceil(w.K / p))
     tC = max(1, min(sets // tK, math.ceil(w.C / q)))
@@ -136,20 +138,30 @@ def row_stationary(
     """Row-stationary counts of ``w`` (all groups and time steps) on a spatial ``spec``.
 
     The global buffer is one memory (Eyeriss's 108 kB GLB is the sum of the spec's three
-    buffers); ``p`` (filters interleaved per PE) and whether the images of the batch share one
-    pass are chosen, as Eyeriss's mapper does per layer, to minimize data-movement energy.
+    buffers); ``p`` (filters interleaved per PE), ``q`` (channels interleaved per PE, within the
+    filter spad) and the images of the batch that share one pass (any divisor of ``N``) are
+    chosen, as Eyeriss's mapper does per layer, to minimize data-movement energy.
     """
     bits = max(act_bits, weight_bits)
     glb_words = spec.buffer_kb * 1024 * 8 * spec.buffer_active_fraction / bits
-    p_max, q = _rf_tiling(spec, w)
+    p_max, q_max = _rf_tiling(spec, w)
+    words = spec.rf_bytes * 8 // spec.word_bits
+    filter_words = max(1, int(RF_SPLIT[1] * words / sum(RF_SPLIT)))
     table = spec.energy_table()
     best = None
-    for n in sorted({1, w.N}):
+    blocks = [n for n in range(1, w.N + 1) if w.N % n == 0]
+    # Output rows per PE set: the widest set, or one for 2-4 strips, whose ifmap rows may fit the
+    # buffer where the widest strip's do not.
+    widest = min(w.P, spec.cols)
+    widths = sorted({min(widest, math.ceil(w.P / k)) for k in range(1, 5)})
+    for n, e, q in itertools.product(blocks, widths, range(1, q_max + 1)):
         for p in range(1, p_max + 1):
-            c = _rs(w, spec, p, q, glb_words, n)
+            if p * q * w.S > filter_words:
+                continue  # the filter spad holds p filters x q channels of one row
+            c = _rs(w, spec, p, q, glb_words, n, e)
             dram = c.dram_ifmap + c.dram_filter + c.dram_ofmap + c.dram_psum_reads
-            on_chip = (c.buffer_reads + c.buffer_writes) * table.buffer + c.array * table.array
-            key = (dram * table.dram + on_chip, c.compute_cycles)
+            on_chip = (c.buffer_reads + c.buffer_writes) * table.buffer
+            key = (dram * table.dram + on_chip + c.array * table.array, c.compute_cycles)
             if best is None or key < best[0]:
                 best = (key, c)
     assert best is not None

@@ -120,7 +120,7 @@ def estimate_layer(
         w,
         wb,
         ab,
-        structured=bool(_per_layer(opts.get("structured"), w.name, False)),
+        structured=_per_layer(opts.get("structured"), w.name, None),
         output_sparsity=_per_layer(opts.get("output_sparsity"), w.name, None),
         speculation_prefix=float(opts.get("speculation_prefix", 0.5)),
     )

@@ -1,32 +1,23 @@
-"""DRAM traffic of a systolic mapping from buffer capacities and the fold loop order.
+"""DRAM traffic of a systolic mapping: SCALE-Sim's read buffers for ifmap and filter, fold order
+and buffer capacity for the outputs.
 
-SCALE-Sim walks folds with the column folds outside and the row folds inside
-(``for fc in col_folds: for fr in row_folds``). An operand indexed only by the outer loop is used
-once per outer step; one indexed by the inner loop is swept again for every outer step, so it is
-re-read from DRAM ``col_folds`` times unless all of it fits in its buffer's active part (the
-buffers are double buffered: ``buffer_active_fraction`` of each holds the working set):
+Reads. The ifmap and filter words read from DRAM are those SCALE-Sim 3.0's read buffers fetch,
+from :mod:`.buffer_sim`: the array's requests in SCALE-Sim's order (folds with the column folds
+outside and the row folds inside, ``for fc in col_folds: for fr in row_folds``), served by a
+buffer that is emptied every ``active_fraction`` of its capacity in misses. An operand whose
+distinct words fit is read once; one that does not is re-fetched wherever its reuse distance in
+that stream exceeds the buffer, which includes the overlap of neighbouring conv windows (an
+im2col row fetched again) and every sweep of the inner fold loop. Unique sizes are the addresses
+SCALE-Sim uses (a stride larger than the kernel skips pixels). ``order="row_outer"`` swaps the
+fold loops (a mapping choice that :mod:`.mapping` may make); its stream is built the same way.
 
-====  ======================  ======================  ===================================
-flow  ifmap                   filter                  ofmap
-====  ======================  ======================  ===================================
-os    swept (inner)           per outer step          written once
-ws    swept (inner)           read once               partial sums spill unless a column
-                                                      block ``Px x cols`` fits
-is    read once               swept (inner)           partial sums spill unless a block
-                                                      ``cols x K`` fits
-====  ======================  ======================  ===================================
+Writes. Every output is written once; a ws / is layer of several row folds writes partial sums:
+with ``accumulate_in_buffer=False`` (SCALE-Sim's model) every row fold writes its outputs to DRAM
+and nothing is read back; otherwise they accumulate in the ofmap buffer, spilling (written
+``row_folds`` times, read back ``row_folds - 1`` times) only when a block of the outputs in
+flight (``Px x cols`` in ws, ``cols x K`` in is, the whole output in ``row_outer``) does not fit.
 
-In OS a filter block (``W x cols``) that does not fit is re-read for every row fold. A spilled
-partial sum is written ``row_folds`` times and read back ``row_folds - 1`` times. With
-``accumulate_in_buffer=False`` (SCALE-Sim's model) every ws / is row fold writes its outputs to
-DRAM and nothing is read back. Unique operand sizes are the tensors themselves, as SCALE-Sim
-counts unique addresses. Recurrent steps reuse the weights when all of them fit; groups each bring
-their own.
-
-SCALE-Sim's buffers differ in one way: they keep the latest unique addresses in sets of 1 % of the
-buffer and, when full, drop half of the buffer at once, so an operand larger than half the buffer
-loses part of the block in use and re-fetches that part; here an operand either fits or is
-re-fetched whole, so the two agree where operands fit or clearly do not, and differ in between.
+Groups each bring their own operands; recurrent steps reuse the weights when all of them fit.
 """
 
 from __future__ import annotations
@@ -34,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 from modelzip.core.workload import Workload
+from modelzip.hardware.buffer_sim import scalesim_reads, set_capacity
 from modelzip.hardware.spec import AcceleratorSpec
 from modelzip.hardware.systolic import SystolicCounts, gemm_dims, systolic_gemm
 
@@ -88,41 +80,31 @@ def dram_traffic(
     counts: SystolicCounts = systolic_gemm(
         ofmap_px, window, filters, spec.rows, spec.cols, dataflow
     )
-    ifmap, filt, ofmap = operand_words(w)
-    frac = spec.buffer_active_fraction * 1024 * 8  # bits per kB of active buffer
-    ifmap_cap = spec.ifmap_sram_kb * frac / act_bits
-    filter_cap = spec.filter_sram_kb * frac / weight_bits
-    ofmap_cap = spec.ofmap_sram_kb * frac / act_bits
-    rows, cols, rf, cf = spec.rows, spec.cols, counts.row_folds, counts.col_folds
-    ifmap_reads, filter_reads, ofmap_writes, psum_reads = (
-        float(ifmap),
-        float(filt),
-        float(ofmap),
-        0.0,
+    _, filt, ofmap = operand_words(w)
+    frac = spec.buffer_active_fraction
+    filter_cap = spec.filter_sram_kb * frac * 1024 * 8 / weight_bits
+    ofmap_cap = spec.ofmap_sram_kb * frac * 1024 * 8 / act_bits
+    h_in, w_in = input_size(w)
+    geometry = (w.N, w.C, w.K, h_in, w_in, w.R, w.S, w.P, w.Q, w.stride_h, w.stride_w)
+    ifmap_reads, filter_reads = scalesim_reads(
+        geometry,
+        spec.rows,
+        spec.cols,
+        dataflow,
+        order,
+        set_capacity(spec.ifmap_sram_kb, act_bits, frac),
+        set_capacity(spec.filter_sram_kb, weight_bits, frac),
     )
-    spill_block = 0.0
+    ofmap_writes, psum_reads = float(ofmap), 0.0
+    rf, cols = counts.row_folds, spec.cols
     if order == "col_outer":
-        if dataflow in ("os", "ws") and ifmap > ifmap_cap:
-            ifmap_reads = ifmap * cf
-        if dataflow == "os" and window * min(cols, filters) > filter_cap:
-            filter_reads = filt * rf
-        if dataflow == "is" and filt > filter_cap:
-            filter_reads = filt * cf
+        spill_block = 0.0
         if dataflow == "ws":
             spill_block = ofmap_px * min(cols, filters)
         elif dataflow == "is":
             spill_block = min(cols, ofmap_px) * filters
     else:
-        if dataflow == "os" and min(rows, ofmap_px) * window > ifmap_cap:
-            ifmap_reads = ifmap * cf
-        if dataflow == "ws" and ofmap_px * min(rows, window) > ifmap_cap:
-            ifmap_reads = ifmap * cf
-        if dataflow == "os" and filt > filter_cap:
-            filter_reads = filt * rf
-        if dataflow == "is" and min(rows, window) * filters > filter_cap:
-            filter_reads = filt * cf
-        if dataflow in ("ws", "is"):
-            spill_block = float(ofmap)
+        spill_block = float(ofmap) if dataflow in ("ws", "is") else 0.0
     if dataflow in ("ws", "is") and rf > 1 and not spec.accumulate_in_buffer:
         ofmap_writes = ofmap * rf  # SCALE-Sim: each fold's outputs go to DRAM, none come back
     elif dataflow in ("ws", "is") and rf > 1 and spill_block > ofmap_cap:

@@ -18,6 +18,24 @@
                16-bit (Zhang et al., MICRO 2016); output stationary, so each PE streams its
                window of non-zero weights, as Cambricon-X's PEs do.
 ``eyeriss-sparse`` the Eyeriss preset with zero-activation gating and RLC-compressed DRAM traffic.
+``cnvlutin``   zero activations skipped (their cycles too), 16x16 OS array, 16-bit (Albericio et
+               al., ISCA 2016).
+``snapea``     in-place output speculation: a ReLU output's MACs stop once its sign is known to be
+               negative, 16x16 OS array, 16-bit (Akhlaghi et al., ISCA 2018).
+``predict-execute`` decoupled predict-then-execute: a 4-bit predictor pass, then only the outputs
+               predicted positive at 16 bits (SeerNet, Cao et al. CVPR 2019), 16x16 OS array.
+``tie``        a TT engine (TIE, Deng et al. ISCA 2019): the stages of a tensor-train /
+               hierarchical-Tucker layer run back to back with intermediates in working SRAM;
+               16x16 OS array of 16-bit MACs (TIE's 16 PEs of 16 multipliers), 64 kB buffers.
+``sparse-both`` zero weights and zero activations both skipped (an SCNN-like combined engine,
+               Parashar et al., ISCA 2017), 16x16 OS array, 16-bit.
+
+DRAM bandwidth (bytes per core cycle), from the published interfaces where there is one:
+``tpu`` 30 GB/s DDR3 at 700 MHz (Jouppi et al.: 42.9 B/cycle); ``eyeriss`` a 64-bit link at
+60 MHz for a 200 MHz core (Chen et al. ISSCC 2016: 2.4 B/cycle); ``os`` SCALE-Sim's ``scale.cfg``
+(``Bandwidth : 10`` words of 2 bytes: 20 B/cycle). The 16x16 and 32x32 engines name no DRAM
+interface in their papers (Stripes and Cambricon-X keep weights in on-chip eDRAM); they get
+``ASSUMED_BANDWIDTH``: one 32-bit LPDDR4-3200 channel (12.8 GB/s) at their 200 MHz clock.
 """
 
 from __future__ import annotations
@@ -28,6 +46,13 @@ from typing import NamedTuple
 
 from modelzip.core.errors import unknown_name
 from modelzip.hardware.spec import AcceleratorSpec, SparseSupport
+
+# Bytes per cycle: 30 GB/s (TPU v1's DDR3) at 700 MHz; Eyeriss's 64-bit link at 60 MHz over its
+# 200 MHz core; scale.cfg's 10 words/cycle of 16 bits; 12.8 GB/s (LPDDR4-3200 x32) at 200 MHz.
+TPU_BANDWIDTH = 30e9 / 700e6
+EYERISS_BANDWIDTH = 8 * 60e6 / 200e6
+SCALE_CFG_BANDWIDTH = 10 * 2.0
+ASSUMED_BANDWIDTH = 12.8e9 / 200e6
 
 
 def _tpu() -> AcceleratorSpec:
@@ -42,7 +67,7 @@ def _tpu() -> AcceleratorSpec:
         filter_sram_kb=6144,
         ofmap_sram_kb=2048,
         clock_mhz=700,
-        dram_bandwidth=0.0,
+        dram_bandwidth=TPU_BANDWIDTH,
         energy_model="horowitz",
     )
 
@@ -61,6 +86,7 @@ def _eyeriss() -> AcceleratorSpec:
         ofmap_sram_kb=36,
         buffer_active_fraction=1.0,
         clock_mhz=200,
+        dram_bandwidth=EYERISS_BANDWIDTH,
         energy_model="eyeriss",
     )
 
@@ -75,6 +101,7 @@ def _os() -> AcceleratorSpec:
         ifmap_sram_kb=64,
         filter_sram_kb=64,
         ofmap_sram_kb=64,
+        dram_bandwidth=SCALE_CFG_BANDWIDTH,
         energy_model="horowitz",
     )
 
@@ -82,7 +109,13 @@ def _os() -> AcceleratorSpec:
 def _small_os(name: str, pe: str, **extra: object) -> Callable[[], AcceleratorSpec]:
     def build() -> AcceleratorSpec:
         fields: dict[str, object] = dict(
-            name=name, rows=16, cols=16, dataflow="os", word_bits=16, pe=pe
+            name=name,
+            rows=16,
+            cols=16,
+            dataflow="os",
+            word_bits=16,
+            pe=pe,
+            dram_bandwidth=ASSUMED_BANDWIDTH,
         )
         fields.update(extra)
         return AcceleratorSpec(**fields)  # type: ignore[arg-type]
@@ -132,6 +165,46 @@ _PRESETS: dict[str, _Preset] = {
             name="eyeriss-sparse", sparse=SparseSupport(act_skip="gate", act_compression=True)
         ),
         "Eyeriss with zero-activation gating and compressed DRAM traffic",
+    ),
+    "cnvlutin": _Preset(
+        _small_os(
+            "cnvlutin",
+            "bit_parallel",
+            energy_model="horowitz",
+            sparse=SparseSupport(act_skip="skip"),
+        ),
+        "zero activations skipped, cycles included, 16x16 array (Albericio et al. 2016)",
+    ),
+    "snapea": _Preset(
+        _small_os(
+            "snapea",
+            "bit_parallel",
+            energy_model="horowitz",
+            sparse=SparseSupport(output_speculation=True),
+        ),
+        "in-place speculation: negative ReLU outputs stop early (Akhlaghi et al. 2018)",
+    ),
+    "predict-execute": _Preset(
+        _small_os(
+            "predict-execute",
+            "bit_parallel",
+            energy_model="horowitz",
+            sparse=SparseSupport(output_prediction=True, predictor_bits=4),
+        ),
+        "4-bit predictor pass, then only outputs predicted positive (Cao et al. 2019)",
+    ),
+    "tie": _Preset(
+        _small_os("tie", "bit_parallel", energy_model="horowitz", tt_engine=True),
+        "TT engine: TT/HT layer stages back to back, intermediates on chip (Deng et al. 2019)",
+    ),
+    "sparse-both": _Preset(
+        _small_os(
+            "sparse-both",
+            "bit_parallel",
+            energy_model="horowitz",
+            sparse=SparseSupport(weight_skip=True, act_skip="skip"),
+        ),
+        "zero weights and zero activations both skipped, 16x16 array (SCNN-like, 2017)",
     ),
 }
 

@@ -17,7 +17,21 @@
 ``output_speculation`` (SnaPEA, Akhlaghi et al. ISCA 2018)
     For a fraction ``f`` of outputs that end negative before a ReLU (the pruning issue's predictor
     statistics, passed as ``output_sparsity``), only a ``prefix`` of the MACs runs before the sign
-    is known; MACs x ``1 - f (1 - prefix)``, plus a sign check per MAC.
+    is known; MACs x ``1 - f (1 - prefix)``, plus a sign check per MAC. ``f`` is the measured
+    output sparsity (``Workload.out_sparsity``), or a predictor's measured skip fraction
+    (``Workload.predicted_skip``) when one was attached.
+``output_prediction`` (decoupled predict-then-execute: SeerNet, Cao et al. CVPR 2019; the
+    predictive ReLU units the pruning family simulates)
+    A first pass at ``predictor_bits`` computes every output's sign estimate; the second, full
+    precision pass computes only the outputs not predicted negative. With ``c`` predictor MACs
+    per dense MAC (``Workload.predictor_cost``, measured; 1 when no predictor was attached: a full
+    low-precision pass) and ``f`` the predicted fraction: MACs x ``1 - f``, cycles x
+    ``1 - f + c (p / word)^2`` (``(word / p)^2`` low-bit products fit one word multiplier, as in
+    Bit Fusion) and energy ``c (p / word)^2`` of a MAC per dense MAC for the predictor.
+
+Weight sparsity is costed as structured (no load imbalance) when the workload says its zeros form
+N:M groups, blocks or vectors (``Workload.weight_structure``, read from the weight itself), unless
+the caller overrides it.
 """
 
 from __future__ import annotations
@@ -67,7 +81,7 @@ def sparse_effect(
     weight_bits: int,
     act_bits: int,
     *,
-    structured: bool = False,
+    structured: bool | None = None,
     output_sparsity: float | None = None,
     speculation_prefix: float = 0.5,
 ) -> SparseEffect:
@@ -76,9 +90,11 @@ def sparse_effect(
     Parameters
     ----------
     structured
-        True when the zero weights come in blocks or N:M groups (no load imbalance).
+        True when the zero weights come in blocks or N:M groups (no load imbalance); default
+        from ``w.weight_structure``.
     output_sparsity
-        Fraction of outputs zero after the activation; defaults to ``w.act_sparsity``.
+        Fraction of outputs zero after the activation; defaults to the measured
+        ``w.out_sparsity``.
     speculation_prefix
         Fraction of a negative output's MACs run before SnaPEA stops it.
     """
@@ -87,6 +103,8 @@ def sparse_effect(
         return SparseEffect()
     mac_fraction, cycle_fraction, overhead = 1.0, 1.0, 0.0
     weight_factor, ifmap_factor, ofmap_factor, imbalance = 1.0, 1.0, 1.0, 1.0
+    if structured is None:
+        structured = w.weight_structure != "unstructured"
     if s.weight_skip:
         density = 1.0 - w.weight_sparsity
         imbalance = lane_imbalance(density, w.R * w.S * w.C, s.lane_group, structured)
@@ -99,15 +117,24 @@ def sparse_effect(
         overhead += ZERO_DETECT
         if s.act_skip == "skip":
             cycle_fraction *= min(1.0, density * lane_imbalance(density, w.C, s.lane_group, False))
-    out_sparsity = w.act_sparsity if output_sparsity is None else output_sparsity
+    out_sparsity = w.out_sparsity if output_sparsity is None else output_sparsity
+    # A measured predictor says which outputs it catches; without one, the engine is taken to
+    # catch the outputs that end up zero (an exact sign predictor).
+    caught = w.predicted_skip if w.predicted_skip > 0 and output_sparsity is None else out_sparsity
     if s.act_compression:
         ifmap_factor = rlc_factor(w.act_sparsity, act_bits, s.rlc_run_bits)
         ofmap_factor = rlc_factor(out_sparsity, act_bits, s.rlc_run_bits)
     if s.output_speculation:
-        saved = out_sparsity * (1.0 - speculation_prefix)
+        saved = caught * (1.0 - speculation_prefix)
         mac_fraction *= 1.0 - saved
         cycle_fraction *= 1.0 - saved
         overhead += SIGN_CHECK
+    if s.output_prediction:
+        cost = w.predictor_cost if w.predictor_cost > 0 else 1.0
+        narrow = (min(s.predictor_bits, spec.word_bits) / spec.word_bits) ** 2
+        mac_fraction *= 1.0 - caught
+        cycle_fraction *= 1.0 - caught + cost * narrow
+        overhead += cost * narrow
     return SparseEffect(
         mac_fraction=mac_fraction,
         cycle_fraction=cycle_fraction,

@@ -36,12 +36,20 @@ class SparseSupport(ConfigBase):
     ``rlc_run_bits`` of run per non-zero). ``output_speculation``: outputs predicted negative
     before the ReLU stop early (SnaPEA), at a fraction given per call. ``lane_group``: PEs that
     wait for each other, which sets the load imbalance of unstructured sparsity.
+    ``output_prediction``: a decoupled predict-then-execute engine (the seed's third kind of
+    output-sparsity accelerator): a low-precision predictor pass of ``predictor_bits`` runs
+    first, then only the outputs it did not mark negative are computed at full precision; fed by
+    a before-calculation predictor's measured skip fraction (``Workload.predicted_skip``) and
+    its MACs (``Workload.predictor_cost``), or by the measured output sparsity when no predictor
+    was attached.
     """
 
     weight_skip: bool = False
     act_skip: Literal["none", "gate", "skip"] = "none"
     act_compression: bool = False
     output_speculation: bool = False
+    output_prediction: bool = False
+    predictor_bits: int = 4
     index_bits: int = 4
     rlc_run_bits: int = 5
     lane_group: int = 16
@@ -50,6 +58,12 @@ class SparseSupport(ConfigBase):
         check_range(self, "index_bits", 0, 32)
         check_range(self, "rlc_run_bits", 1, 16)
         check_range(self, "lane_group", 1)
+        check_range(self, "predictor_bits", 1, 16)
+        if self.output_speculation and self.output_prediction:
+            raise ConfigError(
+                "SparseSupport.output_speculation=True and output_prediction=True: choose one "
+                "output-sparsity engine (in-place SnaPEA speculation or predict-then-execute)"
+            )
 
     @property
     def any(self) -> bool:
@@ -59,6 +73,7 @@ class SparseSupport(ConfigBase):
             or self.act_skip != "none"
             or self.act_compression
             or self.output_speculation
+            or self.output_prediction
         )
 
 
@@ -73,6 +88,9 @@ class AcceleratorSpec(ConfigBase):
     ``False`` is SCALE-Sim's model, where every row fold writes its outputs to DRAM.
     ``word_bits`` is the width the datapath and the energy table are built for; a ``bit_parallel``
     PE takes one cycle per MAC at any narrower width, bit-serial and Bit Fusion PEs gain from it.
+    ``tt_engine``: the array runs the stages of a tensor-train / hierarchical-Tucker layer back to
+    back with the intermediates in working SRAM (TIE, Deng et al. ISCA 2019; :mod:`.tt_engine`);
+    without it each stage is an independent product with a DRAM round trip between stages.
     """
 
     name: str = "custom"
@@ -93,6 +111,7 @@ class AcceleratorSpec(ConfigBase):
     bitfusion_brick_bits: int = 2
     fp: bool = False
     sparse: SparseSupport = dataclasses.field(default_factory=SparseSupport)
+    tt_engine: bool = False
     energy_model: EnergyModel = "eyeriss"
     custom_energy: EnergyTable | None = None
 

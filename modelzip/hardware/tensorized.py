@@ -13,13 +13,14 @@ without ever rebuilding ``W``: stage ``k`` is one GEMM
 followed by a reshape of its output into the next stage's input. TIE keeps the intermediate tensor
 in two groups of working SRAM that swap roles between stages, so the reshape costs one buffer
 write and one read, not a DRAM round trip. :func:`estimate_tt` models that: each stage is a
-workload of its own (so any accelerator and dataflow can run it), and an intermediate that fits in
-the spec's ifmap and ofmap buffers has its DRAM traffic replaced by buffer accesses.
+workload of its own (so any accelerator and dataflow can run it), and the spec is run with its
+TT engine on (:mod:`.tt_engine`), so an intermediate that fits in the spec's ifmap and ofmap
+buffers has its DRAM traffic replaced by buffer accesses. A TT or HT layer of a compressed model
+gets the same treatment in :func:`~modelzip.hardware.estimate` on a spec with ``tt_engine``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -66,7 +67,7 @@ def tt_workloads(
         params = ranks[k] * in_modes[k] * out_modes[k] * ranks[k + 1]
         stages.append(
             Workload(
-                f"{name}.core{k}",
+                f"{name}:core{k}",
                 "matmul",
                 "TTCore",
                 N=rows,
@@ -95,27 +96,8 @@ def estimate_tt(
     act_bits: int = 8,
     **opts: Any,
 ) -> Estimate:
-    """Estimate a TT layer stage by stage, keeping intermediates in working SRAM when they fit."""
-    spec = get_accelerator(accelerator)
+    """Estimate a TT layer stage by stage on ``accelerator`` with its TT engine on: the
+    intermediates stay in working SRAM when they fit."""
+    spec = get_accelerator(accelerator).replace(tt_engine=True)
     stages = tt_workloads(name, in_modes, out_modes, ranks, batch, weight_bits, act_bits)
-    est = estimate(stages, spec, dataflow, **opts)
-    table = spec.energy_table()
-    cap = min(spec.ifmap_sram_kb, spec.ofmap_sram_kb) * 1024 * spec.buffer_active_fraction
-    layers = list(est.layers)
-    for i in range(len(layers) - 1):
-        size = stages[i].output_bytes
-        if size > cap:
-            continue
-        # The intermediate is written to and read from working SRAM instead of DRAM.
-        words = size * 8 / spec.word_bits
-        for j, (write, read) in ((i, (size, 0.0)), (i + 1, (0.0, size))):
-            x = layers[j]
-            energy = dict(x.energy)
-            energy["dram"] = max(0.0, energy["dram"] - words * table.dram)
-            layers[j] = dataclasses.replace(
-                x,
-                dram_write_bytes=max(0.0, x.dram_write_bytes - write),
-                dram_read_bytes=max(0.0, x.dram_read_bytes - read),
-                energy=energy,
-            )
-    return dataclasses.replace(est, layers=tuple(layers))
+    return estimate(stages, spec, dataflow, **opts)

@@ -107,3 +107,55 @@ def test_list_shows_accelerator_presets(capsys) -> None:
 def test_accelerator_description_unknown() -> None:
     with pytest.raises(KeyError, match="unknown accelerator 'nosuch'"):
         accelerator_description("nosuch")
+
+
+def test_estimate_measures_activation_sparsity(capsys) -> None:
+    """The CLI runs the model once on its sample: ReLU zeros reach the zero-skipping engine."""
+    import torch
+
+    from modelzip.core.counting import collect_workloads
+    from modelzip.models import create
+    from modelzip.models.shapes import sample_input
+
+    code, out, err = run(capsys, "estimate", "vgg_small", "--accelerator", "cnvlutin", "--json")
+    assert code == 0, err
+    measured = json.loads(out)
+    torch.manual_seed(0)
+    model = create("vgg_small")
+    blind = cli_estimate(
+        {"accelerator": "cnvlutin"}, workloads=collect_workloads(model, sample_input(model, 1))
+    )
+    assert measured["totals"]["macs"] == blind["totals"]["macs"]
+    assert measured["totals"]["cycles"] < blind["totals"]["cycles"]
+    assert measured["totals"]["energy"]["mac"] < blind["totals"]["energy"]["mac"]
+
+
+def test_estimate_dataset_sample(capsys, tmp_path: Path) -> None:
+    """--dataset: the statistics come from the data set's test images, not a random sample."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 1, 28, 28), dtype=np.float32)
+    x[:2] = 0.0  # the first two test images are black: only they are used with --batch 2
+    y = np.zeros(4, dtype=np.int64)
+    path = tmp_path / "images.npz"
+    np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)
+    args = ("estimate", "lenet300", "--accelerator", "cnvlutin", "--json", "--batch", "2")
+    torch.manual_seed(0)  # the model's untrained weights, the same as below
+    code, out, err = run(capsys, *args, "--dataset", str(path))
+    assert code == 0, err
+    black = json.loads(out)
+    code, out, err = run(capsys, *args)
+    random = json.loads(out)
+    # The same numbers as measuring the first two test images directly, and not the random ones.
+    from modelzip.core.activation_stats import measured_workloads
+    from modelzip.models import create
+
+    torch.manual_seed(0)
+    model = create("lenet300")
+    expected = cli_estimate(
+        {"accelerator": "cnvlutin"}, workloads=measured_workloads(model, torch.from_numpy(x[:2]))
+    )
+    assert black["totals"] == expected["totals"]
+    assert black["totals"]["cycles"] != random["totals"]["cycles"]
