@@ -239,6 +239,14 @@ def compress(
     if data is not None:
         check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)
+    from modelzip.models.registry import SOURCE_ATTR, infer_source, model_source
+
+    if model_source(work) is None:
+        # A model an allow-listed package built (torchvision.models.resnet18()): record its
+        # constructor now, while its tensors still match it, so that save needs no source.
+        inferred = infer_source(work)
+        if inferred is not None:
+            setattr(work, SOURCE_ATTR, inferred)
     # A deployed model (an earlier compress, a loaded file) takes the recipe in its compressed form.
     work = trainable(work, inplace=True)
     device = model_device(work)
