@@ -15,6 +15,7 @@ from modelzip.core.context import Context
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.registry import SkipLayer, spec_for
+from modelzip.data.folder import is_images
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
@@ -154,7 +155,7 @@ def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tenso
     """A batch of ``data``'s test inputs on ``device`` (``batch`` images, or 16 sequences of 64
     tokens of a text corpus), for counting MACs and timing; None when ``data`` has none."""
     x = getattr(data, "x_test", None)
-    if isinstance(x, torch.Tensor) and len(x):
+    if is_images(x):
         return x[:batch].to(device)
     test = getattr(data, "test", None)  # a text corpus: a batch of sequences
     if isinstance(test, torch.Tensor) and test.numel() >= 64:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from modelzip.core.errors import DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.data.dataset import Dataset
+from modelzip.data.folder import LazyImages, as_tensor
 from modelzip.data.text import TextCorpus, sequence_windows
 from modelzip.train_checkpoint import load_training_state, save_training_state
 
@@ -254,6 +255,8 @@ def _classify(
 ) -> dict[str, float]:
     device, loss_sum, correct = _device(model), 0.0, 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(x, LazyImages):  # decoded batch by batch: keep a batch's memory small
+        batch_size = min(batch_size, 64)
     with _eval_mode(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device).contiguous(memory_format=fmt)
@@ -454,7 +457,7 @@ def train(
     per_epoch = steps_per_epoch(n, config)
     total = config.epochs * per_epoch
     device = _device(model)
-    parts = tuple(t.to(device) for t in parts)
+    parts = tuple(t if isinstance(t, LazyImages) else t.to(device) for t in parts)
     channels_last = config.channels_last and _has_conv(model) and not text
     was_channels_last, was_training = _is_channels_last(model), model.training
     if channels_last:
@@ -492,7 +495,7 @@ def train(
                         logits = model(rows[:, :-1])
                         loss = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
                     else:
-                        xb, yb = parts[0][idx], parts[1][idx]
+                        xb, yb = as_tensor(parts[0][idx]).to(device), parts[1][idx]
                         if config.augment:
                             xb = random_shift(xb, 2, gen)
                         logits = model(xb.contiguous(memory_format=fmt))
