@@ -16,6 +16,7 @@ from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.core.running import eval_inference, model_device
+from modelzip.data.folder import is_images
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
 from modelzip.recipe import Recipe
@@ -136,7 +137,7 @@ def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tenso
     """A batch of ``data``'s test inputs on ``device`` (``batch`` images, or 16 sequences of 64
     tokens of a text corpus), for counting MACs and timing; None when ``data`` has none."""
     x = getattr(data, "x_test", None)
-    if isinstance(x, torch.Tensor) and len(x):
+    if is_images(x):
         return x[:batch].to(device)
     test = getattr(data, "test", None)  # a text corpus: a batch of sequences
     if isinstance(test, torch.Tensor) and test.numel() >= 64:
@@ -233,6 +234,14 @@ def compress(
     if data is not None:
         check_data_fits(model, data)
     work = model if inplace else copy.deepcopy(model)
+    from modelzip.models.registry import SOURCE_ATTR, infer_source, model_source
+
+    if model_source(work) is None:
+        # A model an allow-listed package built (torchvision.models.resnet18()): record its
+        # constructor now, while its tensors still match it, so that save needs no source.
+        inferred = infer_source(work)
+        if inferred is not None:
+            setattr(work, SOURCE_ATTR, inferred)
     # A deployed model (an earlier compress, a loaded file) takes the recipe in its compressed form.
     work = trainable(work, inplace=True)
     device = model_device(work)

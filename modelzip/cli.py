@@ -83,13 +83,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+DATASET_HELP = "data set name, .npz file or folder of class subfolders"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from modelzip.api import check_data_fits, model_stats
     from modelzip.models import list_models, resolve_model
     from modelzip.serialize import save
     from modelzip.train import TrainConfig, default_train_config, train
 
-    data = dataset_for(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model, getattr(args, "image_size", None))
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
     changes = {
         k: v
@@ -124,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from modelzip.api import model_device, model_stats, sample_from
     from modelzip.deploy import is_deployed, materialize
 
-    data = dataset_for(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model, getattr(args, "image_size", None))
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     sample = sample_from(data, model_device(model))
@@ -232,7 +235,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from modelzip.train import TrainConfig
 
     recipe = Recipe.load(args.recipe, max_steps=args.max_steps)
-    data = dataset_for(args.dataset, args.model)
+    data = dataset_for(args.dataset, args.model, getattr(args, "image_size", None))
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
     finetune = None
@@ -392,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = _model_command(sub, "train", "train a model and save it", cmd_train)
-    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument("--dataset", help=DATASET_HELP + " (default: the model's own)")
+    p.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="for a folder of images: resize and center-crop to N x N (default 224)",
+    )  # fmt: skip
     p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed")
@@ -405,7 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "eval", "test accuracy, size, MACs and latency", cmd_eval)
     p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
-    p.add_argument("--dataset", help="data set name or .npz file")
+    p.add_argument("--dataset", help=DATASET_HELP)
+    p.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="for a folder of images: resize and center-crop to N x N (default 224)",
+    )  # fmt: skip
     _flags(p, "--no-latency", "--json", "--quiet")
 
     p = _model_command(sub, "inspect", "per-layer parameters, MACs and bytes", cmd_inspect)
@@ -421,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=MAX_RECIPE_STEPS, metavar="N",
         help=f"refuse a recipe of more steps than this (default {MAX_RECIPE_STEPS})",
     )  # fmt: skip
-    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument("--dataset", help=DATASET_HELP + " (default: the model's own)")
+    p.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="for a folder of images: resize and center-crop to N x N (default 224)",
+    )  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")

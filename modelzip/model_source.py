@@ -118,11 +118,18 @@ def default_dataset(model: str) -> str:
     return model_info(model).dataset
 
 
-def dataset_for(name: str | None, model_spec: str | None = None) -> Any:
-    """The data set ``name`` (a registered name or an ``.npz`` file), or, without a name, the
-    zoo model's own; models outside the zoo need the name."""
+def dataset_for(
+    name: str | None, model_spec: str | None = None, image_size: int | None = None
+) -> Any:
+    """The data set ``name`` (a registered name, an ``.npz`` file or a folder of class
+    subfolders, cropped to ``image_size``), or, without a name, the zoo model's own; models
+    outside the zoo need the name."""
     from modelzip.data import load_dataset
 
+    if name is not None:
+        return load_dataset(name, image_size=image_size)
+    if image_size is not None:
+        raise ModelzipError("--image-size applies to a --dataset folder of images")
     if name is None:
         if model_spec is None:
             raise ModelzipError("--dataset is required")
@@ -149,6 +156,11 @@ def _zoo_name_of_file(model_spec: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def sample_batch(model: nn.Module, input_shape: str | None, batch: int) -> torch.Tensor:
     """A batch of ``batch`` inputs of ``input_shape`` (``"1,28,28"``), or of the shape the model
     was built for (zoo models know it): what ``inspect``, ``estimate`` and ``export`` run."""
@@ -168,6 +180,11 @@ def sample_batch(model: nn.Module, input_shape: str | None, batch: int) -> torch
     if batch < 1:
         raise ModelzipError(f"--batch must be a positive int, got {batch}")
     sample = sample_input(model, batch, shape)
+    source = getattr(model, "_modelzip_source", None) or {}
+    ref = str(source.get("ref", ""))
+    if sample is None and ref.startswith("torchvision.models") and ".video" not in ref:
+        # torchvision's classification models: ImageNet's 224 x 224 RGB images
+        sample = torch.randn(batch, 3, 224, 224, device=_device_of(model))
     if sample is None:
         raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
     return sample

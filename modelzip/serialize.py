@@ -25,6 +25,7 @@ declare is refused, and so are NaN or infinite weights unless the caller allows 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import json
@@ -148,6 +149,10 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     model = model.__dict__.get("_modelzip_eager", model)
     source = source or getattr(model, SOURCE_ATTR, None)
     if not source:
+        from modelzip.models import infer_source
+
+        source = infer_source(model)  # a model an allow-listed package's constructor built
+    if not source:
         raise ModelError(
             "cannot save a model without a recorded source: build it with "
             "modelzip.models.create(name) / resolve_model('package.module:factory'), or pass "
@@ -261,9 +266,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _rebuild(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> tuple[nn.Module, dict]:
+def _rebuild(
+    path: Path, meta: dict[str, Any], trust_remote_code: bool, model: nn.Module | None = None
+) -> tuple[nn.Module, dict]:
     """The model structure the metadata describes, and its compressed layers by name."""
-    model = _build_source(meta["source"], trust_remote_code)
+    if model is None:
+        model = _build_source(meta["source"], trust_remote_code)
     compressed: dict[str, CompressedModule] = {}
     # Any exception here comes from a spec that does not describe a valid layer: report it as a
     # bad file whatever torch or the layer class raised (a list of types would miss some).
@@ -288,8 +296,15 @@ def _rebuild(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> tuple
 
 def _check_declared_size(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> None:
     """Build the structure on the meta device (no memory) and bound what it would allocate."""
+    from modelzip.models.registry import build_structure
+
+    # A constructor that reads the tensors it builds (RegNet computes its widths with torch)
+    # cannot run on the meta device: build_structure builds it on the CPU uninitialised (a
+    # registered factory, as load does next); the file's layers are still only declared.
+    trust = trust_remote_code
+    base = build_structure(_build_source, source=meta["source"], trust_remote_code=trust)
     with torch.device("meta"):
-        model, _ = _rebuild(path, meta, trust_remote_code)
+        model, _ = _rebuild(path, meta, trust_remote_code, base)
     declared = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     limit = MAX_EXPANSION * path.stat().st_size + EXPANSION_ALLOWANCE
     if declared > limit:
@@ -394,9 +409,12 @@ def load(
             given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             _check_layer_keys(path, name, set(layer.packed_state()), set(given))
             layer.load_packed_state(given)
-        rest = {
-            k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
-        }
+        rest = collections.OrderedDict(
+            (k, v) for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
+        )
+        # The per-module versions torch's state dicts carry (safetensors keeps none); some
+        # layers read them (MNASNet). The file was written from this code's modules.
+        rest._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
         missing, unexpected = model.load_state_dict(rest, strict=False)
     except ModelError:
         raise

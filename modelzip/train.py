@@ -30,6 +30,7 @@ from modelzip.core.errors import DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.core.running import eval_inference, model_device
 from modelzip.data.dataset import Dataset
+from modelzip.data.folder import LazyImages, as_tensor
 from modelzip.data.text import TextCorpus, sequence_windows
 from modelzip.train_checkpoint import load_training_state, save_training_state
 
@@ -243,6 +244,8 @@ def classify(
     """Accuracy and mean cross-entropy of ``model`` on ``(x, y)``, in eval and inference mode."""
     device, loss_sum, correct = model_device(model), 0.0, 0
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(x, LazyImages):  # decoded batch by batch: keep a batch's memory small
+        batch_size = min(batch_size, 64)
     with eval_inference(model):
         for start in range(0, len(x), batch_size):
             xb = x[start : start + batch_size].to(device).contiguous(memory_format=fmt)
@@ -447,7 +450,7 @@ def train(
     per_epoch = steps_per_epoch(n, config)
     total = config.epochs * per_epoch
     device = model_device(model)
-    parts = tuple(t.to(device) for t in parts)
+    parts = tuple(t if isinstance(t, LazyImages) else t.to(device) for t in parts)
     channels_last = config.channels_last and _has_conv(model) and not text
     was_channels_last, was_training = _is_channels_last(model), model.training
     if channels_last:
@@ -484,7 +487,7 @@ def train(
                         rows = parts[0][idx]
                         inputs, targets = rows[:, :-1], rows[:, 1:]
                     else:
-                        inputs, targets = parts[0][idx], parts[1][idx]
+                        inputs, targets = as_tensor(parts[0][idx]).to(device), parts[1][idx]
                         if config.augment:
                             inputs = random_shift(inputs, 2, gen)
                         inputs = inputs.contiguous(memory_format=fmt)

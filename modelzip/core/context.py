@@ -53,6 +53,7 @@ class Context:
     notes: dict[str, str] = dataclasses.field(default_factory=dict)
     changes: list[LayerChange] = dataclasses.field(default_factory=list)
     skipped: list[SkippedLayer] = dataclasses.field(default_factory=list)
+    _reads: dict[str, str] | None = dataclasses.field(default=None, repr=False)
 
     def note(self, layer: str, text: str) -> None:
         """Record a remark about a layer (shown in the Report)."""
@@ -82,7 +83,7 @@ class Context:
         model = self._model()
         old = model.get_submodule(name)
         readers = (weight_reader(model, alias) for alias in aliases(model, old) or [name])
-        reader = next((r for r in readers if r is not None), None)
+        reader = next((r for r in readers if r is not None), None) or self._direct_reader(name)
         if reader is None:
             return None
         intro = f"inside {reader}, whose forward reads the layer's weight tensor directly"
@@ -93,6 +94,15 @@ class Context:
         if not _weight_is_computed(new):
             return f"{intro}; a {type(new).__name__} computes with another weight than its .weight"
         return None
+
+    def _direct_reader(self, name: str) -> str | None:
+        """The module whose code reads the layer's weight directly (found by running the model on
+        :attr:`sample` once, :mod:`modelzip.core.weight_reads`), if any."""
+        if self._reads is None:
+            from modelzip.core.weight_reads import direct_weight_reads
+
+            self._reads = direct_weight_reads(self._model(), self.sample)
+        return self._reads.get(name)
 
     def replace(self, name: str, new: nn.Module, *, method: str, note: str | None = None) -> bool:
         """Put ``new`` in place of the layer at ``name`` and record the change once.

@@ -1,9 +1,10 @@
-"""Data sets that load offline into memory: a small registry plus user ``.npz`` files.
+"""Data sets that load offline: a small registry, user ``.npz`` files, folders of images.
 
 >>> from modelzip.data import load_dataset
 >>> mnist = load_dataset("mnist")          # Dataset: 60k/10k, 1 x 28 x 28 in [0, 1)
 >>> text = load_dataset("shakespeare")     # TextCorpus: char ids, 90/5/5 contiguous split
 >>> mine = load_dataset("my_data.npz")     # x_train, y_train, x_test, y_test
+>>> photos = load_dataset("photos/", image_size=224)  # class subfolders, decoded per batch
 
 Loaders are imported lazily, so that importing :mod:`modelzip.data` pulls in neither scikit-learn
 nor the data packages.
@@ -75,7 +76,7 @@ def dataset_info(name: str) -> DatasetSpec:
 
 
 def load_dataset(
-    name_or_path: str | Path, *, max_classes: int | None = None
+    name_or_path: str | Path, *, max_classes: int | None = None, image_size: int | None = None
 ) -> Dataset | TextCorpus:
     """Load a registered data set by name, or a user ``.npz`` file by path.
 
@@ -86,6 +87,9 @@ def load_dataset(
     max_classes : int, optional
         The most classes a user file may have (see :func:`modelzip.data.npz.load_npz`; default
         :data:`modelzip.data.npz.MAX_CLASSES`).
+    image_size : int, optional
+        For a folder of class subfolders (:func:`modelzip.data.folder.load_image_folder`): the
+        side of the center crop (default 224); refused for other data sets.
 
     Raises
     ------
@@ -95,6 +99,12 @@ def load_dataset(
         The data are missing (the error names the install command) or malformed.
     """
     key = str(name_or_path)
+    if Path(key).is_dir():
+        from modelzip.data.folder import load_image_folder
+
+        return load_image_folder(key, image_size=image_size or 224)
+    if image_size is not None:
+        raise DataError(f"image_size applies to a folder of images; {key!r} is none")
     if key in _DATASETS:
         return _DATASETS[key].loader()
     if key.endswith(".npz") or Path(key).is_file():

@@ -13,6 +13,12 @@ callable runs only with the opt-in ``trust_remote_code=True`` (``--trust-remote-
 command line), given by the caller, never by a file; even then a module outside the installed
 packages is imported only with it, and the standard library and modelzip's own non-factory
 functions are refused always.
+
+Constructors of allow-listed installed packages (:func:`register_package_constructors`;
+torchvision's classification, detection, ... builders by default) count as registered: a model
+built by ``torchvision.models.resnet18()`` directly, without modelzip, gets its record from
+:func:`infer_source` (the constructor whose model has the same tensors), and a file may name that
+constructor, never with ``weights`` (loading downloads nothing).
 """
 
 from __future__ import annotations
@@ -245,6 +251,10 @@ def _import_factory(ref: str, trust_remote_code: bool = False) -> Callable[..., 
     if not module_name or not attr:
         raise ModelError(f"model reference {ref!r} must look like 'package.module:factory'")
     top = module_name.split(".")[0]
+    if top == "torchvision":
+        from modelzip.models.torchvision_compat import import_torchvision
+
+        import_torchvision()  # with any torch build: the model definitions need no compiled ops
     # A source record can come from a file someone sent; refusing the standard library keeps such
     # a file from naming e.g. 'os:system' or 'subprocess:run' as the "factory" to call.
     if top in sys.stdlib_module_names or top == "builtins":
@@ -374,9 +384,125 @@ def model_factory(
     return register if fn is None else register(fn)
 
 
+#: Installed packages whose model constructors files may name: module prefix -> a function
+#: returning the allowed constructors (called only once the package is imported).
+_PACKAGE_CONSTRUCTORS: dict[str, Callable[[], list[Callable[..., Any]]]] = {}
+#: Arguments of a package constructor a file may not set (they download weights).
+_DOWNLOAD_ARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+
+
+def register_package_constructors(
+    prefix: str, constructors: Callable[[], list[Callable[..., Any]]]
+) -> None:
+    """Allow files to name the constructors ``constructors()`` lists, of modules under ``prefix``
+    (e.g. ``"torchvision.models"``), as if each were registered with :func:`model_factory`."""
+    _PACKAGE_CONSTRUCTORS[prefix] = constructors
+
+
+def _torchvision_constructors() -> list[Callable[..., Any]]:
+    from modelzip.models.torchvision_compat import import_torchvision
+
+    tv = import_torchvision().models
+    return [tv.get_model_builder(name) for name in tv.list_models()]
+
+
+register_package_constructors("torchvision.models", _torchvision_constructors)
+
+
+def _package_constructor(target: Callable[..., Any]) -> FactoryEntry | None:
+    module = getattr(target, "__module__", None) or ""
+    for prefix, lister in _PACKAGE_CONSTRUCTORS.items():
+        top = prefix.split(".")[0]
+        inside = module == prefix or module.startswith(prefix + ".")
+        if inside and top in sys.modules and any(c is target for c in lister()):
+            return FactoryEntry(factory_ref(target), target)
+    return None
+
+
+def _constructor_kwargs_safe(ref: str, kwargs: dict[str, Any]) -> None:
+    set_ = [k for k in _DOWNLOAD_ARGS if kwargs.get(k) not in (None, False)]
+    if set_:
+        raise ModelError(
+            f"model {ref!r}: a saved file may not set {set_} (loading downloads nothing); "
+            "save the model's weights in the file instead"
+        )
+
+
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """Within the block ``torch.nn.init``'s in-place initialisers do nothing (a structure only)."""
+    import torch
+
+    saved = {}
+    for name in dir(torch.nn.init):
+        fn = getattr(torch.nn.init, name)
+        if name.endswith("_") and not name.startswith("_") and callable(fn):
+            saved[name] = fn
+            setattr(torch.nn.init, name, lambda tensor, *a, **k: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
+def build_structure(factory: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    """``factory(**kwargs)`` for its structure only: on the meta device (no memory), or, for a
+    constructor that reads the tensors it builds (RegNet computes its widths with torch), on the
+    CPU with the initialisers switched off (memory reserved, not written)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return factory(**kwargs)
+    except Exception:
+        with _no_init():
+            return factory(**kwargs)
+
+
+def infer_source(model: nn.Module) -> dict[str, Any] | None:
+    """The build record of a model built by an allow-listed package's constructor (see
+    :func:`register_package_constructors`) without modelzip: the constructor of the model's
+    module whose untrained model has exactly the same tensor names and shapes (with
+    ``num_classes`` read from the model when the default differs). None when no constructor, or
+    more than one, fits."""
+
+    cls_module = type(model).__module__
+    prefix = next(
+        (p for p in _PACKAGE_CONSTRUCTORS if cls_module == p or cls_module.startswith(p + ".")),
+        None,
+    )
+    if prefix is None:
+        return None
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    options: list[dict[str, Any]] = [{}]
+    if last:
+        options.append({"num_classes": last[-1].out_features})
+    found = []
+    for fn in _PACKAGE_CONSTRUCTORS[prefix]():
+        if fn.__module__ != cls_module:
+            continue
+        for kwargs in options:
+            try:
+                candidate = build_structure(fn, **kwargs)
+            except Exception:
+                continue
+            if type(candidate) is type(model) and shapes == {
+                k: tuple(v.shape) for k, v in candidate.state_dict().items()
+            }:
+                found.append({"kind": "factory", "ref": factory_ref(fn), "kwargs": kwargs})
+                break
+    return found[0] if len(found) == 1 else None
+
+
 def _registered(target: Callable[..., Any]) -> FactoryEntry | None:
-    """The registration of ``target``: as a factory, or as a zoo model's factory."""
+    """The registration of ``target``: as a factory, or as a zoo model's factory, or as a
+    constructor of an allow-listed package."""
     _load_zoo()
+    package = _package_constructor(target)
+    if package is not None:
+        return package
     entry = _FACTORIES.get(factory_ref(target)) if hasattr(target, "__qualname__") else None
     if entry is not None and entry.factory is target:
         return entry
@@ -419,6 +545,8 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
                 "(@modelzip.models.model_factory); calling it runs its code: register it, or "
                 "pass trust_remote_code=True (--trust-remote-code) if you trust the file"
             )
+        if _package_constructor(factory) is not None:
+            _constructor_kwargs_safe(ref, kwargs)
         return resolve_model(ref, trust_remote_code=trusted, **kwargs)
     raise ModelError(
         f"cannot rebuild a model from source {str(source)[:200]}; expected kind 'zoo' or 'factory'"

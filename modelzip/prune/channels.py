@@ -80,6 +80,13 @@ def _slices(
 def mask_channels(model: nn.Module, graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> None:
     """Zero the pruned channels in place (the reference :func:`remove_channels` must equal)."""
     for name, roles in _slices(graph, keep).items():
+        if "param" in roles:
+            p = model.get_parameter(name)
+            axis = _param_axis(graph, name)
+            drop = torch.ones(p.shape[axis], dtype=torch.bool)
+            drop[roles["param"]] = False
+            p.index_fill_(axis, torch.nonzero(drop).flatten().to(p.device), 0)
+            continue
         mod = model.get_submodule(name)
         for role, idx in roles.items():
             if role == "in":
@@ -90,6 +97,23 @@ def mask_channels(model: nn.Module, graph: ChannelGraph, keep: dict[int, torch.T
             mod.weight[drop] = 0
             if mod.bias is not None:
                 mod.bias[drop] = 0
+
+
+def _param_axis(graph: ChannelGraph, name: str) -> int:
+    kind = next(m.kind for m in graph.members if m.name == name and m.role == "param")
+    return int(kind.removeprefix("axis"))
+
+
+@torch.no_grad()
+def _slice_param(model: nn.Module, name: str, axis: int, idx: torch.Tensor) -> None:
+    """Keep ``idx`` along ``axis`` of the parameter ``name`` (a layer scale, a norm's weight)."""
+    owner_name, _, attr = name.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    old = getattr(owner, attr)
+    new = nn.Parameter(old.index_select(axis, idx.to(old.device)), old.requires_grad)
+    setattr(owner, attr, new)
+    if isinstance(owner, nn.LayerNorm):  # LayerNorm2d and kin read normalized_shape
+        owner.normalized_shape = (new.shape[0],)
 
 
 @torch.no_grad()
@@ -108,6 +132,8 @@ def _slice_module(mod: nn.Module, roles: dict[str, torch.Tensor]) -> nn.Module:
             new.running_mean.copy_(mod.running_mean[out.to(device)])
             new.running_var.copy_(mod.running_var[out.to(device)])
             new.num_batches_tracked.copy_(mod.num_batches_tracked)
+    elif isinstance(mod, nn.LayerNorm):
+        new = nn.LayerNorm(len(out), mod.eps, mod.elementwise_affine, mod.bias is not None)
     elif isinstance(mod, nn.Conv2d):
         depthwise = "through" in roles
         groups = w.shape[0] if depthwise else mod.groups
@@ -143,6 +169,9 @@ def remove_channels(
     """
     changed = {}
     for name, roles in _slices(graph, keep).items():
+        if "param" in roles:
+            _slice_param(model, name, _param_axis(graph, name), roles["param"])
+            continue
         old = model.get_submodule(name)
         new = _slice_module(old, roles)
         replace_module(model, name, new)
@@ -154,9 +183,12 @@ def remove_channels(
 class ChannelPruneConfig(MethodConfig):
     """Remove output channels (filters, neurons) and everything coupled to them.
 
-    The model is traced with torch.fx; residual add groups, concatenations, flatten → linear and
-    depthwise convs are followed (see :mod:`modelzip.prune.dependency`). A group is pruned only
-    when all its producing layers are selected. Needs a sample input (``data`` or ``sample``).
+    The model is traced with torch.fx; residual add groups, concatenations, flatten → linear,
+    depthwise convs, squeeze-excitation scales, channels-last linears and LayerNorms (ConvNeXt,
+    transformer MLPs) and per-channel layer scales are followed (see
+    :mod:`modelzip.prune.dependency`); a submodule that does not trace is kept opaque. A group is
+    pruned only when all its producing layers are selected; every layer left alone is in the
+    Report with the reason. Needs a sample input (``data`` or ``sample``).
 
     Parameters
     ----------
@@ -223,9 +255,26 @@ def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) ->
     if ctx.sample is None:
         raise ModelError("channel_prune traces the model on a sample input: pass data or sample")
     was_training = model.training
+    selected = {n for n, _ in config.select.select(model, config.default_types)}
     graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
     model.train(was_training)
     # Coupled layers are resized together (no one of them may be refused), so each is recorded.
     for name, (old, new) in remove_channels(model, graph, keep).items():
         note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"
         ctx.record(name, old, new, method=config.method, note=note)
+    for name, why in graph.left.items():
+        if name in selected:
+            ctx.skip(name, config.method, f"output channels kept: {why}")
+    for root, names in graph.producers.items():
+        if root not in keep:
+            for name in names:
+                if name in selected:
+                    others = [n for n in names if n not in selected]
+                    ctx.skip(
+                        name,
+                        config.method,
+                        f"output channels kept: its channel group is shared with {others[:3]}, "
+                        "which are not selected",
+                    )
+    for name in graph.opaque:
+        ctx.skip(name, config.method, "kept opaque (torch.fx cannot trace it): channels fixed")

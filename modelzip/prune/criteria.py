@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.errors import ModelError
+from modelzip.data.folder import as_tensor, is_images
 from modelzip.prune.dependency import ChannelGraph
 from modelzip.prune.grains import group_norms
 
@@ -47,7 +48,7 @@ def _taylor_scores(
     model: nn.Module, graph: ChannelGraph, data: Any, batches: int, batch_size: int = 64
 ) -> dict[int, torch.Tensor]:
     x_all, y_all = getattr(data, "x_train", None), getattr(data, "y_train", None)
-    if not isinstance(x_all, torch.Tensor) or not isinstance(y_all, torch.Tensor):
+    if not is_images(x_all) or not isinstance(y_all, torch.Tensor):
         raise ModelError("the Taylor criterion needs labelled image data: pass data to compress")
     device = next(model.parameters()).device
     acc: dict[str, torch.Tensor] = {}
@@ -57,7 +58,10 @@ def _taylor_scores(
         def fwd(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
             def bwd(grad: torch.Tensor) -> None:
                 prod = out.detach() * grad
-                per = prod.flatten(2).sum(-1) if prod.dim() > 2 else prod
+                if isinstance(_m, nn.Linear) and prod.dim() > 2:  # channels last: (N, ..., C)
+                    per = prod.flatten(1, -2).sum(1)
+                else:
+                    per = prod.flatten(2).sum(-1) if prod.dim() > 2 else prod
                 acc[name] = acc.get(name, 0) + per.abs().sum(0)
 
             out.register_hook(bwd)
@@ -74,7 +78,7 @@ def _taylor_scores(
         with torch.enable_grad():
             for b in range(batches):
                 sl = slice(b * batch_size, (b + 1) * batch_size)
-                x, y = x_all[sl].to(device), y_all[sl].to(device)
+                x, y = as_tensor(x_all[sl]).to(device), y_all[sl].to(device)
                 if not len(x):
                     break
                 F.cross_entropy(model(x), y).backward()

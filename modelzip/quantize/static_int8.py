@@ -20,6 +20,7 @@ from torch import nn
 from modelzip.core.context import Context
 from modelzip.core.errors import ModelError
 from modelzip.core.module import register_layer
+from modelzip.data.folder import as_tensor, is_images
 from modelzip.kernels.int8 import QMAX_REDUCED, qparams, reduced_qparams
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.observers import Observer
@@ -38,8 +39,8 @@ def calibration_batches(ctx: Context, size: int, batch: int = 256) -> list[torch
     """Inputs to calibrate on: the first ``size`` training images of ``ctx.data``, else the
     sample batch."""
     x = getattr(ctx.data, "x_train", None)
-    if isinstance(x, torch.Tensor) and len(x):
-        x = x[:size]
+    if is_images(x):
+        x = as_tensor(x[:size])
     elif ctx.sample is not None:
         x = ctx.sample
     else:
