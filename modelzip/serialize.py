@@ -166,7 +166,9 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             continue
         kind = type(module).__name__
         ref = ref_modules.get(name)
-        if kind in _TORCH_LAYERS and (ref is None or _torch_spec(ref) != _torch_spec(module)):
+        if kind in _TORCH_LAYERS and (
+            ref is None or type(ref) is not type(module) or _torch_spec(ref) != _torch_spec(module)
+        ):
             torch_layers[name] = {"class": kind, "spec": _torch_spec(module)}
     for key, t in model.state_dict().items():
         if not any(key.startswith(p + ".") for p in compressed):

@@ -25,6 +25,10 @@ def model_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     ``package.module:factory`` model, or one with no build record): its shape is unknown.
     """
     source = model_source(model)
+    if source is not None and source.get("kind") == "hf":
+        from modelzip.models.hf import input_shape
+
+        return input_shape(model)
     if source is None or source.get("kind") != "zoo" or source.get("name") not in list_models():
         return None
     kwargs = source.get("kwargs")
