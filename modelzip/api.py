@@ -162,24 +162,110 @@ def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tenso
     return None
 
 
+def _tied_partners(model: nn.Module, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Other layers holding ``module``'s weight tensor itself (a tied output layer and token
+    embedding), by name; empty for a layer whose weight is its own."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        return []
+    out, seen = [], {id(module)}
+    for name, other in model.named_modules():
+        if id(other) not in seen and getattr(other, "weight", None) is weight:
+            seen.add(id(other))
+            out.append((name, other))
+    return out
+
+
+def _tie_refusal(module: nn.Module, partners: list[tuple[str, nn.Module]]) -> str | None:
+    """Why a layer whose weight is tied to ``partners`` cannot be compressed with them, if so."""
+    from modelzip.core.linear_like import is_transposed_linear
+
+    names = ", ".join(repr(n) for n, _ in partners)
+    shape = tuple(module.weight.shape) if not is_transposed_linear(module) else None
+    for name, other in partners:
+        if is_transposed_linear(other) or not isinstance(other, (nn.Linear, nn.Embedding)):
+            return (
+                f"its weight is tied to {name!r} ({type(other).__name__}), which cannot share a "
+                "compressed weight; compressing one copy would store the weight twice"
+            )
+        if tuple(other.weight.shape) != shape:
+            return f"its weight is tied to {names} in another layout"
+        if (
+            isinstance(other, nn.Linear)
+            and other.bias is not None
+            and isinstance(module, nn.Embedding)
+        ):
+            return (
+                f"its weight is tied to {name!r}, a Linear with a bias, and an embedding's "
+                "compressed table has none"
+            )
+    return None
+
+
 def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ctx: Context) -> None:
     """Call ``handler`` on each selected layer and put its result in place through ``ctx``.
 
     A layer shared under several names is selected once and handled once (one object in, one
     replacement out); :meth:`Context.replace` swaps every name and records the change.
+
+    The handler sees a Linear for every Linear-like layer (:func:`modelzip.core.linear_like.
+    linear_view`: GPT-2's ``Conv1D``) and for an ``nn.Embedding`` (its table as a bias-free
+    Linear, :func:`modelzip.core.embedding.embedding_view`); what it makes of an embedding is
+    wrapped in a :class:`~modelzip.core.embedding.CompressedEmbedding`. Layers whose weight is
+    one tensor (a tied output layer and embedding) are compressed once together: each becomes
+    the one compressed layer (or an embedding looking up in it), or all are skipped with the
+    reason.
     """
+    from modelzip.core.embedding import CompressedEmbedding, embedding_view
+    from modelzip.core.linear_like import linear_view
+
     seen: set[int] = set()
     for name, module in list(config.select.select(model, config.default_types)):
         if id(module) in seen:
             continue
         seen.add(id(module))
+        partners = _tied_partners(model, module)
+        seen.update(id(m) for _, m in partners)
+        if partners:
+            reason = _tie_refusal(module, partners)
+            if reason is not None:
+                for n in [name, *(n for n, _ in partners)]:
+                    ctx.skip(n, config.method, reason)
+                continue
+        is_embedding = isinstance(module, nn.Embedding)
+        as_table = is_embedding and config.embeddings_as_tables
+        if partners and is_embedding and not as_table:
+            reason = (
+                f"its weight is tied to {', '.join(repr(n) for n, _ in partners)}, and "
+                f"{config.method}'s form of an embedding cannot serve as their weight"
+            )
+            for n in [name, *(n for n, _ in partners)]:
+                ctx.skip(n, config.method, reason)
+            continue
+        view = embedding_view(module) if as_table else linear_view(module)
         try:
-            new = handler(module, config, ctx)
+            new = handler(view, config, ctx)
         except SkipLayer as e:
             ctx.skip(name, config.method, str(e))
             continue
-        if new is not None and new is not module:
-            ctx.replace(name, new, method=config.method)
+        if new is None or new is view:
+            continue  # nothing changed (a view left as it was is the layer as it was)
+        table = new
+        try:
+            if as_table:
+                new = CompressedEmbedding.of(module, table)
+            shared = [
+                (n, CompressedEmbedding.of(m, table) if isinstance(m, nn.Embedding) else table)
+                for n, m in partners
+            ]
+        except ValueError as e:
+            for n in [name, *(n for n, _ in partners)]:
+                ctx.skip(n, config.method, str(e))
+            continue
+        if not ctx.replace(name, new, method=config.method):
+            continue
+        for other_name, other in shared:
+            ctx.replace(other_name, other, method=config.method, note=f"tied to {name!r}")
 
 
 def compress(

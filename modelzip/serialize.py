@@ -116,6 +116,27 @@ def _top_compressed(model: nn.Module) -> dict[str, nn.Module]:
     return found
 
 
+def _compressed_aliases(model: nn.Module, compressed: dict[str, nn.Module]) -> dict[str, str]:
+    """Other names of compressed layers (or of layers inside them) -> the name they are saved
+    under: a tied output layer that is its embedding's compressed table is one object under two
+    names, and must be one object again after loading."""
+    first: dict[int, str] = {}
+    for name, module in model.named_modules():
+        first.setdefault(id(module), name)
+
+    def stored(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in compressed)
+
+    aliases: dict[str, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        target = first[id(module)]
+        if name == target or not stored(target) or stored(name):
+            continue
+        if not any(name.startswith(a + ".") for a in aliases):
+            aliases[name] = target
+    return aliases
+
+
 def _layer_record(module: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """A layer's metadata entry and tensors: a deployed layer as the compact layer it was built
     from plus the executable form to build again on load, so the file stays compressed."""
@@ -170,8 +191,9 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             ref is None or type(ref) is not type(module) or _torch_spec(ref) != _torch_spec(module)
         ):
             torch_layers[name] = {"class": kind, "spec": _torch_spec(module)}
+    aliases = _compressed_aliases(model, compressed)
     for key, t in model.state_dict().items():
-        if not any(key.startswith(p + ".") for p in compressed):
+        if not any(key.startswith(p + ".") for p in (*compressed, *aliases)):
             tensors[key] = t
     # safetensors wants contiguous CPU tensors that share no memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
@@ -182,6 +204,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         "layers": layers,
         "torch_layers": torch_layers,
     }
+    if aliases:
+        meta["aliases"] = aliases
     if model.__dict__.get(LAYOUT_ATTR):
         meta["layout"] = model.__dict__[LAYOUT_ATTR]
     params = list(model.parameters())
@@ -251,6 +275,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             deploy = entry.get("deploy")
             if deploy is not None and not (isinstance(deploy, str) and len(deploy) <= 200):
                 raise ModelError(f"{path}: {key}[{name[:80]!r}] has a malformed 'deploy' field")
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 1000 and len(v) <= 1000
+        for k, v in aliases.items()
+    ):
+        raise ModelError(f"{path}: metadata field 'aliases' must map layer names to layer names")
     if not isinstance(meta.get("inference", False), bool):
         raise ModelError(f"{path}: metadata field 'inference' must be true or false")
     if meta.get("layout", "contiguous") not in ("contiguous", "channels_last"):
@@ -274,6 +304,8 @@ def _rebuild(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> tuple
             layer = layer_class(entry["class"]).from_spec(entry["spec"])
             model.set_submodule(name, layer)
             compressed[name] = layer
+        for alias, target in meta.get("aliases", {}).items():
+            model.set_submodule(alias, model.get_submodule(target))
     except ModelError:
         raise
     except Exception as e:
@@ -387,9 +419,8 @@ def load(
             given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             _check_layer_keys(path, name, set(layer.packed_state()), set(given))
             layer.load_packed_state(given)
-        rest = {
-            k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
-        }
+        skipped = (*compressed, *meta.get("aliases", {}))
+        rest = {k: v for k, v in tensors.items() if not any(k.startswith(p + ".") for p in skipped)}
         missing, unexpected = model.load_state_dict(rest, strict=False)
     except ModelError:
         raise
@@ -397,7 +428,7 @@ def load(
         raise ModelError(
             f"{path}: tensors do not fit the model ({type(e).__name__}: {str(e)[:200]})"
         ) from None
-    missing = [k for k in missing if not any(k.startswith(p + ".") for p in compressed)]
+    missing = [k for k in missing if not any(k.startswith(p + ".") for p in skipped)]
     if missing or unexpected:
         raise ModelError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
     model = _deploy_again(path, model, meta, compressed)

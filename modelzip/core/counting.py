@@ -17,7 +17,7 @@ otherwise ``params × bits / 8`` at the tensor's own dtype.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -37,7 +37,7 @@ def count_params(module: nn.Module) -> int:
         module,
         deployed=lambda source: source.params,
         compressed=lambda layer: layer.param_count(),
-        plain=lambda m: sum(p.numel() for p in m.parameters(recurse=False)),
+        plain=lambda params, _buffers: sum(p.numel() for p in params),
     )
 
 
@@ -47,9 +47,8 @@ def module_bytes(module: nn.Module) -> int:
         module,
         deployed=lambda source: source.bytes,
         compressed=lambda layer: layer.storage_bytes(),
-        plain=lambda m: sum(
-            t.numel() * t.element_size()
-            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+        plain=lambda params, buffers: sum(
+            t.numel() * t.element_size() for t in (*params, *buffers)
         ),
     )
 
@@ -59,10 +58,21 @@ def _sum_units(
     *,
     deployed: Callable[[CompactSource], int],
     compressed: Callable[[CompressedModule], int],
-    plain: Callable[[nn.Module], int],
+    plain: Callable[[list[torch.Tensor], list[torch.Tensor]], int],
 ) -> int:
-    """One number summed over :func:`_units`: a deployed layer counts what its file keeps."""
+    """One number summed over :func:`_units`: a deployed layer counts what its file keeps.
+
+    A plain layer's own parameters and buffers are counted once however many layers hold them
+    (a language model's output layer tied to its token embedding shares one weight).
+    """
     total = 0
+    seen: set[int] = set()
+
+    def unseen(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        fresh = [t for t in tensors if id(t) not in seen]
+        seen.update(id(t) for t in fresh)
+        return fresh
+
     for sub in _units(module):
         source = compact_source(sub)
         if source is not None:
@@ -70,7 +80,8 @@ def _sum_units(
         elif isinstance(sub, CompressedModule):
             total += compressed(sub)
         else:
-            total += plain(sub)
+            params = unseen(sub.parameters(recurse=False))
+            total += plain(params, unseen(sub.buffers(recurse=False)))
     return total
 
 
@@ -86,6 +97,8 @@ def _units(module: nn.Module) -> Iterator[nn.Module]:
         yield m
         if compact_source(m) is None and not (isinstance(m, CompressedModule) and m.leaf):
             stack.extend(reversed(list(m.children())))
+        else:  # counted as one unit: its parts, also found under other names, are counted
+            seen.update(id(sub) for sub in m.modules())
 
 
 def weight_sparsity(module: nn.Module) -> float:
