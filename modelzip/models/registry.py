@@ -431,5 +431,6 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
             )
         return resolve_model(ref, trust_remote_code=trusted, **kwargs)
     raise ModelError(
-        f"cannot rebuild a model from source {str(source)[:200]}; expected kind 'zoo', 'factory' or 'hf'"
+        f"cannot rebuild a model from source {str(source)[:200]}; "
+        "expected kind 'zoo', 'factory' or 'hf'"
     )
