@@ -85,6 +85,36 @@ _TORCH_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
 }
 
 
+#: Integer attributes of plain modules that structured pruning changes (a pruned attention
+#: block's head count, GPT-2's split size) and a file may restore: only these, only where the
+#: rebuilt module already has them as positive integers, within :mod:`modelzip.core.limits`.
+RESTORED_ATTRIBUTES = ("num_attention_heads", "num_heads", "all_head_size", "split_size")
+
+
+def _count(module: nn.Module, attr: str) -> int | None:
+    value = getattr(module, attr, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _changed_attributes(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, int]]:
+    ref = dict(reference.named_modules())
+    out: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        r = ref.get(name)
+        if r is None or isinstance(m, CompressedModule):
+            continue
+        diff = {
+            a: _count(m, a)
+            for a in RESTORED_ATTRIBUTES
+            if _count(m, a) is not None
+            and _count(r, a) is not None
+            and _count(m, a) != _count(r, a)
+        }
+        if diff:
+            out[name] = diff  # type: ignore[assignment]
+    return out
+
+
 def _torch_spec(module: nn.Module) -> dict[str, Any]:
     _, args = _TORCH_LAYERS[type(module).__name__]
     spec = {a: getattr(module, a) for a in args}
@@ -206,6 +236,9 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     }
     if aliases:
         meta["aliases"] = aliases
+    attributes = _changed_attributes(model, reference)
+    if attributes:
+        meta["attributes"] = attributes
     if model.__dict__.get(LAYOUT_ATTR):
         meta["layout"] = model.__dict__[LAYOUT_ATTR]
     params = list(model.parameters())
@@ -281,6 +314,22 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         for k, v in aliases.items()
     ):
         raise ModelError(f"{path}: metadata field 'aliases' must map layer names to layer names")
+    attributes = meta.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, dict)
+        and all(
+            isinstance(a, str)
+            and isinstance(n, int)
+            and not isinstance(n, bool)
+            and 0 < n <= 1 << 20
+            for a, n in v.items()
+        )
+        for k, v in attributes.items()
+    ):
+        raise ModelError(
+            f"{path}: metadata field 'attributes' must map layer names to positive integer counts"
+        )
     if not isinstance(meta.get("inference", False), bool):
         raise ModelError(f"{path}: metadata field 'inference' must be true or false")
     if meta.get("layout", "contiguous") not in ("contiguous", "channels_last"):
@@ -306,6 +355,12 @@ def _rebuild(path: Path, meta: dict[str, Any], trust_remote_code: bool) -> tuple
             compressed[name] = layer
         for alias, target in meta.get("aliases", {}).items():
             model.set_submodule(alias, model.get_submodule(target))
+        for name, values in meta.get("attributes", {}).items():
+            module = model.get_submodule(name)
+            for attr, value in values.items():
+                if attr not in RESTORED_ATTRIBUTES or _count(module, attr) is None:
+                    raise KeyError(f"attribute {attr!r} of {name!r} may not be set by a file")
+                setattr(module, attr, value)
     except ModelError:
         raise
     except Exception as e:
