@@ -379,7 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = _model_command(sub, "train", "train a model and save it", cmd_train)
-    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument(
+        "--dataset",
+        help="data set name, .npz file, or token data (.npy ids, .txt with --tokenizer) "
+        "(default: the model's own)",
+    )
     p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed")
@@ -392,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "eval", "test accuracy, size, MACs and latency", cmd_eval)
     p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
-    p.add_argument("--dataset", help="data set name or .npz file")
+    p.add_argument(
+        "--dataset",
+        help="data set name, .npz file, or token data (.npy ids, .txt with --tokenizer)",
+    )
     _flags(p, "--no-latency", "--json", "--quiet")
 
     p = _model_command(sub, "inspect", "per-layer parameters, MACs and bytes", cmd_inspect)
@@ -408,7 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=MAX_RECIPE_STEPS, metavar="N",
         help=f"refuse a recipe of more steps than this (default {MAX_RECIPE_STEPS})",
     )  # fmt: skip
-    p.add_argument("--dataset", help="data set name or .npz file (default: the model's own)")
+    p.add_argument(
+        "--dataset",
+        help="data set name, .npz file, or token data (.npy ids, .txt with --tokenizer) "
+        "(default: the model's own)",
+    )
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
@@ -479,6 +490,11 @@ MAX_CLASSES_HELP = (
 )
 
 
+TOKENIZER_HELP = (
+    "a local Hugging Face tokenizer directory to tokenize a .txt --dataset with (never downloaded)"
+)
+
+
 def _add_max_classes_flag(sub: argparse._SubParsersAction) -> None:
     """``--max-classes`` on every subcommand that takes ``--dataset``; :func:`main` applies it to
     every data set the command loads (:func:`modelzip.data.npz.class_limit`)."""
@@ -486,12 +502,15 @@ def _add_max_classes_flag(sub: argparse._SubParsersAction) -> None:
         dests = {a.dest for a in p._actions}
         if "dataset" in dests and "max_classes" not in dests:
             p.add_argument("--max-classes", type=int, metavar="N", help=MAX_CLASSES_HELP)
+        if "dataset" in dests and "tokenizer" not in dests:
+            p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from modelzip.data.npz import class_limit
+    from modelzip.data.tokens import tokenizer_dir
     from modelzip.models.registry import trusting_remote_code
     from modelzip.serialize import allowing_nonfinite
 
@@ -500,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             trusting_remote_code(getattr(args, "trust_remote_code", False)),
             allowing_nonfinite(getattr(args, "allow_nonfinite", False)),
             class_limit(getattr(args, "max_classes", None)),
+            tokenizer_dir(getattr(args, "tokenizer", None)),
         ):
             return int(args.func(args) or 0)
     except ModelzipError as e:
