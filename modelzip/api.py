@@ -14,6 +14,7 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
+from modelzip.core.linear_like import linear_views
 from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
@@ -262,10 +263,11 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
             for n in [name, *(n for n, _ in partners)]:
                 ctx.skip(n, config.method, str(e))
             continue
-        if not ctx.replace(name, new, method=config.method):
+        if not ctx.replace(name, new, method=config.method, tied=True):
             continue
         for other_name, other in shared:
-            ctx.replace(other_name, other, method=config.method, note=f"tied to {name!r}")
+            note = f"tied to {name!r}"
+            ctx.replace(other_name, other, method=config.method, note=note, tied=True)
 
 
 def compress(
@@ -341,6 +343,9 @@ def compress(
     for config in steps:
         spec = spec_for(config)
         if spec.scope == "model":
+            # Whole-model handlers find layers by their class: they get GPT-2's Conv1D as the
+            # equivalent nn.Linear (layer handlers get that view one layer at a time).
+            linear_views(work)
             returned = spec.handler(work, config, ctx)  # records its changes through ctx
             # A handler written before ctx kept the record returns its changes instead.
             ctx.changes.extend(c for c in returned or [] if isinstance(c, LayerChange))

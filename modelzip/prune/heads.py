@@ -144,34 +144,50 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
     return blocks
 
 
+#: Parameter-free modules that change a tensor's shape: not between the two layers of an MLP.
+_RESHAPING = (nn.Flatten, nn.Unflatten, nn.Upsample, nn.PixelShuffle)
+
+
 def _is_elementwise(m: nn.Module) -> bool:
-    return isinstance(m, nn.Dropout) or (
-        not list(m.parameters()) and type(m).__module__.startswith("torch.nn.modules.activation")
+    """Parameter-free and shape-keeping (activations, dropout): may sit inside an MLP."""
+    return (
+        not list(m.parameters())
+        and not isinstance(m, _RESHAPING)
+        and "Pool" not in type(m).__name__
     )
 
 
+def _only_mlp(m: nn.Module, up: str, down: str) -> bool:
+    """``m`` holds ``up`` and ``down`` and, besides them, only elementwise modules (so its forward
+    can only be ``down(act(up(x)))``)."""
+    return all(_is_elementwise(c) for n, c in m.named_children() if n not in (up, down))
+
+
 def ffn_blocks(model: nn.Module) -> list[FFNBlock]:
-    """The feed-forward pairs of ``model`` that :func:`ffn_prune` can prune, in module order."""
+    """The feed-forward pairs of ``model`` that :func:`ffn_prune` can prune, in module order:
+    ``intermediate.dense``/``output.dense`` (BERT's layer), and ``c_fc``/``c_proj`` or
+    ``fc1``/``fc2`` in a module holding nothing else with parameters (GPT-2's and CLIP's MLP), and
+    ``nn.Sequential`` of two Linear-like layers with only activations and dropout around."""
     blocks: list[FFNBlock] = []
     for name, m in model.named_modules():
         if isinstance(m, CompressedModule):
             continue
-        for up, down in (("intermediate.dense", "output.dense"), ("c_fc", "c_proj"),
-                         ("fc1", "fc2")):  # fmt: skip
-            a, b = _child(m, up), _child(m, down)
-            if a is not None and b is not None and is_linear_like(a) and is_linear_like(b):
-                blocks.append(FFNBlock(_join(name, up), _join(name, down)))
-                break
-        else:
-            if isinstance(m, nn.Sequential):
-                kids = list(m.named_children())
-                lin = [i for i, (_, c) in enumerate(kids) if is_linear_like(c)]
-                if len(lin) == 2 and all(
-                    _is_elementwise(c) for _, c in kids if not is_linear_like(c)
-                ):
-                    blocks.append(
-                        FFNBlock(_join(name, kids[lin[0]][0]), _join(name, kids[lin[1]][0]))
-                    )
+        found = None
+        a, b = _child(m, "intermediate.dense"), _child(m, "output.dense")
+        if a is not None and b is not None:
+            found = ("intermediate.dense", "output.dense")
+        for up, down in (("c_fc", "c_proj"), ("fc1", "fc2")):
+            if found is None and _child(m, up) is not None and _child(m, down) is not None:
+                found = (up, down) if _only_mlp(m, up, down) else None
+        if found is None and isinstance(m, nn.Sequential):
+            kids = list(m.named_children())
+            lin = [n for n, c in kids if is_linear_like(c)]
+            if len(lin) == 2 and _only_mlp(m, *lin):
+                found = (lin[0], lin[1])
+        if found is not None:
+            up_layer, down_layer = _child(m, found[0]), _child(m, found[1])
+            if is_linear_like(up_layer) and is_linear_like(down_layer):
+                blocks.append(FFNBlock(_join(name, found[0]), _join(name, found[1])))
     return blocks
 
 
