@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig
-from modelzip.core.context import Context
+from modelzip.core.context import Context, replace_module
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
 from modelzip.core.linear_like import linear_views
 from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
+from modelzip.models.shapes import sequence_length
 from modelzip.recipe import Recipe
 from modelzip.report import LayerChange, ModelStats, Report
 from modelzip.serialize import RECIPE_ATTR
@@ -90,7 +91,7 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
                 f"{data.name!r} is a text corpus ({got})"
             )
         stream = data.test if data.test.numel() else data.train
-        x = stream[:64][None]
+        x = stream[: sequence_length(model, 64)][None]
         top = data.vocab_size - 1
         have = f"a vocabulary of {data.vocab_size} characters"
         embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
@@ -151,15 +152,19 @@ def model_stats(
     return stats
 
 
-def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tensor | None:
+def sample_from(
+    data: Any, device: torch.device, batch: int = 64, model: nn.Module | None = None
+) -> torch.Tensor | None:
     """A batch of ``data``'s test inputs on ``device`` (``batch`` images, or 16 sequences of 64
-    tokens of a text corpus), for counting MACs and timing; None when ``data`` has none."""
+    tokens of a text corpus, fewer tokens when ``model``'s position table is shorter), for
+    counting MACs and timing; None when ``data`` has none."""
     x = getattr(data, "x_test", None)
     if isinstance(x, torch.Tensor) and len(x):
         return x[:batch].to(device)
     test = getattr(data, "test", None)  # a text corpus: a batch of sequences
-    if isinstance(test, torch.Tensor) and test.numel() >= 64:
-        return test[: (test.numel() // 64) * 64][: 64 * 16].reshape(16, 64).to(device)
+    n = sequence_length(model, 64)
+    if isinstance(test, torch.Tensor) and test.numel() >= n:
+        return test[: (test.numel() // n) * n][: n * 16].reshape(-1, n).to(device)
     return None
 
 
@@ -244,13 +249,20 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
                 ctx.skip(n, config.method, reason)
             continue
         view = embedding_view(module) if as_table else linear_view(module)
+        placed = view is not module and not as_table
+        if placed:  # in the model while the handler runs: calibration hooks must see it called
+            replace_module(model, name, view)
         try:
             new = handler(view, config, ctx)
         except SkipLayer as e:
+            new = None
             ctx.skip(name, config.method, str(e))
-            continue
         if new is None or new is view:
+            if placed:  # left alone: the original layer goes back
+                replace_module(model, name, module)
             continue  # nothing changed (a view left as it was is the layer as it was)
+        if placed:
+            replace_module(model, name, module)  # recorded as replaced from the original
         table = new
         try:
             if as_table:
@@ -331,7 +343,7 @@ def compress(
     work = trainable(work, inplace=True)
     device = model_device(work)
     if sample is None and data is not None:
-        sample = sample_from(data, device)
+        sample = sample_from(data, device, model=work)
     eval_data = data if evaluate else None
     timed = measure and sample is not None
     # The dense original, timed side by side with the result at the end (the caller's model when

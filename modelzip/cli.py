@@ -127,7 +127,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = dataset_for(args.dataset, args.model)
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
-    sample = sample_from(data, model_device(model))
+    sample = sample_from(data, model_device(model), model=model)
     extra: dict[str, Any] = {}
     if sample is not None and not is_deployed(model):
         # A file saved in its trainable form (modelzip deep, --no-deploy) runs as it would be

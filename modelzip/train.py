@@ -30,6 +30,7 @@ from modelzip.core.errors import DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.data.dataset import Dataset
 from modelzip.data.text import TextCorpus, sequence_windows
+from modelzip.models.shapes import sequence_length
 from modelzip.train_checkpoint import load_training_state, save_training_state
 
 __all__ = [
@@ -310,7 +311,7 @@ def evaluate(
     check_finite(model, "evaluate")
     if isinstance(data, TextCorpus):
         stream = split if isinstance(split, Tensor) else data.stream(split)  # type: ignore[arg-type]
-        return _language(model, stream, seq_len, batch_size or 64)
+        return _language(model, stream, sequence_length(model, seq_len), batch_size or 64)
     if not isinstance(data, Dataset):
         raise DataError(
             f"cannot evaluate on a {type(data).__name__}; expected Dataset or TextCorpus"
@@ -445,6 +446,9 @@ def train(
         same device and thread count). The callbacks' own state is not saved.
     """
     config = config or TrainConfig()
+    if isinstance(data, TextCorpus) and sequence_length(model, config.seq_len) < config.seq_len:
+        # A transformer takes at most its position table's length per sequence.
+        config = dataclasses.replace(config, seq_len=sequence_length(model, config.seq_len))
     check_finite(model, "train")
     parts, val_parts = _train_parts(data, config, val)
     text = isinstance(data, TextCorpus)

@@ -66,6 +66,11 @@ class FFNBlock:
     down: str
 
 
+def _projection(m: nn.Module) -> bool:
+    """A Linear-like layer, or a compressed layer standing for one (refused later, by name)."""
+    return is_linear_like(m) or getattr(m, "stands_for", "") == "Linear"
+
+
 def _int(module: nn.Module, *names: str) -> int | None:
     for n in names:
         v = getattr(module, n, None)
@@ -116,7 +121,7 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
             continue  # cross-attention and grouped key/value heads are not handled
         parts = None
         for q, k, v in (("query", "key", "value"), ("q_proj", "k_proj", "v_proj")):
-            if all(is_linear_like(getattr(m, p, nn.Identity())) for p in (q, k, v)):
+            if all(_projection(getattr(m, p, nn.Identity())) for p in (q, k, v)):
                 parts = [(_join(name, p), 1) for p in (q, k, v)]
                 break
         if parts is not None:
@@ -124,7 +129,7 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
                 (
                     _join(name, p)
                     for p in ("o_proj", "out_proj")
-                    if is_linear_like(getattr(m, p, nn.Identity()))
+                    if _projection(getattr(m, p, nn.Identity()))
                 ),
                 None,
             )
@@ -132,9 +137,9 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
             if out is None and name:
                 dense = _child(model, _join(parent, "output.dense"))
                 out = _join(parent, "output.dense") if dense is not None else None
-            if out is None or not is_linear_like(modules.get(out, nn.Identity())):
+            if out is None or not _projection(modules.get(out, nn.Identity())):
                 continue
-        elif is_linear_like(getattr(m, "c_attn", nn.Identity())) and is_linear_like(
+        elif _projection(getattr(m, "c_attn", nn.Identity())) and _projection(
             getattr(m, "c_proj", nn.Identity())
         ):
             parts, out = [(_join(name, "c_attn"), 3)], _join(name, "c_proj")
@@ -181,12 +186,12 @@ def ffn_blocks(model: nn.Module) -> list[FFNBlock]:
                 found = (up, down) if _only_mlp(m, up, down) else None
         if found is None and isinstance(m, nn.Sequential):
             kids = list(m.named_children())
-            lin = [n for n, c in kids if is_linear_like(c)]
+            lin = [n for n, c in kids if _projection(c)]
             if len(lin) == 2 and _only_mlp(m, *lin):
                 found = (lin[0], lin[1])
         if found is not None:
             up_layer, down_layer = _child(m, found[0]), _child(m, found[1])
-            if is_linear_like(up_layer) and is_linear_like(down_layer):
+            if _projection(up_layer) and _projection(down_layer):
                 blocks.append(FFNBlock(_join(name, found[0]), _join(name, found[1])))
     return blocks
 
