@@ -94,11 +94,20 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
         x = stream[: sequence_length(model, 64)][None]
         top = data.vocab_size - 1
         have = f"a vocabulary of {data.vocab_size} characters"
-        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-        if embedding is not None and data.vocab_size > embedding.num_embeddings:
+        # The first embedding reads the token ids (a compressed one stands for an Embedding).
+        embedding = next(
+            (
+                m
+                for m in model.modules()
+                if isinstance(m, nn.Embedding) or getattr(m, "stands_for", "") == "Embedding"
+            ),
+            None,
+        )
+        rows = getattr(embedding, "num_embeddings", None)
+        if isinstance(rows, int) and data.vocab_size > rows:
             raise DataError(
                 f"data set {data.name!r} has {have}, but the model's embedding has "
-                f"{embedding.num_embeddings} rows"
+                f"{rows} rows"
             )
     else:
         return
@@ -187,24 +196,14 @@ def _tie_refusal(module: nn.Module, partners: list[tuple[str, nn.Module]]) -> st
     from modelzip.core.linear_like import is_transposed_linear
 
     names = ", ".join(repr(n) for n, _ in partners)
-    shape = tuple(module.weight.shape) if not is_transposed_linear(module) else None
-    for name, other in partners:
+    for other in [module, *(m for _, m in partners)]:
         if is_transposed_linear(other) or not isinstance(other, (nn.Linear, nn.Embedding)):
             return (
-                f"its weight is tied to {name!r} ({type(other).__name__}), which cannot share a "
-                "compressed weight; compressing one copy would store the weight twice"
+                f"its weight is tied to {names}; a {type(other).__name__} cannot share a "
+                "compressed weight, and compressing one copy would store the weight twice"
             )
-        if tuple(other.weight.shape) != shape:
+        if tuple(other.weight.shape) != tuple(module.weight.shape):
             return f"its weight is tied to {names} in another layout"
-        if (
-            isinstance(other, nn.Linear)
-            and other.bias is not None
-            and isinstance(module, nn.Embedding)
-        ):
-            return (
-                f"its weight is tied to {name!r}, a Linear with a bias, and an embedding's "
-                "compressed table has none"
-            )
     return None
 
 
@@ -215,12 +214,16 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
     replacement out); :meth:`Context.replace` swaps every name and records the change.
 
     The handler sees a Linear for every Linear-like layer (:func:`modelzip.core.linear_like.
-    linear_view`: GPT-2's ``Conv1D``) and for an ``nn.Embedding`` (its table as a bias-free
-    Linear, :func:`modelzip.core.embedding.embedding_view`); what it makes of an embedding is
-    wrapped in a :class:`~modelzip.core.embedding.CompressedEmbedding`. Layers whose weight is
-    one tensor (a tied output layer and embedding) are compressed once together: each becomes
-    the one compressed layer (or an embedding looking up in it), or all are skipped with the
-    reason.
+    linear_view`: GPT-2's ``Conv1D``, put in the model while the handler runs, so that
+    calibration sees it called) and, for a method with ``embeddings_as_tables``, for an
+    ``nn.Embedding`` (its table as a bias-free Linear, :func:`modelzip.core.embedding.
+    embedding_view`); what it makes of an embedding is wrapped in a
+    :class:`~modelzip.core.embedding.CompressedEmbedding`.
+
+    Layers whose weight is one tensor (an output layer tied to the token embedding) are
+    compressed once, together: the handler sees the Linear among them (its bias included), its
+    result takes the Linear's place and each embedding becomes a CompressedEmbedding looking up
+    in it; or all are skipped with the reason.
     """
     from modelzip.core.embedding import CompressedEmbedding, embedding_view
     from modelzip.core.linear_like import linear_view
@@ -230,55 +233,57 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
         if id(module) in seen:
             continue
         seen.add(id(module))
-        partners = _tied_partners(model, module)
-        seen.update(id(m) for _, m in partners)
-        if partners:
-            reason = _tie_refusal(module, partners)
-            if reason is not None:
-                for n in [name, *(n for n, _ in partners)]:
-                    ctx.skip(n, config.method, reason)
-                continue
-        is_embedding = isinstance(module, nn.Embedding)
-        as_table = is_embedding and config.embeddings_as_tables
-        if partners and is_embedding and not as_table:
-            reason = (
-                f"its weight is tied to {', '.join(repr(n) for n, _ in partners)}, and "
-                f"{config.method}'s form of an embedding cannot serve as their weight"
-            )
-            for n in [name, *(n for n, _ in partners)]:
+        group = [(name, module), *_tied_partners(model, module)]
+        seen.update(id(m) for _, m in group)
+        names = [n for n, _ in group]
+        reason = _tie_refusal(module, group[1:]) if len(group) > 1 else None
+        # The member the handler compresses: the Linear of a tie group, else the layer itself.
+        source_name, source = next(
+            ((n, m) for n, m in group if not isinstance(m, nn.Embedding)), (name, module)
+        )
+        as_table = isinstance(source, nn.Embedding)
+        if reason is None and as_table and not config.embeddings_as_tables:
+            if len(group) > 1:
+                reason = (
+                    f"its weight is tied to {', '.join(map(repr, names[1:]))}, and "
+                    f"{config.method}'s form of an embedding cannot serve as their weight"
+                )
+            else:
+                as_table = False  # the handler takes the embedding itself (tt)
+        if reason is not None:
+            for n in names:
                 ctx.skip(n, config.method, reason)
             continue
-        view = embedding_view(module) if as_table else linear_view(module)
-        placed = view is not module and not as_table
+        view = embedding_view(source) if as_table else linear_view(source)
+        placed = view is not source and not as_table
         if placed:  # in the model while the handler runs: calibration hooks must see it called
-            replace_module(model, name, view)
+            replace_module(model, source_name, view)
         try:
             new = handler(view, config, ctx)
         except SkipLayer as e:
             new = None
-            ctx.skip(name, config.method, str(e))
+            for n in names:
+                ctx.skip(n, config.method, str(e))
+        if placed:  # recorded as replaced from the original (or left as it was)
+            replace_module(model, source_name, source)
         if new is None or new is view:
-            if placed:  # left alone: the original layer goes back
-                replace_module(model, name, module)
             continue  # nothing changed (a view left as it was is the layer as it was)
-        if placed:
-            replace_module(model, name, module)  # recorded as replaced from the original
-        table = new
         try:
-            if as_table:
-                new = CompressedEmbedding.of(module, table)
-            shared = [
-                (n, CompressedEmbedding.of(m, table) if isinstance(m, nn.Embedding) else table)
-                for n, m in partners
-            ]
+            members = [
+                (n, CompressedEmbedding.of(m, new) if isinstance(m, nn.Embedding) else new)
+                for n, m in group
+                if isinstance(m, nn.Embedding) or m is source
+            ] if len(group) > 1 or as_table else [(name, new)]  # fmt: skip
         except ValueError as e:
-            for n in [name, *(n for n, _ in partners)]:
+            for n in names:
                 ctx.skip(n, config.method, str(e))
             continue
-        if not ctx.replace(name, new, method=config.method, tied=True):
+        tied = len(group) > 1
+        first, *rest = members
+        if not ctx.replace(first[0], first[1], method=config.method, tied=tied):
             continue
-        for other_name, other in shared:
-            note = f"tied to {name!r}"
+        for other_name, other in rest:
+            note = f"tied to {first[0]!r}"
             ctx.replace(other_name, other, method=config.method, note=note, tied=True)
 
 

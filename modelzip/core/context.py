@@ -130,6 +130,7 @@ class Context:
             self.skip(name, method, reason)
             return False
         replace_module(self._model(), name, new)
+        retie(self._model(), old, new)
         self.record(name, old, new, method=method, note=note)
         return True
 
@@ -192,6 +193,20 @@ def _weight_is_computed(new: nn.Module) -> bool:
         return False
     with torch.no_grad():
         return bool(torch.equal(weight.to(new.weight), new.weight))
+
+
+def retie(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Point other modules that held ``old``'s bias (or another parameter ``new`` keeps under
+    the same name and shape) at ``new``'s: BERT's prediction head holds its decoder's bias
+    itself, and a copy would leave it a second, unused tensor."""
+    for attr, tensor in old.named_parameters(recurse=False):
+        kept = getattr(new, attr, None)
+        if kept is tensor or not isinstance(kept, nn.Parameter) or kept.shape != tensor.shape:
+            continue
+        for module in model.modules():
+            for key, p in list(module._parameters.items()):
+                if p is tensor and module is not new:
+                    module._parameters[key] = kept
 
 
 def tied_to(model: nn.Module, module: nn.Module) -> list[str]:

@@ -66,14 +66,22 @@ def _sum_units(
     (a language model's output layer tied to its token embedding shares one weight).
     """
     total = 0
-    seen: set[int] = set()
+    units = list(_units(module))
+    # Tensors of compressed layers count with their layer (a plain module may hold one too:
+    # BERT's prediction head holds its decoder's bias).
+    seen: set[int] = {
+        id(t)
+        for sub in units
+        if isinstance(sub, CompressedModule) and compact_source(sub) is None
+        for t in (*sub.parameters(), *sub.buffers())
+    }
 
     def unseen(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
         fresh = [t for t in tensors if id(t) not in seen]
         seen.update(id(t) for t in fresh)
         return fresh
 
-    for sub in _units(module):
+    for sub in units:
         source = compact_source(sub)
         if source is not None:
             total += deployed(source)

@@ -84,8 +84,8 @@ class CompressedEmbedding(CompressedModule):
                 f"a {type(table).__name__} of shape {shape} cannot hold a table of "
                 f"{(dense.num_embeddings, dense.embedding_dim)}"
             )
-        if getattr(table, "bias", None) is not None:
-            raise ValueError("an embedding table has no bias")
+        # A bias of the table belongs to the output layer the table is tied to; the lookup
+        # ignores it.
         return cls(table, dense.padding_idx)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class CompressedEmbedding(CompressedModule):
         if isinstance(table, CompressedModule):
             inner = {"class": layer_key(type(table)), "spec": table.spec()}
         else:
-            inner = {"class": "Linear", "spec": {}}
+            inner = {"class": "Linear", "spec": {"bias": getattr(table, "bias", None) is not None}}
         return {
             "num_embeddings": self.num_embeddings,
             "embedding_dim": self.embedding_dim,
@@ -116,7 +116,8 @@ class CompressedEmbedding(CompressedModule):
         if not isinstance(inner, dict) or not isinstance(inner.get("class"), str):
             raise ValueError("an embedding spec needs a 'table' with a 'class'")
         if inner["class"] == "Linear":
-            table: nn.Module = nn.Linear(spec["embedding_dim"], spec["num_embeddings"], bias=False)
+            bias = bool(inner["spec"].get("bias", False))
+            table: nn.Module = nn.Linear(spec["embedding_dim"], spec["num_embeddings"], bias=bias)
         else:
             table = layer_class(inner["class"]).from_spec(inner["spec"])
         layer = cls(table, spec.get("padding_idx"))
