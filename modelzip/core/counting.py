@@ -193,8 +193,11 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     records: list[Workload] = []
     hooks = []
     skip_below: list[str] = []
-    for name, module in model.named_modules():
-        if any(p == "" or name.startswith(p + ".") for p in skip_below):
+    hooked: set[int] = set()
+    # Every name, not the first only: a tied output layer is also its embedding's table, inside
+    # a compressed layer under its first name, and computes under the other. One hook per layer.
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in hooked or any(p == "" or name.startswith(p + ".") for p in skip_below):
             continue  # inside a compressed layer, which describes itself ("" is the root)
         source = compact_source(module)
         if source is not None:
@@ -213,6 +216,7 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
             hook = _dense_hook(name, records)
         else:
             continue
+        hooked.add(id(module))
         hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
