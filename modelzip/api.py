@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.attention import attention_views
 from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context, replace_module
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
@@ -175,6 +176,12 @@ def sample_from(
     if isinstance(test, torch.Tensor) and test.numel() >= n:
         return test[: (test.numel() // n) * n][: n * 16].reshape(-1, n).to(device)
     return None
+
+
+def _meets_linears(config: MethodConfig) -> bool:
+    """Whether ``config`` may select Linear layers (its types, or any type)."""
+    types = config.select.types or config.default_types
+    return not types or "Linear" in types
 
 
 def _tied_partners(model: nn.Module, module: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -357,6 +364,10 @@ def compress(
     before = model_stats(work, sample, data=eval_data, measure=False)
 
     ctx = Context(data=data, sample=sample, seed=seed, model=work)
+    if any(_meets_linears(config) for config in steps):
+        # nn.MultiheadAttention reads its packed projection directly: swapped for the same
+        # attention with that projection as a layer, which methods can compress or prune.
+        attention_views(work)
     for config in steps:
         spec = spec_for(config)
         if spec.scope == "model":

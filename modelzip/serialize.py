@@ -40,6 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from modelzip.core.atomic import atomic_path
+from modelzip.core.attention import PackedAttention
 from modelzip.core.compact_source import (
     DEPLOYED_ATTR,
     LAYOUT_ATTR,
@@ -82,6 +83,11 @@ _TORCH_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine")),
     "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim")),
     "Identity": (nn.Identity, ()),  # a layer folded away (BN folding)
+    # nn.MultiheadAttention with its projections as layers (modelzip.core.attention)
+    "PackedAttention": (
+        PackedAttention,
+        ("embed_dim", "num_heads", "head_dim", "dropout", "proj_bias", "batch_first"),
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from modelzip.core.embedding import CompressedEmbedding
 from modelzip.core.errors import DataError, ModelError, ModelzipError
 from modelzip.core.linear_like import is_linear_like, linear_view
 from modelzip.core.registry import get_method, list_methods
-from modelzip.models import build_from_source, resolve_model
+from modelzip.models import build_from_source, model_factory, resolve_model
 from modelzip.models.hf import build_hf
 from modelzip.prune.heads import (
     FFNPruneConfig,
@@ -489,3 +489,86 @@ def test_cli_compresses_an_hf_model_from_a_config(tmp_path, capsys):
     assert result["after"]["params"] < result["before"]["params"]
     model = modelzip.load(out)
     assert [b.heads for b in attention_blocks(model)] == [2, 2]
+
+
+# -- nn.MultiheadAttention (torchvision's ViT blocks) -------------------------------------------
+
+
+class TinyViTBlock(torch.nn.Module):
+    """A ViT encoder block as torchvision writes it: MultiheadAttention called, an MLP."""
+
+    def __init__(self, width: int = 32, heads: int = 4) -> None:
+        super().__init__()
+        self.ln_1 = torch.nn.LayerNorm(width)
+        self.self_attention = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2 = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(width, 2 * width), torch.nn.GELU(), torch.nn.Dropout(0.0),
+            torch.nn.Linear(2 * width, width),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.ln_1(x)
+        y, _ = self.self_attention(y, y, y, need_weights=False)
+        x = x + y
+        return x + self.mlp(self.ln_2(x))
+
+
+@model_factory
+def tiny_vit() -> torch.nn.Module:
+    return torch.nn.Sequential(TinyViTBlock(), TinyViTBlock(), torch.nn.Linear(32, 10))
+
+
+def _vit():
+    torch.manual_seed(0)
+    model = resolve_model(f"{__name__}:tiny_vit").eval()
+    return model, torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_packed_attention_computes_what_multihead_attention_computes():
+    from modelzip.core.attention import PackedAttention
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 32)
+    kpm = torch.zeros(3, 7, dtype=torch.bool)
+    kpm[:, -2:] = True
+    for batch_first in (False, True):
+        mha = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
+        packed = PackedAttention.from_mha(mha).eval()
+        q = x.transpose(0, 1) if batch_first else x
+        for kw in ({}, {"need_weights": False}, {"key_padding_mask": kpm},
+                   {"attn_mask": torch.ones(7, 7, dtype=torch.bool).triu(1)}):  # fmt: skip
+            want, got = mha(q, q, q, **kw), packed(q, q, q, **kw)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+            if want[1] is not None:
+                torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["int8", "quantize_weights", "magnitude_prune"])
+def test_multihead_attention_projections_are_compressed(method, tmp_path):
+    model, x = _vit()
+    small, report = _compress(model, get_method(method).example, x)
+    changed = {c.name for c in report.layers}
+    for block in ("0", "1"):
+        assert {f"{block}.self_attention.in_proj", f"{block}.self_attention.out_proj"} <= changed
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in small.modules())
+    assert count_params(small) <= count_params(model)
+    if method == "int8":
+        with torch.inference_mode():
+            torch.testing.assert_close(small(x), model(x), rtol=0.05, atol=0.05)
+    _roundtrip(small, x, tmp_path)
+
+
+def test_head_prune_on_multihead_attention(tmp_path):
+    model, x = _vit()
+    small, _ = _compress(model, HeadPruneConfig(sparsity=0.5), x)
+    blocks = attention_blocks(small)
+    assert [b.heads for b in blocks] == [2, 2]
+    attn = small[0].self_attention
+    assert attn.in_proj.weight.shape == (3 * 16, 32) and attn.out_proj.weight.shape == (32, 16)
+    with torch.inference_mode():
+        assert small(x).shape == model(x).shape
+    loaded = _roundtrip(small, x, tmp_path)
+    assert loaded[0].self_attention.num_heads == 2
+    ffn = ffn_blocks(small)
+    assert [b.up for b in ffn] == ["0.mlp.0", "1.mlp.0"]

@@ -143,6 +143,10 @@ def attention_blocks(model: nn.Module) -> list[AttentionBlock]:
             getattr(m, "c_proj", nn.Identity())
         ):
             parts, out = [(_join(name, "c_attn"), 3)], _join(name, "c_proj")
+        elif _projection(getattr(m, "in_proj", nn.Identity())) and _projection(
+            getattr(m, "out_proj", nn.Identity())
+        ):  # PackedAttention: nn.MultiheadAttention with its projections as layers
+            parts, out = [(_join(name, "in_proj"), 3)], _join(name, "out_proj")
         else:
             continue
         blocks.append(AttentionBlock(name, m, heads, head_dim, parts, out, _setter(m, head_dim)))
