@@ -25,6 +25,7 @@ from torch import nn
 
 from modelzip.core.compact_source import CompactSource, compact_source
 from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
+from modelzip.core.linear_like import is_transposed_linear, linear_view
 from modelzip.core.module import CompressedModule
 from modelzip.core.workload import Workload
 
@@ -181,7 +182,9 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
 
 
 def _is_compute(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.RNNBase))
+    return isinstance(
+        module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.RNNBase)
+    ) or is_transposed_linear(module)
 
 
 def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
@@ -234,6 +237,8 @@ def _dense_hook(name: str, records: list[Workload]):
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if isinstance(module, nn.RNNBase):
             records.extend(recurrent_workloads(name, module, inputs))
+        elif is_transposed_linear(module):  # GPT-2's Conv1D: costed as the Linear it is
+            records.append(dense_workload(name, linear_view(module), inputs, output))
         else:
             records.append(dense_workload(name, module, inputs, output))
 
