@@ -308,6 +308,14 @@ def test_head_prune_refuses_compressed_projections():
         _compress(small, HeadPruneConfig(sparsity=0.5), x)
 
 
+def test_channel_prune_points_a_transformer_to_head_and_ffn_pruning():
+    from modelzip.prune import ChannelPruneConfig
+
+    model, x = _build(BERT), _x()
+    with pytest.raises(ModelError, match="head_prune and ffn_prune"):
+        _compress(model, ChannelPruneConfig(sparsity=0.5), x)
+
+
 def test_head_prune_config_is_validated():
     with pytest.raises(modelzip.core.errors.ConfigError, match="sparsity"):
         HeadPruneConfig(sparsity=1.0)
