@@ -10,15 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.attention import attention_views
 from modelzip.core.config import MethodConfig
-from modelzip.core.context import Context
+from modelzip.core.context import Context, replace_module
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
+from modelzip.core.linear_like import linear_views
 from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.core.running import eval_inference, model_device
 from modelzip.data.folder import is_images
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
 from modelzip.measure import measure_latency
+from modelzip.models.shapes import sequence_length
 from modelzip.recipe import Recipe
 from modelzip.report import LayerChange, ModelStats, Report
 from modelzip.serialize import RECIPE_ATTR
@@ -76,14 +79,23 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
                 f"{data.name!r} is a text corpus ({got})"
             )
         stream = data.test if data.test.numel() else data.train
-        x = stream[:64][None]
+        x = stream[: sequence_length(model, 64)][None]
         top = data.vocab_size - 1
         have = f"a vocabulary of {data.vocab_size} characters"
-        embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
-        if embedding is not None and data.vocab_size > embedding.num_embeddings:
+        # The first embedding reads the token ids (a compressed one stands for an Embedding).
+        embedding = next(
+            (
+                m
+                for m in model.modules()
+                if isinstance(m, nn.Embedding) or getattr(m, "stands_for", "") == "Embedding"
+            ),
+            None,
+        )
+        rows = getattr(embedding, "num_embeddings", None)
+        if isinstance(rows, int) and data.vocab_size > rows:
             raise DataError(
                 f"data set {data.name!r} has {have}, but the model's embedding has "
-                f"{embedding.num_embeddings} rows"
+                f"{rows} rows"
             )
     else:
         return
@@ -133,15 +145,55 @@ def model_stats(
     return stats
 
 
-def sample_from(data: Any, device: torch.device, batch: int = 64) -> torch.Tensor | None:
+def sample_from(
+    data: Any, device: torch.device, batch: int = 64, model: nn.Module | None = None
+) -> torch.Tensor | None:
     """A batch of ``data``'s test inputs on ``device`` (``batch`` images, or 16 sequences of 64
-    tokens of a text corpus), for counting MACs and timing; None when ``data`` has none."""
+    tokens of a text corpus, fewer tokens when ``model``'s position table is shorter), for
+    counting MACs and timing; None when ``data`` has none."""
     x = getattr(data, "x_test", None)
     if is_images(x):
         return x[:batch].to(device)
     test = getattr(data, "test", None)  # a text corpus: a batch of sequences
-    if isinstance(test, torch.Tensor) and test.numel() >= 64:
-        return test[: (test.numel() // 64) * 64][: 64 * 16].reshape(16, 64).to(device)
+    n = sequence_length(model, 64)
+    if isinstance(test, torch.Tensor) and test.numel() >= n:
+        return test[: (test.numel() // n) * n][: n * 16].reshape(-1, n).to(device)
+    return None
+
+
+def _meets_linears(config: MethodConfig) -> bool:
+    """Whether ``config`` may select Linear layers (its types, or any type)."""
+    types = config.select.types or config.default_types
+    return not types or "Linear" in types
+
+
+def _tied_partners(model: nn.Module, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Other layers holding ``module``'s weight tensor itself (a tied output layer and token
+    embedding), by name; empty for a layer whose weight is its own."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        return []
+    out, seen = [], {id(module)}
+    for name, other in model.named_modules():
+        if id(other) not in seen and getattr(other, "weight", None) is weight:
+            seen.add(id(other))
+            out.append((name, other))
+    return out
+
+
+def _tie_refusal(module: nn.Module, partners: list[tuple[str, nn.Module]]) -> str | None:
+    """Why a layer whose weight is tied to ``partners`` cannot be compressed with them, if so."""
+    from modelzip.core.linear_like import is_transposed_linear
+
+    names = ", ".join(repr(n) for n, _ in partners)
+    for other in [module, *(m for _, m in partners)]:
+        if is_transposed_linear(other) or not isinstance(other, (nn.Linear, nn.Embedding)):
+            return (
+                f"its weight is tied to {names}; a {type(other).__name__} cannot share a "
+                "compressed weight, and compressing one copy would store the weight twice"
+            )
+        if tuple(other.weight.shape) != tuple(module.weight.shape):
+            return f"its weight is tied to {names} in another layout"
     return None
 
 
@@ -150,24 +202,87 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
 
     A layer shared under several names is selected once and handled once (one object in, one
     replacement out); :meth:`Context.replace` swaps every name and records the change.
+
+    The handler sees a Linear for every Linear-like layer (:func:`modelzip.core.linear_like.
+    linear_view`: GPT-2's ``Conv1D``, put in the model while the handler runs, so that
+    calibration sees it called) and, for a method with ``embeddings_as_tables``, for an
+    ``nn.Embedding`` (its table as a bias-free Linear, :func:`modelzip.core.embedding.
+    embedding_view`); what it makes of an embedding is wrapped in a
+    :class:`~modelzip.core.embedding.CompressedEmbedding`.
+
+    Layers whose weight is one tensor (an output layer tied to the token embedding) are
+    compressed once, together: the handler sees the Linear among them (its bias included), its
+    result takes the Linear's place and each embedding becomes a CompressedEmbedding looking up
+    in it; or all are skipped with the reason.
     """
+    from modelzip.core.embedding import CompressedEmbedding, embedding_view
+    from modelzip.core.linear_like import linear_view
+
     seen: set[int] = set()
     for name, module in list(config.select.select(model, config.default_types)):
         if id(module) in seen:
             continue
         seen.add(id(module))
-        try:
-            new = handler(module, config, ctx)
-        except SkipLayer as e:
-            ctx.skip(name, config.method, str(e))
+        group = [(name, module), *_tied_partners(model, module)]
+        seen.update(id(m) for _, m in group)
+        names = [n for n, _ in group]
+        reason = _tie_refusal(module, group[1:]) if len(group) > 1 else None
+        # The member the handler compresses: the Linear of a tie group, else the layer itself.
+        source_name, source = next(
+            ((n, m) for n, m in group if not isinstance(m, nn.Embedding)), (name, module)
+        )
+        as_table = isinstance(source, nn.Embedding)
+        if reason is None and as_table and not config.embeddings_as_tables:
+            if len(group) > 1:
+                reason = (
+                    f"its weight is tied to {', '.join(map(repr, names[1:]))}, and "
+                    f"{config.method}'s form of an embedding cannot serve as their weight"
+                )
+            else:
+                as_table = False  # the handler takes the embedding itself (tt)
+        if reason is not None:
+            for n in names:
+                ctx.skip(n, config.method, reason)
             continue
-        if new is not None and new is not module:
-            ctx.replace(name, new, method=config.method)
+        view = embedding_view(source) if as_table else linear_view(source)
+        placed = view is not source and not as_table
+        if placed:  # in the model while the handler runs: calibration hooks must see it called
+            replace_module(model, source_name, view)
+        try:
+            new = handler(view, config, ctx)
+        except SkipLayer as e:
+            new = None
+            for n in names:
+                ctx.skip(n, config.method, str(e))
+        if placed:  # recorded as replaced from the original (or left as it was)
+            replace_module(model, source_name, source)
+        if new is None or new is view:
+            continue  # nothing changed (a view left as it was is the layer as it was)
+        try:
+            members = [
+                (n, CompressedEmbedding.of(m, new) if isinstance(m, nn.Embedding) else new)
+                for n, m in group
+                if isinstance(m, nn.Embedding) or m is source
+            ] if len(group) > 1 or as_table else [(name, new)]  # fmt: skip
+        except ValueError as e:
+            for n in names:
+                ctx.skip(n, config.method, str(e))
+            continue
+        tied = len(group) > 1
+        first, *rest = members
+        if not ctx.replace(first[0], first[1], method=config.method, tied=tied):
+            continue
+        for other_name, other in rest:
+            note = f"tied to {first[0]!r}"
+            ctx.replace(other_name, other, method=config.method, note=note, tied=True)
 
 
 def _apply_step(work: nn.Module, config: MethodConfig, ctx: Context) -> None:
     spec = spec_for(config)
     if spec.scope == "model":
+        # Whole-model handlers find layers by their class: they get GPT-2's Conv1D as the
+        # equivalent nn.Linear (layer handlers get that view one layer at a time).
+        linear_views(work)
         returned = spec.handler(work, config, ctx)  # records its changes through ctx
         # A handler written before ctx kept the record returns its changes instead.
         ctx.changes.extend(c for c in returned or [] if isinstance(c, LayerChange))
@@ -246,7 +361,7 @@ def compress(
     work = trainable(work, inplace=True)
     device = model_device(work)
     if sample is None and data is not None:
-        sample = sample_from(data, device)
+        sample = sample_from(data, device, model=work)
     eval_data = data if evaluate else None
     timed = measure and sample is not None
     # The dense original, timed side by side with the result at the end (the caller's model when
@@ -255,6 +370,10 @@ def compress(
     before = model_stats(work, sample, data=eval_data, measure=False)
 
     ctx = Context(data=data, sample=sample, seed=seed, model=work)
+    if any(_meets_linears(config) for config in steps):
+        # nn.MultiheadAttention reads its packed projection directly: swapped for the same
+        # attention with that projection as a layer, which methods can compress or prune.
+        attention_views(work)
     for config in steps:
         for pre in config.prerequisites():
             try:

@@ -83,7 +83,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-DATASET_HELP = "data set name, .npz file or folder of class subfolders"
+DATASET_HELP = (
+    "data set name, .npz file, folder of class subfolders, or token data (.npy ids, .txt with "
+    "--tokenizer)"
+)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -130,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     data = dataset_for(args.dataset, args.model, getattr(args, "image_size", None))
     quiet = args.json or args.quiet
     model = load_model(args.model, args.weights, args.dataset, progress=not quiet, data=data)
-    sample = sample_from(data, model_device(model))
+    sample = sample_from(data, model_device(model), model=model)
     extra: dict[str, Any] = {}
     if sample is not None and not is_deployed(model):
         # A file saved in its trainable form (modelzip deep, --no-deploy) runs as it would be
@@ -395,7 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = _model_command(sub, "train", "train a model and save it", cmd_train)
-    p.add_argument("--dataset", help=DATASET_HELP + " (default: the model's own)")
+    p.add_argument(
+        "--dataset",
+        help=DATASET_HELP + " (default: the model's own)",
+    )
     p.add_argument(
         "--image-size", type=int, metavar="N",
         help="for a folder of images: resize and center-crop to N x N (default 224)",
@@ -412,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "eval", "test accuracy, size, MACs and latency", cmd_eval)
     p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
-    p.add_argument("--dataset", help=DATASET_HELP)
+    p.add_argument(
+        "--dataset",
+        help=DATASET_HELP + "",
+    )
     p.add_argument(
         "--image-size", type=int, metavar="N",
         help="for a folder of images: resize and center-crop to N x N (default 224)",
@@ -432,7 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=MAX_RECIPE_STEPS, metavar="N",
         help=f"refuse a recipe of more steps than this (default {MAX_RECIPE_STEPS})",
     )  # fmt: skip
-    p.add_argument("--dataset", help=DATASET_HELP + " (default: the model's own)")
+    p.add_argument(
+        "--dataset",
+        help=DATASET_HELP + " (default: the model's own)",
+    )
     p.add_argument(
         "--image-size", type=int, metavar="N",
         help="for a folder of images: resize and center-crop to N x N (default 224)",
@@ -512,6 +524,11 @@ MAX_CLASSES_HELP = (
 )
 
 
+TOKENIZER_HELP = (
+    "a local Hugging Face tokenizer directory to tokenize a .txt --dataset with (never downloaded)"
+)
+
+
 def _add_max_classes_flag(sub: argparse._SubParsersAction) -> None:
     """``--max-classes`` on every subcommand that takes ``--dataset``; :func:`main` applies it to
     every data set the command loads (:func:`modelzip.data.npz.class_limit`)."""
@@ -519,12 +536,15 @@ def _add_max_classes_flag(sub: argparse._SubParsersAction) -> None:
         dests = {a.dest for a in p._actions}
         if "dataset" in dests and "max_classes" not in dests:
             p.add_argument("--max-classes", type=int, metavar="N", help=MAX_CLASSES_HELP)
+        if "dataset" in dests and "tokenizer" not in dests:
+            p.add_argument("--tokenizer", metavar="DIR", help=TOKENIZER_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from modelzip.data.npz import class_limit
+    from modelzip.data.tokens import tokenizer_dir
     from modelzip.models.registry import trusting_remote_code
     from modelzip.serialize import allowing_nonfinite
 
@@ -533,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             trusting_remote_code(getattr(args, "trust_remote_code", False)),
             allowing_nonfinite(getattr(args, "allow_nonfinite", False)),
             class_limit(getattr(args, "max_classes", None)),
+            tokenizer_dir(getattr(args, "tokenizer", None)),
         ):
             return int(args.func(args) or 0)
     except ModelzipError as e:

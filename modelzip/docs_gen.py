@@ -130,7 +130,10 @@ def _method_section(spec: MethodSpec) -> str:
         "",
         f"Family `{spec.family}`, applied per {'layer' if spec.scope == 'layer' else 'model'}; "
         f"config `{config_type.__module__}.{config_type.__name__}`; layer types by default: "
-        + ", ".join(f"`{t}`" for t in config_type.default_types)
+        + (
+            ", ".join(f"`{t}`" for t in config_type.default_types)
+            or "any (the method finds the blocks it applies to by their parts)"
+        )
         + ".",
         "",
     ]

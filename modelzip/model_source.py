@@ -27,7 +27,10 @@ from torch import nn
 
 from modelzip.core.errors import ModelzipError
 
-MODEL_HELP = "a zoo name (modelzip list), package.module:factory, or a saved .mzip file"
+MODEL_HELP = (
+    "a zoo name (modelzip list), package.module:factory, hf:path/to/config.json (a Hugging Face "
+    "model built from a local config), or a saved .mzip file"
+)
 
 
 def zoo_kwargs(spec: str, data: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from modelzip.core.atomic import atomic_path
+from modelzip.core.attention import PackedAttention
 from modelzip.core.compact_source import (
     CHAIN_ATTR,
     DEPLOYED_ATTR,
@@ -84,7 +85,42 @@ _TORCH_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
     "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine")),
     "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim")),
     "Identity": (nn.Identity, ()),  # a layer folded away (BN folding)
+    # nn.MultiheadAttention with its projections as layers (modelzip.core.attention)
+    "PackedAttention": (
+        PackedAttention,
+        ("embed_dim", "num_heads", "head_dim", "dropout", "proj_bias", "batch_first"),
+    ),
 }
+
+
+#: Integer attributes of plain modules that structured pruning changes (a pruned attention
+#: block's head count, GPT-2's split size) and a file may restore: only these, only where the
+#: rebuilt module already has them as positive integers, within :mod:`modelzip.core.limits`.
+RESTORED_ATTRIBUTES = ("num_attention_heads", "num_heads", "all_head_size", "split_size")
+
+
+def _count(module: nn.Module, attr: str) -> int | None:
+    value = getattr(module, attr, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _changed_attributes(model: nn.Module, reference: nn.Module) -> dict[str, dict[str, int]]:
+    ref = dict(reference.named_modules())
+    out: dict[str, dict[str, int]] = {}
+    for name, m in model.named_modules():
+        r = ref.get(name)
+        if r is None or isinstance(m, CompressedModule):
+            continue
+        diff = {
+            a: _count(m, a)
+            for a in RESTORED_ATTRIBUTES
+            if _count(m, a) is not None
+            and _count(r, a) is not None
+            and _count(m, a) != _count(r, a)
+        }
+        if diff:
+            out[name] = diff  # type: ignore[assignment]
+    return out
 
 
 def _torch_spec(module: nn.Module) -> dict[str, Any]:
@@ -116,6 +152,27 @@ def _top_compressed(model: nn.Module) -> dict[str, nn.Module]:
         if stored and not any(name.startswith(p + ".") for p in found):
             found[name] = module
     return found
+
+
+def _compressed_aliases(model: nn.Module, compressed: dict[str, nn.Module]) -> dict[str, str]:
+    """Other names of compressed layers (or of layers inside them) -> the name they are saved
+    under: a tied output layer that is its embedding's compressed table is one object under two
+    names, and must be one object again after loading."""
+    first: dict[int, str] = {}
+    for name, module in model.named_modules():
+        first.setdefault(id(module), name)
+
+    def stored(name: str) -> bool:
+        return any(name == p or name.startswith(p + ".") for p in compressed)
+
+    aliases: dict[str, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        target = first[id(module)]
+        if name == target or not stored(target) or stored(name):
+            continue
+        if not any(name.startswith(a + ".") for a in aliases):
+            aliases[name] = target
+    return aliases
 
 
 def _layer_record(module: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -174,10 +231,13 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
             continue
         kind = type(module).__name__
         ref = ref_modules.get(name)
-        if kind in _TORCH_LAYERS and (ref is None or _torch_spec(ref) != _torch_spec(module)):
+        if kind in _TORCH_LAYERS and (
+            ref is None or type(ref) is not type(module) or _torch_spec(ref) != _torch_spec(module)
+        ):
             torch_layers[name] = {"class": kind, "spec": _torch_spec(module)}
+    aliases = _compressed_aliases(model, compressed)
     for key, t in model.state_dict().items():
-        if not any(key.startswith(p + ".") for p in compressed):
+        if not any(key.startswith(p + ".") for p in (*compressed, *aliases)):
             tensors[key] = t
     # safetensors wants contiguous CPU tensors that share no memory.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
@@ -188,6 +248,11 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         "layers": layers,
         "torch_layers": torch_layers,
     }
+    if aliases:
+        meta["aliases"] = aliases
+    attributes = _changed_attributes(model, reference)
+    if attributes:
+        meta["attributes"] = attributes
     if model.__dict__.get(LAYOUT_ATTR):
         meta["layout"] = model.__dict__[LAYOUT_ATTR]
     if model.__dict__.get(CHAIN_ATTR):
@@ -259,6 +324,28 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             deploy = entry.get("deploy")
             if deploy is not None and not (isinstance(deploy, str) and len(deploy) <= 200):
                 raise ModelError(f"{path}: {key}[{name[:80]!r}] has a malformed 'deploy' field")
+    aliases = meta.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 1000 and len(v) <= 1000
+        for k, v in aliases.items()
+    ):
+        raise ModelError(f"{path}: metadata field 'aliases' must map layer names to layer names")
+    attributes = meta.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(
+        isinstance(k, str)
+        and isinstance(v, dict)
+        and all(
+            isinstance(a, str)
+            and isinstance(n, int)
+            and not isinstance(n, bool)
+            and 0 < n <= 1 << 20
+            for a, n in v.items()
+        )
+        for k, v in attributes.items()
+    ):
+        raise ModelError(
+            f"{path}: metadata field 'attributes' must map layer names to positive integer counts"
+        )
     if not isinstance(meta.get("inference", False), bool):
         raise ModelError(f"{path}: metadata field 'inference' must be true or false")
     if meta.get("layout", "contiguous") not in ("contiguous", "channels_last"):
@@ -285,6 +372,14 @@ def _rebuild(
             layer = layer_class(entry["class"]).from_spec(entry["spec"])
             model.set_submodule(name, layer)
             compressed[name] = layer
+        for alias, target in meta.get("aliases", {}).items():
+            model.set_submodule(alias, model.get_submodule(target))
+        for name, values in meta.get("attributes", {}).items():
+            module = model.get_submodule(name)
+            for attr, value in values.items():
+                if attr not in RESTORED_ATTRIBUTES or _count(module, attr) is None:
+                    raise KeyError(f"attribute {attr!r} of {name!r} may not be set by a file")
+                setattr(module, attr, value)
     except ModelError:
         raise
     except Exception as e:
@@ -409,8 +504,9 @@ def load(
             given = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             _check_layer_keys(path, name, set(layer.packed_state()), set(given))
             layer.load_packed_state(given)
+        skipped = (*compressed, *meta.get("aliases", {}))
         rest = collections.OrderedDict(
-            (k, v) for k, v in tensors.items() if not any(k.startswith(p + ".") for p in compressed)
+            (k, v) for k, v in tensors.items() if not any(k.startswith(p + ".") for p in skipped)
         )
         # The per-module versions torch's state dicts carry (safetensors keeps none); some
         # layers read them (MNASNet). The file was written from this code's modules.
@@ -422,7 +518,7 @@ def load(
         raise ModelError(
             f"{path}: tensors do not fit the model ({type(e).__name__}: {str(e)[:200]})"
         ) from None
-    missing = [k for k in missing if not any(k.startswith(p + ".") for p in compressed)]
+    missing = [k for k in missing if not any(k.startswith(p + ".") for p in skipped)]
     if missing or unexpected:
         raise ModelError(f"{path}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}")
     model = _deploy_again(path, model, meta, compressed)

@@ -32,6 +32,7 @@ from modelzip.core.running import eval_inference, model_device
 from modelzip.data.dataset import Dataset
 from modelzip.data.folder import LazyImages, as_tensor
 from modelzip.data.text import TextCorpus, sequence_windows
+from modelzip.models.shapes import sequence_length
 from modelzip.train_checkpoint import load_training_state, save_training_state
 
 __all__ = [
@@ -302,7 +303,7 @@ def evaluate(
     check_finite(model, "evaluate")
     if isinstance(data, TextCorpus):
         stream = split if isinstance(split, Tensor) else data.stream(split)  # type: ignore[arg-type]
-        return _language(model, stream, seq_len, batch_size or 64)
+        return _language(model, stream, sequence_length(model, seq_len), batch_size or 64)
     if not isinstance(data, Dataset):
         raise DataError(
             f"cannot evaluate on a {type(data).__name__}; expected Dataset or TextCorpus"
@@ -441,6 +442,9 @@ def train(
         distillation loss, :func:`modelzip.compact.distill`).
     """
     config = config or TrainConfig()
+    if isinstance(data, TextCorpus) and sequence_length(model, config.seq_len) < config.seq_len:
+        # A transformer takes at most its position table's length per sequence.
+        config = dataclasses.replace(config, seq_len=sequence_length(model, config.seq_len))
     check_finite(model, "train")
     parts, val_parts = _train_parts(data, config, val)
     text = isinstance(data, TextCorpus)

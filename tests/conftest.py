@@ -43,6 +43,18 @@ def shakespeare() -> TextCorpus:
 
 
 RECURRENT = {"LSTM", "GRU", "RNN", "Embedding"}
+#: Methods whose examples need a transformer (attention heads, feed-forward blocks).
+TRANSFORMER_METHODS = {"head_prune", "ffn_prune"}
+#: A BERT small enough for every test: 2 layers, 4 heads of 8, vocabulary 50.
+TINY_BERT = {
+    "model_type": "bert",
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 50,
+    "max_position_embeddings": 32,
+}
 
 
 def model_and_sample_for(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
@@ -50,7 +62,12 @@ def model_and_sample_for(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     spec = get_method(name)
     types = set(spec.config_type.default_types)
-    if types & RECURRENT:
+    if name in TRANSFORMER_METHODS:  # structured pruning of attention heads and FFN neurons
+        from modelzip.models.hf import build_hf
+
+        return build_hf(TINY_BERT).eval(), torch.randint(0, 50, (2, 8))
+    # Methods that compress embeddings as tables keep their Linear/conv test model.
+    if types & RECURRENT and not spec.config_type.embeddings_as_tables:
         model = create("char_lstm", vocab_size=20, embed_dim=8, hidden_size=16, num_layers=2)
         return model.eval(), torch.randint(0, 20, (2, 12))
     if "BatchNorm2d" in types:  # methods about BN need a model that has it

@@ -32,6 +32,9 @@ class MethodConfig(ConfigBase):
     """
 
     method: ClassVar[str] = ""
+    #: Whether the method compresses an ``nn.Embedding`` as the Linear its table is laid out as
+    #: (:mod:`modelzip.core.embedding`); its handler then sees that Linear.
+    embeddings_as_tables: ClassVar[bool] = False
     default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")
     select: Select = dataclasses.field(default_factory=Select)
 

@@ -70,7 +70,7 @@ class Context:
             raise ValueError("this Context has no model: replace and record need Context.model")
         return self.model
 
-    def refusal(self, name: str, new: nn.Module | None) -> str | None:
+    def refusal(self, name: str, new: nn.Module | None, *, tied: bool = False) -> str | None:
         """Why ``new`` may not stand in for the layer at ``name``, or None when it may.
 
         Under a :data:`WEIGHT_READERS` parent (under any of the layer's names) the parent's fast
@@ -79,9 +79,22 @@ class Context:
         weight of its dense form (a masked layer's zeroed weight is; a fake-quantized layer's
         float weight is not). ``new=None`` asks about a replacement not built yet that will hold
         no dense weight, for handlers that must drop such layers before they work on the others.
+
+        A layer whose weight tensor another layer holds too (a language model's output layer
+        tied to its token embedding) is refused as well, unless ``tied``: the caller replaces
+        the whole tie group with layers sharing one compressed weight
+        (:func:`modelzip.api.compress`'s layer loop does).
         """
         model = self._model()
         old = model.get_submodule(name)
+        if not tied:
+            partners = tied_to(model, old)
+            if partners:
+                return (
+                    f"its weight is tied to {', '.join(map(repr, partners))} (one tensor); "
+                    f"a {type(new).__name__ if new is not None else 'compressed layer'} of its "
+                    "own would store that weight twice"
+                )
         readers = (weight_reader(model, alias) for alias in aliases(model, old) or [name])
         reader = next((r for r in readers if r is not None), None) or self._direct_reader(name)
         if reader is None:
@@ -104,7 +117,15 @@ class Context:
             self._reads = direct_weight_reads(self._model(), self.sample)
         return self._reads.get(name)
 
-    def replace(self, name: str, new: nn.Module, *, method: str, note: str | None = None) -> bool:
+    def replace(
+        self,
+        name: str,
+        new: nn.Module,
+        *,
+        method: str,
+        note: str | None = None,
+        tied: bool = False,
+    ) -> bool:
         """Put ``new`` in place of the layer at ``name`` and record the change once.
 
         Refused by :meth:`refusal` it records a skip instead. Every name of the old layer gets
@@ -114,11 +135,12 @@ class Context:
         old = self._model().get_submodule(name)
         if new is old:  # already placed (under another name), or nothing changed
             return True
-        reason = self.refusal(name, new)
+        reason = self.refusal(name, new, tied=tied)
         if reason is not None:
             self.skip(name, method, reason)
             return False
         replace_module(self._model(), name, new)
+        retie(self._model(), old, new)
         self.record(name, old, new, method=method, note=note)
         return True
 
@@ -181,6 +203,32 @@ def _weight_is_computed(new: nn.Module) -> bool:
         return False
     with torch.no_grad():
         return bool(torch.equal(weight.to(new.weight), new.weight))
+
+
+def retie(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Point other modules that held ``old``'s bias (or another parameter ``new`` keeps under
+    the same name and shape) at ``new``'s: BERT's prediction head holds its decoder's bias
+    itself, and a copy would leave it a second, unused tensor."""
+    for attr, tensor in old.named_parameters(recurse=False):
+        kept = getattr(new, attr, None)
+        if kept is tensor or not isinstance(kept, nn.Parameter) or kept.shape != tensor.shape:
+            continue
+        for module in model.modules():
+            for key, p in list(module._parameters.items()):
+                if p is tensor and module is not new:
+                    module._parameters[key] = kept
+
+
+def tied_to(model: nn.Module, module: nn.Module) -> list[str]:
+    """Names of the other layers holding ``module``'s weight tensor itself (tied weights)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, nn.Parameter):
+        return []
+    return [
+        n
+        for n, m in model.named_modules()
+        if m is not module and getattr(m, "weight", None) is weight
+    ]
 
 
 def weight_reader(model: nn.Module, name: str) -> str | None:

@@ -17,7 +17,7 @@ otherwise ``params × bits / 8`` at the tensor's own dtype.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ from torch import nn
 
 from modelzip.core.compact_source import CompactSource, compact_source
 from modelzip.core.layer_workload import plain_workload, tensor_bits, zero_fraction
+from modelzip.core.linear_like import is_transposed_linear, linear_view
 from modelzip.core.module import CompressedModule
 from modelzip.core.running import run_hooked
 from modelzip.core.workload import Workload
@@ -38,7 +39,7 @@ def count_params(module: nn.Module) -> int:
         module,
         deployed=lambda source: source.params,
         compressed=lambda layer: layer.param_count(),
-        plain=lambda m: sum(p.numel() for p in m.parameters(recurse=False)),
+        plain=lambda params, _buffers: sum(p.numel() for p in params),
     )
 
 
@@ -48,9 +49,8 @@ def module_bytes(module: nn.Module) -> int:
         module,
         deployed=lambda source: source.bytes,
         compressed=lambda layer: layer.storage_bytes(),
-        plain=lambda m: sum(
-            t.numel() * t.element_size()
-            for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))
+        plain=lambda params, buffers: sum(
+            t.numel() * t.element_size() for t in (*params, *buffers)
         ),
     )
 
@@ -60,18 +60,38 @@ def _sum_units(
     *,
     deployed: Callable[[CompactSource], int],
     compressed: Callable[[CompressedModule], int],
-    plain: Callable[[nn.Module], int],
+    plain: Callable[[list[torch.Tensor], list[torch.Tensor]], int],
 ) -> int:
-    """One number summed over :func:`_units`: a deployed layer counts what its file keeps."""
+    """One number summed over :func:`_units`: a deployed layer counts what its file keeps.
+
+    A plain layer's own parameters and buffers are counted once however many layers hold them
+    (a language model's output layer tied to its token embedding shares one weight).
+    """
     total = 0
-    for sub in _units(module):
+    units = list(_units(module))
+    # Tensors of compressed layers count with their layer (a plain module may hold one too:
+    # BERT's prediction head holds its decoder's bias).
+    seen: set[int] = {
+        id(t)
+        for sub in units
+        if isinstance(sub, CompressedModule) and compact_source(sub) is None
+        for t in (*sub.parameters(), *sub.buffers())
+    }
+
+    def unseen(tensors: Iterable[torch.Tensor]) -> list[torch.Tensor]:
+        fresh = [t for t in tensors if id(t) not in seen]
+        seen.update(id(t) for t in fresh)
+        return fresh
+
+    for sub in units:
         source = compact_source(sub)
         if source is not None:
             total += deployed(source)
         elif isinstance(sub, CompressedModule):
             total += compressed(sub)
         else:
-            total += plain(sub)
+            params = unseen(sub.parameters(recurse=False))
+            total += plain(params, unseen(sub.buffers(recurse=False)))
     return total
 
 
@@ -87,6 +107,8 @@ def _units(module: nn.Module) -> Iterator[nn.Module]:
         yield m
         if compact_source(m) is None and not (isinstance(m, CompressedModule) and m.leaf):
             stack.extend(reversed(list(m.children())))
+        else:  # counted as one unit: its parts, also found under other names, are counted
+            seen.update(id(sub) for sub in m.modules())
 
 
 def weight_sparsity(module: nn.Module) -> float:
@@ -161,7 +183,9 @@ def recurrent_workloads(name: str, module: nn.RNNBase, inputs: tuple[Any, ...]) 
 
 
 def _is_compute(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.RNNBase))
+    return isinstance(
+        module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.RNNBase)
+    ) or is_transposed_linear(module)
 
 
 def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
@@ -173,8 +197,11 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
     records: list[Workload] = []
     hooks: list[tuple[nn.Module, Callable[..., Any]]] = []
     skip_below: list[str] = []
-    for name, module in model.named_modules():
-        if any(p == "" or name.startswith(p + ".") for p in skip_below):
+    hooked: set[int] = set()
+    # Every name, not the first only: a tied output layer is also its embedding's table, inside
+    # a compressed layer under its first name, and computes under the other. One hook per layer.
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in hooked or any(p == "" or name.startswith(p + ".") for p in skip_below):
             continue  # inside a compressed layer, which describes itself ("" is the root)
         source = compact_source(module)
         if source is not None:
@@ -193,6 +220,7 @@ def collect_workloads(model: nn.Module, sample: Any) -> list[Workload]:
             hook = _dense_hook(name, records)
         else:
             continue
+        hooked.add(id(module))
         hooks.append((module, hook))
     run_hooked(model, sample, hooks)
     return records
@@ -202,6 +230,8 @@ def _dense_hook(name: str, records: list[Workload]):
     def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
         if isinstance(module, nn.RNNBase):
             records.extend(recurrent_workloads(name, module, inputs))
+        elif is_transposed_linear(module):  # GPT-2's Conv1D: costed as the Linear it is
+            records.append(dense_workload(name, linear_view(module), inputs, output))
         else:
             records.append(dense_workload(name, module, inputs, output))
 

@@ -25,7 +25,9 @@ class Select(ConfigBase):
     ----------
     types:
         Class names of the modules to include (``Linear``, ``Conv2d``, ``LSTM``); empty means the
-        method's own default types.
+        method's own default types. ``Linear`` matches every Linear-like layer (subclasses of
+        ``nn.Linear`` and GPT-2's transposed-weight ``Conv1D``, see
+        :mod:`modelzip.core.linear_like`).
     names:
         Regular expressions; when given, a layer must fully match one of them.
     exclude:
@@ -48,8 +50,10 @@ class Select(ConfigBase):
 
     def matches(self, name: str, module: nn.Module, default_types: tuple[str, ...] = ()) -> bool:
         """Whether ``module`` (named ``name``) is selected."""
+        from modelzip.core.linear_like import layer_kinds
+
         types = self.types or default_types
-        kinds = {type(module).__name__, getattr(module, "stands_for", "")}
+        kinds = layer_kinds(module)
         if types and not kinds.intersection(types):
             return False
         if self.names and not any(re.fullmatch(p, name) for p in self.names):

@@ -47,6 +47,10 @@ class DatasetSpec:
 _DATASETS: dict[str, DatasetSpec] = {}
 
 
+#: File suffixes read as token data (:mod:`modelzip.data.tokens`).
+TOKEN_SUFFIXES = (".npy", ".txt")
+
+
 def register_dataset(name: str, loader: Loader, description: str) -> None:
     """Register ``loader`` (no arguments, returns a Dataset or TextCorpus) under ``name``.
 
@@ -76,14 +80,23 @@ def dataset_info(name: str) -> DatasetSpec:
 
 
 def load_dataset(
-    name_or_path: str | Path, *, max_classes: int | None = None, image_size: int | None = None
+    name_or_path: str | Path,
+    *,
+    max_classes: int | None = None,
+    image_size: int | None = None,
+    tokenizer: str | Path | None = None,
 ) -> Dataset | TextCorpus:
-    """Load a registered data set by name, or a user ``.npz`` file by path.
+    """Load a registered data set by name, a user ``.npz`` file by path, or token data for a
+    language model: ``.npy`` token ids, or a ``.txt`` file with ``tokenizer``, a local tokenizer
+    directory (:mod:`modelzip.data.tokens`).
 
     Parameters
     ----------
     name_or_path : str or Path
         A name from :func:`list_datasets`, or a path ending in ``.npz`` (or any existing file).
+    tokenizer : str or Path, optional
+        A local Hugging Face tokenizer directory for a ``.txt`` file (default: the one set by
+        :func:`modelzip.data.tokens.tokenizer_dir`, the command line's ``--tokenizer``).
     max_classes : int, optional
         The most classes a user file may have (see :func:`modelzip.data.npz.load_npz`; default
         :data:`modelzip.data.npz.MAX_CLASSES`).
@@ -107,6 +120,10 @@ def load_dataset(
         raise DataError(f"image_size applies to a folder of images; {key!r} is none")
     if key in _DATASETS:
         return _DATASETS[key].loader()
+    if Path(key).suffix in TOKEN_SUFFIXES:
+        from modelzip.data.tokens import load_token_file
+
+        return load_token_file(key, tokenizer)
     if key.endswith(".npz") or Path(key).is_file():
         from modelzip.data.npz import load_npz
 

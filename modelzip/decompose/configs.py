@@ -72,7 +72,8 @@ class SVDConfig(EnergyRankSelection):
     """
 
     method: ClassVar[str] = "svd"
-    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d")
+    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Embedding")
+    embeddings_as_tables: ClassVar[bool] = True
     fold_singular_values: bool = True
 
 

@@ -327,6 +327,12 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) 
     """
     if ":" not in spec:
         return create(spec, **kwargs)
+    if spec.startswith("hf:"):
+        from modelzip.models.hf import from_reference
+
+        if kwargs:
+            raise ModelError(f"model {spec!r} takes no arguments; its config file says it all")
+        return from_reference(spec)
     plain = _plain_kwargs(f"model {spec!r}", kwargs)
     factory = _import_factory(spec, trust_remote_code)
     _check_call(spec, factory, plain)
@@ -535,6 +541,10 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
             return create(source["name"], **kwargs)
         except ConfigError as e:
             raise ModelError(str(e)) from None
+    if kind == "hf":
+        from modelzip.models.hf import build_from_record
+
+        return build_from_record(source)
     if kind == "factory" and isinstance(source.get("ref"), str) and ":" in source["ref"]:
         ref = source["ref"]
         trusted = trust_remote_code or _TRUST_REMOTE_CODE.get()
@@ -549,5 +559,6 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
             _constructor_kwargs_safe(ref, kwargs)
         return resolve_model(ref, trust_remote_code=trusted, **kwargs)
     raise ModelError(
-        f"cannot rebuild a model from source {str(source)[:200]}; expected kind 'zoo' or 'factory'"
+        f"cannot rebuild a model from source {str(source)[:200]}; "
+        "expected kind 'zoo', 'factory' or 'hf'"
     )

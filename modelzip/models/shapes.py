@@ -24,6 +24,10 @@ def model_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     ``package.module:factory`` model, or one with no build record): its shape is unknown.
     """
     source = model_source(model)
+    if source is not None and source.get("kind") == "hf":
+        from modelzip.models.hf import input_shape
+
+        return input_shape(model)
     if source is None or source.get("kind") != "zoo" or source.get("name") not in list_models():
         return None
     kwargs = source.get("kwargs")
@@ -50,3 +54,21 @@ def sample_input(
     if len(shape) == 1:  # token ids
         return torch.zeros((batch, *shape), dtype=torch.long, device=device)
     return torch.rand((batch, *shape), device=device)
+
+
+def max_sequence_length(model: nn.Module) -> int | None:
+    """The most tokens one input of ``model`` may hold (a transformer's position table), or
+    None when the model sets no limit (recurrent models, image models)."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def sequence_length(model: nn.Module | None, wanted: int) -> int:
+    """``wanted`` tokens, or fewer when ``model`` cannot take that many
+    (:func:`max_sequence_length`)."""
+    limit = max_sequence_length(model) if model is not None else None
+    return wanted if limit is None else min(wanted, limit)

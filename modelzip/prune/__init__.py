@@ -7,6 +7,7 @@ and execution (:mod:`.sparse_format`, :mod:`.sparse_exec`), before-calculation p
 """
 
 from modelzip.prune.channels import ChannelPruneConfig
+from modelzip.prune.heads import FFNPruneConfig, HeadPruneConfig
 from modelzip.prune.magnitude import MagnitudePruneConfig, magnitude_mask
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear
 from modelzip.prune.methods import (
@@ -23,7 +24,9 @@ __all__ = [
     "AGPCallback",
     "BlockPruneConfig",
     "ChannelPruneConfig",
+    "FFNPruneConfig",
     "GlobalPruneConfig",
+    "HeadPruneConfig",
     "HiddenPruneConfig",
     "MagnitudePruneConfig",
     "MaskedConv2d",

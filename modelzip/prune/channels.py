@@ -256,8 +256,19 @@ def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) ->
         raise ModelError("channel_prune traces the model on a sample input: pass data or sample")
     was_training = model.training
     selected = {n for n, _ in config.select.select(model, config.default_types)}
-    graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
-    model.train(was_training)
+    try:
+        graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
+    except ModelError as e:
+        from modelzip.prune.heads import attention_blocks, ffn_blocks
+
+        if attention_blocks(model) or ffn_blocks(model):
+            raise ModelError(
+                f"{e}; for a transformer, head_prune and ffn_prune remove attention heads and "
+                "feed-forward neurons without tracing"
+            ) from None
+        raise
+    finally:
+        model.train(was_training)
     # Coupled layers are resized together (no one of them may be refused), so each is recorded.
     for name, (old, new) in remove_channels(model, graph, keep).items():
         note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"

@@ -7,6 +7,7 @@ the layer reaches its target sparsity exactly (ties broken by position, determin
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -62,6 +63,8 @@ class MagnitudePruneConfig(MethodConfig):
     """
 
     method = "magnitude_prune"
+    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Embedding")
+    embeddings_as_tables: ClassVar[bool] = True
     sparsity: float = 0.9
 
     def validate(self) -> None:

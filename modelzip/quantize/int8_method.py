@@ -8,12 +8,13 @@ Weights-only and dynamic activations give :class:`~modelzip.quantize.int8.Int8Li
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
+from modelzip.core.embedding import is_embedding_view
 from modelzip.core.errors import ConfigError
 from modelzip.core.geometry import UnsupportedConv
 from modelzip.core.module import CompressedModule
@@ -51,6 +52,8 @@ class Int8Config(MethodConfig):
     """
 
     method = "int8"
+    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Embedding")
+    embeddings_as_tables: ClassVar[bool] = True
     per_channel: bool = True
     activations: Literal["float", "dynamic", "static"] = "dynamic"
     observer: Literal["minmax", "percentile", "mse"] = "minmax"
@@ -90,6 +93,11 @@ def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
     if cls is None:
         raise SkipLayer(f"{type(module).__name__} has no int8 form")
     require_float32(module)
+    if config.activations == "static" and is_embedding_view(module):
+        raise SkipLayer(
+            "an embedding's table meets no activations to calibrate; int8 with "
+            "activations='static' applies to layers that compute (use 'dynamic' or 'float')"
+        )
     try:
         if config.activations == "static":
             return static_int8_layer(module, config, ctx)

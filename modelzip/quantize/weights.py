@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -61,6 +61,8 @@ class QuantizeWeightsConfig(MethodConfig):
     """
 
     method = "quantize_weights"
+    default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Embedding")
+    embeddings_as_tables: ClassVar[bool] = True
     bits: int = 4
     levels: Levels = "uniform-symmetric"
     formulation: Literal["heuristic", "optimized"] = "heuristic"

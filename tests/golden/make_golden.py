@@ -63,6 +63,12 @@ def cases() -> dict[str, tuple[str, object, bool]]:
         dataclasses.replace(tt, select=modelzip.Select(types=("Embedding",))),
         False,
     )
+    qw = get_method("quantize_weights").example
+    out["quantize_embedding"] = (
+        "rnn_tt",
+        dataclasses.replace(qw, select=modelzip.Select(types=("Embedding",))),
+        False,
+    )
     # The executable forms materialize() builds (kernels/), saved as a deployed model would be.
     for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary", "xnor_net"):
         out[f"{method}_materialized"] = (method, get_method(method).example, True)
