@@ -18,8 +18,7 @@ from modelzip.core.embedding import CompressedEmbedding
 from modelzip.core.errors import DataError, ModelError, ModelzipError
 from modelzip.core.linear_like import is_linear_like, linear_view
 from modelzip.core.registry import get_method, list_methods
-from modelzip.models import build_from_source, model_factory, resolve_model
-from modelzip.models.hf import build_hf
+from modelzip.models import build_from_source, build_hf, model_factory, resolve_model
 from modelzip.prune.heads import (
     FFNPruneConfig,
     HeadPruneConfig,

@@ -18,6 +18,7 @@ from modelzip.models.common import Normalize
 from modelzip.models.registry import (
     ModelSpec,
     build_from_source,
+    build_hf,
     create,
     list_models,
     model_factory,
@@ -31,6 +32,7 @@ __all__ = [
     "ModelSpec",
     "Normalize",
     "build_from_source",
+    "build_hf",
     "create",
     "list_models",
     "model_factory",
