@@ -69,7 +69,7 @@ def _bert_part(quick: bool) -> list[dict[str, Any]]:
     from modelzip.api import model_stats
     from modelzip.core.timing import ratio, time_interleaved
     from modelzip.data import load_dataset
-    from modelzip.models.hf import build_hf
+    from modelzip.models import build_hf
     from modelzip.prune.heads import HeadPruneConfig, attention_blocks
 
     sizes = QUICK if quick else FULL

@@ -12,10 +12,9 @@ from torch import nn
 
 from modelzip.core.attention import attention_views
 from modelzip.core.config import MethodConfig
-from modelzip.core.context import Context, replace_module
+from modelzip.core.context import Context, linear_views, replace_module
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
-from modelzip.core.linear_like import linear_views
 from modelzip.core.registry import SkipLayer, spec_for
 from modelzip.core.running import eval_inference, model_device
 from modelzip.data.folder import is_images

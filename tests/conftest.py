@@ -63,7 +63,7 @@ def model_and_sample_for(name: str) -> tuple[torch.nn.Module, torch.Tensor]:
     spec = get_method(name)
     types = set(spec.config_type.default_types)
     if name in TRANSFORMER_METHODS:  # structured pruning of attention heads and FFN neurons
-        from modelzip.models.hf import build_hf
+        from modelzip.models import build_hf
 
         return build_hf(TINY_BERT).eval(), torch.randint(0, 50, (2, 8))
     # Methods that compress embeddings as tables keep their Linear/conv test model.

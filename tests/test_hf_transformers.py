@@ -18,8 +18,7 @@ from modelzip.core.embedding import CompressedEmbedding
 from modelzip.core.errors import DataError, ModelError, ModelzipError
 from modelzip.core.linear_like import is_linear_like, linear_view
 from modelzip.core.registry import get_method, list_methods
-from modelzip.models import build_from_source, model_factory, resolve_model
-from modelzip.models.hf import build_hf
+from modelzip.models import build_from_source, build_hf, model_factory, resolve_model
 from modelzip.prune.heads import (
     FFNPruneConfig,
     HeadPruneConfig,
@@ -582,3 +581,47 @@ def test_head_prune_on_multihead_attention(tmp_path):
     assert loaded[0].self_attention.num_heads == 2
     ffn = ffn_blocks(small)
     assert [b.up for b in ffn] == ["0.mlp.0", "1.mlp.0"]
+
+
+# -- hostile files ------------------------------------------------------------------------------
+
+
+def _rewrite_metadata(path, change):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        meta = json.loads(f.metadata()["modelzip"])
+    change(meta)
+    save_file(tensors, str(path), metadata={"modelzip": json.dumps(meta)})
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda m: m.__setitem__("aliases", {"model.lm_head": 5}), "aliases"),
+        (lambda m: m.__setitem__("aliases", {"model.lm_head": "no.such.layer"}), "rebuild"),
+        (
+            lambda m: m.__setitem__(
+                "attributes", {"model.transformer.h.0.attn": {"num_heads": -2}}
+            ),
+            "attributes",
+        ),
+        (
+            lambda m: m.__setitem__("attributes", {"model.transformer.h.0.attn": {"forward": 3}}),
+            "may not be set",
+        ),
+        (
+            lambda m: m.__setitem__("attributes", {"model.transformer.h.0.attn": {"num_heads": 3}}),
+            "checksum|digest|tamper|modified",
+        ),
+    ],
+)
+def test_hostile_aliases_and_attributes_are_refused(tmp_path, change, match):
+    model, x = _build(GPT2), _x()
+    small, _ = _compress(model, [HeadPruneConfig(sparsity=0.5), modelzip.Int8Config()], x)
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    _rewrite_metadata(path, change)
+    with pytest.raises(ModelError, match=match):
+        modelzip.load(path)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from modelzip.core.changes import LayerChange, LayerSize, SkippedLayer
+from modelzip.core.linear_like import is_transposed_linear, linear_view
 from modelzip.core.module import CompressedModule
 
 #: Modules whose forward reads their layers' ``.weight`` tensors directly (torch's fused
@@ -259,3 +260,14 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> list[str]:
     for n in names:
         model.set_submodule(n, new)
     return names
+
+
+def linear_views(model: nn.Module) -> list[str]:
+    """Replace every transposed-weight Linear of ``model`` (under all its names) by its
+    :func:`linear_view`, in place; the names replaced. The outputs stay the same up to float
+    rounding (one product in another memory order)."""
+    done: list[str] = []
+    for name, module in list(model.named_modules()):
+        if name and is_transposed_linear(module):
+            done += replace_module(model, name, linear_view(module))
+    return done

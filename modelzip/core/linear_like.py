@@ -68,15 +68,3 @@ def linear_view(module: nn.Module) -> nn.Module:
     linear.train(module.training)
     return linear
 
-
-def linear_views(model: nn.Module) -> list[str]:
-    """Replace every transposed-weight Linear of ``model`` (under all its names) by its
-    :func:`linear_view`, in place; the names replaced. The outputs stay the same up to float
-    rounding (one product in another memory order)."""
-    from modelzip.core.context import replace_module
-
-    done: list[str] = []
-    for name, module in list(model.named_modules()):
-        if name and is_transposed_linear(module):
-            done += replace_module(model, name, linear_view(module))
-    return done

@@ -18,6 +18,7 @@ from modelzip.models.common import Normalize
 from modelzip.models.registry import (
     ModelSpec,
     build_from_source,
+    build_hf,
     create,
     infer_source,
     list_models,
@@ -32,6 +33,7 @@ __all__ = [
     "ModelSpec",
     "Normalize",
     "build_from_source",
+    "build_hf",
     "create",
     "infer_source",
     "list_models",

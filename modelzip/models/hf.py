@@ -11,7 +11,8 @@ model class comes from the allow-list :data:`AUTO_CLASSES` of transformers' auto
 The model is wrapped in :class:`HFModel`, whose forward takes one tensor (token ids, or pixel
 values for a vision model) and returns one tensor (the logits, or the last hidden state of a base
 model), as every modelzip model does. Its build record ``{"kind": "hf", "class": ...,
-"config": {...}}`` rebuilds it when a saved file is loaded, so saving needs no hand-written
+"config": {...}}`` (recorded on the model by :func:`modelzip.models.build_hf` and
+``resolve_model``) rebuilds it when a saved file is loaded, so saving needs no hand-written
 factory.
 """
 
@@ -70,6 +71,9 @@ class HFModel(nn.Module):
     input_name : str
         The keyword the tensor is passed as (``input_ids`` or ``pixel_values``).
     """
+
+    #: The build record ``{"kind": "hf", "class": ..., "config": {...}}``.
+    source: dict[str, Any]
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -130,8 +134,9 @@ def _class_for(config: dict[str, Any], requested: str | None, where: str) -> str
     return "AutoModel"
 
 
-def build_hf(config: dict[str, Any], model_class: str | None = None) -> HFModel:
-    """The model ``config`` describes, randomly initialised, wrapped and with its build record.
+def build_hf_model(config: dict[str, Any], model_class: str | None = None) -> HFModel:
+    """The model ``config`` describes, randomly initialised and wrapped; its build record is
+    :attr:`HFModel.source` (:func:`modelzip.models.build_hf` records it on the model).
 
     Raises
     ------
@@ -155,9 +160,7 @@ def build_hf(config: dict[str, Any], model_class: str | None = None) -> HFModel:
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{where}: {auto} cannot build {plain['model_type']!r}: {e}") from None
     model = HFModel(inner)
-    from modelzip.models.registry import SOURCE_ATTR
-
-    setattr(model, SOURCE_ATTR, {"kind": "hf", "class": auto, "config": plain})
+    model.source = {"kind": "hf", "class": auto, "config": plain}
     return model
 
 
@@ -178,7 +181,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def from_reference(spec: str, model_class: str | None = None) -> HFModel:
     """``hf:path/to/config.json`` (or a directory holding ``config.json``) built untrained."""
-    return build_hf(read_config(spec[len(PREFIX) :]), model_class)
+    return build_hf_model(read_config(spec[len(PREFIX) :]), model_class)
 
 
 def build_from_record(source: dict[str, Any]) -> HFModel:
@@ -186,7 +189,7 @@ def build_from_record(source: dict[str, Any]) -> HFModel:
     config, auto = source.get("config"), source.get("class")
     if not isinstance(config, dict) or not isinstance(auto, str):
         raise ModelError("a Hugging Face build record needs a 'config' object and a 'class'")
-    return build_hf(config, auto)
+    return build_hf_model(config, auto)
 
 
 def input_shape(model: nn.Module) -> tuple[int, ...] | None:

@@ -332,7 +332,7 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) 
 
         if kwargs:
             raise ModelError(f"model {spec!r} takes no arguments; its config file says it all")
-        return from_reference(spec)
+        return _recorded(from_reference(spec))
     plain = _plain_kwargs(f"model {spec!r}", kwargs)
     factory = _import_factory(spec, trust_remote_code)
     _check_call(spec, factory, plain)
@@ -344,6 +344,20 @@ def resolve_model(spec: str, *, trust_remote_code: bool = False, **kwargs: Any) 
         raise ModelError(f"{spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
     setattr(model, SOURCE_ATTR, {"kind": "factory", "ref": spec, "kwargs": plain})
     return model
+
+
+def _recorded(model: Any) -> nn.Module:
+    """A Hugging Face model (:mod:`modelzip.models.hf`) with its build record set."""
+    setattr(model, SOURCE_ATTR, dict(model.source))
+    return model
+
+
+def build_hf(config: dict[str, Any], model_class: str | None = None) -> nn.Module:
+    """A Hugging Face transformers model built from ``config`` (a dict as in ``config.json``),
+    randomly initialised, with its build record (:func:`modelzip.models.hf.build_hf_model`)."""
+    from modelzip.models.hf import build_hf_model
+
+    return _recorded(build_hf_model(config, model_class))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,7 +558,7 @@ def build_from_source(source: dict[str, Any], *, trust_remote_code: bool = False
     if kind == "hf":
         from modelzip.models.hf import build_from_record
 
-        return build_from_record(source)
+        return _recorded(build_from_record(source))
     if kind == "factory" and isinstance(source.get("ref"), str) and ":" in source["ref"]:
         ref = source["ref"]
         trusted = trust_remote_code or _TRUST_REMOTE_CODE.get()

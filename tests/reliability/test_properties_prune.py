@@ -36,6 +36,8 @@ PROPERTIES = {
     "sparse_exec": "test_sparse_exec_computes_the_same",
     "channel_prune": "test_channel_prune_keeps_whole_channels",
     "hidden_prune": "test_hidden_prune_keeps_whole_units",
+    "head_prune": "test_head_prune_removes_whole_heads_as_masking_them_does",
+    "ffn_prune": "test_ffn_prune_removes_whole_neurons_as_masking_them_does",
 }
 
 SPARSITY = st.floats(0.0, 0.95)
@@ -182,6 +184,79 @@ def test_hidden_prune_keeps_whole_units(hidden, sparsity, seed):
     assert rnn.hidden_size == small.head.in_features == keep
     with torch.inference_mode():
         assert small(x).shape == model(x).shape and torch.isfinite(small(x)).all()
+
+
+class _Block(nn.Module):
+    """Attention (nn.MultiheadAttention, as a ViT calls it) and a two-layer MLP."""
+
+    def __init__(self, heads: int, head_dim: int, hidden: int) -> None:
+        super().__init__()
+        width = heads * head_dim
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        return x + self.mlp(x)
+
+
+def _block(heads: int, head_dim: int, hidden: int, seed: int) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = _Block(heads, head_dim, hidden).eval()
+    return model, torch.randn(2, 5, heads * head_dim)
+
+
+@PROFILE
+@given(heads=st.integers(1, 6), head_dim=st.integers(1, 4), sparsity=SPARSITY,
+       seed=st.integers(0, 1000))  # fmt: skip
+def test_head_prune_removes_whole_heads_as_masking_them_does(heads, head_dim, sparsity, seed):
+    from modelzip.core.attention import PackedAttention
+    from modelzip.prune.heads import HeadPruneConfig
+
+    model, x = _block(heads, head_dim, 4, seed)
+    small, _ = modelzip.compress(
+        model, HeadPruneConfig(sparsity=sparsity), sample=x, measure=False, deploy=False
+    )
+    kept = max(1, heads - round(sparsity * heads))
+    attn = small.attn
+    assert attn.num_heads == kept
+    assert attn.in_proj.weight.shape == (3 * kept * head_dim, heads * head_dim)
+    # The same as zeroing the dropped heads' columns of the output projection.
+    masked = PackedAttention.from_mha(model.attn)
+    cols = [
+        int(torch.nonzero((c == masked.out_proj.weight.T).all(dim=1))[0])
+        for c in attn.out_proj.weight.T
+    ]
+    assert len(set(c // head_dim for c in cols)) == kept  # whole heads
+    drop = torch.ones(heads * head_dim, dtype=torch.bool)
+    drop[cols] = False
+    with torch.no_grad():
+        masked.out_proj.weight[:, drop] = 0
+    model.attn = masked.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+@PROFILE
+@given(hidden=st.integers(1, 12), sparsity=SPARSITY, seed=st.integers(0, 1000))
+def test_ffn_prune_removes_whole_neurons_as_masking_them_does(hidden, sparsity, seed):
+    from modelzip.prune.heads import FFNPruneConfig
+
+    model, x = _block(2, 2, hidden, seed)
+    small, _ = modelzip.compress(
+        model, FFNPruneConfig(sparsity=sparsity), sample=x, measure=False, deploy=False
+    )
+    kept = max(1, hidden - round(sparsity * hidden))
+    up, down = small.mlp[0], small.mlp[2]
+    assert up.out_features == down.in_features == kept
+    rows = [int(torch.nonzero((model.mlp[0].weight == r).all(dim=1))[0]) for r in up.weight]
+    drop = torch.ones(hidden, dtype=torch.bool)
+    drop[rows] = False
+    with torch.no_grad():
+        model.mlp[0].weight[drop] = 0
+        model.mlp[0].bias[drop] = 0
+    with torch.inference_mode():
+        torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("sparsity", [-0.1, 1.0, 1.5])
