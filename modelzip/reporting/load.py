@@ -104,6 +104,9 @@ def _model_estimates(path: Path, accelerator: str) -> tuple[dict[str, Any], list
             {
                 "dataflow": flow,
                 "cycles": e.cycles,
+                # Without the DRAM stalls: a memory-bound model has the same cycles on every
+                # dataflow (the bandwidth sets them), its compute cycles still differ.
+                "compute_cycles": e.compute_cycles,
                 "energy": e.energy,
                 "total_energy": e.total_energy,
                 "utilization": e.utilization,

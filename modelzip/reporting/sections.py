@@ -217,6 +217,7 @@ def _dataflow_section(flows: list[dict[str, Any]]) -> Section:
         [
             f["dataflow"],
             _num(f["cycles"]),
+            _num(f.get("compute_cycles", f["cycles"])),
             _num(f["total_energy"]),
             f"{f['utilization']:.1%}",
             _num(f["dram_bytes"]),
@@ -229,7 +230,8 @@ def _dataflow_section(flows: list[dict[str, Any]]) -> Section:
         [f"Lowest energy: {best['dataflow']} (os/ws/is: systolic, SCALE-Sim; rs: Eyeriss)."],
         [
             Table(
-                ["dataflow", "cycles", f"energy ({unit})", "utilization", "DRAM bytes"],
+                ["dataflow", "cycles", "compute cycles", f"energy ({unit})", "utilization",
+                 "DRAM bytes"],  # fmt: skip
                 rows,
                 "the model under each dataflow",
             )
