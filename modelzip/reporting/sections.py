@@ -230,8 +230,14 @@ def _dataflow_section(flows: list[dict[str, Any]]) -> Section:
         [f"Lowest energy: {best['dataflow']} (os/ws/is: systolic, SCALE-Sim; rs: Eyeriss)."],
         [
             Table(
-                ["dataflow", "cycles", "compute cycles", f"energy ({unit})", "utilization",
-                 "DRAM bytes"],  # fmt: skip
+                [
+                    "dataflow",
+                    "cycles",
+                    "compute cycles",
+                    f"energy ({unit})",
+                    "utilization",
+                    "DRAM bytes",
+                ],
                 rows,
                 "the model under each dataflow",
             )
