@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from modelzip.core.registry import get_method
+from modelzip.models.torchvision_compat import import_torchvision
 from modelzip.data import Dataset, TextCorpus, load_dataset
 from modelzip.models import create
 
@@ -119,3 +120,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+# transformers imports torchvision when it is installed; the PyPI build's compiled ops do not load
+# beside the CPU torch, so declare them first (modelzip.models.torchvision_compat).
+try:
+    import_torchvision()
+except ImportError:
+    pass
