@@ -6,6 +6,7 @@ tests of the baseline cache point ``MODELZIP_CACHE`` at a temporary folder thems
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -17,9 +18,9 @@ import pytest
 import torch
 
 from modelzip.core.registry import get_method
-from modelzip.models.torchvision_compat import import_torchvision
 from modelzip.data import Dataset, TextCorpus, load_dataset
 from modelzip.models import create
+from modelzip.models.torchvision_compat import import_torchvision
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +125,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # transformers imports torchvision when it is installed; the PyPI build's compiled ops do not load
 # beside the CPU torch, so declare them first (modelzip.models.torchvision_compat).
-try:
+with contextlib.suppress(ImportError):
     import_torchvision()
-except ImportError:
-    pass
