@@ -173,9 +173,7 @@ def run_model(name: str, cells: tuple[str, ...] = CELLS) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as d:
             res = export_onnx(target, Path(d) / "m.onnx", sample)
         err = res.max_abs_error
-        if err is None or not math.isfinite(err) or err > 1e-3 * (
-            1 + float(ref.abs().max())
-        ):
+        if err is None or not math.isfinite(err) or err > 1e-3 * (1 + float(ref.abs().max())):
             return "FAIL", f"onnxruntime differs by {err}"
         which = "channel-pruned" if pruned is not None else "dense"
         return "pass", f"{which}, max |diff| {err:.1e}"
@@ -364,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         row = run_isolated(n, CELLS, args.timeout)
         done[n] = row
-        status = row.get("error") or " ".join(
-            f"{c}={row[c]['status']}" for c in CELLS if c in row
-        )
+        status = row.get("error") or " ".join(f"{c}={row[c]['status']}" for c in CELLS if c in row)
         print(f"{n:24s} {time.perf_counter() - t0:6.0f}s {status}", flush=True)
         # Written after every model: an interrupted run keeps what it measured (--resume).
         rows = sorted(done.values(), key=lambda r: r["model"])

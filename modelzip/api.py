@@ -93,8 +93,7 @@ def check_data_fits(model: nn.Module, data: Any) -> None:
         rows = getattr(embedding, "num_embeddings", None)
         if isinstance(rows, int) and data.vocab_size > rows:
             raise DataError(
-                f"data set {data.name!r} has {have}, but the model's embedding has "
-                f"{rows} rows"
+                f"data set {data.name!r} has {have}, but the model's embedding has {rows} rows"
             )
     else:
         return

@@ -47,8 +47,9 @@ from modelzip.core.compact_source import (
     compact_source,
     remember_source,
 )
-from modelzip.core.context import replace_module
+from modelzip.core.context import replace_module, weight_reader
 from modelzip.core.forms import candidates, declared_forms
+from modelzip.core.model_links import model_link, unlink
 from modelzip.core.module import CompressedModule
 from modelzip.core.timing import Timing, time_interleaved
 
@@ -243,8 +244,7 @@ def _chain(
 ) -> nn.Module:
     """Link static int8 layers (uint8 between them, residual adds in int8), kept if the model's
     output on the sample still agrees within the int8 tolerance."""
-    from modelzip.quantize.int8_chain import chain_static_int8, unchain
-
+    chain_static_int8, unchain = model_link("int8_chain")
     chained, links, why = chain_static_int8(model)
     if not links:
         report.int8_chain = "" if why.startswith("fewer") else why
@@ -294,9 +294,7 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             model = layer
             break
         replace_module(model, name, layer)
-    from modelzip.quantize.int8_chain import unchain
-
-    model = unchain(model)
+    model = unlink(model)
     for p in model.parameters():
         p.requires_grad_(True)
     if model.__dict__.pop(LAYOUT_ATTR, None) == "channels_last":
@@ -359,13 +357,15 @@ def _choose_layout(
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers that offer an executable form (their class declares one), outside compressed
     layers: a compressed layer is one unit, and the torch layers it is built of (a Tucker-2
-    conv's 1×1 factors, a pruned factor) are its own business."""
+    conv's 1×1 factors, a pruned factor) are its own business. Nor under a parent that reads the
+    layer's ``.weight`` instead of calling it (:data:`~modelzip.core.context.WEIGHT_READERS`):
+    a kernel form holds no dense weight for it to read."""
     out: list[tuple[str, nn.Module]] = []
     inside: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(prefix) for prefix in inside):
             continue
-        if declared_forms(module):
+        if declared_forms(module) and weight_reader(model, name) is None:
             out.append((name, module))
         if isinstance(module, CompressedModule) and module.leaf:
             inside.append(name + ".")

@@ -450,9 +450,9 @@ def _deploy_again(
         remember_source(new, layer, entry["deploy"])
         replace_module(model, name, new)
     if meta.get("int8_chain") is True:
-        from modelzip.quantize.int8_chain import chain_static_int8
+        from modelzip.core.model_links import model_link
 
-        model = chain_static_int8(model)[0]
+        model = model_link("int8_chain")[0](model)[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

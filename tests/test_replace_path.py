@@ -169,7 +169,10 @@ def test_model_scope_methods_under_a_weight_reader() -> None:
 
     config = GlobalPruneConfig(sparsity=0.5, select=linears)
     small, report = modelzip.compress(model, config, sample=x, measure=False)
-    assert len(report.layers) == 5 and not report.skipped
+    # linear1, linear2 and the attention's out_proj (a Linear subclass keeping Linear's forward)
+    # of both layers, and the head.
+    assert len(report.layers) == 7 and not report.skipped
     assert small.encoder.layers[0].linear1.weight.eq(0).any()
+    assert small.encoder.layers[1].self_attn.out_proj.weight.eq(0).any()
     fast, slow = _fast_and_slow(small, x)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

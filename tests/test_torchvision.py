@@ -5,6 +5,7 @@ lane (``make test-slow``, benchmarks/torchvision_matrix.py, docs/models.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -19,13 +20,23 @@ from modelzip.models.torchvision_compat import classification_models, import_tor
 from modelzip.prune.channels import ChannelPruneConfig
 from modelzip.quantize import Int8Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from torchvision_matrix import (
-    CELLS,
-    MIN_CHANNEL_REMOVAL,
-    conv_inputs_match,
-    run_model,
-)
+
+def _load_matrix():
+    """benchmarks/torchvision_matrix.py by file path: putting benchmarks/ on ``sys.path`` would let
+    ``import kernels`` (transformers' hub-kernels probe) find benchmarks/kernels.py."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "torchvision_matrix.py"
+    spec = importlib.util.spec_from_file_location("torchvision_matrix", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["torchvision_matrix"] = module  # spawned workers pickle its functions by name
+    spec.loader.exec_module(module)
+    return module
+
+
+_matrix = _load_matrix()
+CELLS = _matrix.CELLS
+MIN_CHANNEL_REMOVAL = _matrix.MIN_CHANNEL_REMOVAL
+conv_inputs_match = _matrix.conv_inputs_match
+run_model = _matrix.run_model
 
 tv = import_torchvision()
 
@@ -257,4 +268,3 @@ def test_matrix(name):
         assert entry["status"] in ("pass", "refused"), f"{name} {cell}: {entry['detail']}"
         if entry["status"] == "refused":
             assert entry["detail"], f"{name} {cell}: a refusal needs its reason"
-

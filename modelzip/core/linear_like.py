@@ -67,4 +67,3 @@ def linear_view(module: nn.Module) -> nn.Module:
     linear.weight.requires_grad_(weight.requires_grad)
     linear.train(module.training)
     return linear
-

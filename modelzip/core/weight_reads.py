@@ -21,16 +21,21 @@ from torch.utils._pytree import tree_flatten
 
 
 class _Watch(TorchFunctionMode):
-    def __init__(self, owner: dict[int, str], stack: list[str], reads: dict[str, str]) -> None:
+    def __init__(
+        self, owner: dict[int, tuple[str, ...]], stack: list[str], reads: dict[str, str]
+    ) -> None:
         super().__init__()
         self.owner, self.stack, self.reads = owner, stack, reads
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         for a in tree_flatten((args, kwargs))[0]:
-            name = self.owner.get(id(a)) if isinstance(a, torch.Tensor) else None
-            if name is not None and (not self.stack or self.stack[-1] != name):
-                self.reads.setdefault(name, self.stack[-1] if self.stack else "")
+            names = self.owner.get(id(a), ()) if isinstance(a, torch.Tensor) else ()
+            # A tied tensor (an output layer sharing its token embedding's weight) is read by a
+            # layer of its own when any of its holders is the innermost module running.
+            if names and (not self.stack or self.stack[-1] not in names):
+                for name in names:
+                    self.reads.setdefault(name, self.stack[-1] if self.stack else "")
         return func(*args, **kwargs)
 
 
@@ -44,10 +49,11 @@ def direct_weight_reads(model: nn.Module, sample: Any) -> dict[str, str]:
     The model runs once in eval mode without gradients (its training flags are restored); a model
     that fails on the sample gives an empty map (the caller's own run reports that failure).
     """
-    owner: dict[int, str] = {}
-    for name, m in model.named_modules():
+    holders: dict[int, list[str]] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
         for p in m.parameters(recurse=False):
-            owner.setdefault(id(p), name)
+            holders.setdefault(id(p), []).append(name)
+    owner = {k: tuple(v) for k, v in holders.items()}
     if not owner or sample is None:
         return {}
     stack: list[str] = []

@@ -243,6 +243,17 @@ def plan_channels(
     return graph, keep
 
 
+def _refer_transformers(model: nn.Module, why: str) -> None:
+    """Raise ``why`` pointing at head_prune/ffn_prune when ``model`` has transformer blocks."""
+    from modelzip.prune.heads import attention_blocks, ffn_blocks
+
+    if attention_blocks(model) or ffn_blocks(model):
+        raise ModelError(
+            f"{why}; for a transformer, head_prune and ffn_prune remove attention heads and "
+            "feed-forward neurons without tracing"
+        ) from None
+
+
 @register_method(
     ChannelPruneConfig,
     family="prune",
@@ -259,16 +270,13 @@ def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) ->
     try:
         graph, keep = plan_channels(model.eval(), config, ctx.sample, ctx)
     except ModelError as e:
-        from modelzip.prune.heads import attention_blocks, ffn_blocks
-
-        if attention_blocks(model) or ffn_blocks(model):
-            raise ModelError(
-                f"{e}; for a transformer, head_prune and ffn_prune remove attention heads and "
-                "feed-forward neurons without tracing"
-            ) from None
+        _refer_transformers(model, str(e))
         raise
     finally:
         model.train(was_training)
+    if config.sparsity > 0 and graph.opaque and not keep:
+        opaque = ", ".join(repr(n or "the model") for n in list(graph.opaque)[:3])
+        _refer_transformers(model, f"channel_prune cannot trace {opaque} (torch.fx)")
     # Coupled layers are resized together (no one of them may be refused), so each is recorded.
     for name, (old, new) in remove_channels(model, graph, keep).items():
         note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"

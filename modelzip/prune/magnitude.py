@@ -37,9 +37,12 @@ def as_masked(module: nn.Module) -> _Masked:
     """The masked form of a ``Linear``/``Conv2d`` (the layer itself if already masked)."""
     if isinstance(module, _Masked):
         return module
-    if type(module) in _MASKED:
+    # A subclass that keeps its base's forward (MultiheadAttention's out_proj, a
+    # NonDynamicallyQuantizableLinear) computes what its base does; one that overrides it does not.
+    base = next((b for b in type(module).__mro__ if b in _MASKED), None)
+    if base is not None and type(module).forward is base.forward:
         try:
-            return _MASKED[type(module)].from_dense(module)
+            return _MASKED[base].from_dense(module)
         except ValueError as e:
             raise SkipLayer(str(e)) from None
     from modelzip.core.module import CompressedModule

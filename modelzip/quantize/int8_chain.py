@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modelzip.core.compact_source import CHAIN_ATTR
+from modelzip.core.model_links import register_link
 
 #: On a static int8 layer: ``(scale, zero, qmax)`` of the grid its output is written on.
 EMIT_ATTR = "_modelzip_int8_emit"
@@ -240,6 +241,8 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
         model = traced
     return model, links + len(adds), ""
 
+
+register_link("int8_chain", chain_static_int8, unchain)
 
 __all__ = [
     "EAGER_ATTR",
