@@ -164,9 +164,23 @@ def test_roofline_can_say_memory() -> None:
     assert points["fc"].achieved <= points["fc"].attainable * 1.001
 
 
-def test_recurrent_and_grouped_layers_scale(layers) -> None:
+def test_recurrent_and_grouped_layers_scale() -> None:
     spec = get_accelerator("os")
     w = Workload("g", "conv", "Conv2d", N=1, C=8, K=8, R=3, S=3, P=14, Q=14, H=16, W=16)
     one = dram_traffic(w, spec, "os", 16, 16)
     four = dram_traffic(dataclasses.replace(w, groups=4), spec, "os", 16, 16)
     assert four.ifmap_reads == 4 * one.ifmap_reads and four.filter_reads == 4 * one.filter_reads
+    # Recurrent steps: every step streams its inputs and outputs; the weights are fetched once
+    # while they fit in the filter buffer, and once per step when they do not.
+    cell = Workload("r", "linear", "Linear", N=1, C=256, K=256, R=1, S=1, P=1, Q=1, H=1, W=1)
+    big = dataclasses.replace(spec, filter_sram_kb=1024)  # 128 kB of 16-bit weights fit
+    once = dram_traffic(cell, big, "os", 16, 16)
+    steps = dram_traffic(dataclasses.replace(cell, time_steps=10), big, "os", 16, 16)
+    assert (
+        steps.ifmap_reads == 10 * once.ifmap_reads and steps.ofmap_writes == 10 * once.ofmap_writes
+    )
+    assert steps.filter_reads == once.filter_reads
+    tiny = dataclasses.replace(spec, filter_sram_kb=4)  # 128 kB of weights no longer fit
+    small_once = dram_traffic(cell, tiny, "os", 16, 16)
+    small_steps = dram_traffic(dataclasses.replace(cell, time_steps=10), tiny, "os", 16, 16)
+    assert small_steps.filter_reads == 10 * small_once.filter_reads

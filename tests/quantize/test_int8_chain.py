@@ -65,7 +65,8 @@ def test_resnet_adds_run_in_int8_and_the_file_loads_chained(tmp_path):
     assert isinstance(small, fx.GraphModule)  # residual adds rewritten to quantized adds
     assert "quantized_add" in small.code
     seen = _quantized_inputs(small, x)
-    assert sum(seen.values()) >= len(seen) - 1  # all but the stem read uint8
+    assert len(seen) == 10  # every conv, shortcut and fc is a static int8 layer
+    assert [n for n, q in seen.items() if not q] == ["conv1"]  # all but the stem read uint8
     with torch.inference_mode():
         got, fp = small(x), dense(x)
     assert float((got - fp).abs().max()) <= 0.1 * float(fp.abs().max())
@@ -109,6 +110,7 @@ def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
 
     x = torch.randn(16, 6)
     small, _ = modelzip.compress(Shared().eval(), STATIC, sample=x, measure=False, evaluate=False)
+    assert isinstance(small.l, StaticInt8Linear) and isinstance(small.out, StaticInt8Linear)
     assert EMIT_ATTR not in small.l.__dict__
 
     class Branchy(nn.Module):
