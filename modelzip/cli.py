@@ -387,6 +387,15 @@ def _model_command(
     return p
 
 
+def _dataset_args(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """``--dataset`` (its default named in the help) and ``--image-size`` for image folders."""
+    p.add_argument("--dataset", help=DATASET_HELP + (f" (default: {default})" if default else ""))
+    p.add_argument(
+        "--image-size", type=int, metavar="N",
+        help="for a folder of images: resize and center-crop to N x N (default 224)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modelzip", description="Make neural networks smaller and faster, and measure it."
@@ -398,14 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = _model_command(sub, "train", "train a model and save it", cmd_train)
-    p.add_argument(
-        "--dataset",
-        help=DATASET_HELP + " (default: the model's own)",
-    )
-    p.add_argument(
-        "--image-size", type=int, metavar="N",
-        help="for a folder of images: resize and center-crop to N x N (default 224)",
-    )  # fmt: skip
+    _dataset_args(p, default="the model's own")
     p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed")
@@ -418,14 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _model_command(sub, "eval", "test accuracy, size, MACs and latency", cmd_eval)
     p.add_argument("--weights", help="weights file (.safetensors, .pt, .mzip)")
-    p.add_argument(
-        "--dataset",
-        help=DATASET_HELP + "",
-    )
-    p.add_argument(
-        "--image-size", type=int, metavar="N",
-        help="for a folder of images: resize and center-crop to N x N (default 224)",
-    )  # fmt: skip
+    _dataset_args(p)
     _flags(p, "--no-latency", "--json", "--quiet")
 
     p = _model_command(sub, "inspect", "per-layer parameters, MACs and bytes", cmd_inspect)
@@ -441,14 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=MAX_RECIPE_STEPS, metavar="N",
         help=f"refuse a recipe of more steps than this (default {MAX_RECIPE_STEPS})",
     )  # fmt: skip
-    p.add_argument(
-        "--dataset",
-        help=DATASET_HELP + " (default: the model's own)",
-    )
-    p.add_argument(
-        "--image-size", type=int, metavar="N",
-        help="for a folder of images: resize and center-crop to N x N (default 224)",
-    )  # fmt: skip
+    _dataset_args(p, default="the model's own")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs")
     p.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--out", required=True, help="output file (.mzip)")
