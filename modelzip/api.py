@@ -399,7 +399,9 @@ def compress(
     else:
         work, chosen = materialize(work, sample, inplace=True)
         deployment = chosen.rows()
-        deploy_note = f"int8 chain: {chosen.int8_chain}" if chosen.int8_chain else ""
+        deploy_note = chosen.note or (
+            f"int8 chain: {chosen.int8_chain}" if chosen.int8_chain else ""
+        )
     after = model_stats(work, sample, data=eval_data, measure=False)
     if timed:
         assert reference is not None

@@ -51,6 +51,7 @@ from modelzip.core.context import replace_module, weight_reader
 from modelzip.core.forms import candidates, declared_forms
 from modelzip.core.model_links import model_link, unlink
 from modelzip.core.module import CompressedModule
+from modelzip.core.running import model_device
 from modelzip.core.timing import Timing, time_interleaved
 
 # Relative tolerance (to the output's largest magnitude) per kind of kernel: integer kernels are
@@ -84,6 +85,8 @@ class MaterializeReport:
     #: Static int8 layers and adds passing uint8 on (:mod:`modelzip.quantize.int8_chain`).
     int8_links: int = 0
     int8_chain: str = ""
+    #: Why nothing was deployed, when nothing could be (a model off the CPU).
+    note: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         return [dataclasses.asdict(layer) for layer in self.layers]
@@ -97,6 +100,8 @@ class MaterializeReport:
         lines.append(f"memory layout: {self.layout} ({self.layout_reason})")
         if self.int8_chain:
             lines.append(f"int8 chain: {self.int8_chain}")
+        if self.note:
+            lines.append(self.note)
         if self.max_rel_error is not None:
             lines.append(f"model output: max relative error {self.max_rel_error:.2e}")
         return "\n".join(lines)
@@ -204,6 +209,10 @@ def materialize(
         )
     model = model if inplace else copy.deepcopy(model)
     model.eval()
+    device = model_device(model)
+    if device.type != "cpu":  # the kernels (Numba, the native builds) run on the CPU alone
+        note = f"not deployed: the model is on {device.type}; modelzip's kernels run on the CPU"
+        return model, MaterializeReport([], note=note)
     inputs: dict[str, torch.Tensor] = {}
     args = sample if isinstance(sample, tuple) else (sample,)
     ref = None

@@ -208,3 +208,17 @@ def test_the_command_sets_passive_openmp_waits_before_torch_loads(argv0, expecte
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == expected
+
+
+def test_a_model_off_the_cpu_keeps_its_compressed_forms(lenet) -> None:
+    """The kernels run on the CPU alone: a model elsewhere (here the meta device, standing in for
+    a GPU) is left in its compressed forms, and the report says why."""
+    from modelzip.deploy import materialize
+
+    model, x = lenet
+    small, _ = modelzip.compress(model, PRUNE, sample=x, measure=False, deploy=False)
+    elsewhere = small.to("meta")
+    out, report = materialize(elsewhere, x.to("meta"))
+    assert isinstance(out.fc1, MaskedLinear) and not is_deployed(out)
+    assert report.layers == [] and "the model is on meta" in report.note
+    assert "the model is on meta" in str(report)

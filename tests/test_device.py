@@ -1,8 +1,8 @@
 """Device-agnostic compression: a model on CUDA compresses, runs, trains and saves on CUDA.
 
 These run only where a GPU is present (CI has none; the project's GPU checks run them on a lent
-machine, see NOTES in BENCHMARKS.md); everything they exercise also runs on the CPU in the other
-test files.
+machine, see "Device checks" in BENCHMARKS.md); everything they exercise also runs on the CPU in
+the other test files.
 """
 
 from __future__ import annotations

@@ -30,6 +30,19 @@ def eval_inference(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Within the block, CUDA convs and matmuls compute in full float32, not TF32 (on by default
+    for cuDNN convs): a check that two models compute the same must not see TF32's 1e-3 error."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 def run_hooked(
     model: nn.Module,
     sample: Any,

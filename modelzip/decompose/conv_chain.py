@@ -151,9 +151,14 @@ class ConvChain(CompressedModule):
         }
 
     def to_dense(self) -> nn.Conv2d:
-        bias = self.output_bias()
-        dense = self.geometry.dense(bias is not None, padding_mode=self.padding_mode)
-        return load_dense(dense, self.kernel(), bias)  # type: ignore[return-value]
+        bias, kernel = self.output_bias(), self.kernel()
+        dense = self.geometry.dense(
+            bias is not None,
+            padding_mode=self.padding_mode,
+            device=kernel.device,
+            dtype=kernel.dtype,
+        )
+        return load_dense(dense, kernel, bias)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for part in self.parts:

@@ -18,7 +18,7 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import register_method
-from modelzip.core.running import eval_inference
+from modelzip.core.running import eval_inference, full_float32
 from modelzip.quantize.bn import fold_bn
 
 
@@ -31,7 +31,7 @@ class FoldBNConfig(MethodConfig):
 
 
 def _outputs(model: nn.Module, sample: torch.Tensor) -> torch.Tensor:
-    with eval_inference(model):
+    with eval_inference(model), full_float32():
         return model(sample)
 
 
