@@ -96,15 +96,23 @@ def affine_or_table(
 
 
 def with_zeros(coded: CodedWeight, kept: torch.Tensor) -> CodedWeight:
-    """``coded`` with the weights where ``kept`` (rows) is False decoding to exactly zero: a table
-    with 0 prepended, codes shifted by one where kept (one more bit when the codes fill theirs)."""
+    """``coded`` with the weights where ``kept`` (rows) is False decoding to exactly zero.
+
+    A grid or table that holds an exact zero gives the pruned weights its code (no extra bit);
+    otherwise 0 is prepended to a table and the kept codes move up by one.
+    """
+    if coded.zero_point is not None:  # code == zero point decodes to exactly 0
+        zero = coded.zero_point[:, None].expand_as(coded.codes)
+        return dataclasses.replace(coded, codes=torch.where(kept, coded.codes, zero))
+    if coded.levels is not None and bool((coded.levels == 0).any(dim=1).all()):
+        zero = (coded.levels == 0).float().argmax(dim=1)[:, None].expand_as(coded.codes)
+        return dataclasses.replace(coded, codes=torch.where(kept, coded.codes, zero))
     if coded.levels is not None:
         table = coded.levels
     else:
-        assert coded.scale is not None
+        assert coded.scale is not None and coded.offset is not None
         k = torch.arange(2**coded.bits, dtype=torch.float32)
-        base = coded.offset if coded.offset is not None else -coded.scale * coded.zero_point
-        table = base[:, None] + coded.scale[:, None] * k
+        table = coded.offset[:, None] + coded.scale[:, None] * k
     table = torch.cat([torch.zeros(table.shape[0], 1), table], dim=1)
     codes = torch.where(kept, coded.codes + 1, torch.zeros_like(coded.codes))
     bits = max(1, math.ceil(math.log2(table.shape[1])))
