@@ -21,22 +21,15 @@ from modelzip.export.coded import (
     coded_rows,
     with_zeros,
 )
-
-#: Set on the module a converter returns: how the layer is written (read by export results).
-EXPORT_FORM = "_modelzip_export_form"
+from modelzip.export.forms import mark
 
 
 def _module(layer: Any, coded: CodedWeight) -> nn.Module:
     if coded.bits > MAX_CODE_BITS:
-        dense = layer.to_dense()
-        dense.__dict__[EXPORT_FORM] = (
-            f"dense float: {coded.bits}-bit codes are wider than the {MAX_CODE_BITS} bits "
-            "the exporter traces as codes"
-        )
-        return dense
+        why = f"{coded.bits}-bit codes are wider than the {MAX_CODE_BITS} bits traced as codes"
+        return mark(layer.to_dense(), f"dense float: {why}")
     module = CodedWeightModule(coded, layer.bias, getattr(layer, "geometry", None))
-    module.__dict__[EXPORT_FORM] = coded.describe()
-    return module
+    return mark(module, coded.describe())
 
 
 def quant_format_coded(layer: Any) -> nn.Module:

@@ -30,7 +30,7 @@ from torch import nn
 from modelzip.core.compact_source import compact_source
 from modelzip.core.errors import ModelError
 from modelzip.core.module import CompressedModule
-from modelzip.export.coded_layers import EXPORT_FORM
+from modelzip.export.forms import form_of
 
 Converter = Callable[[Any], nn.Module]
 
@@ -98,7 +98,7 @@ def _convert(module: nn.Module, name: str, forms: dict[str, str]) -> nn.Module |
     if path == "converted":
         converter = type(module).onnx_export.removeprefix("converter:")  # type: ignore[attr-defined]
         new = converters()[converter](module)
-        forms[name] = new.__dict__.get(EXPORT_FORM, f"converted ({converter})")
+        forms[name] = form_of(new, f"converted ({converter})")
         return new
     raise ModelError(
         f"layer {name!r} ({type(module).__name__}) cannot be exported to ONNX: "
