@@ -128,3 +128,30 @@ def test_a_layer_without_a_compact_form_is_dense_with_its_reason(tmp_path: Path)
     assert set(dense) == {"fc1", "fc2", "fc3"}
     assert all("no sparse weight type" in why for why in dense.values()), dense
     assert result.to_dict()["layers"] == result.layers  # the reasons reach --json
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        {"method": "quantize_weights", "bits": 4, "granularity": "group", "group_size": 64},
+        {"method": "quantize_weights", "bits": 2, "levels": "log2", "granularity": "tensor"},
+    ],
+    ids=["group4", "log2_tensor"],
+)
+def test_coded_convolutions_keep_their_codes(step: dict) -> None:
+    # LeNet-5's conv2 rows hold 500 weights: groups of 64 pad each channel's last group.
+    sample = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(0)
+    small, _ = compress(
+        create("lenet5").eval(), Recipe.from_list([step]), sample=sample, evaluate=False,
+        measure=False,
+    )  # fmt: skip
+    forms: dict[str, str] = {}
+    data = to_onnx_bytes(small.eval(), sample, forms=forms)
+    assert {"conv1", "conv2"} <= set(forms) and not any("dense" in f for f in forms.values())
+    sizes = _initializer_sizes(data)
+    narrow = onnx.TensorProto.UINT4 if step["bits"] == 4 else onnx.TensorProto.UINT2
+    assert sizes.get(narrow, 0) >= _weights("lenet5")
+    assert sizes.get(_FLOAT, 0) < 0.05 * _weights("lenet5")
+    assert "Conv" in {n.op_type for n in onnx.load_from_string(data).graph.node}
+    _assert_matches(small.eval(), data)
