@@ -61,7 +61,7 @@ class CompressedEmbedding(CompressedModule):
     """``nn.Embedding`` looking rows up in the weight of a compressed Linear-shaped ``table``."""
 
     stands_for: ClassVar[str] = "Embedding"
-    onnx_export = "dense"
+    onnx_export = "dense: the lookup is a Gather on the decoded float table"
 
     def __init__(self, table: nn.Module, padding_idx: int | None = None) -> None:
         super().__init__()

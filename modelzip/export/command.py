@@ -14,7 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="weights file")
     p.add_argument("--format", choices=FORMATS, default="onnx", help="output format (onnx)")
     p.add_argument("--out", required=True, help="output file (.onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument(
+        "--opset", type=int, default=None,
+        help="ONNX opset (default 17; 21 or 25 when 4-bit or 2-bit codes are stored as such)",
+    )  # fmt: skip
     p.add_argument("--input-shape", help="one input's shape, e.g. 1,28,28 (zoo models know it)")
     p.add_argument("--batch", type=int, default=1, help="batch to trace and check with")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -29,10 +32,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from modelzip.model_source import load_model, sample_batch
 
     for flag, value, low, high in (
-        ("--opset", args.opset, 13, 21),
+        ("--opset", args.opset, 13, 25),
         ("--batch", args.batch, 1, 65536),
     ):
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise ConfigError(f"{flag}={value} is out of range; allowed [{low}, {high}]")
     model = load_model(args.model, args.weights, pretrained=False)
     sample = sample_batch(model, args.input_shape, args.batch)
@@ -47,4 +50,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"wrote {result.path} ({result.file_bytes:,} bytes, opset {result.opset}{error})")
     print("ops: " + ", ".join(result.op_types))
+    for name, form in result.dense_layers().items():  # the file is as large as these layers
+        print(f"{name}: {form}")
     return 0

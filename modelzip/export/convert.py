@@ -5,10 +5,12 @@ Every compressed layer class says how it exports in its ``onnx_export`` class at
 
 * ``traced``: its forward is already a chain of plain layers (the factors of SVD, Tucker-2, CP,
   the compact blocks), traced as consecutive ``Conv``/``Gemm``/``MatMul`` nodes;
-* ``dense``: its output equals ``to_dense()``'s (masked and sparse layers keep their zeros in a
-  dense weight; multi-bit and fake-quantized weights are dequantized);
+* ``dense`` or ``dense: why``: its output equals ``to_dense()``'s (masked and sparse layers keep
+  their zeros in a dense float weight; fake-quantized weights are dequantized); the reason is
+  reported with the export, because the file is then as large as the uncompressed layer's;
 * ``converter:NAME``: one of the converters below turns it into exportable modules (int8 layers
-  become QDQ/integer ops, :mod:`.qdq`; tensor-network layers matmul chains, :mod:`.contraction`);
+  become QDQ/integer ops, :mod:`.qdq`; k-bit and shared weights code tensors, :mod:`.coded`;
+  tensor-network layers matmul chains, :mod:`.contraction`);
 * ``refused: why``, for layers whose computation has no faithful ONNX form.
 
 A class that declares nothing inherits the refusal: exporting it unchecked could write a file
@@ -28,6 +30,7 @@ from torch import nn
 from modelzip.core.compact_source import compact_source
 from modelzip.core.errors import ModelError
 from modelzip.core.module import CompressedModule
+from modelzip.export.forms import form_of
 
 Converter = Callable[[Any], nn.Module]
 
@@ -44,6 +47,7 @@ def _factor_pruned(layer: Any) -> nn.Module:
 
 def converters() -> dict[str, Converter]:
     """The converters a layer class may name in ``onnx_export = "converter:NAME"``."""
+    from modelzip.export.coded_layers import quant_format_coded, shared_format_coded
     from modelzip.export.contraction import MatMulFactorizedLinear, MatMulTTConv2d
     from modelzip.export.qdq import QDQConv2d, QDQLinear
 
@@ -53,14 +57,18 @@ def converters() -> dict[str, Converter]:
         "matmul_factorized": MatMulFactorizedLinear,
         "matmul_tt_conv2d": MatMulTTConv2d,
         "factor_pruned": _factor_pruned,
+        "coded_quant": quant_format_coded,
+        "coded_shared": shared_format_coded,
     }
 
 
 def export_path(module: nn.Module) -> str:
     """How ``module`` exports: ``"traced"``, ``"dense"``, ``"converted"`` or ``"refused: why"``."""
     declared = getattr(type(module), "onnx_export", "")
-    if declared in ("traced", "dense"):
+    if declared == "traced":
         return declared
+    if declared == "dense" or declared.startswith("dense: "):
+        return "dense"
     if declared.startswith("converter:"):
         name = declared.removeprefix("converter:")
         if name in converters():
@@ -71,30 +79,43 @@ def export_path(module: nn.Module) -> str:
     return "refused: modelzip has no ONNX export path for this layer class"
 
 
-def _convert(module: nn.Module, name: str) -> nn.Module | None:
-    """The export form of the compressed layer ``name`` (None: ``traced``, export it as it is)."""
+def dense_reason(module: nn.Module) -> str:
+    """Why a ``dense`` layer is written as a float weight (its class's ``dense: why``)."""
+    declared = getattr(type(module), "onnx_export", "")
+    return declared.removeprefix("dense: ") if declared.startswith("dense: ") else "declared dense"
+
+
+def _convert(module: nn.Module, name: str, forms: dict[str, str]) -> nn.Module | None:
+    """The export form of the compressed layer ``name`` (None: ``traced``, export it as it is);
+    how it is written goes to ``forms[name]``."""
     path = export_path(module)
     if path == "traced":
+        forms[name] = "traced: its own chain of small layers"
         return None
     if path == "dense":
+        forms[name] = f"dense float: {dense_reason(module)}"
         return module.to_dense()  # type: ignore[operator]
     if path == "converted":
-        name = type(module).onnx_export.removeprefix("converter:")  # type: ignore[attr-defined]
-        return converters()[name](module)
+        converter = type(module).onnx_export.removeprefix("converter:")  # type: ignore[attr-defined]
+        new = converters()[converter](module)
+        forms[name] = form_of(new, f"converted ({converter})")
+        return new
     raise ModelError(
         f"layer {name!r} ({type(module).__name__}) cannot be exported to ONNX: "
         f"{path.removeprefix('refused: ')}"
     )
 
 
-def exportable(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` in which every compressed layer is replaced by its export form.
+def exportable(model: nn.Module, forms: dict[str, str] | None = None) -> nn.Module:
+    """A copy of ``model`` in which every compressed layer is replaced by its export form;
+    ``forms`` (if given) receives, per compressed layer name, how it is written.
 
     Raises
     ------
     ModelError
         Naming the first layer that cannot be exported and why.
     """
+    forms = {} if forms is None else forms
     work = copy.deepcopy(model).eval()
     replaced: list[str] = []
     for name, module in list(work.named_modules()):
@@ -112,7 +133,7 @@ def exportable(model: nn.Module) -> nn.Module:
         if not isinstance(module, CompressedModule):
             continue
         replaced.append(name)
-        new = _convert(module, name)
+        new = _convert(module, name, forms)
         if new is None:
             continue
         if not name:  # the model itself is one compressed layer

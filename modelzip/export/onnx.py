@@ -20,8 +20,12 @@ from modelzip.core.atomic import write_bytes
 from modelzip.core.errors import ModelError, ModelzipError
 from modelzip.core.running import eval_inference
 from modelzip.export.convert import exportable
+from modelzip.export.subbyte import marked_bits, opset_for, store_narrow_codes
 
+#: The opset of a file without narrow codes; with them, the lowest opset that stores them.
 DEFAULT_OPSET = 17
+#: The newest opset torch's TorchScript exporter writes; higher ones are converted by onnx.
+_TRACE_MAX_OPSET = 20
 
 
 @dataclasses.dataclass
@@ -33,6 +37,12 @@ class ExportResult:
     opset: int
     op_types: list[str]
     max_abs_error: float | None  # onnxruntime against PyTorch on the sample; None: not checked
+    # How each compressed layer is written ("4-bit codes → DequantizeLinear", "dense float: why").
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def dense_layers(self) -> dict[str, str]:
+        """The compressed layers written as float weights, with the reason."""
+        return {k: v for k, v in self.layers.items() if v.startswith("dense float")}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -50,11 +60,21 @@ def _require(module: str) -> Any:
 
 
 def to_onnx_bytes(
-    model: nn.Module, sample: torch.Tensor, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True
+    model: nn.Module,
+    sample: torch.Tensor,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    forms: dict[str, str] | None = None,
 ) -> bytes:
-    """The serialized ONNX model of ``model`` traced on ``sample`` (compressed layers converted)."""
+    """The serialized ONNX model of ``model`` traced on ``sample`` (compressed layers converted).
+
+    ``opset`` None: :data:`DEFAULT_OPSET`, or 21 (25) when the model holds 4-bit (2-bit) codes,
+    the first opsets that store them in their own width. ``forms`` receives how each compressed
+    layer is written.
+    """
     onnx = _require("onnx")
-    work = exportable(model)
+    work = exportable(model, forms)
+    trace_opset = min(opset or DEFAULT_OPSET, _TRACE_MAX_OPSET)
     buffer = io.BytesIO()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     try:
@@ -65,7 +85,7 @@ def to_onnx_bytes(
                 (sample,),
                 buffer,
                 dynamo=False,
-                opset_version=opset,
+                opset_version=trace_opset,
                 input_names=["input"],
                 output_names=["output"],
                 dynamic_axes=axes,
@@ -77,6 +97,14 @@ def to_onnx_bytes(
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelError(f"torch.onnx.export failed: {type(e).__name__}: {first}") from None
     data = buffer.getvalue()
+    proto = onnx.load_from_string(data)
+    bits = marked_bits(proto)
+    target = opset_for(bits, opset, DEFAULT_OPSET)
+    if bits or target != trace_opset:
+        try:
+            data = store_narrow_codes(proto, target).SerializeToString()
+        except Exception as e:  # the version converter's errors name no layer; say what failed
+            raise ModelError(f"raising the ONNX graph to opset {target} failed: {e}") from None
     try:
         onnx.checker.check_model(onnx.load_from_string(data))
     except Exception as e:
@@ -99,7 +127,7 @@ def export_onnx(
     path: str | Path,
     sample: torch.Tensor,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     dynamic_batch: bool = True,
     check: bool = True,
 ) -> ExportResult:
@@ -117,12 +145,15 @@ def export_onnx(
         A layer without an export path (named, with the reason), or a failed trace.
     """
     onnx = _require("onnx")
-    data = to_onnx_bytes(model, sample, opset, dynamic_batch)
+    forms: dict[str, str] = {}
+    data = to_onnx_bytes(model, sample, opset, dynamic_batch, forms)
     error = None
     if check:
         with eval_inference(model):
             ref = model(sample).float().cpu()
         error = float((run_onnx(data, sample) - ref).abs().max())
     write_bytes(path, data)
-    ops = sorted({n.op_type for n in onnx.load_from_string(data).graph.node})
-    return ExportResult(str(path), len(data), opset, ops, error)
+    proto = onnx.load_from_string(data)
+    ops = sorted({n.op_type for n in proto.graph.node})
+    written = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return ExportResult(str(path), len(data), written, ops, error, forms)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import modelzip.kernels.isa as isa
+from modelzip.export.forms import mark
 
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _UINT8 = 2  # onnx.TensorProto.UINT8
@@ -122,6 +123,7 @@ class QDQLinear(nn.Module):
         super().__init__()
         self.layer = layer
         self.activations = getattr(layer, "activations", "float")
+        mark(self, f"int8 codes → DequantizeLinear ({self.activations} activations)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
@@ -146,6 +148,8 @@ class QDQConv2d(nn.Module):
         super().__init__()
         self.layer = layer
         self.static = getattr(layer, "activations", "float") == "static"
+        mark(self, f"int8 codes → DequantizeLinear ({getattr(layer, 'activations', 'float')} "
+                   "activations)")  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer

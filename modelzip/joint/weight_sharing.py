@@ -169,7 +169,8 @@ class SharedFormat(WeightFormat):
     table of ``2^bits`` ``centroids``; stored as the mask's bits, the kept indices packed to
     ``bits`` bits and the table. The weight is ``C[codes] ⊙ mask``."""
 
-    onnx_export = "dense"
+    # Cluster indices into the centroid table (GatherElements), export/coded.py.
+    onnx_export = "converter:coded_shared"
     executable_forms = ("dense",)  # centroids decoded once: the float product, no lookups
 
     codes: torch.Tensor

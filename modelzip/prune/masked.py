@@ -38,7 +38,7 @@ class MaskFormat(WeightFormat):
     """Storage: a trainable dense ``weight`` and a boolean ``mask``; saved as the kept values
     and the mask's bits."""
 
-    onnx_export = "dense"
+    onnx_export = "dense: ONNX has no sparse weight type; the zeros stay in a float weight"
     executable_forms = ("dense", "sparse")
 
     weight: nn.Parameter

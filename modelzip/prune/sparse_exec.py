@@ -76,7 +76,7 @@ class SparseFormat(WeightFormat):
     """Storage: the weight as an ``out × fan_in`` matrix, in CSR or BSR arrays (row pointers,
     column indices, kept values), or dense; multiplied by the ``executor``'s kernels."""
 
-    onnx_export = "dense"
+    onnx_export = "dense: ONNX has no sparse weight type; the zeros stay in a float weight"
 
     def _init_format(
         self,

@@ -88,7 +88,11 @@ class FakeQuantFormat(WeightFormat):
     """Storage: the float ``weight`` trained through a straight-through quantizer (TTQ: also its
     learned scales ``wp``, ``wn``), and the PACT quantizer ``act`` of the inputs, if any."""
 
-    onnx_export = "dense"
+    # A training-time layer: its state is the float latent weight (deploy for packed codes).
+    onnx_export = (
+        "dense: a training-time fake-quantized layer holds float latent weights; "
+        "export the deployed model for packed codes"
+    )
     weight: nn.Parameter
 
     def _init_format(

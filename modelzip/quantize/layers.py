@@ -39,7 +39,8 @@ __all__ = [
 class QuantFormat(WeightFormat):
     """Storage: ``bits``-bit packed codes and per-group levels (an affine map or a table)."""
 
-    onnx_export = "dense"
+    # The codes stay codes in the file: uint4/uint2 DequantizeLinear or a table (export/coded.py).
+    onnx_export = "converter:coded_quant"
     # 1-bit codes run as BWN/XNOR, codes on an int8 grid through the int8 kernels, or the plain
     # float product of the decoded weight, whichever is measured fastest.
     executable_forms = ("dense", "binary", "int8_codes")

@@ -93,7 +93,10 @@ class XNORFormat(WeightFormat):
     """
 
     # to_dense() computes the same with plain ops (sign, Conv/Gemm, the scale): ONNX has them.
-    onnx_export = "dense"
+    onnx_export = (
+        "dense: the weight α·sign(W) is written as float (1-bit codes for XNOR layers, whose "
+        "latent weight is the state, are not exported yet)"
+    )
     # The dense product of ±1 inputs, or the bit-packed XNOR-popcount kernel (last, so
     # ``materialize(choose="compressed")`` takes it).
     executable_forms = ("dense", "xnor_net")

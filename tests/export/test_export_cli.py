@@ -43,7 +43,7 @@ def test_export_command_errors_are_one_line(tmp_path: Path, capsys) -> None:
     path, _ = _saved(tmp_path)
     assert main(["export", str(path), "--out", str(tmp_path / "m.onnx"), "--opset", "9"]) == 2
     err = capsys.readouterr().err
-    assert err == "error: --opset=9 is out of range; allowed [13, 21]\n"
+    assert err == "error: --opset=9 is out of range; allowed [13, 25]\n"
     assert main(["export", str(tmp_path / "missing.mzip"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert capsys.readouterr().err.startswith("error: no such file")
     assert not (tmp_path / "m.onnx").exists()

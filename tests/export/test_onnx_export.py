@@ -236,11 +236,25 @@ def test_every_method_exports_or_says_why(method: str, model_for_method) -> None
     model, sample = model_for_method(method)
     spec = get_method(method)
     small, _ = compress(model, spec.example, sample=sample, evaluate=False, measure=False)
+    forms: dict[str, str] = {}
     try:
-        data = to_onnx_bytes(small, sample)
+        data = to_onnx_bytes(small, sample, forms=forms)
     except ModelError as e:
         assert "cannot be exported" in str(e)
         return
+    coded = {
+        name
+        for name, m in small.named_modules()
+        if getattr(type(m), "onnx_export", "").startswith("converter:coded_")
+    }
+    # Layers that store codes keep them in the file; a float weight comes with its reason.
+    for name, form in forms.items():
+        if form.startswith("dense float"):
+            assert name not in coded and len(form.removeprefix("dense float: ")) > 10, form
+    if coded:
+        narrow = {onnx.TensorProto.UINT2, onnx.TensorProto.UINT4, onnx.TensorProto.UINT8}
+        codes = [i for i in onnx.load_from_string(data).graph.initializer if i.data_type in narrow]
+        assert len(codes) >= len(coded), forms
     with torch.no_grad():
         ref = trainable(small).eval()(sample)  # the file holds the compressed layers
     ref = ref[0] if isinstance(ref, tuple) else ref
