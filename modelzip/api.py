@@ -275,8 +275,31 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
             ctx.replace(other_name, other, method=config.method, note=note, tied=True)
 
 
+def _unmatched_select(model: nn.Module, config: MethodConfig) -> str | None:
+    """Why ``config``'s own ``select`` (types, names or exclusions it names) picks no layer of
+    ``model``, or None when it picks some or names nothing (the method's defaults apply)."""
+    select = config.select
+    if not (select.types or select.names or select.exclude):
+        return None
+    if next(iter(select.select(model, config.default_types)), None) is not None:
+        return None
+    named = ", ".join(
+        f"{field} {list(getattr(select, field))}"
+        for field in ("types", "names", "exclude")
+        if getattr(select, field)
+    )
+    types = "" if select.types else f" (default types {list(config.default_types)})"
+    return f"select matched no layer: {named}{types}"
+
+
 def _apply_step(work: nn.Module, config: MethodConfig, ctx: Context) -> None:
     spec = spec_for(config)
+    # Said here, for layer and whole-model methods alike: a selection that matches nothing
+    # would otherwise leave the model unchanged without a word in the Report. The handler still
+    # runs (a whole-model method may not select layers at all).
+    unmatched = _unmatched_select(work, config)
+    if unmatched is not None:
+        ctx.skip("(model)", config.method, unmatched)
     if spec.scope == "model":
         # Whole-model handlers find layers by their class: they get GPT-2's Conv1D as the
         # equivalent nn.Linear (layer handlers get that view one layer at a time).

@@ -16,6 +16,7 @@ from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.prune.masked import MaskedConv2d, MaskedLinear, _Masked
+from modelzip.prune.masked_rnn import MaskedRNN, Prunable
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -37,6 +38,11 @@ def as_masked(module: nn.Module) -> _Masked:
     """The masked form of a ``Linear``/``Conv2d`` (the layer itself if already masked)."""
     if isinstance(module, _Masked):
         return module
+    if isinstance(module, (nn.RNNBase, MaskedRNN)):
+        raise SkipLayer(
+            f"a {getattr(module, 'stands_for', '') or type(module).__name__}'s masked form takes "
+            "element-wise pruning only (magnitude_prune, global_prune)"
+        )
     # A subclass that keeps its base's forward (MultiheadAttention's out_proj, a
     # NonDynamicallyQuantizableLinear) computes what its base does; one that overrides it does not.
     base = next((b for b in type(module).__mro__ if b in _MASKED), None)
@@ -55,9 +61,21 @@ def as_masked(module: nn.Module) -> _Masked:
     raise SkipLayer(f"{type(module).__name__} has no masked form")
 
 
+def as_prunable(module: nn.Module) -> Prunable:
+    """The element-wise masked form of a ``Linear``/``Conv2d``/``LSTM``/``GRU``/``RNN`` (the layer
+    itself if already masked)."""
+    if isinstance(module, MaskedRNN):
+        return module
+    # Only the torch classes themselves: a subclass may compute something else in its forward.
+    if type(module) in (nn.LSTM, nn.GRU, nn.RNN):
+        return MaskedRNN.from_dense(module)
+    return as_masked(module)
+
+
 @dataclasses.dataclass(frozen=True)
 class MagnitudePruneConfig(MethodConfig):
-    """Remove the smallest-magnitude weights of each selected layer.
+    """Remove the smallest-magnitude weights of each selected layer (each weight matrix of a
+    selected ``LSTM``/``GRU``/``RNN``, its biases kept).
 
     Parameters
     ----------
@@ -83,7 +101,8 @@ class MagnitudePruneConfig(MethodConfig):
 )
 def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
     """Unstructured magnitude pruning to an exact per-layer sparsity (Han et al. 2015)."""
-    layer = as_masked(module)
-    # Already-pruned weights count as the smallest, so pruning again only adds to the mask.
-    layer.set_mask(magnitude_mask(layer.masked_weight(), config.sparsity) & layer.mask)
+    layer = as_prunable(module)
+    # Already-pruned weights count as the smallest, so pruning again only adds to the mask
+    # (each weight matrix of a recurrent layer reaches the sparsity on its own).
+    layer.prune_with(magnitude_mask, config.sparsity)
     return layer

@@ -73,6 +73,12 @@ class MaskFormat(WeightFormat):
         self.mask.copy_(mask.to(self.mask.device))
         self.weight.mul_(self.mask)
 
+    @torch.no_grad()
+    def prune_with(self, mask_fn: Any, sparsity: float) -> None:
+        """Prune to ``sparsity`` with ``mask_fn(weight, sparsity) -> keep``; pruned weights stay
+        pruned."""
+        self.set_mask(mask_fn(self.masked_weight(), sparsity) & self.mask)
+
     def weight_params(self) -> int:
         return int(self.mask.sum().item())
 

@@ -30,8 +30,8 @@ from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import SkipLayer, register_method
 from modelzip.prune.grains import keep_top
-from modelzip.prune.magnitude import as_masked, magnitude_mask
-from modelzip.prune.masked import _Masked
+from modelzip.prune.magnitude import as_prunable, magnitude_mask
+from modelzip.prune.masked_rnn import PRUNABLE, Prunable
 
 MaskFn = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -49,14 +49,14 @@ def agp_sparsity(
     return final + (initial - final) * (1.0 - t / (end - begin)) ** 3
 
 
-def masked_layers(model: nn.Module) -> dict[str, _Masked]:
-    """The masked layers of ``model`` by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, _Masked)}
+def masked_layers(model: nn.Module) -> dict[str, Prunable]:
+    """The masked layers of ``model`` by name (recurrent ones included)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE)}
 
 
 @torch.no_grad()
 def prune_layers(
-    layers: Mapping[str, _Masked],
+    layers: Mapping[str, Prunable],
     sparsity: float | Mapping[str, float],
     scope: Literal["layer", "global"] = "layer",
     mask_fn: MaskFn = magnitude_mask,
@@ -83,7 +83,7 @@ def prune_layers(
         s = sparsity if isinstance(sparsity, (int, float)) else sparsity.get(name)
         if s is None:
             continue
-        layer.set_mask(mask_fn(layer.masked_weight(), float(s)) & layer.mask)
+        layer.prune_with(mask_fn, float(s))
 
 
 class AGPCallback:
@@ -196,11 +196,11 @@ class GlobalPruneConfig(MethodConfig):
 )
 def global_prune(model: nn.Module, config: GlobalPruneConfig, ctx: Context) -> None:
     """Global magnitude pruning: one threshold across the selected layers."""
-    layers: dict[str, _Masked] = {}
+    layers: dict[str, Prunable] = {}
     already: dict[str, LayerSize] = {}  # layers masked before: pruned in place, measured first
     for name, module in list(config.select.select(model, config.default_types)):
         try:
-            layer = as_masked(module)
+            layer = as_prunable(module)
         except SkipLayer as e:
             ctx.skip(name, config.method, str(e))
             continue
