@@ -1,20 +1,24 @@
 """ONNX file sizes against ``.mzip`` sizes, per weight format, on LeNet-300-100 (random weights).
 
-    python benchmarks/onnx_sizes.py            # regenerates the table in docs/export.md
+    python benchmarks/onnx_sizes.py          # results JSON, BENCHMARKS.md and docs/export.md
+    python benchmarks/onnx_sizes.py --quick  # four recipes, onnx_sizes-quick.json only
 
-Each row compresses LeNet-300-100 with one recipe, saves it (``modelzip.save``) and exports it
-(``modelzip.export.export_onnx``, default opset), and reports both sizes, their ratio, how the
-layers are written and onnxruntime's largest difference from the compressed layers in PyTorch.
+Check (issue #23): a 4-bit LeNet-300 exports to an ONNX file under 1.3x its ``.mzip``, with
+onnxruntime's outputs within 1e-4 of PyTorch's. Each row compresses LeNet-300-100 with one
+recipe, saves it (``modelzip.save``) and exports it (``modelzip.export.export_onnx``, default
+opset), and reports both sizes, their ratio, how the layers are written and onnxruntime's
+largest difference from the compressed layers in PyTorch.
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from _common import BenchContext, PartResult, check, run_parts
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "export.md"
@@ -67,29 +71,53 @@ def measure(steps: list[dict], workdir: Path) -> tuple[int, int, int, float, str
     return mzip, result.file_bytes, result.opset, error, forms
 
 
-def table() -> str:
+QUICK = ("none (float)", "quantize_weights bits=4", "ternary", "int8")
+FOUR_BIT = "quantize_weights bits=4"
+
+
+def sizes(ctx: BenchContext) -> PartResult:
+    rows: list[dict[str, Any]] = []
+    for label, steps in RECIPES:
+        if ctx.quick and label not in QUICK:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            mzip, onnx, opset, error, forms = measure(steps, Path(tmp))
+        rows.append({"recipe": label, "mzip_bytes": mzip, "onnx_bytes": onnx,
+                     "ratio": onnx / mzip, "opset": opset, "max_abs_diff": error,
+                     "forms": forms})  # fmt: skip
+    four = next(r for r in rows if r["recipe"] == FOUR_BIT)
+    checks = [
+        check("4-bit LeNet-300: .onnx / .mzip bytes", round(four["ratio"], 3), 1.3, "×",
+              four["ratio"] < 1.3),
+        check("4-bit LeNet-300: onnxruntime vs PyTorch, max abs diff", four["max_abs_diff"],
+              1e-4, "", four["max_abs_diff"] < 1e-4),
+    ]  # fmt: skip
+    markdown = table(rows)
+    if not ctx.quick:
+        text = DOC.read_text()
+        generated = f"{START}\n{markdown}\n{END}"
+        pattern = re.escape(START) + ".*?" + re.escape(END)
+        DOC.write_text(re.sub(pattern, generated, text, flags=re.S))
+    return PartResult(rows, checks, markdown)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| recipe | .mzip bytes | .onnx bytes | onnx / mzip | opset | max abs diff | written as |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for label, steps in RECIPES:
-        with tempfile.TemporaryDirectory() as tmp:
-            mzip, onnx, opset, error, forms = measure(steps, Path(tmp))
+    for r in rows:
         lines.append(
-            f"| {label} | {mzip:,} | {onnx:,} | {onnx / mzip:.2f} | {opset} | {error:.1g} "
-            f"| {forms} |"
+            f"| {r['recipe']} | {r['mzip_bytes']:,} | {r['onnx_bytes']:,} | {r['ratio']:.2f} "
+            f"| {r['opset']} | {r['max_abs_diff']:.1g} | {r['forms']} |"
         )
     return "\n".join(lines)
 
 
-def main() -> int:
-    sys.path.insert(0, str(REPO))
-    torch.set_num_threads(1)
-    text = DOC.read_text()
-    generated = f"{START}\n{table()}\n{END}"
-    DOC.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), generated, text, flags=re.S))
-    print(generated)
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return run_parts(
+        "onnx_sizes", "ONNX export sizes", {"sizes": sizes}, __doc__.splitlines()[0], argv
+    )
 
 
 if __name__ == "__main__":
