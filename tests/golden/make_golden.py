@@ -69,6 +69,12 @@ def cases() -> dict[str, tuple[str, object, bool]]:
         dataclasses.replace(qw, select=modelzip.Select(types=("Embedding",))),
         False,
     )
+    mp = get_method("magnitude_prune").example
+    out["magnitude_prune_lstm"] = (
+        "rnn_tt",
+        dataclasses.replace(mp, select=modelzip.Select(types=("LSTM",))),
+        False,
+    )
     # The executable forms materialize() builds (kernels/), saved as a deployed model would be.
     for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary", "xnor_net"):
         out[f"{method}_materialized"] = (method, get_method(method).example, True)
