@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.command_output import print_json, rich_console
-from modelzip.core.errors import ModelzipError
+from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.model_source import MODEL_HELP, dataset_for, load_model, sample_batch, zoo_kwargs
 from modelzip.recipe import MAX_RECIPE_STEPS
 
@@ -99,6 +99,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
     names = ("epochs", "lr", "seed", "grad_compress", "grad_bits", "dgc_ratio")
     changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    for flag, scheme in (("grad_bits", "qsgd"), ("dgc_ratio", "dgc")):
+        if getattr(args, flag) is not None and args.grad_compress != scheme:
+            # A knob of another scheme would be ignored silently.
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} applies to --grad-compress {scheme}, "
+                f"not {args.grad_compress or 'no compression'}"
+            )
     config = config.replace(**changes)
     # The initial weights come from the seed too: torch seeds each process randomly, so the same
     # command would otherwise train a different model every time (and a resumed run could not
@@ -132,6 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _compression_line(c: dict[str, Any]) -> str:
+    if not c["ratio"]:
+        return f"gradients: {c['scheme']} over {c['world_size']} process(es)"
     return (
         f"gradients: {c['scheme']} over {c['world_size']} process(es), "
         f"{c['payload_bytes_per_step']:,.0f} bytes per step per process instead of "

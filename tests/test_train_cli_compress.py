@@ -84,14 +84,19 @@ def test_bad_grad_compress_names_the_option_and_choices(tiny_npz, tmp_path, caps
 
 
 @pytest.mark.parametrize(
-    "flag, value, words",
+    "scheme, flag, value, words",
     [
-        ("--grad-bits", "1", "grad_bits=1 is out of range; allowed [2, 8]"),
-        ("--dgc-ratio", "0", "dgc_ratio=0.0 is out of range; allowed (0, 1]"),
+        ("qsgd", "--grad-bits", "1", "grad_bits=1 is out of range; allowed [2, 8]"),
+        ("dgc", "--dgc-ratio", "0", "dgc_ratio=0.0 is out of range; allowed (0, 1]"),
+        ("terngrad", "--grad-bits", "3", "--grad-bits applies to --grad-compress qsgd"),
+        (None, "--dgc-ratio", "0.1", "--dgc-ratio applies to --grad-compress dgc"),
     ],
 )
-def test_bad_grad_knob_names_field_value_and_range(tiny_npz, tmp_path, capsys, flag, value, words):
-    argv = _train_argv(tiny_npz, tmp_path / "m.mzip", "--grad-compress", "qsgd", flag, value)
+def test_bad_grad_knob_names_field_value_and_range(
+    tiny_npz, tmp_path, capsys, scheme, flag, value, words
+):
+    choice = ["--grad-compress", scheme] if scheme else []
+    argv = _train_argv(tiny_npz, tmp_path / "m.mzip", *choice, flag, value)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and words in err

@@ -91,7 +91,7 @@ def _join_group(scheme: str, device: torch.device) -> bool:
     if dist.is_initialized():
         return False
     backend = _backend(scheme, device)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR")):  # torchrun
         dist.init_process_group(backend, init_method="env://")
     else:
         # One process: an in-memory store, so no port is opened.
