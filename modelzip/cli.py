@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.command_output import print_json, rich_console
-from modelzip.core.errors import ModelzipError
+from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.model_source import MODEL_HELP, dataset_for, load_model, sample_batch, zoo_kwargs
 from modelzip.recipe import MAX_RECIPE_STEPS
 
@@ -97,11 +97,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     data = dataset_for(args.dataset, args.model, getattr(args, "image_size", None))
     config = default_train_config(args.model) if args.model in list_models() else TrainConfig()
-    changes = {
-        k: v
-        for k, v in (("epochs", args.epochs), ("lr", args.lr), ("seed", args.seed))
-        if v is not None
-    }
+    names = ("epochs", "lr", "seed", "grad_compress", "grad_bits", "dgc_ratio")
+    changes = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    for flag, scheme in (("grad_bits", "qsgd"), ("dgc_ratio", "dgc")):
+        if getattr(args, flag) is not None and args.grad_compress != scheme:
+            # A knob of another scheme would be ignored silently.
+            raise ConfigError(
+                f"--{flag.replace('_', '-')} applies to --grad-compress {scheme}, "
+                f"not {args.grad_compress or 'no compression'}"
+            )
     config = config.replace(**changes)
     # The initial weights come from the seed too: torch seeds each process randomly, so the same
     # command would otherwise train a different model every time (and a resumed run could not
@@ -116,14 +120,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         model, data, config, progress=not (args.json or args.quiet),
         checkpoint_dir=args.checkpoint_dir,
     )  # fmt: skip
+    compression = result.grad_compression
+    if compression is not None and compression["rank"] != 0:
+        return 0  # under torchrun the ranks end with the same weights: rank 0 saves them
     save(model, args.out)
     stats = model_stats(model, data=data, measure=False)
-    out = {**_stats_json(stats), "out": str(args.out), "seconds": result.seconds}
+    out = {
+        **_stats_json(stats), "out": str(args.out), "seconds": result.seconds,
+        "grad_compression": compression,
+    }  # fmt: skip
     if args.json:
         print_json(out)
-    else:
-        print(f"test accuracy {stats.accuracy:.4f} after {result.seconds:.0f} s; saved {args.out}")
+        return 0
+    print(f"test accuracy {stats.accuracy:.4f} after {result.seconds:.0f} s; saved {args.out}")
+    if compression is not None:
+        print(_compression_line(compression))
     return 0
+
+
+def _compression_line(c: dict[str, Any]) -> str:
+    if not c["ratio"]:
+        return f"gradients: {c['scheme']} over {c['world_size']} process(es)"
+    return (
+        f"gradients: {c['scheme']} over {c['world_size']} process(es), "
+        f"{c['payload_bytes_per_step']:,.0f} bytes per step per process instead of "
+        f"{c['fp32_bytes_per_step']:,.0f} in float32 ({c['ratio']:.1f}x smaller)"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -411,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs (default: the model's tuned setting)")
     p.add_argument("--lr", type=float, help="learning rate")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument(
+        "--grad-compress", choices=["terngrad", "qsgd", "onebit", "dgc"],
+        help="average the gradients through this compressing DDP hook (one process, or each "
+        "process under torchrun)",
+    )  # fmt: skip
+    p.add_argument("--grad-bits", type=int, help="QSGD's bits per gradient value, 2-8 (default 4)")
+    p.add_argument(
+        "--dgc-ratio", type=float, help="DGC's fraction of gradients sent, (0, 1] (default 0.01)"
+    )
     p.add_argument("--out", required=True, help="output file (.mzip)")
     p.add_argument(
         "--checkpoint-dir",

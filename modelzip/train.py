@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from modelzip.core.errors import DataError, ModelError, unknown_name
+from modelzip.core.errors import ConfigError, DataError, ModelError, unknown_name
 from modelzip.core.frozen import ConfigBase, check_range
 from modelzip.core.running import eval_inference, model_device
 from modelzip.data.dataset import Dataset
@@ -57,6 +58,7 @@ Callback = Callable[[nn.Module, int, int], Any]
 LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 Data = Dataset | TextCorpus
 Schedule = Literal["cosine", "step", "constant", "onecycle"]
+GradCompress = Literal["terngrad", "qsgd", "onebit", "dgc"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,14 @@ class TrainConfig(ConfigBase):
     grad_clip: float | None = None
     seq_len: int = 128
     steps_per_epoch: int | None = None
+    #: Average the gradients through a compressing DDP communication hook (TernGrad, QSGD, 1-bit
+    #: SGD with error feedback, or DGC's top-k): :mod:`modelzip.quantize.grad_compress`. One
+    #: process trains in a one-process group; under ``torchrun`` the processes share each batch.
+    grad_compress: GradCompress | None = None
+    #: QSGD's bits per gradient value (``2^(bits-1) - 1`` levels per sign).
+    grad_bits: int = 4
+    #: DGC's fraction of each gradient bucket sent per step.
+    dgc_ratio: float = 0.01
 
     def validate(self) -> None:
         check_range(self, "epochs", 1)
@@ -105,6 +115,8 @@ class TrainConfig(ConfigBase):
         check_range(self, "grad_clip", 0.0, low_open=True)
         check_range(self, "seq_len", 1)
         check_range(self, "steps_per_epoch", 1)
+        check_range(self, "grad_bits", 2, 8)
+        check_range(self, "dgc_ratio", 0.0, 1.0, low_open=True)
 
 
 _DEFAULTS: dict[str, TrainConfig] = {
@@ -175,6 +187,9 @@ class TrainResult:
     history: tuple[EpochRecord, ...]
     seconds: float
     steps: int
+    #: With ``grad_compress``: the scheme, rank, group size, hook calls and bytes per step
+    #: (:meth:`modelzip.quantize.grad_compress.GradCompression.report`).
+    grad_compression: dict[str, Any] | None = None
 
     @property
     def final(self) -> EpochRecord:
@@ -187,6 +202,7 @@ class TrainResult:
             "history": [dataclasses.asdict(r) for r in self.history],
             "seconds": self.seconds,
             "steps": self.steps,
+            "grad_compression": self.grad_compression,
         }
 
 
@@ -467,9 +483,12 @@ def train(
     history: list[EpochRecord] = []
     step, start = 0, time.perf_counter()
     bar = _Bar(total, config.epochs) if progress else None
+    net, compression, ddp_stack = model, None, contextlib.ExitStack()
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
+        if config.grad_compress is not None:
+            net, compression = ddp_stack.enter_context(_compressed_ddp(model, config))
         with torch.random.fork_rng(devices=rng_devices), bar or contextlib.nullcontext():
             torch.manual_seed(config.seed)  # dropout and any other draw from the global RNG
             first_epoch = 0
@@ -495,7 +514,9 @@ def train(
                         if config.augment:
                             inputs = random_shift(inputs, 2, gen)
                         inputs = inputs.contiguous(memory_format=fmt)
-                    logits = model(inputs)
+                    if compression is not None:
+                        inputs, targets = _shard(compression, inputs, targets)
+                    logits = net(inputs)
                     if loss_fn is not None:
                         loss = loss_fn(logits, inputs, targets)
                     elif text:
@@ -528,12 +549,39 @@ def train(
                 if bar is not None:
                     bar.log(record)
     finally:
+        ddp_stack.close()
         torch.set_num_threads(old_threads)
         if channels_last and not was_channels_last:
             # Hand back the layout the caller had: code that views weights expects contiguous.
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
-    return TrainResult(tuple(history), time.perf_counter() - start, step)
+    report = None if compression is None else compression.report(step)
+    return TrainResult(tuple(history), time.perf_counter() - start, step, report)
+
+
+def _compressed_ddp(model: nn.Module, config: TrainConfig) -> Any:
+    """The DDP wrapper with ``config``'s gradient compression hook (a context manager)."""
+    # By name: the hooks live in the quantize and prune families, which sit above the training
+    # loop in the package's layers.
+    module = importlib.import_module("modelzip.quantize.grad_compress")
+    return module.compressed_ddp(
+        model, config.grad_compress, bits=config.grad_bits, ratio=config.dgc_ratio,
+        seed=config.seed,
+    )  # fmt: skip
+
+
+def _shard(compression: Any, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """This process's share of a batch: every ``world``-th sample from its rank. All processes
+    cut the same batch (and draw the same augmentation), so their generators stay in step."""
+    world, rank = compression.world_size, compression.rank
+    if world == 1:
+        return inputs, targets
+    if len(inputs) < world:
+        raise ConfigError(
+            f"a batch of {len(inputs)} cannot be shared by {world} processes; "
+            f"raise TrainConfig.batch_size to at least {world}"
+        )
+    return inputs[rank::world], targets[rank::world]
 
 
 def _epoch_record(

@@ -4,12 +4,15 @@ Regularized evolution (or the random-search baseline) over :class:`BlockSpace` o
 :class:`HierarchicalSpace`, each candidate trained briefly on held-out-split proxy data and
 rewarded against optional parameter, latency and energy targets (hardware-aware search). The
 search checkpoints after every evaluation; rerunning the same command resumes it.
+``--algorithm darts`` runs the differentiable cell search instead (:func:`darts_search`, its
+budget set by ``--epochs`` and ``--train-size``; checkpointed after every epoch).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dataset", default="mnist", help="data set name or .npz file")
     p.add_argument("--space", choices=["block", "hierarchical"], default="block")
-    p.add_argument("--algorithm", choices=["evolution", "random"], default="evolution")
+    p.add_argument(
+        "--algorithm", choices=["evolution", "random", "darts"], default="evolution",
+        help="evolution or random over --space; darts: the differentiable cell search, its "
+        "budget --epochs of supernet training on --train-size images (default: evolution)",
+    )  # fmt: skip
     p.add_argument("--population", type=int, default=8, help="evolution's population")
     p.add_argument("--cycles", type=int, default=16, help="evolution's mutation cycles")
     p.add_argument("--trials", type=int, default=24, help="random search's evaluations")
@@ -61,6 +68,8 @@ def cmd_nas(args: argparse.Namespace) -> int:
     from modelzip.progress import progress_bar
 
     data = dataset_for(args.dataset)
+    if args.algorithm == "darts":
+        return _darts(args, data)
     shape, classes = tuple(data.input_shape), data.num_classes
     space_cls = BlockSpace if args.space == "block" else HierarchicalSpace
     space = space_cls(input_shape=shape, num_classes=classes)
@@ -138,4 +147,39 @@ def _finish(args: argparse.Namespace, out: Path, result) -> int:
         f"  proxy accuracy {100 * m['accuracy']:.2f}%, {m['params']:,} parameters, "
         f"score {m['score']:.4f}; written to {out / 'nas.json'}"
     )
+    return 0
+
+
+def _darts(args: argparse.Namespace, data) -> int:
+    """DARTS on ``--train-size`` images for ``--epochs`` epochs; the genotype to nas.json."""
+    from modelzip.command_output import print_json
+    from modelzip.compact.nas import darts_search, genotype_summary
+    from modelzip.core.atomic import write_json
+    from modelzip.core.errors import ConfigError
+    from modelzip.progress import progress_bar
+
+    if args.executor is not None:
+        raise ConfigError("--executor runs the candidates in parallel, which only --algorithm "
+                          "random allows (DARTS trains one supernet)")  # fmt: skip
+    for flag, low in (("epochs", 1), ("train_size", 2)):
+        if getattr(args, flag) < low:
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name}={getattr(args, flag)} is out of range; allowed >= {low}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with progress_bar("nas (darts)", args.epochs, not (args.quiet or args.json)) as bar:
+        result = darts_search(
+            data, epochs=args.epochs, train_size=args.train_size, seed=args.seed,
+            checkpoint=out / "darts.pt", callback=lambda record: bar.advance(),
+        )  # fmt: skip
+    summary = {"algorithm": "darts", "dataset": args.dataset, **dataclasses.asdict(result)}
+    write_json(out / "nas.json", summary)
+    accuracy = result.history[-1]["val_accuracy"] if result.history else None
+    if args.json:
+        print_json({"genotype": result.genotype, "val_accuracy": accuracy, "out": str(out)})
+        return 0
+    print(f"darts genotype: {genotype_summary(result.genotype)}")
+    if accuracy is not None:
+        print(f"  supernet validation accuracy {100 * accuracy:.2f}%")
+    print(f"  written to {out / 'nas.json'}")
     return 0

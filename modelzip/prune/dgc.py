@@ -8,7 +8,8 @@ momentum-corrected velocity ``u ← m·u + g`` instead of the raw gradient. Ever
 ranks' entries and averages them, so the replicas stay identical.
 
 ``state.bytes_sent`` counts what this process transmits (an all-gather sends each payload once to
-each other rank); ``state.dense_bytes`` the ring all-reduce of float32 it replaces.
+each other rank); ``state.dense_bytes`` the ring all-reduce of float32 it replaces;
+``state.payload_bytes`` and ``state.fp32_bytes`` one rank's sparse and float32 gradients.
 
 >>> state = TopKHookState(ratio=0.01)
 >>> ddp_model.register_comm_hook(state, topk_hook)
@@ -49,6 +50,8 @@ class TopKHookState:
         self.velocities: dict[int, torch.Tensor] = {}
         self.bytes_sent = 0
         self.dense_bytes = 0
+        self.payload_bytes = 0  # one rank's values and indices, whatever the group size
+        self.fp32_bytes = 0
         self.calls = 0
 
 
@@ -83,6 +86,8 @@ def topk_hook(state: TopKHookState, bucket: dist.GradBucket) -> torch.futures.Fu
         total.index_add_(0, i.long(), v)
     state.bytes_sent += (world - 1) * k * (4 + 4)
     state.dense_bytes += math.ceil(2 * (world - 1) / world * 4 * n)
+    state.payload_bytes += k * (4 + 4)
+    state.fp32_bytes += 4 * n
     state.calls += 1
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result((total / world).to(grad.dtype))

@@ -13,7 +13,8 @@ plus a few floats), decodes every rank's contribution and averages them:
 
 ``state.bytes_sent`` counts what this process transmits (for two processes, an all-gather sends
 each payload once, as a ring all-reduce of ``n`` float32 values sends ``4n`` bytes);
-``state.dense_bytes`` the float32 all-reduce it replaces.
+``state.dense_bytes`` the float32 all-reduce it replaces; ``state.payload_bytes`` and
+``state.fp32_bytes`` one rank's compressed and float32 gradients, whatever the group size.
 
 >>> state = QuantHookState(process_group=None, levels=4)
 >>> ddp_model.register_comm_hook(state, qsgd_hook)
@@ -49,6 +50,10 @@ class QuantHookState:
         self.residuals: dict[int, torch.Tensor] = {}
         self.bytes_sent = 0
         self.dense_bytes = 0
+        # One rank's payload and its float32 gradients, whatever the group size (a one-process
+        # group sends nothing, yet the report says what a step would send).
+        self.payload_bytes = 0
+        self.fp32_bytes = 0
         self.calls = 0
 
 
@@ -77,6 +82,8 @@ def _exchange(
     # float32 sends 2·(W−1)/W·4n bytes.
     state.bytes_sent += (world - 1) * (payload.numel() + 4 * scalars.numel())
     state.dense_bytes += math.ceil(2 * (world - 1) / world * 4 * n)
+    state.payload_bytes += payload.numel() + 4 * scalars.numel()
+    state.fp32_bytes += 4 * n
     state.calls += 1
     fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
     fut.set_result(total / world)
