@@ -38,6 +38,23 @@ def record_ranges(layer: nn.Module, module: nn.Module, ctx: Context) -> nn.Modul
     return layer
 
 
+def _row_steps(module: nn.Module) -> torch.Tensor | None:
+    """The grid step of each output row of an affine-stored weight (one scale per row or per
+    tensor): a row's smallest magnitude may be several steps (a 3×3 filter on 16 levels)."""
+    scale = getattr(module, "scale", None)
+    granularity = getattr(module, "granularity", "")
+    if getattr(module, "levels", None) is not None or scale is None:
+        return None
+    rows = module.weight_shape[0]  # type: ignore[union-attr]
+    if granularity == "tensor":
+        return scale.reshape(1).expand(rows)
+    return scale if granularity == "channel" and scale.numel() == rows else None
+
+
+def _grid(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    return int8_grid(module.decoded_weight(), _row_steps(module))  # type: ignore[operator]
+
+
 def static_int8_refusal(module: nn.Module) -> str | None:
     """Why ``module`` has no static int8 form, or None when it has one."""
     ranges = getattr(module, "activation_ranges", lambda: None)()
@@ -48,7 +65,7 @@ def static_int8_refusal(module: nn.Module) -> str | None:
     weight = module.decoded_weight()  # type: ignore[operator]
     if weight.dim() not in (2, 4):
         return f"a {weight.dim()}-D weight has no int8 kernel"
-    if int8_grid(weight) is None:
+    if _grid(module) is None:
         return "the weight's levels lie on no int8 grid (k-means or wide power-of-two levels)"
     return None
 
@@ -60,7 +77,7 @@ def int8_static_codes(module: nn.Module, x: torch.Tensor | None) -> list[Candida
     if static_int8_refusal(module) is not None:
         return []
     ranges = module.activation_ranges()  # type: ignore[operator]
-    codes, scale = int8_grid(module.decoded_weight())  # type: ignore[misc,operator]
+    codes, scale = _grid(module)  # type: ignore[misc]
     conv = isinstance(module, CompressedConv2d)
 
     def build() -> nn.Module:
