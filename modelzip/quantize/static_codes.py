@@ -14,6 +14,8 @@ form and keeps the others.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,20 +23,36 @@ from modelzip.core.compressed import CompressedConv2d
 from modelzip.core.context import Context
 from modelzip.core.forms import Candidate, register_form
 from modelzip.quantize.int8 import int8_grid
-from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear, observe_layer
+from modelzip.quantize.observers import Observer
+from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 
 __all__ = ["int8_static_codes", "record_ranges", "static_int8_refusal"]
 
 
+@torch.no_grad()
 def record_ranges(layer: nn.Module, module: nn.Module, ctx: Context) -> nn.Module:
-    """``layer`` (the quantized ``module``) with the min/max of ``module``'s input and output
-    recorded while ``ctx.model`` runs on the sample (the static int8 method's observer); as it
-    is when there is no sample or ``module`` is not a plain linear or conv layer."""
+    """``layer`` (the quantized ``module``) with the min/max of ``module``'s input and of
+    ``layer``'s output on it (coarse weights move the output range: a ternary layer's is not
+    the dense one's) while ``ctx.model`` runs on the sample; as it is when there is no sample
+    or ``module`` is not a plain linear or conv layer."""
     if ctx.sample is None or type(module) not in (nn.Linear, nn.Conv2d):
         return layer
+    seen_in, seen_out = Observer("minmax"), Observer("minmax")
+
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        seen_in.observe(args[0])
+        seen_out.observe(layer.to(args[0].device)(args[0]))
+
     model = ctx.model if ctx.model is not None else module
-    ranges = observe_layer(model, module, [ctx.sample], "minmax", 100.0)
-    layer.set_activation_ranges(*ranges)  # type: ignore[operator]
+    handle = module.register_forward_pre_hook(hook)
+    was_training = model.training
+    try:
+        model.eval()
+        model(ctx.sample)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    layer.set_activation_ranges(seen_in.range(), seen_out.range())  # type: ignore[operator]
     return layer
 
 
