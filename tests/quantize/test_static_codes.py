@@ -11,8 +11,9 @@ from torch import nn
 import modelzip
 from modelzip.core.context import Context
 from modelzip.core.forms import candidates
-from modelzip.deploy import TOLERANCE, materialize
+from modelzip.deploy import TOLERANCE, materialize, trainable
 from modelzip.models.registry import create
+from modelzip.quantize.int8_chain import ChainedModel
 from modelzip.quantize.static_codes import int8_static_codes, static_int8_refusal
 from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 from modelzip.quantize.weights import (
@@ -101,6 +102,12 @@ def test_vgg_4bit_convs_deploy_to_static_int8_and_the_file_keeps_them(tmp_path: 
     assert len(taken) >= 3 and all(r["max_rel_error"] <= TOLERANCE["int8"] for r in taken)
     for r in taken:
         assert isinstance(deployed.get_submodule(r["name"]), StaticInt8Conv2d)
+    # The BNs after them fold into the engine's scales, so uint8 passes between the convs; the
+    # eager model keeps its BNs and goes back to the 4-bit layers unchanged.
+    assert report.int8_links >= 2 and isinstance(deployed, ChainedModel)
+    with torch.no_grad():
+        assert _rel(deployed(x), small(x)) <= 2 * TOLERANCE["int8"]
+        assert torch.equal(trainable(deployed).eval()(x), small.eval()(x))
     path = modelzip.save(deployed, tmp_path / "deployed.mzip")
     loaded = modelzip.load(path)
     assert [type(m).__name__ for m in loaded.modules()] == [
