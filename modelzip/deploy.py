@@ -289,6 +289,9 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not is_deployed(model):
         return model if inplace else copy.deepcopy(model)
     model = model if inplace else copy.deepcopy(model)
+    # Unlinked first: a chained GraphModule holds the layers of an eager model it returns, so
+    # layers replaced in the GraphModule alone would stay deployed in that eager model.
+    model = unlink(model)
     for name, module in list(model.named_modules()):
         source = compact_source(module)
         if source is None:
@@ -303,7 +306,6 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             model = layer
             break
         replace_module(model, name, layer)
-    model = unlink(model)
     for p in model.parameters():
         p.requires_grad_(True)
     if model.__dict__.pop(LAYOUT_ATTR, None) == "channels_last":

@@ -452,7 +452,8 @@ def _deploy_again(
     if meta.get("int8_chain") is True:
         from modelzip.core.model_links import model_link
 
-        model = model_link("int8_chain")[0](model)[0]
+        # Eval first: the chain folds BatchNorms by their running statistics.
+        model = model_link("int8_chain")[0](model.eval())[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

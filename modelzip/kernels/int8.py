@@ -140,6 +140,12 @@ def reduced_qparams(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tens
     return scale * (ACT_QMAX / QMAX_REDUCED), zero7
 
 
+#: On a static int8 conv whose following BatchNorm the int8 chain folded
+#: (:mod:`modelzip.quantize.int8_chain`): ``(mul, add, (out_scale, out_zero))``, the per-channel
+#: map ``y·mul + add`` its output then takes and the grid that map's range needs.
+FOLD_ATTR = "_modelzip_int8_fold"
+
+
 def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = ACT_QMAX) -> Any:
     q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
     return (q - zero) * scale
@@ -261,8 +267,26 @@ class Int8Format(WeightFormat):
         # A chained layer's output is rounded on the grid it writes (the next layer's input).
         emit = self.__dict__.get("_modelzip_int8_emit")
         grid = (torch.tensor(emit[0]), torch.tensor(emit[1])) if emit else None
-        out = grid or (self.out_scale, self.out_zero)
-        return _fake(product(_fake(x, *self.input_qparams())), *out)
+        y = product(_fake(x, *self.input_qparams()))
+        fold = self.__dict__.get(FOLD_ATTR)
+        if fold is None:
+            return _fake(y, *(grid or (self.out_scale, self.out_zero)))
+        view = (1, -1) + (1,) * (y.dim() - 2)
+        y = y * fold[0].reshape(view) + fold[1].reshape(view)
+        return _fake(y, *(grid or (torch.tensor(fold[2][0]), torch.tensor(fold[2][1]))))
+
+    def _weights(self, bias: torch.Tensor | None) -> tuple[Any, Any, Any]:
+        """Codes, scales and bias the engine runs: with a folded BatchNorm, ``mul`` goes into
+        the scales (its sign into the codes: the engine takes positive scales) and ``add`` into
+        the bias."""
+        fold = self.__dict__.get(FOLD_ATTR)
+        if fold is None:
+            return self.codes, self.scale, bias
+        mul, add = fold[0], fold[1]
+        view = (-1,) + (1,) * (self.codes.dim() - 1)
+        sign = torch.where(mul < 0, -1, 1).to(torch.int8).reshape(view)
+        b = add if bias is None else bias * mul + add
+        return self.codes * sign, self.scale * mul.abs(), b
 
     def _engine_state(self, build: Callable[[], Any] | None) -> tuple[Any, Any, Any]:
         """The engine's prepacked weight and, for the static policy, the input grid
@@ -274,6 +298,7 @@ class Int8Format(WeightFormat):
         key = (
             isa.reduced_int8_range(),
             *((t._version, t.data_ptr()) for t in own if t is not None),
+            id(self.__dict__.get(FOLD_ATTR)),
         )
         cache: list[Any] | None = self.__dict__.get("_engine_cache")
         if cache is None or cache[0] != key:
@@ -284,6 +309,9 @@ class Int8Format(WeightFormat):
                     (float(scale), int(zero), qmax),
                     (float(self.out_scale), int(self.out_zero)),
                 )
+                fold = self.__dict__.get(FOLD_ATTR)
+                if fold is not None:
+                    grids = (grids[0], fold[2])
             cache = self.__dict__["_engine_cache"] = [key, None, *grids]
         if build is not None and cache[1] is None:
             cache[1] = build()
@@ -302,7 +330,7 @@ class Int8Format(WeightFormat):
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self._on_engine(x):
             return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
-        packed = self._prepacked(lambda: prepack_linear(self.codes, self.scale, bias))
+        packed = self._prepacked(lambda: prepack_linear(*self._weights(bias)))
         flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
         if self.activations == "dynamic":
             y = torch.ops.quantized.linear_dynamic(flat, packed, True)
@@ -317,7 +345,7 @@ class Int8Format(WeightFormat):
             return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
         g = geometry
         packed = self._prepacked(lambda: prepack_conv2d(
-            self.codes, self.scale, bias, g.stride, g.padding, g.dilation, g.groups  # type: ignore[arg-type]
+            *self._weights(bias), g.stride, g.padding, g.dilation, g.groups  # type: ignore[arg-type]
         ))  # fmt: skip
         if self.activations == "dynamic":
             return conv2d_dynamic(x, packed)
@@ -349,6 +377,7 @@ class Int8DynamicConv2d(Int8Format, CompressedConv2d):
 
 __all__ = [
     "ACTIVATIONS",
+    "FOLD_ATTR",
     "Int8DynamicConv2d",
     "Int8Format",
     "conv2d_dynamic",

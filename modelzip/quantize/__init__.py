@@ -4,6 +4,7 @@ from modelzip.quantize import fake as _fake
 from modelzip.quantize import fold as _fold
 from modelzip.quantize import inq as _inq
 from modelzip.quantize import int8_chain as _int8_chain
+from modelzip.quantize import static_codes as _static_codes
 from modelzip.quantize import weights as _weights
 from modelzip.quantize import xnor as _xnor
 from modelzip.quantize.bn import fold_bn, quantize_bn
@@ -23,7 +24,8 @@ from modelzip.quantize.weights import (
 )
 from modelzip.quantize.xnor import XNORConv2d, XNORLinear, XNORNetConfig
 
-del _fake, _fold, _inq, _int8_chain, _weights, _xnor  # imported for their registrations
+# Imported for their registrations.
+del _fake, _fold, _inq, _int8_chain, _static_codes, _weights, _xnor
 
 __all__ = [
     "BinaryConfig",

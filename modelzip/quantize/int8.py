@@ -47,16 +47,24 @@ class Int8Conv2d(Int8Format, CompressedConv2d):
     executable_forms = ("int8_dynamic_conv2d",)
 
 
-def int8_grid(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def int8_grid(
+    weight: torch.Tensor, step: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Int8 codes and per-row scales that give ``weight`` exactly, when its rows lie on grids of
     at most 255 levels through 0 (k-bit uniform codes, ternary ``{-α, 0, α}``, binary ``±α``);
-    else None. The scale of a row is its smallest nonzero magnitude."""
+    else None. The scale of a row is ``step`` (per row, when the caller knows it) or its
+    smallest nonzero magnitude."""
     w = weight.detach().float().reshape(weight.shape[0], -1)
     mag = w.abs()
-    step = torch.where(mag > 0, mag, torch.inf).amin(dim=1)
-    step = torch.where(torch.isfinite(step), step, torch.ones_like(step))
+    tol = 1e-6 * float(mag.amax().clamp(min=1e-30))
+    if step is None:
+        # Affine-stored levels decode their zero as ``offset + scale·z``, a rounding residual,
+        # not 0: magnitudes within the exactness tolerance are zeros, not the row's step.
+        step = torch.where(mag > tol, mag, torch.inf).amin(dim=1)
+    step = step.detach().float().reshape(-1)
+    step = torch.where(torch.isfinite(step) & (step > 0), step, torch.ones_like(step))
     codes = torch.round(w / step[:, None])
-    exact = (codes * step[:, None] - w).abs().amax() <= 1e-6 * float(mag.amax().clamp(min=1e-30))
+    exact = (codes * step[:, None] - w).abs().amax() <= tol
     if not bool(exact) or float(codes.abs().amax()) > QMAX:
         return None
     return codes.to(torch.int8).reshape(weight.shape), step

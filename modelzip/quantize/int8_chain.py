@@ -35,6 +35,7 @@ from torch import fx, nn
 
 from modelzip.core.compact_source import CHAIN_ATTR
 from modelzip.core.model_links import register_link
+from modelzip.quantize.int8_bn_fold import fold_batchnorms, unfold
 
 #: On a static int8 layer: ``(scale, zero, qmax)`` of the grid its output is written on.
 EMIT_ATTR = "_modelzip_int8_emit"
@@ -205,6 +206,7 @@ def unchain(model: nn.Module) -> nn.Module:
         model = eager
     for m in model.modules():
         m.__dict__.pop(EMIT_ATTR, None)
+    unfold(model)
     model.__dict__.pop(CHAIN_ATTR, None)
     return model
 
@@ -219,6 +221,12 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
         graph = _LeafTracer().trace(model)
     except Exception as e:  # data-dependent control flow and the like: stay unchained
         return model, 0, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+    # A BN right after a static conv would stop the chain there: folded, in the graph only.
+    calls: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    folds = fold_batchnorms(graph, dict(model.named_modules()), _is_static, calls)
     info = _Graph(model, graph)
     quantized = info.quantized_nodes()
     links = 0
@@ -231,9 +239,10 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
         scale, zero, _ = quantized[node]  # type: ignore[misc]
         node.target, node.args = quantized_add, (*node.args, scale, zero)
     if not links:
+        unfold(model)
         return model, 0, "no static int8 layer feeds only int8 readers"
     model.__dict__[CHAIN_ATTR] = True
-    if adds:
+    if adds or folds:
         traced = ChainedModel(model, graph, class_name=type(model).__name__ + "Int8")
         notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
         traced.__dict__.update(notes)

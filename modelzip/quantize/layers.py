@@ -43,7 +43,9 @@ class QuantFormat(WeightFormat):
     onnx_export = "converter:coded_quant"
     # 1-bit codes run as BWN/XNOR, codes on an int8 grid through the int8 kernels, or the plain
     # float product of the decoded weight, whichever is measured fastest.
-    executable_forms = ("dense", "binary", "int8_codes")
+    # With calibrated activation ranges (:meth:`set_activation_ranges`), codes on an int8 grid
+    # also run as a static int8 layer (:mod:`modelzip.quantize.static_codes`).
+    executable_forms = ("dense", "binary", "int8_codes", "int8_static_codes")
 
     packed: torch.Tensor
     scale: torch.Tensor | None
@@ -57,9 +59,12 @@ class QuantFormat(WeightFormat):
         granularity: str = "channel",
         group_size: int = 64,
         n_levels: int = 0,
+        calibrated: bool = False,
     ) -> None:
         self._init_codes(weight_shape, math.prod(weight_shape), bits, granularity, group_size,
                          n_levels)  # fmt: skip
+        if calibrated:
+            self.register_buffer("act_range", torch.zeros(4))
 
     def _init_codes(
         self,
@@ -86,8 +91,26 @@ class QuantFormat(WeightFormat):
             self.levels = None
 
     def format_spec(self) -> dict[str, Any]:
-        return {"bits": self.weight_bits, "granularity": self.granularity,
+        spec = {"bits": self.weight_bits, "granularity": self.granularity,
                 "group_size": self.group_size, "n_levels": self.n_levels}  # fmt: skip
+        # Only when set: an uncalibrated layer's spec (and older files) stay as they were.
+        return {**spec, "calibrated": True} if "act_range" in self._buffers else spec  # type: ignore[attr-defined]
+
+    @torch.no_grad()
+    def set_activation_ranges(self, rin: tuple[float, float], rout: tuple[float, float]) -> None:
+        """Record the calibrated ``(lo, hi)`` of the layer's input and output: a buffer, so that
+        it is saved, and what a static int8 form of the layer needs besides the codes."""
+        if "act_range" not in self._buffers:  # type: ignore[attr-defined]
+            self.register_buffer("act_range", torch.zeros(4, device=self.packed.device))  # type: ignore[attr-defined]
+        self.act_range.copy_(torch.tensor([*rin, *rout], dtype=torch.float32))
+
+    def activation_ranges(self) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """The recorded input and output ranges, or None when the layer was not calibrated."""
+        r = self._buffers.get("act_range")  # type: ignore[attr-defined]
+        if r is None:
+            return None
+        lo_in, hi_in, lo_out, hi_out = (float(v) for v in r)
+        return (lo_in, hi_in), (lo_out, hi_out)
 
     @torch.no_grad()
     def _store(

@@ -23,6 +23,7 @@ from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
 from modelzip.quantize.schemes import binarize, multibit_bases, ternarize
+from modelzip.quantize.static_codes import record_ranges
 
 __all__ = [
     "BinaryConfig",
@@ -89,7 +90,8 @@ def quantize_weights(module: nn.Module, config: QuantizeWeightsConfig, ctx: Cont
     """k-bit weights (uniform, power-of-two or k-means levels), bit-packed."""
     weight = _weight_of(module)
     gen = ctx.generator(weight.device) if config.rounding == "stochastic" else None
-    return quantized_layer(module, quantize_tensor(weight, config.quantizer(), gen))
+    layer = quantized_layer(module, quantize_tensor(weight, config.quantizer(), gen))
+    return record_ranges(layer, module, ctx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +117,8 @@ def binary(module: nn.Module, config: BinaryConfig, ctx: Context) -> nn.Module:
     weight = _weight_of(module)
     gen = ctx.generator(weight.device) if config.stochastic else None
     codes, levels = binarize(weight, config.per_channel, config.stochastic, gen)
-    return quantized_layer(module, table_quantized(weight, codes, levels, config.per_channel))
+    layer = quantized_layer(module, table_quantized(weight, codes, levels, config.per_channel))
+    return record_ranges(layer, module, ctx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +150,8 @@ def ternary(module: nn.Module, config: TernaryConfig, ctx: Context) -> nn.Module
     """Ternary weights {−α, 0, +α} with TWN's threshold, two bits per weight."""
     weight = _weight_of(module)
     codes, levels = ternarize(weight, config.per_channel, config.threshold, config.asymmetric)
-    return quantized_layer(module, table_quantized(weight, codes, levels, config.per_channel))
+    layer = quantized_layer(module, table_quantized(weight, codes, levels, config.per_channel))
+    return record_ranges(layer, module, ctx)
 
 
 @dataclasses.dataclass(frozen=True)
