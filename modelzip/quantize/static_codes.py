@@ -33,13 +33,15 @@ __all__ = ["int8_static_codes", "record_ranges", "static_int8_refusal"]
 def record_ranges(layer: nn.Module, module: nn.Module, ctx: Context) -> nn.Module:
     """``layer`` (the quantized ``module``) with the min/max of ``module``'s input and of
     ``layer``'s output on it (coarse weights move the output range: a ternary layer's is not
-    the dense one's) while ``ctx.model`` runs on the sample; as it is when there is no sample
-    or ``module`` is not a plain linear or conv layer."""
+    the dense one's) while ``ctx.model`` runs on the sample; as it is when there is no sample,
+    ``module`` is not a plain linear or conv layer, or the model does not call it."""
     if ctx.sample is None or type(module) not in (nn.Linear, nn.Conv2d):
         return layer
     seen_in, seen_out = Observer("minmax"), Observer("minmax")
+    calls = []
 
     def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+        calls.append(1)
         seen_in.observe(args[0])
         seen_out.observe(layer.to(args[0].device)(args[0]))
 
@@ -52,6 +54,8 @@ def record_ranges(layer: nn.Module, module: nn.Module, ctx: Context) -> nn.Modul
     finally:
         handle.remove()
         model.train(was_training)
+    if not calls:  # the model never called it (a parent reads its weight; an embedding's table)
+        return layer
     layer.set_activation_ranges(seen_in.range(), seen_out.range())  # type: ignore[operator]
     return layer
 

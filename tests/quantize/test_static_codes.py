@@ -115,3 +115,26 @@ def test_vgg_4bit_convs_deploy_to_static_int8_and_the_file_keeps_them(tmp_path: 
     ]
     with torch.no_grad():
         assert torch.equal(loaded(x), deployed(x))
+
+
+def test_a_layer_the_model_never_calls_records_no_ranges() -> None:
+    """A layer the forward skips (or whose weight a parent reads directly) is quantized, but no
+    activation range is made up for it: it offers no static int8 form, with the reason."""
+
+    class Partly(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(6, 4), nn.Linear(6, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    torch.manual_seed(0)
+    small, report = modelzip.compress(
+        Partly().eval(), QuantizeWeightsConfig(bits=4), sample=torch.randn(8, 6),
+        measure=False, deploy=False,
+    )  # fmt: skip
+    assert {c.name for c in report.layers} == {"used", "unused"}
+    assert small.used.activation_ranges() is not None
+    assert small.unused.activation_ranges() is None
+    assert "no activation ranges" in static_int8_refusal(small.unused)
