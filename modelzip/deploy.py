@@ -27,6 +27,10 @@ fake-quantized layer (``FakeQuant*``)           its weights quantized once (froz
 
 With a sample batch every replacement is checked against the original layer on the input that
 layer saw, reverted if it disagrees, and the whole model's output is compared at the end.
+Two choices are made for the whole model, as no layer alone can show they pay: static int8
+layers hand each other uint8 (the int8 chain), and runs of pruned linears in CSR run as one
+compiled call skipping zero activations (:mod:`modelzip.kernels.sparse_chain`, EIE's batch-1
+product), kept when the whole model is measured faster on the sample.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ class MaterializeReport:
     #: Static int8 layers and adds passing uint8 on (:mod:`modelzip.quantize.int8_chain`).
     int8_links: int = 0
     int8_chain: str = ""
+    #: Runs of sparse linears run as one call (:mod:`modelzip.kernels.sparse_chain`).
+    sparse_chain: str = ""
     #: Why nothing was deployed, when nothing could be (a model off the CPU).
     note: str = ""
 
@@ -100,6 +106,8 @@ class MaterializeReport:
         lines.append(f"memory layout: {self.layout} ({self.layout_reason})")
         if self.int8_chain:
             lines.append(f"int8 chain: {self.int8_chain}")
+        if self.sparse_chain:
+            lines.append(f"sparse chain: {self.sparse_chain}")
         if self.note:
             lines.append(self.note)
         if self.max_rel_error is not None:
@@ -241,6 +249,8 @@ def materialize(
         p.requires_grad_(False)
     model.__dict__[DEPLOYED_ATTR] = True
     model = _chain(model, args if sample is not None else None, ref, report)
+    if sample is not None and ref is not None:
+        model = _sparse_runs(model, args, ref, reps, choose, report)
     model = _choose_layout(model, sample, ref, layout, reps, report)
     if ref is not None:
         with torch.no_grad():
@@ -271,6 +281,61 @@ def _chain(
     report.int8_links = links
     report.int8_chain = f"{links} static int8 layers and adds pass uint8 on"
     return chained
+
+
+def _sparse_runs(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    ref: Any,
+    reps: int,
+    choose: str,
+    report: MaterializeReport,
+) -> nn.Module:
+    """A model-level choice the per-layer one cannot make: every pruned linear in CSR with runs
+    of them linked into one call (:mod:`modelzip.kernels.sparse_chain`), kept if the whole model
+    is measured faster on the sample than the per-layer choice and agrees with it. At batch 1 a
+    lone sparse layer saves less than the Python around it costs; a run of them does not."""
+    if model.__dict__.get("_modelzip_eager") is not None:  # linked already (int8 chain)
+        return model
+    switched = copy.deepcopy(model)
+    entries = {e.name: e for e in report.layers}
+    changed: dict[str, tuple[nn.Module, nn.Module, str]] = {}
+    for name, module in list(switched.named_modules()):
+        source = compact_source(module)
+        layer = source.layer() if source is not None else module
+        if "sparse" not in declared_forms(layer) or name not in entries:
+            continue
+        options = [(k, b) for k, b in candidates(layer, None) if k == "float:CSR"]
+        if options and not isinstance(layer.to_dense(), nn.Conv2d):  # type: ignore[operator]
+            new = options[0][1]().eval()
+            changed[name] = (new, layer, options[0][0])
+            replace_module(switched, name, new)
+    if len(changed) < 2:
+        return model
+    for p in switched.parameters():
+        p.requires_grad_(False)
+    linked, links, _ = model_link("sparse_chain")[0](switched)
+    if not links:
+        return model
+    with torch.no_grad():
+        err = _rel_error(linked(*args), ref)
+    if err > TOLERANCE["float"]:
+        return model
+    timings = time_interleaved([model, linked], args, reps=reps, warmup=3, number="auto")
+    t_now, t_linked = (t.median for t in timings)
+    if t_linked >= t_now and choose != "compressed":
+        report.sparse_chain = f"{links} sparse linears as one call: measured slower, not kept"
+        return model
+    for name, (new, layer, kind) in changed.items():
+        remember_source(new, layer, kind)
+        e = entries[name]
+        e.after, e.kernel, e.form = type(new).__name__, kind.split(":")[-1], kind
+        e.reason = "CSR in a run of sparse linears run as one call"
+        e.max_rel_error, e.speedup = err, None  # checked on the whole model's output
+    report.sparse_chain = (
+        f"{links} sparse linears run as one call: {t_now / t_linked:.2f}× the per-layer choice"
+    )
+    return linked
 
 
 def is_deployed(model: nn.Module) -> bool:

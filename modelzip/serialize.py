@@ -46,6 +46,7 @@ from modelzip.core.compact_source import (
     CHAIN_ATTR,
     DEPLOYED_ATTR,
     LAYOUT_ATTR,
+    SPARSE_CHAIN_ATTR,
     compact_source,
     remember_source,
 )
@@ -257,6 +258,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         meta["layout"] = model.__dict__[LAYOUT_ATTR]
     if model.__dict__.get(CHAIN_ATTR):
         meta["int8_chain"] = True
+    if model.__dict__.get(SPARSE_CHAIN_ATTR):
+        meta["sparse_chain"] = True
     params = list(model.parameters())
     if params and not any(p.requires_grad for p in params):
         # A deployed (inference-only) model: frozen again on load, since PyTorch may pick other
@@ -454,6 +457,10 @@ def _deploy_again(
 
         # Eval first: the chain folds BatchNorms by their running statistics.
         model = model_link("int8_chain")[0](model.eval())[0]
+    if meta.get("sparse_chain") is True:
+        from modelzip.core.model_links import model_link
+
+        model = model_link("sparse_chain")[0](model.eval())[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

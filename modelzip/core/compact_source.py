@@ -32,6 +32,9 @@ DEPLOYED_ATTR = "_modelzip_deployed"
 #: Set on a deployed model whose static int8 layers hand each other uint8 tensors
 #: (:mod:`modelzip.quantize.int8_chain`); saved with it, linked again on load.
 CHAIN_ATTR = "_modelzip_int8_chain"
+#: Set on a deployed model whose runs of sparse linears run as one call
+#: (:mod:`modelzip.kernels.sparse_chain`); saved with it, linked again on load.
+SPARSE_CHAIN_ATTR = "_modelzip_sparse_chain"
 
 
 @dataclasses.dataclass

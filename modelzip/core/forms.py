@@ -52,14 +52,21 @@ def register_form(name: str) -> Callable[[Form], Form]:
     return decorator
 
 
-def _form(name: str) -> Form:
+def import_kernels() -> None:
+    """Import every module of :mod:`modelzip.kernels` once (they register forms and links)."""
     global _scanned
-    if name not in _FORMS and not _scanned:
-        _scanned = True
-        spec = importlib.util.find_spec(_KERNELS)
-        paths = list(spec.submodule_search_locations or []) if spec else []
-        for info in pkgutil.iter_modules(paths, _KERNELS + "."):
-            importlib.import_module(info.name)
+    if _scanned:
+        return
+    _scanned = True
+    spec = importlib.util.find_spec(_KERNELS)
+    paths = list(spec.submodule_search_locations or []) if spec else []
+    for info in pkgutil.iter_modules(paths, _KERNELS + "."):
+        importlib.import_module(info.name)
+
+
+def _form(name: str) -> Form:
+    if name not in _FORMS:
+        import_kernels()
     if name not in _FORMS:
         raise ModelError(f"no executable form named {name!r} is registered")
     return _FORMS[name]

@@ -1,6 +1,7 @@
-"""Whole-model rewrites that link a deployed model's layers, registered by the family that owns
-them (quantize's int8 chain: static int8 layers passing uint8 on), so that deploy and serialize,
-which sit below the families, can apply and undo them without importing a family.
+"""Whole-model rewrites that link a deployed model's layers, registered by the package that owns
+them (quantize's int8 chain: static int8 layers passing uint8 on; the kernels' sparse chain: runs
+of sparse linears as one call), so that deploy and serialize, which sit below the families, can
+apply and undo them without importing a family.
 
 A link's ``apply(model)`` returns ``(model to run, number of links, why none)``; ``undo(model)``
 returns the unlinked model (the model itself when it has no links).
@@ -8,9 +9,11 @@ returns the unlinked model (the model itself when it has no links).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
-from torch import nn
+from torch import fx, nn
 
 from modelzip.core.errors import ModelError
 
@@ -18,6 +21,18 @@ Apply = Callable[[nn.Module], tuple[nn.Module, int, str]]
 Undo = Callable[[nn.Module], nn.Module]
 
 _LINKS: dict[str, tuple[Apply, Undo]] = {}
+
+
+class LinkedModel(fx.GraphModule):
+    """The GraphModule a linked model runs as; a copy keeps the model's notes (``_modelzip_*``:
+    its source, recipe, deployment, the eager model), which GraphModule's own copy drops."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LinkedModel:
+        res = super().__deepcopy__(memo)
+        for key, value in self.__dict__.items():
+            if key.startswith("_modelzip_"):
+                res.__dict__[key] = copy.deepcopy(value, memo)
+        return res
 
 
 def register_link(name: str, apply: Apply, undo: Undo) -> None:
@@ -30,9 +45,11 @@ def register_link(name: str, apply: Apply, undo: Undo) -> None:
 def model_link(name: str) -> tuple[Apply, Undo]:
     """``(apply, undo)`` of the link ``name``; the built-in families are imported first."""
     if name not in _LINKS:
+        from modelzip.core.forms import import_kernels
         from modelzip.core.registry import list_methods
 
         list_methods()  # imports the built-in families, which register their links
+        import_kernels()  # and the kernels (the sparse chain)
     try:
         return _LINKS[name]
     except KeyError:

@@ -200,6 +200,8 @@ class SparseFormat(WeightFormat):
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.mode == "dense":
             return super().linear(x, bias)
+        if self.executor == "native":
+            return importlib.import_module("modelzip.kernels.sparse_layers").linear(self, x, bias)
         y = self.matmul_t(x.reshape(-1, x.shape[-1]).t()).t()
         y = y if bias is None else y + bias
         return y.reshape(*x.shape[:-1], -1)

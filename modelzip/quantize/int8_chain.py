@@ -25,7 +25,6 @@ records that it was chained and :func:`chain_static_int8` runs again on load.
 
 from __future__ import annotations
 
-import copy
 import operator
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modelzip.core.compact_source import CHAIN_ATTR
-from modelzip.core.model_links import register_link
+from modelzip.core.model_links import LinkedModel, register_link
 from modelzip.quantize.int8_bn_fold import fold_batchnorms, unfold
 
 #: On a static int8 layer: ``(scale, zero, qmax)`` of the grid its output is written on.
@@ -87,16 +86,8 @@ def quantized_add(a: torch.Tensor, b: torch.Tensor, scale: float, zero: int) -> 
     return torch.ops.quantized.add(a, b, scale, zero)
 
 
-class ChainedModel(fx.GraphModule):
-    """The GraphModule a chained model with int8 residual adds runs as; a copy keeps the
-    model's notes (``_modelzip_*``: its source, recipe, deployment, the eager model)."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> ChainedModel:
-        res = super().__deepcopy__(memo)
-        for key, value in self.__dict__.items():
-            if key.startswith("_modelzip_"):
-                res.__dict__[key] = copy.deepcopy(value, memo)
-        return res
+class ChainedModel(LinkedModel):
+    """The GraphModule a chained model with int8 residual adds runs as."""
 
 
 class _Graph:
