@@ -321,10 +321,13 @@ def _assemble(model: nn.Module, variant: Variant, picks: list[_Pick], *, copy_la
 
 
 def _tolerance(model: nn.Module) -> float:
-    """The model-level tolerance: the int8 one when int8 activations round anywhere."""
-    from modelzip.kernels.int8 import Int8Format
-
-    quantized = any(isinstance(m, Int8Format) and m.activations != "float" for m in model.modules())
+    """The model-level tolerance: the int8 one when int8 activations round anywhere (a
+    compressed layer whose activation policy is ``"static"`` or ``"dynamic"``,
+    :class:`~modelzip.kernels.int8.Int8Format`; deploy sits below the kernels)."""
+    quantized = any(
+        isinstance(m, CompressedModule) and getattr(m, "activations", "") in ("static", "dynamic")
+        for m in model.modules()
+    )
     return TOLERANCE["int8" if quantized else "float"]
 
 
