@@ -91,7 +91,13 @@ class MaterializeReport:
     int8_chain: str = ""
     #: Runs of sparse linears run as one call (:mod:`modelzip.kernels.sparse_chain`).
     sparse_chain: str = ""
-    #: Why nothing was deployed, when nothing could be (a model off the CPU).
+    #: The whole-model candidate kept (``"per-layer"``, ``"static int8"``, ``"dense"``) and each
+    #: candidate's median milliseconds on the sample (in its faster layout); empty when there was
+    #: one candidate only.
+    model_choice: str = ""
+    model_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: A line on the deployment as a whole: why nothing was deployed (a model off the CPU), or
+    #: which whole-model candidate won and the int8 chain (what a Report's ``deploy_note`` shows).
     note: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
@@ -104,7 +110,7 @@ class MaterializeReport:
             err = f"{r.max_rel_error:.1e}" if r.max_rel_error is not None else "-"
             lines.append(f"{r.name:<24} {r.before:<14} {r.after:<20} {sp:>8} {err:>9}  {r.reason}")
         lines.append(f"memory layout: {self.layout} ({self.layout_reason})")
-        if self.int8_chain:
+        if self.int8_chain and not self.model_choice:
             lines.append(f"int8 chain: {self.int8_chain}")
         if self.sparse_chain:
             lines.append(f"sparse chain: {self.sparse_chain}")
@@ -238,24 +244,195 @@ def materialize(
         for h in hooks:
             h.remove()
     report = MaterializeReport([])
+    picks: list[_Pick] = []
     for name, module in _candidates(model):
-        x = inputs.get(name)
-        chosen, entry = _choose(name, module, x, reps, choose)
+        chosen, entry, built = _choose(name, module, inputs.get(name), reps, choose)
         report.layers.append(entry)
-        if chosen is not module:
-            remember_source(chosen, module, entry.form)
-            replace_module(model, name, chosen)  # every alias of a shared layer
-    for p in model.parameters():  # an inference model: the kernels have no backward
-        p.requires_grad_(False)
-    model.__dict__[DEPLOYED_ATTR] = True
+        picks.append(_Pick(name, module, chosen, entry, built))
+    measured = ref is not None and choose == "measured" and isinstance(sample, torch.Tensor)
+    variants = _variants(picks) if measured else {}
+    # The other whole-model candidates are built on copies of the model taken before the
+    # per-layer choice replaces its layers (which it does in place, as before).
+    others = {k: (copy.deepcopy(model), v) for k, v in variants.items() if k != PER_LAYER}
+    _assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
     model = _chain(model, args if sample is not None else None, ref, report)
     if sample is not None and ref is not None:
         model = _sparse_runs(model, args, ref, reps, choose, report)
-    model = _choose_layout(model, sample, ref, layout, reps, report)
+    if not others:
+        model = _choose_layout(model, sample, ref, layout, reps, report)
+    else:
+        model = _choose_model(model, others, picks, args, ref, layout, reps, report)
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = _rel_error(model(*args), ref)
     return model, report
+
+
+#: The whole-model candidates :func:`materialize` times against each other on the sample.
+PER_LAYER, STATIC_INT8, DENSE = "per-layer", "static int8", "dense"
+
+
+@dataclasses.dataclass
+class _Form:
+    """One executable form of a layer that passed the check: its kind, the built layer, its
+    error on the layer's sample input and its speed over the compressed layer, measured alone."""
+
+    kind: str
+    module: nn.Module
+    error: float
+    speedup: float
+
+
+@dataclasses.dataclass
+class _Pick:
+    """A candidate layer of the model, the form chosen for it alone and its other forms."""
+
+    name: str
+    module: nn.Module
+    chosen: nn.Module
+    entry: LayerMaterialization
+    forms: list[_Form]
+
+
+Variant = dict[str, tuple[nn.Module, str]]
+
+
+def _variants(picks: list[_Pick]) -> dict[str, Variant]:
+    """The whole-model candidates, layer name → (module, form): each layer's own fastest form
+    (:data:`PER_LAYER`); every layer that has a static int8 form in it, so that uint8 flows
+    between them (:data:`STATIC_INT8`: a layer timed alone does not see the float conversions
+    its neighbours' choices add); every layer dense (:data:`DENSE`). Each layer without such a
+    form keeps its own choice; a candidate equal to the per-layer one is left out."""
+    per_layer = {p.name: (p.chosen, p.entry.form) for p in picks}
+    out = {PER_LAYER: per_layer}
+    for key, wanted in ((STATIC_INT8, lambda k: "static" in k), (DENSE, lambda k: k == "dense")):
+        variant = dict(per_layer)
+        for p in picks:
+            form = next((f for f in p.forms if wanted(f.kind)), None)
+            if form is not None:
+                variant[p.name] = (form.module, form.kind)
+        if any(variant[n][0] is not per_layer[n][0] for n in per_layer):
+            out[key] = variant
+    return out
+
+
+def _assemble(model: nn.Module, variant: Variant, picks: list[_Pick], *, copy_layers: bool) -> None:
+    """Replace ``model``'s layers (in place) by the forms of ``variant``; a deployed model."""
+    for p in picks:
+        new, form = variant[p.name]
+        if new is p.module:
+            continue
+        new = copy.deepcopy(new) if copy_layers else new  # each candidate links its own layers
+        remember_source(new, p.module, form)
+        replace_module(model, p.name, new)  # every alias of a shared layer
+    for p in model.parameters():  # an inference model: the kernels have no backward
+        p.requires_grad_(False)
+    model.__dict__[DEPLOYED_ATTR] = True
+
+
+def _tolerance(model: nn.Module) -> float:
+    """The model-level tolerance: the int8 one when int8 activations round anywhere (a
+    compressed layer whose activation policy is ``"static"`` or ``"dynamic"``,
+    :class:`~modelzip.kernels.int8.Int8Format`; deploy sits below the kernels)."""
+    quantized = any(
+        isinstance(m, CompressedModule) and getattr(m, "activations", "") in ("static", "dynamic")
+        for m in model.modules()
+    )
+    return TOLERANCE["int8" if quantized else "float"]
+
+
+def _layouts(
+    model: nn.Module, sample: torch.Tensor, ref: Any, layout: str
+) -> list[tuple[str, nn.Module]]:
+    """``model`` in the memory layouts to time: NCHW and, when it has 4-D weights and agrees,
+    a channels-last copy; the one asked for when ``layout`` is not ``"measured"``."""
+    if not _has_conv(model) or layout == "contiguous":
+        return [("contiguous", model)]
+    if layout == "channels_last":
+        return [("channels_last", _channels_last(model))]
+    candidate = _channels_last(copy.deepcopy(model))
+    try:
+        with torch.no_grad():
+            err = _rel_error(candidate(sample), ref)
+    except (RuntimeError, ValueError):
+        return [("contiguous", model)]
+    if err > _tolerance(model):
+        return [("contiguous", model)]
+    return [("contiguous", model), ("channels_last", candidate)]
+
+
+def _choose_model(
+    model: nn.Module,
+    others: dict[str, tuple[nn.Module, Variant]],
+    picks: list[_Pick],
+    args: tuple[Any, ...],
+    ref: Any,
+    layout: str,
+    reps: int,
+    report: MaterializeReport,
+) -> nn.Module:
+    """The fastest correct whole model on the sample among ``model`` (the per-layer choice,
+    chained) and the ``others`` (:func:`_variants`, built and chained here), each in its
+    memory layouts, timed interleaved; ``report`` says which won, and its layers' forms."""
+    sample = args[0]
+    reports = {PER_LAYER: report}
+    built: dict[str, nn.Module] = {PER_LAYER: model}
+    for key, (work, variant) in others.items():
+        _assemble(work, variant, picks, copy_layers=True)
+        reports[key] = MaterializeReport([])
+        work = _chain(work, args, ref, reports[key])
+        with torch.no_grad():
+            err = _rel_error(work(*args), ref)
+        if err <= _tolerance(work):
+            built[key] = work
+    timed = [
+        (key, kind, m) for key, m in built.items() for kind, m in _layouts(m, sample, ref, layout)
+    ]
+    times = time_interleaved(
+        [m for _, _, m in timed], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,
+        max_reps=20 * max(reps, 5), grad="inference",
+    )  # fmt: skip
+    best = min(range(len(timed)), key=lambda i: times[i].median)
+    key, kind, winner = timed[best]
+    for (k, _, _), t in zip(timed, times, strict=True):
+        report.model_ms[k] = round(min(report.model_ms.get(k, t.ms), t.ms), 3)
+    report.model_choice = key
+    chosen = reports[key]
+    report.int8_links, report.int8_chain = chosen.int8_links, chosen.int8_chain
+    report.layout = kind
+    same = [t for (k, _, _), t in zip(timed, times, strict=True) if k == key]
+    if len(same) > 1:
+        ratio = max(t.median for t in same) / times[best].median
+        report.layout_reason = f"measured {ratio:.2f}× faster than the other layout"
+    else:
+        report.layout_reason = (
+            "asked for" if layout != "measured" else "the only layout that agrees"
+        )
+    if key != PER_LAYER:
+        _note_variant(others[key][1], picks, key)
+    summary = ", ".join(f"{k} {ms:.2f} ms" for k, ms in report.model_ms.items())
+    report.note = f"whole model: {key} kept ({summary})"
+    if report.int8_chain:
+        report.note += f"; int8 chain: {report.int8_chain}"
+    if key != PER_LAYER:
+        report.sparse_chain = ""  # the per-layer candidate's, which lost
+    elif report.sparse_chain:
+        report.note += f"; sparse chain: {report.sparse_chain}"
+    if kind == "channels_last" and winner is model:
+        return _channels_last(model)
+    return winner
+
+
+def _note_variant(variant: Variant, picks: list[_Pick], key: str) -> None:
+    """The layer entries of a whole-model candidate that won: each layer's form in it."""
+    for p in picks:
+        new, form = variant[p.name]
+        if new is p.chosen:
+            continue
+        entry, found = p.entry, next(f for f in p.forms if f.module is new)
+        entry.after, entry.kernel, entry.form = type(new).__name__, form.split(":")[-1], form
+        entry.speedup, entry.max_rel_error = found.speedup, found.error
+        entry.reason = f"whole model {key} measured fastest ({found.speedup:.2f}× alone)"
 
 
 def _chain(
@@ -335,6 +512,7 @@ def _sparse_runs(
     report.sparse_chain = (
         f"{links} sparse linears run as one call: {t_now / t_linked:.2f}× the per-layer choice"
     )
+    report.note = f"sparse chain: {report.sparse_chain}"
     return linked
 
 
@@ -380,7 +558,8 @@ def trainable(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def _has_conv(model: nn.Module) -> bool:
-    return any(p.dim() == 4 for p in model.parameters())
+    """Whether ``model`` holds 4-D weights (parameters, or int8 codes kept as buffers)."""
+    return any(t.dim() == 4 for t in (*model.parameters(), *model.buffers()))
 
 
 def _channels_last(model: nn.Module) -> nn.Module:
@@ -450,20 +629,22 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _choose(
     name: str, module: nn.Module, x: torch.Tensor | None, reps: int, choose: str
-) -> tuple[nn.Module, LayerMaterialization]:
+) -> tuple[nn.Module, LayerMaterialization, list[_Form]]:
+    """``module``'s fastest correct form (or the compressed one, or ``module``), its report
+    entry and every form that passed the check, measured on ``x``."""
     before = type(module).__name__
     entry = LayerMaterialization(name, before, before, "unchanged", "no faster form")
     options = candidates(module, x)
     if not options:
         if type(module) in (nn.Linear, nn.Conv2d):
             entry.reason = "dense weights (not ±α per row)"
-        return module, entry
+        return module, entry, []
     if x is None:  # no sample: take the compressed kernel (the last option) unchecked
         kind, build = options[-1]
         new = build()
         entry.after, entry.kernel, entry.form = type(new).__name__, kind.split(":")[-1], kind
         entry.reason = "no sample: compressed kernel taken unmeasured"
-        return new, entry
+        return new, entry, []
     with torch.no_grad():
         ref = module(x)
     built: list[tuple[str, nn.Module]] = []
@@ -501,7 +682,11 @@ def _choose(
         entry.reason += f" the speed of {before}: kept"
     entry.speedup = t_ref / best_t
     entry.max_rel_error = errors.get(id(best))
-    return best, entry
+    forms = [
+        _Form(kind, new, errors[id(new)], t_ref / t)
+        for (kind, new), t in zip(built, times[1:], strict=True)
+    ]
+    return best, entry, forms
 
 
 __all__ = [

@@ -47,7 +47,10 @@ def test_compress_deploys_by_default_and_reports_it(lenet) -> None:
     assert all(row["reason"] for row in report.deployment)
     for row in report.deployment:  # the Report names the form each layer has now
         assert type(deployed.get_submodule(row["name"])).__name__ == row["after"]
-    assert report.deploy_note == ""
+    # Unless every layer chose dense alone, the per-layer choice was timed against the whole
+    # model made dense, and the note says which won.
+    note = report.deploy_note
+    assert note == "" or (note.startswith("whole model: ") and "per-layer" in note), note
     assert not any(p.requires_grad for p in deployed.parameters())  # inference-only kernels
     with torch.no_grad():
         ref = trainable(x)

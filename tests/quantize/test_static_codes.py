@@ -138,3 +138,31 @@ def test_a_layer_the_model_never_calls_records_no_ranges() -> None:
     assert small.used.activation_ranges() is not None
     assert small.unused.activation_ranges() is None
     assert "no activation ranges" in static_int8_refusal(small.unused)
+
+
+def test_the_resnet_is_timed_whole_and_all_static_int8_chains_through_its_adds(
+    tmp_path: Path,
+) -> None:
+    """Layers timed alone pick dense for some 4-bit convs, which breaks the uint8 chain; the
+    whole model with every layer static int8 (BNs before the adds folded, adds in int8) is a
+    candidate timed against that choice, and the report says which won and the timings."""
+    torch.manual_seed(0)
+    model, x = create("resnet_small").eval(), torch.rand(16, 1, 28, 28)
+    small, _ = modelzip.compress(model, FOUR_BIT, sample=x, deploy=False, measure=False,
+                                 evaluate=False)  # fmt: skip
+    deployed, report = materialize(small, x)
+    assert "static int8" in report.model_ms and "per-layer" in report.model_ms
+    assert report.model_choice == min(report.model_ms, key=report.model_ms.__getitem__)
+    assert report.note.startswith(f"whole model: {report.model_choice} kept")
+    with torch.no_grad():
+        assert _rel(deployed(x), small(x)) <= TOLERANCE["int8"]
+    if report.model_choice == "static int8":
+        # 9 convs (the fc's output is the model's) and the 3 residual adds pass uint8 on.
+        assert report.int8_links == 12 and isinstance(deployed, ChainedModel)
+        assert all(isinstance(deployed.get_submodule(r["name"]), (StaticInt8Conv2d,
+                   StaticInt8Linear)) for r in report.rows())  # fmt: skip
+        with torch.no_grad():
+            assert torch.equal(trainable(deployed).eval()(x), small.eval()(x))
+    loaded = modelzip.load(modelzip.save(deployed, tmp_path / "resnet.mzip"))  # re-chained
+    with torch.no_grad():
+        assert torch.equal(loaded(x), deployed(x))
