@@ -89,3 +89,33 @@ def test_a_latency_budget_is_measured_on_the_deployed_model(lenet5, mnist):
     assert timed and all(r["ratio"] > 0 and r["deployed_ms"] > 0 for r in timed)
     assert run.family in ("channel_prune", "int8")
     assert run.cost <= 1e3 and run.baseline_cost > 0
+
+
+def _auto_cli(argv: list[str]) -> dict:
+    import contextlib
+    import io
+    import json
+
+    from modelzip.cli import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    return json.loads(printed.getvalue())
+
+
+def test_the_command_searches_the_families_asked_and_resumes_from_its_run_dir(tmp_path):
+    import json
+
+    argv = ["auto", "lenet5", "--dataset", "mnist", "--target", "size=200kB", "--max-drop", "2",
+            "--families", "channel_prune,prune+quantize", "--family-evals", "1",
+            "--validation-size", "200", "--finetune-samples", "300", "--json",
+            "--out", str(tmp_path / "m.mzip"), "--run-dir", str(tmp_path / "run")]  # fmt: skip
+    first = _auto_cli(argv)
+    assert first["cost"] <= 200_000 and first["family"] in ("channel_prune", "prune+quantize")
+    trail = json.loads((tmp_path / "run" / "trail.json").read_text())
+    assert {c["family"] for c in trail["candidates"]} == {"channel_prune", "prune+quantize"}
+    assert (tmp_path / "run" / "sweep.sqlite").is_file()
+    second = _auto_cli(argv)
+    assert second["evaluated"] == 0 and second["resumed"] >= first["evaluated"]
+    assert second["recipe"] == first["recipe"]
