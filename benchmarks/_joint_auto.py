@@ -249,3 +249,87 @@ def _markdown(
     if quick:
         lines.insert(2, "_Quick run: fewer knob values, evaluations and fine-tuning images._\n")
     return "\n".join(lines)
+
+
+#: The Done-when runs of issue #23: deployed latency 0.5x within 1 point, size 1/8 within 0.5.
+FAMILY_RUNS = (("latency", 0.5, 1.0), ("size", 1 / 8, 0.5))
+
+
+def part_auto_families(ctx: BenchContext) -> PartResult:
+    """``auto`` choosing among every family and composition on the small ResNet (``--quick``:
+    LeNet-5, whose baseline is cached; the ResNet's trains first): a deployed-latency budget of
+    0.5x within 1 point and 1/8 of the size within 0.5 points. Each run's trail (every candidate,
+    its cost, accuracy and deployed latency) is in its run directory, and a rerun resumes."""
+    from modelzip.baselines import pretrained
+    from modelzip.core.counting import module_bytes
+    from modelzip.joint.auto import AutoConfig, auto_compress
+    from modelzip.joint.budget import Budget, InfeasibleBudgetError
+    from modelzip.joint.run_dir import write_run_dir
+    from modelzip.joint.sensitivity import SensitivityConfig
+    from modelzip.sweep.auto_trail import StoreTrail
+    from modelzip.train import evaluate
+
+    torch.set_num_threads(1)
+    name = "lenet5" if ctx.quick else "resnet_small"
+    model = pretrained(name, "mnist", progress=False).eval()
+    data = ctx.data
+    sens = SensitivityConfig(
+        methods=("svd", "quantize_weights", "magnitude_prune"), rank_fractions=(0.2, 0.5),
+        bit_widths=(4, 8), sparsities=(0.5, 0.8, 0.9), validation_size=300 if ctx.quick else 1000,
+    )  # fmt: skip
+    rows, checks, table = [], [], []
+    test0 = float(evaluate(model, data)["accuracy"])
+    for kind, fraction, max_drop in FAMILY_RUNS:
+        config = AutoConfig(max_drop=max_drop, budget_evals=4 if ctx.quick else 12,
+                            finetune_samples=1000 if ctx.quick else 10000, verify_attempts=2,
+                            latency_margin=0.05, sensitivity=sens)  # fmt: skip
+        run_dir = RESULTS / ("joint-auto-families" + ("-quick" if ctx.quick else "")) / kind
+        t0 = time.perf_counter()
+        with StoreTrail(run_dir / "sweep.sqlite") as trail:
+            if kind == "size":
+                budget = Budget(kind="size", limit=fraction * module_bytes(model))
+            else:  # the deployed dense model's latency, as auto measures it
+                from modelzip.deploy import dense_anchor
+                from modelzip.joint.budget import CostModel
+                from modelzip.joint.sensitivity import validation_split
+
+                sample = validation_split(data, 64)[0]
+                timer = CostModel(Budget(kind="latency", limit=1.0), sample)
+                anchor = dense_anchor(model, sample)
+                budget = Budget(
+                    kind="latency", limit=fraction * min(timer(anchor) for _ in range(3))
+                )
+            label = f"{kind} {fraction:g}x, max-drop {max_drop:g}"
+            try:
+                result = auto_compress(model, data, budget, config, model_name=name, trail=trail)
+            except InfeasibleBudgetError as e:
+                rows.append({"budget": label, "error": str(e), "seconds": time.perf_counter() - t0})
+                checks.append(check(f"auto families {label}: met", float("nan"), budget.limit,
+                                    budget.unit, False))  # fmt: skip
+                table.append([label, "infeasible: " + str(e)[:300], "-", "-", "-"])
+                continue
+        write_run_dir(result, run_dir)
+        test = float(evaluate(result.model, data)["accuracy"])
+        drop = 100 * (test0 - test)
+        rows.append({"budget": label, "limit": budget.limit, "cost": result.cost,
+                     "baseline_cost": result.baseline_cost, "family": result.family,
+                     "recipe": result.summary()["recipe"], "test_accuracy": test,
+                     "baseline_test_accuracy": test0, "evaluated": result.evaluated,
+                     "resumed": result.resumed, "unavailable": result.unavailable,
+                     "run_dir": str(run_dir), "seconds": time.perf_counter() - t0})  # fmt: skip
+        checks.append(check(f"auto families {label}: budget met", result.cost, budget.limit,
+                            budget.unit, result.cost <= budget.limit))  # fmt: skip
+        checks.append(check(f"auto families {label}: test drop", drop, max_drop, "points",
+                            drop <= max_drop))  # fmt: skip
+        table.append([label, f"{result.cost:,.4g} / {budget.limit:,.4g} {budget.unit}",
+                      result.family, f"{100 * test:.2f} ({drop:+.2f})",
+                      f"{result.evaluated} built, {result.resumed} resumed"])  # fmt: skip
+    headers = ["budget", "cost / limit", "family chosen", "test acc % (drop)", "candidates"]
+    md = "\n".join([
+        f"### `auto` over every family and composition ({name})", "",
+        f"Baseline test accuracy {100 * test0:.2f}%. Candidates: per-layer settings, "
+        "channel pruning, static int8, channel prune + int8, prune + quantize, decompose + "
+        "quantize (unavailable until compress stacks it); latency measured deployed, side by "
+        "side with the deployed dense model.", "", markdown_table(headers, table),
+    ])  # fmt: skip
+    return PartResult(rows, checks, md)

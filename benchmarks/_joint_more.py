@@ -4,7 +4,7 @@ sparsity, compact + others, automatic compression). Each part is ``part(ctx) -> 
 from __future__ import annotations
 
 from _common import Part
-from _joint_auto import part_auto
+from _joint_auto import part_auto, part_auto_families
 from _joint_combined import part_compact_joint, part_decompose_prune, part_quant_sparsity
 
 PARTS: dict[str, Part] = {
@@ -12,4 +12,5 @@ PARTS: dict[str, Part] = {
     "quant_sparsity": part_quant_sparsity,
     "compact_joint": part_compact_joint,
     "auto": part_auto,
+    "auto_families": part_auto_families,
 }

@@ -72,13 +72,19 @@ def cmd_auto(args: argparse.Namespace) -> int:
     from modelzip.command_output import print_json
     from modelzip.deploy import materialize
     from modelzip.joint.auto import AutoConfig, auto_compress
+    from modelzip.joint.auto_families import FAMILIES
+    from modelzip.joint.auto_trail import Trail
     from modelzip.joint.budget import parse_budget
     from modelzip.joint.run_dir import write_run_dir
     from modelzip.serialize import save
+    from modelzip.sweep.auto_trail import StoreTrail
+    from modelzip.sweep.runner import STORE_NAME
     from modelzip.train import evaluate
 
     budget = parse_budget(args.target)
     config = AutoConfig(
+        families=_methods(args.families) or FAMILIES,
+        family_evals=args.family_evals,
         search=args.search,
         max_drop=args.max_drop,
         budget_evals=args.budget_evals,
@@ -89,9 +95,12 @@ def cmd_auto(args: argparse.Namespace) -> int:
         sensitivity=_sensitivity_config(args),
     )
     model, data = _load(args)
-    result = auto_compress(
-        model, data, budget, config, model_name=_model_name(args.model), progress=_bars(args)
-    )
+    # With a run directory every candidate is recorded in its sweep store as it is measured, and
+    # a rerun into the same directory builds only the candidates it does not hold yet.
+    trail = StoreTrail(Path(args.run_dir) / STORE_NAME) if args.run_dir else Trail()
+    with trail:
+        result = auto_compress(model, data, budget, config, model_name=_model_name(args.model),
+                               progress=_bars(args), trail=trail)  # fmt: skip
     # Saved deployed, as compress saves: the file keeps the compact layers and the chosen forms.
     deployed, _ = materialize(result.model, sample_from(data, model_device(result.model)))
     save(deployed, args.out)
@@ -144,8 +153,11 @@ def _print_auto(s: dict[str, Any]) -> None:
         f"cost {s['cost']:,.6g} {unit} (budget {s['budget']['limit']:,.6g}, baseline "
         f"{s['baseline_cost']:,.6g}); validation accuracy {s['accuracy']:.4f} "
         f"(baseline {s['baseline_accuracy']:.4f}, drop {s['drop_points']:.2f} points); "
-        f"test accuracy {s['test_accuracy']:.4f}; {s['explored']} candidates explored"
+        f"test accuracy {s['test_accuracy']:.4f}; {s['explored']} candidates explored; "
+        f"chosen family {s['family']}; {s['evaluated']} built, {s['resumed']} from the trail"
     )
+    for u in s.get("unavailable", []):
+        print(f"unavailable: {'+'.join(u['methods'])}: {u['reason']}")
     print(f"saved {s['out']} ({s['file_bytes']:,} bytes)")
     for f in s.get("files", []):
         print(f"wrote {f}")
@@ -195,6 +207,18 @@ def register_auto_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--accelerator", help="preset or spec YAML for energy and cycles budgets (eyeriss)"
     )
+    p.add_argument(
+        "--families",
+        nargs="+",
+        help="what is searched (default all): layer (one --methods method per layer), "
+        "channel_prune, int8 (static), channel_prune+int8, prune+quantize, decompose+quantize",
+    )
+    p.add_argument(
+        "--family-evals",
+        type=int,
+        default=3,
+        help="whole-model candidates per family evaluated for accuracy, mildest within budget (3)",
+    )
     p.add_argument("--budget-evals", type=int, default=30, help="candidates evaluated (30)")
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tune epochs (1)")
     p.add_argument(
@@ -202,5 +226,9 @@ def register_auto_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--out", required=True, help="output model file (.mzip)")
-    p.add_argument("--run-dir", help="write points.json, sensitivity.json, recipe.yaml, plots")
+    p.add_argument(
+        "--run-dir",
+        help="write points.json, trail.json, sensitivity.json, recipe.yaml, plots; the sweep "
+        "store sweep.sqlite there makes a rerun resume",
+    )
     p.set_defaults(func=cmd_auto)

@@ -9,7 +9,8 @@ from modelzip.joint.auto import AutoResult
 
 
 def write_run_dir(result: AutoResult, run_dir: str | Path) -> list[Path]:
-    """Write ``points.json``, ``report.json``, ``sensitivity.json`` (greedy), ``recipe.yaml``,
+    """Write ``points.json``, ``trail.json`` (every candidate built: cost, accuracy, deployed
+    latency), ``report.json``, ``sensitivity.json`` (greedy), ``recipe.yaml``,
     ``auto.json`` and the plots (``pareto.png``, ``sensitivity-METHOD.png``) into ``run_dir``,
     each atomically."""
     from modelzip.core.atomic import write_json
@@ -19,6 +20,8 @@ def write_run_dir(result: AutoResult, run_dir: str | Path) -> list[Path]:
 
     run_dir = Path(run_dir)
     written = [run_dir / "points.json", run_dir / "recipe.yaml", run_dir / "auto.json"]
+    written.append(run_dir / "trail.json")
+    write_json(written[-1], {"candidates": result.trail, "unavailable": result.unavailable})
     if result.report is not None:
         written.append(run_dir / "report.json")
         write_json(written[-1], result.report.to_dict())

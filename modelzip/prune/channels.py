@@ -20,7 +20,7 @@ from torch import nn
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context, replace_module
 from modelzip.core.errors import ModelError
-from modelzip.core.registry import register_method
+from modelzip.core.registry import Knob, register_method
 from modelzip.prune.criteria import channel_scores
 from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph
 
@@ -260,6 +260,7 @@ def _refer_transformers(model: nn.Module, why: str) -> None:
     scope="model",
     example=ChannelPruneConfig(sparsity=0.5),
     noop=ChannelPruneConfig(sparsity=0.0),
+    knob=Knob("sparsity", (0.25, 0.4, 0.5, 0.6)),
 )
 def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) -> None:
     """Filter/neuron pruning with real removal of coupled channels (fx-traced)."""

@@ -220,7 +220,9 @@ def test_never_returns_a_model_over_budget(
     assert measured <= budget.limit
     assert measured == pytest.approx(result.cost, rel=1e-6)
     assert 100 * (result.baseline_accuracy - result.accuracy) <= FAST.max_drop + 1e-9
-    assert result.recipe and all(len(step.select.names) == 1 for step in result.recipe)
+    assert result.recipe
+    if result.family == "layer":  # one step per layer, by name; else a whole-model recipe
+        assert all(len(step.select.names) == 1 for step in result.recipe)
     assert any(p.pareto for p in result.points)
     assert result.chosen.cost <= budget.limit
 
