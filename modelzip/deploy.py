@@ -257,7 +257,7 @@ def materialize(
     _assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
     model = _chain(model, args if sample is not None else None, ref, report)
     if sample is not None and ref is not None:
-        model = _sparse_runs(model, args, ref, reps, choose, report)
+        model = _sparse_runs(model, picks, args, ref, reps, choose, report)
     if not others:
         model = _choose_layout(model, sample, ref, layout, reps, report)
     else:
@@ -462,6 +462,7 @@ def _chain(
 
 def _sparse_runs(
     model: nn.Module,
+    picks: list[_Pick],
     args: tuple[Any, ...],
     ref: Any,
     reps: int,
@@ -475,18 +476,15 @@ def _sparse_runs(
     if model.__dict__.get("_modelzip_eager") is not None:  # linked already (int8 chain)
         return model
     switched = copy.deepcopy(model)
-    entries = {e.name: e for e in report.layers}
     changed: dict[str, tuple[nn.Module, nn.Module, str]] = {}
-    for name, module in list(switched.named_modules()):
-        source = compact_source(module)
-        layer = source.layer() if source is not None else module
-        if "sparse" not in declared_forms(layer) or name not in entries:
+    for pick in picks:  # the compressed layers as they were before the per-layer choice
+        if "sparse" not in declared_forms(pick.module):
             continue
-        options = [(k, b) for k, b in candidates(layer, None) if k == "float:CSR"]
-        if options and not isinstance(layer.to_dense(), nn.Conv2d):  # type: ignore[operator]
+        options = [(k, b) for k, b in candidates(pick.module, None) if k == "float:CSR"]
+        if options and not isinstance(pick.module.to_dense(), nn.Conv2d):  # type: ignore[operator]
             new = options[0][1]().eval()
-            changed[name] = (new, layer, options[0][0])
-            replace_module(switched, name, new)
+            changed[pick.name] = (new, pick.module, options[0][0])
+            replace_module(switched, pick.name, new)
     if len(changed) < 2:
         return model
     for p in switched.parameters():
@@ -503,6 +501,7 @@ def _sparse_runs(
     if t_linked >= t_now and choose != "compressed":
         report.sparse_chain = f"{links} sparse linears as one call: measured slower, not kept"
         return model
+    entries = {e.name: e for e in report.layers}
     for name, (new, layer, kind) in changed.items():
         remember_source(new, layer, kind)
         e = entries[name]
