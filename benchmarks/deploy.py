@@ -270,6 +270,7 @@ def compress_file(
     env: dict[str, str],
     tag: str,
     batch: int,
+    finetune: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any], str, str]:
     """``modelzip compress`` ``model`` with ``steps`` into a file deployed for ``batch``:
     (compress's JSON, the deploying compress's JSON, the file, the data set to eval it on).
@@ -281,6 +282,8 @@ def compress_file(
     data = ws.dataset(model.data)
     recipe = ws.recipe(tag, steps)
     common = ["--no-latency", "--quiet"]
+    if finetune and model.trained:  # the accuracy column means something after a fine-tune
+        common += ["--finetune-epochs", str(finetune)]
     if batch == 64:
         comp = modelzip(
             ["compress", model.spec, "--recipe", recipe, "--dataset", data, "--out", out, *common],
@@ -298,7 +301,7 @@ def compress_file(
     one = ws.dataset("mnist1")
     again = modelzip(
         ["compress", trainable, "--recipe", ws.recipe("empty", []), "--dataset", one,
-         "--out", out, *common],
+         "--out", out, "--no-latency", "--quiet"],
         env,
     )  # fmt: skip
     return comp, again, out, one
@@ -344,7 +347,8 @@ def run_case(
     ``modelzip eval`` (three times in a full run, median); the row, with the file's speed
     against the dense model deployed alike (:func:`deployed_dense_ms`) beside eval's."""
     tag = workspace(ctx).tag(model.name, method, f"b{batch}")
-    comp, final, out, eval_data = compress_file(ctx, model, steps, env, tag, batch)
+    finetune = FINETUNE_EPOCHS.get(method, 0)
+    comp, final, out, eval_data = compress_file(ctx, model, steps, env, tag, batch, finetune)
     evals = [modelzip(["eval", out, "--dataset", eval_data], env) for _ in range(repeats(ctx))]
     if any(e.get("speedup") is None for e in evals):
         raise RuntimeError(f"modelzip eval {out} gave no speedup (no dense original?)")
@@ -464,6 +468,9 @@ FOUR_BIT = [{"method": "quantize_weights", "bits": 4}]
 TERNARY = [{"method": "ternary"}]
 HALF_MACS = [{"method": "channel_prune", "sparsity": HALF_MACS_SPARSITY}]
 SPARSE_90 = [{"method": "magnitude_prune", "sparsity": 0.9}]
+#: Fine-tuning epochs (``modelzip compress --finetune-epochs``) of the rows whose accuracy is
+#: reported on a trained model and would mean little without one.
+FINETUNE_EPOCHS = {"magnitude_prune 0.9": 1}
 ALL = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 
 
