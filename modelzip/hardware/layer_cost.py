@@ -67,12 +67,16 @@ def _systolic_layer(
     counts = systolic_counts(w, spec.rows, spec.cols, dataflow)
     factor = cycle_factor(spec, wb, ab) * sp.cycle_fraction
     fill = counts.cycles_per_fold - counts.T
-    per_fold = fill + math.ceil(counts.T * factor)
+    stream = math.ceil(counts.T * factor)
+    if spec.pipelined_folds:  # broadcast tiles: one fill and drain for the whole layer
+        compute = fill + counts.folds * stream
+    else:  # systolic: every fold is skewed in and out
+        compute = counts.folds * (fill + stream)
     traffic = dram_traffic(w, spec, dataflow, wb, ab, order).scaled(
         sp.ifmap_dram_factor, sp.weight_factor, sp.ofmap_dram_factor
     )
     return {
-        "compute_cycles": counts.folds * per_fold,
+        "compute_cycles": compute,
         "folds": counts.folds,
         "mapping_efficiency": counts.mapping_efficiency,
         "sram_reads": counts.ifmap_reads * ab / spec.word_bits

@@ -9,10 +9,14 @@
                Chen et al. ISSCC 2016.
 ``os``         generic output-stationary 32x32 systolic array with SCALE-Sim's ``scale.cfg`` buffers
                (64 kB each), Horowitz energies.
-``stripes``    bit-serial activations (Judd et al., MICRO 2016) on a 16x16 OS array, 16-bit.
-``loom``       bit-serial weights and activations (Sharify et al., DAC 2018), 16x16 OS array.
+``stripes``    bit-serial activations (Judd et al., MICRO 2016) on a 16x16 OS array, 16-bit; its
+               tiles broadcast activations (DaDianNao's organization), so folds are pipelined
+               (``pipelined_folds``: the fill and drain are paid once per layer).
+``loom``       bit-serial weights and activations (Sharify et al., DAC 2018), 16x16 OS array,
+               pipelined folds as Stripes.
 ``bitfusion``  2-bit bricks fused into 8-bit units, 16-bit in 4 steps (Sharma et al., ISCA 2018),
-               16x16 OS array.
+               16x16 OS array; Bit Fusion's array is systolic, so each fold pays its fill and
+               drain, which 2-bit layers' 16x shorter streams no longer hide.
 ``xnor``       binary XNOR-popcount PEs, 32x32 OS array.
 ``cambricon-x`` weight-sparse engine: zero weights skipped with 4-bit step indices, 16x16 array,
                16-bit (Zhang et al., MICRO 2016); output stationary, so each PE streams its
@@ -135,11 +139,11 @@ _PRESETS: dict[str, _Preset] = {
     ),
     "os": _Preset(_os, "generic 32x32 output-stationary systolic array, SCALE-Sim's scale.cfg"),
     "stripes": _Preset(
-        _small_os("stripes", "stripes", energy_model="horowitz"),
+        _small_os("stripes", "stripes", energy_model="horowitz", pipelined_folds=True),
         "bit-serial activations on a 16x16 array (Judd et al. 2016)",
     ),
     "loom": _Preset(
-        _small_os("loom", "loom", energy_model="horowitz"),
+        _small_os("loom", "loom", energy_model="horowitz", pipelined_folds=True),
         "bit-serial weights and activations on a 16x16 array (Sharify et al. 2018)",
     ),
     "bitfusion": _Preset(

@@ -91,6 +91,10 @@ class AcceleratorSpec(ConfigBase):
     ``tt_engine``: the array runs the stages of a tensor-train / hierarchical-Tucker layer back to
     back with the intermediates in working SRAM (TIE, Deng et al. ISCA 2019; :mod:`.tt_engine`);
     without it each stage is an independent product with a DRAM round trip between stages.
+    ``pipelined_folds``: the array's fill and drain are paid once per layer, not once per fold, as
+    in tiles that broadcast their operands instead of skewing them through a systolic array
+    (DaDianNao and the bit-serial designs built on it, Stripes and Loom); ``False`` is
+    SCALE-Sim's systolic model, where every fold pays ``rows + cols - 2`` cycles or more.
     """
 
     name: str = "custom"
@@ -112,6 +116,7 @@ class AcceleratorSpec(ConfigBase):
     fp: bool = False
     sparse: SparseSupport = dataclasses.field(default_factory=SparseSupport)
     tt_engine: bool = False
+    pipelined_folds: bool = False
     energy_model: EnergyModel = "eyeriss"
     custom_energy: EnergyTable | None = None
 

@@ -131,10 +131,10 @@ def test_bit_serial_time_scales_with_measured_activation_bits() -> None:
             model, Recipe.from_list([{"method": "qat", "bits": 8, "act_bits": bits}]), sample=x,
             evaluate=False, measure=False, deploy=False,
         )  # fmt: skip
-        est = estimate(measured_workloads(q, x), "stripes")
-        # The streamed part of each fold scales with bits; fill and drain do not.
-        times[bits] = sum(layer.compute_cycles for layer in est.layers)
-    assert 1.5 < times[8] / times[4] <= 2.0
+        # Stripes' folds are pipelined: only one fill and drain per layer does not scale with
+        # the bits (30 cycles, against streams of a few dozen in this toy net).
+        times[bits] = estimate(measured_workloads(q, x), "stripes").cycles
+    assert 1.75 < times[8] / times[4] <= 2.0
 
 
 def test_weight_structure_is_read_from_the_weight() -> None:

@@ -114,6 +114,17 @@ def test_stripes_speedup_is_word_over_precision() -> None:
     assert base / serial == pytest.approx(2.0, rel=0.05)
 
 
+def test_pipelined_folds_pay_fill_once() -> None:
+    w = conv(C=64, K=64, P=28, Q=28, H=30, W=30)
+    systolic = get_accelerator("stripes").replace(pipelined_folds=False)
+    per_fold = estimate([w], systolic).layers[0]
+    once = estimate([w], systolic.replace(pipelined_folds=True)).layers[0]
+    fill = systolic.rows + systolic.cols - 2
+    assert per_fold.compute_cycles - once.compute_cycles == (per_fold.folds - 1) * fill
+    assert get_accelerator("stripes").pipelined_folds and get_accelerator("loom").pipelined_folds
+    assert not get_accelerator("bitfusion").pipelined_folds  # a systolic array
+
+
 def test_bitfusion_scales_by_fusion_group() -> None:
     spec = get_accelerator("bitfusion")
     w = conv(C=256, K=64, P=28, Q=28, H=30, W=30)
