@@ -144,6 +144,17 @@ def reduced_qparams(scale: torch.Tensor, zero: torch.Tensor) -> tuple[torch.Tens
 #: (:mod:`modelzip.quantize.int8_chain`): ``(mul, add, (out_scale, out_zero))``, the per-channel
 #: map ``y·mul + add`` its output then takes and the grid that map's range needs.
 FOLD_ATTR = "_modelzip_int8_fold"
+#: On a static int8 layer the int8 chain linked: the grid ``(scale, zero, qmax)`` its output is
+#: written on (left uint8 for the next layer).
+EMIT_ATTR = "_modelzip_int8_emit"
+#: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
+#: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
+RELU_ATTR = "_modelzip_int8_relu"
+
+_q = torch.ops.quantized
+#: The engine's ops of a policy: dynamic, static, static with a fused ReLU.
+_LINEAR_OPS = (_q.linear_dynamic, _q.linear, _q.linear_relu)
+_CONV_OPS = (_q.conv2d_dynamic, _q.conv2d, _q.conv2d_relu)
 
 
 def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = ACT_QMAX) -> Any:
@@ -238,15 +249,18 @@ class Int8Format(WeightFormat):
             return (*reduced_qparams(self.in_scale, self.in_zero), QMAX_REDUCED)
         return self.in_scale, self.in_zero, ACT_QMAX
 
-    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        scale, zero, qmax = self._engine_state(None)[1]
-        if x.is_quantized:  # written on this grid by a chained layer (quantize.int8_chain)
-            return x if qmax == ACT_QMAX else torch.clamp(x, max=(qmax - zero) * scale)
-        if qmax < ACT_QMAX:  # quint8 would go up to 255: clip to the top 7-bit code first
-            x = x.clamp(max=(qmax - zero) * scale)
-        with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-            warnings.simplefilter("ignore")
-            return torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    def _quantize_input(
+        self, x: torch.Tensor, grid: tuple[float, int, int] | None = None
+    ) -> torch.Tensor:
+        """``x`` as uint8 on the input grid ``(scale, zero, qmax)`` (this layer's by default).
+        Above a 7-bit ``qmax`` the codes are clipped after quantizing: one pass over bytes
+        instead of one over floats."""
+        scale, zero, qmax = grid or self._engine_state(None)[1]
+        if not x.is_quantized:  # else written on this grid by a chained layer (int8_chain)
+            with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+                warnings.simplefilter("ignore")
+                x = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+        return x if qmax == ACT_QMAX else torch.clamp(x, max=(qmax - zero) * scale)
 
     # The products.
 
@@ -265,15 +279,17 @@ class Int8Format(WeightFormat):
         if self.activations != "static":
             return product(x)
         # A chained layer's output is rounded on the grid it writes (the next layer's input).
-        emit = self.__dict__.get("_modelzip_int8_emit")
+        emit = self.__dict__.get(EMIT_ATTR)
         grid = (torch.tensor(emit[0]), torch.tensor(emit[1])) if emit else None
         y = product(_fake(x, *self.input_qparams()))
         fold = self.__dict__.get(FOLD_ATTR)
-        if fold is None:
-            return _fake(y, *(grid or (self.out_scale, self.out_zero)))
-        view = (1, -1) + (1,) * (y.dim() - 2)
-        y = y * fold[0].reshape(view) + fold[1].reshape(view)
-        return _fake(y, *(grid or (torch.tensor(fold[2][0]), torch.tensor(fold[2][1]))))
+        if fold is not None:
+            view = (1, -1) + (1,) * (y.dim() - 2)
+            y = y * fold[0].reshape(view) + fold[1].reshape(view)
+            grid = grid or (torch.tensor(fold[2][0]), torch.tensor(fold[2][1]))
+        if self.__dict__.get(RELU_ATTR):
+            y = torch.relu(y)
+        return _fake(y, *(grid or (self.out_scale, self.out_zero)))
 
     def _weights(self, bias: torch.Tensor | None) -> tuple[Any, Any, Any]:
         """Codes, scales and bias the engine runs: with a folded BatchNorm, ``mul`` goes into
@@ -294,16 +310,15 @@ class Int8Format(WeightFormat):
         once and kept while the layer's tensors are unchanged (the key of
         :meth:`WeightFormat.decoded_weight`'s cache), so a call pays no tensor arithmetic for
         them. ``build`` makes the prepacked weight (None: the grids only)."""
-        own = [*self._parameters.values(), *self._buffers.values()]  # type: ignore[attr-defined]
-        key = (
-            isa.reduced_int8_range(),
-            *((t._version, t.data_ptr()) for t in own if t is not None),
-            id(self.__dict__.get(FOLD_ATTR)),
-        )
+        static = self.activations == "static"
+        key = [id(self.__dict__.get(FOLD_ATTR)), static and isa.reduced_int8_range()]
+        for t in (*self._parameters.values(), *self._buffers.values()):  # type: ignore[attr-defined]
+            if t is not None:
+                key += (t._version, t.data_ptr())
         cache: list[Any] | None = self.__dict__.get("_engine_cache")
         if cache is None or cache[0] != key:
             grids: tuple[Any, Any] = (None, None)
-            if self.activations == "static":
+            if static:
                 scale, zero, qmax = self.input_qparams()
                 grids = (
                     (float(scale), int(zero), qmax),
@@ -317,25 +332,25 @@ class Int8Format(WeightFormat):
             cache[1] = build()
         return cache[1], cache[2], cache[3]
 
-    def _prepacked(self, build: Callable[[], Any]) -> Any:
-        return self._engine_state(build)[0]
-
-    def _static(self, op: Any, x: torch.Tensor, packed: Any) -> torch.Tensor:
-        # A chained layer writes its output on the next layer's input grid (and leaves it uint8).
-        emit = self.__dict__.get("_modelzip_int8_emit")
-        scale, zero = (emit[0], emit[1]) if emit else self._engine_state(None)[2]
-        qy = op(self._quantize_input(x), packed, scale, zero)
+    def _run(self, ops: tuple[Any, Any, Any], x: torch.Tensor, build: Callable[[], Any]) -> Any:
+        """``x`` through the engine: ``ops`` are the dynamic op, the static one and the static
+        one with the ReLU in its requantization (a chained layer whose ReLU was fused,
+        :data:`RELU_ATTR`). A chained layer writes its output on the next layer's input grid and
+        leaves it uint8 (:mod:`modelzip.quantize.int8_chain`)."""
+        packed, in_grid, out_grid = self._engine_state(build)
+        if in_grid is None:
+            return ops[0](x.contiguous(), packed, True)
+        emit = self.__dict__.get(EMIT_ATTR)
+        scale, zero = (emit[0], emit[1]) if emit else out_grid
+        op = ops[2] if self.__dict__.get(RELU_ATTR) else ops[1]
+        qy = op(self._quantize_input(x, in_grid), packed, scale, zero)
         return qy if emit else qy.dequantize()
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self._on_engine(x):
             return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
-        packed = self._prepacked(lambda: prepack_linear(*self._weights(bias)))
         flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
-        if self.activations == "dynamic":
-            y = torch.ops.quantized.linear_dynamic(flat, packed, True)
-        else:
-            y = self._static(torch.ops.quantized.linear, flat, packed)
+        y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     def conv2d(
@@ -344,12 +359,9 @@ class Int8Format(WeightFormat):
         if not self._on_engine(x, geometry):
             return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
         g = geometry
-        packed = self._prepacked(lambda: prepack_conv2d(
+        return self._run(_CONV_OPS, x, lambda: prepack_conv2d(
             *self._weights(bias), g.stride, g.padding, g.dilation, g.groups  # type: ignore[arg-type]
         ))  # fmt: skip
-        if self.activations == "dynamic":
-            return conv2d_dynamic(x, packed)
-        return self._static(torch.ops.quantized.conv2d, x, packed)
 
 
 @register_layer
@@ -377,7 +389,9 @@ class Int8DynamicConv2d(Int8Format, CompressedConv2d):
 
 __all__ = [
     "ACTIVATIONS",
+    "EMIT_ATTR",
     "FOLD_ATTR",
+    "RELU_ATTR",
     "Int8DynamicConv2d",
     "Int8Format",
     "conv2d_dynamic",

@@ -1,4 +1,4 @@
-"""BatchNorms folded into the static int8 convs before them, for the int8 chain.
+"""BatchNorms and ReLUs folded into the static int8 layers before them, for the int8 chain.
 
 A conv whose weights were quantized before its BatchNorm was folded (k-bit and ternary layers
 deployed as static int8, :mod:`modelzip.quantize.static_codes`) is followed by a float BN, which
@@ -7,16 +7,22 @@ layer. In eval the BN is a per-channel map ``y·mul + add``; folded into the eng
 scales and bias it leaves the int8 codes as they are. The fold is a plain attribute of the conv
 (:data:`~modelzip.kernels.int8.FOLD_ATTR`), set only in the traced graph the chain runs (the BN
 node is dropped there); the eager model keeps its BN and :func:`unfold` clears the attribute.
+
+A ReLU after a static int8 layer is a pass over the whole activation, and after a chained layer
+one over uint8 codes (clamping them at the zero point); the engine's ``linear_relu`` and
+``conv2d_relu`` do that clamp in their requantization, as PyTorch's FX ``convert`` fuses them
+(:func:`fuse_relus`, :data:`~modelzip.kernels.int8.RELU_ATTR`, the same way as the BN fold).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from modelzip.kernels.int8 import FOLD_ATTR, qparams
+from modelzip.kernels.int8 import FOLD_ATTR, RELU_ATTR, qparams
 
-__all__ = ["fold_batchnorms", "unfold"]
+__all__ = ["fold_batchnorms", "fuse_relus", "unfold"]
 
 
 def _bn_map(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -71,7 +77,46 @@ def fold_batchnorms(
     return folded
 
 
+def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    module = modules.get(str(node.target)) if node.op == "call_module" else None
+    return isinstance(module, nn.Identity) and len(node.args) == 1 and not node.kwargs
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules.get(str(node.target))) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, F.relu) and set(node.kwargs) <= {"inplace"}
+    return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
+
+
+def fuse_relus(
+    graph: fx.Graph, modules: dict[str, nn.Module], is_static: object, calls: dict[str, int]
+) -> int:
+    """Fuse each ReLU node whose input is only the output of a static int8 layer (called once)
+    into that layer, and drop the node from ``graph``. Returns how many."""
+    fused = 0
+    for node in list(graph.nodes):
+        if not _is_relu(node, modules) or len(node.args) != 1:
+            continue
+        src = into = node.args[0]
+        while isinstance(src, fx.Node) and len(src.users) == 1 and _is_identity(src, modules):
+            src = src.args[0]  # a BN the model replaced by Identity (a folded BN) and the like
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        layer = modules.get(str(src.target))
+        if not is_static(layer) or calls.get(str(src.target), 0) != 1:  # type: ignore[operator]
+            continue
+        layer.__dict__[RELU_ATTR] = True  # type: ignore[union-attr]
+        node.replace_all_uses_with(into)  # type: ignore[arg-type]
+        graph.erase_node(node)
+        fused += 1
+    return fused
+
+
 def unfold(model: nn.Module) -> None:
-    """Clear every fold: the layers compute their own output again (their BN runs after)."""
+    """Clear every fold: the layers compute their own output again (their BN and ReLU run
+    after)."""
     for m in model.modules():
         m.__dict__.pop(FOLD_ATTR, None)
+        m.__dict__.pop(RELU_ATTR, None)

@@ -11,10 +11,14 @@ what PyTorch's FX ``convert`` does, on our own calibrated grids:
   ``conv2d`` requantize in the kernel), or on its own calibrated output grid when only adds read
   it; the next layer takes the uint8 tensor as it is;
 * a residual add of two such tensors whose sum reaches static int8 layers runs as
-  ``torch.ops.quantized.add`` onto their grid. The model's code cannot add quantized tensors, so
-  then the deployed model is a ``torch.fx.GraphModule`` of it with those adds replaced; it keeps
-  the eager model (:data:`EAGER_ATTR`, sharing every layer) for
-  :func:`modelzip.deploy.trainable` and saving.
+  ``torch.ops.quantized.add`` onto their grid;
+* a BatchNorm or a ReLU right after a static int8 layer is folded into it
+  (:mod:`modelzip.quantize.int8_bn_fold`): the ReLU runs in the requantization of
+  ``torch.ops.quantized.linear_relu``/``conv2d_relu`` instead of as a pass of its own.
+
+The model's code cannot add quantized tensors nor skip its ReLUs, so with adds or folds the
+deployed model is a ``torch.fx.GraphModule`` of it with those nodes replaced; it keeps the eager
+model (:data:`EAGER_ATTR`, sharing every layer) for :func:`modelzip.deploy.trainable` and saving.
 
 The result differs from the unchained model only in rounding: a value is rounded once onto the
 grid its reader uses instead of twice. ReLU and max pooling commute with the monotone uint8 map.
@@ -34,10 +38,9 @@ from torch import fx, nn
 
 from modelzip.core.compact_source import CHAIN_ATTR
 from modelzip.core.model_links import LinkedModel, register_link
-from modelzip.quantize.int8_bn_fold import fold_batchnorms, unfold
+from modelzip.kernels.int8 import EMIT_ATTR
+from modelzip.quantize.int8_bn_fold import fold_batchnorms, fuse_relus, unfold
 
-#: On a static int8 layer: ``(scale, zero, qmax)`` of the grid its output is written on.
-EMIT_ATTR = "_modelzip_int8_emit"
 #: On a chained GraphModule: the eager model it was traced from (same layers).
 EAGER_ATTR = "_modelzip_eager"
 
@@ -217,7 +220,9 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
     for n in graph.nodes:
         if n.op == "call_module":
             calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    folds = fold_batchnorms(graph, dict(model.named_modules()), _is_static, calls)
+    modules = dict(model.named_modules())
+    folds = fold_batchnorms(graph, modules, _is_static, calls)
+    folds += fuse_relus(graph, modules, _is_static, calls)
     info = _Graph(model, graph)
     quantized = info.quantized_nodes()
     links = 0

@@ -7,6 +7,7 @@ from torch import fx, nn
 
 import modelzip
 from modelzip.deploy import trainable
+from modelzip.kernels.int8 import RELU_ATTR
 from modelzip.models.registry import create
 from modelzip.quantize.int8_chain import EMIT_ATTR, chain_static_int8
 from modelzip.quantize.int8_method import Int8Config
@@ -94,7 +95,26 @@ def test_a_layer_read_by_a_float_op_stays_float():
     small, _ = modelzip.compress(Net().eval(), STATIC, sample=x, measure=False, evaluate=False)
     assert EMIT_ATTR in small.a.__dict__  # a → relu → b: linked
     assert EMIT_ATTR not in small.b.__dict__  # b → sigmoid: float
-    assert not isinstance(small, fx.GraphModule)  # no adds: the model's own class
+
+
+def test_relus_after_static_layers_run_in_their_requantization():
+    x = torch.rand(16, 1, 28, 28)
+    _, small, _ = _static("vgg_small", x)
+    assert isinstance(small, fx.GraphModule)  # the ReLU nodes are dropped from the graph
+    assert "relu" not in small.code
+    fused = [n for n, m in small.named_modules() if m.__dict__.get(RELU_ATTR)]
+    assert fused == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc1"]
+    unchained = trainable(small).eval()
+    assert isinstance(unchained.relu1, nn.ReLU)  # the eager model keeps its ReLUs
+    assert not any(RELU_ATTR in m.__dict__ for m in unchained.modules())
+    with torch.inference_mode():
+        got, ref = small(x), unchained(x)
+    with torch.enable_grad():  # the float simulation applies the fused ReLU too
+        chained_again, _, _ = chain_static_int8(unchained)
+        simulated = chained_again(x).detach()
+    scale = float(ref.abs().max())
+    assert float((got - ref).abs().max()) <= 0.05 * scale
+    assert float((got - simulated).abs().max()) <= 0.05 * scale
 
 
 def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
