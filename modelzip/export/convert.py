@@ -29,6 +29,7 @@ from torch import nn
 
 from modelzip.core.compact_source import compact_source
 from modelzip.core.errors import ModelError
+from modelzip.core.model_links import unlink
 from modelzip.core.module import CompressedModule
 from modelzip.export.forms import form_of
 
@@ -116,7 +117,9 @@ def exportable(model: nn.Module, forms: dict[str, str] | None = None) -> nn.Modu
         Naming the first layer that cannot be exported and why.
     """
     forms = {} if forms is None else forms
-    work = copy.deepcopy(model).eval()
+    # A linked deployed model (int8 chain, sparse runs) exports as its eager model: the links
+    # are run-time fusions of layers that each export on their own.
+    work = unlink(copy.deepcopy(model)).eval()
     replaced: list[str] = []
     for name, module in list(work.named_modules()):
         if any(name.startswith(p + ".") for p in replaced):
