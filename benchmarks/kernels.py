@@ -109,7 +109,8 @@ def vpopcnt_emitted() -> bool:
     f = numba.njit(fastmath=True)(binary._xnor_rows.py_func)
     a = np.zeros((2, 1), np.uint64)
     one, zero = np.ones(2, np.float32), np.zeros(2, np.float32)
-    f(a, a, 64, np.zeros((2, 2), np.int32), np.zeros((1, 2), np.float32), one, zero, False, 0, 1)
+    f(a, a, 64, np.zeros((2, 2), np.int32), np.zeros((1, 2), np.float32), one, zero, False,
+      np.empty(0, np.float32), 0, 1)  # fmt: skip
     return "vpopcntq" in f.inspect_asm(f.signatures[0])
 
 

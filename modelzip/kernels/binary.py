@@ -17,8 +17,23 @@ import torch.nn.functional as F
 from numba import njit, prange
 
 from modelzip.kernels._jit import CHUNKS, pick, popcount
-from modelzip.kernels._native import native
+from modelzip.kernels._native import native, selected_isa
 from modelzip.kernels.bitpack import pack_bits, unpack_bits, words_for
+
+#: Below this many words per row the AVX2 build's XNOR GEMM loses to the Numba kernel (scalar
+#: ``popcnt`` in a 2 × 4 register tile): its 1 × 16 tiles and panel copy cost more than the
+#: nibble-lookup popcount saves. Measured single-thread on an AMD EPYC (AVX2), ms, native vs
+#: Numba: 4096×50×500 (LeNet-5's conv2, 8 words) 2.7 vs 1.2; 64×500×800 (fc1) 0.28 vs 0.15;
+#: 4096×128×800 6.3 vs 2.7; 64×1024×4096 (64 words) 1.24 vs 1.18; 256×256×4096 1.31 vs 1.55.
+AVX2_NATIVE_MIN_WORDS = 64
+
+
+def _native_for(words: int) -> object | None:
+    """The native extension where it is the faster XNOR GEMM for rows of ``words`` words."""
+    ext = native()
+    if ext is not None and selected_isa() == "avx2" and words < AVX2_NATIVE_MIN_WORDS:
+        return None
+    return ext
 
 
 @njit(cache=True, inline="always")
@@ -30,11 +45,16 @@ def _dot(A, i, B, j):
 
 
 @njit(cache=True, inline="always")
-def _epilogue(Y, i, t, corr, r, alpha, beta, affine):
-    # One row of the output from its integer dot products t: (t − corr[r])·α + β, or t itself
-    # for the exact integer GEMM. A separate, vectorized pass over a row still in L1 (fusing it
+def _epilogue(Y, i, t, corr, r, alpha, beta, affine, rows):
+    # One row of the output from its integer dot products t: (t − corr[r])·α (·rows[i]) + β, or
+    # t itself for the exact integer GEMM; rows (a per-row scale, XNOR-Net's K) may be empty.
+    # A separate, vectorized pass over a row still in L1 (fusing it
     # into the register tile's scalar stores made the whole GEMM ~50% slower).
-    if affine:
+    if affine and rows.shape[0] > 0:
+        s = rows[i]
+        for j in range(t.shape[0]):
+            Y[i, j] = (np.float32(t[j]) - corr[r, j]) * alpha[j] * s + beta[j]
+    elif affine:
         for j in range(t.shape[0]):
             Y[i, j] = (np.float32(t[j]) - corr[r, j]) * alpha[j] + beta[j]
     else:
@@ -43,7 +63,7 @@ def _epilogue(Y, i, t, corr, r, alpha, beta, affine):
 
 
 @njit(cache=True, fastmath=True)
-def _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, lo, hi):
+def _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, rows, lo, hi):
     # Row pairs lo..hi-1. A 2 × 4 register tile: each loaded word is used 4 (or 2) times; LLVM
     # vectorizes the word loop, so the eight popcount chains become vpopcntq on zmm registers.
     M, W = A.shape
@@ -56,7 +76,7 @@ def _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, lo, hi):
         if i0 + 1 == M:  # odd last row
             for j in range(N):
                 T[0, j] = k - 2 * _dot(A, i0, B, j)
-            _epilogue(Y, i0, T[0], corr, i0 % L, alpha, beta, affine)
+            _epilogue(Y, i0, T[0], corr, i0 % L, alpha, beta, affine, rows)
             continue
         for j0 in range(0, n4, 4):
             c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = 0
@@ -87,22 +107,22 @@ def _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, lo, hi):
             for j in range(n4, N):
                 Y[i0, j], Y[i0 + 1, j] = T[0, j], T[1, j]
             continue
-        _epilogue(Y, i0, T[0], corr, i0 % L, alpha, beta, affine)
-        _epilogue(Y, i0 + 1, T[1], corr, (i0 + 1) % L, alpha, beta, affine)
+        _epilogue(Y, i0, T[0], corr, i0 % L, alpha, beta, affine, rows)
+        _epilogue(Y, i0 + 1, T[1], corr, (i0 + 1) % L, alpha, beta, affine, rows)
 
 
 @njit(cache=True, parallel=True)
-def _xnor_gemm(A, B, k, Y, corr, alpha, beta, affine):
+def _xnor_gemm(A, B, k, Y, corr, alpha, beta, affine, rows):
     units = (A.shape[0] + 1) // 2
     chunks = min(units, CHUNKS)
     for t in prange(chunks):
         lo, hi = t * units // chunks, (t + 1) * units // chunks
-        _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, lo, hi)
+        _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, rows, lo, hi)
 
 
 @njit(cache=True)
-def _xnor_gemm_serial(A, B, k, Y, corr, alpha, beta, affine):
-    _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, 0, (A.shape[0] + 1) // 2)
+def _xnor_gemm_serial(A, B, k, Y, corr, alpha, beta, affine, rows):
+    _xnor_rows(A, B, k, Y, corr, alpha, beta, affine, rows, 0, (A.shape[0] + 1) // 2)
 
 
 def _run_xnor(
@@ -113,6 +133,7 @@ def _run_xnor(
     corr: np.ndarray | None = None,
     alpha: np.ndarray | None = None,
     beta: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     _check_words(a, b, k)
     n = b.shape[0]
@@ -121,7 +142,9 @@ def _run_xnor(
     alpha = np.ones(n, np.float32) if alpha is None else alpha
     beta = np.zeros(n, np.float32) if beta is None else beta
     kernel = pick(_xnor_gemm, _xnor_gemm_serial, y.size * a.shape[1])
-    kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), int(k), y, corr, alpha, beta, affine)
+    rows = np.empty(0, np.float32) if rows is None else np.ascontiguousarray(rows, np.float32)
+    kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), int(k), y, corr, alpha, beta, affine,
+           rows)  # fmt: skip
     return y
 
 
@@ -151,7 +174,7 @@ def xnor_gemm(a_words: np.ndarray, b_words: np.ndarray, k: int) -> np.ndarray:
     packed by :func:`~modelzip.kernels.bitpack.pack_signs` with the same ``K``. Runs the AVX-512
     kernel where :func:`~modelzip.kernels._native.native` has one, else the Numba kernel.
     """
-    ext = native()
+    ext = _native_for(a_words.shape[1])
     if ext is not None:
         _check_words(a_words, b_words, k)
         n = b_words.shape[0]
@@ -172,24 +195,30 @@ def xnor_gemm_affine(
     alpha: np.ndarray,
     beta: np.ndarray,
     corr: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``Y[i, j] = (C[i, j] − corr[i mod L, j])·α_j + β_j`` (float32) with ``C`` the XNOR GEMM
-    of :func:`xnor_gemm`: the layer's scale α, bias β and padding correction applied as each
-    output is stored (one pass over the output)."""
+    """``Y[i, j] = (C[i, j] − corr[i mod L, j])·α_j (·s_i) + β_j`` (float32) with ``C`` the XNOR
+    GEMM of :func:`xnor_gemm`: the layer's scale α, bias β, padding correction and, given
+    ``rows``, a per-row scale ``s`` (XNOR-Net's ``K``/``β``) applied as each output is stored."""
     f32 = np.float32
-    ext = native()
+    ext = _native_for(a_words.shape[1])
     if ext is not None:
         _check_words(a_words, b_words, k)
         n = b_words.shape[0]
         c = np.zeros((1, n), f32) if corr is None else np.ascontiguousarray(corr, dtype=f32)
-        return ext.xnor_gemm_affine(
+        zero = np.zeros(n, f32)
+        y = ext.xnor_gemm_affine(
             _words(a_words), _transposed_words(b_words), n, int(k), torch.from_numpy(c),
             torch.from_numpy(np.ascontiguousarray(alpha, dtype=f32)),
-            torch.from_numpy(np.ascontiguousarray(beta, dtype=f32)),
+            torch.from_numpy(np.ascontiguousarray(beta if rows is None else zero, dtype=f32)),
         ).numpy()  # fmt: skip
+        if rows is not None:  # the native kernels have no per-row scale: applied after
+            y *= np.asarray(rows, f32)[:, None]
+            y += np.asarray(beta, f32)
+        return y
     y = np.empty((a_words.shape[0], b_words.shape[0]), dtype=f32)
     return _run_xnor(a_words, b_words, k, y, None if corr is None else corr.astype(f32),
-                     alpha.astype(f32), beta.astype(f32))  # fmt: skip
+                     alpha.astype(f32), beta.astype(f32), rows)  # fmt: skip
 
 
 @njit(cache=True, fastmath=True)
@@ -303,9 +332,113 @@ def im2col_words(
 
 def pack_conv_weight(weight: torch.Tensor) -> np.ndarray:
     """Sign words of a conv weight (``O, C, kh, kw``) in the tap layout of
-    :func:`im2col_words`: ``(O, kh·kw·⌈C/64⌉)``."""
+    :func:`im2col_words`: ``(O, kh·kw·⌈C/64⌉)`` (what a :class:`~.layers.BinaryConv2d` stores)."""
     o = weight.shape[0]
     return pack_bits((weight.detach() < 0).permute(0, 2, 3, 1).cpu().numpy()).reshape(o, -1)
+
+
+def pack_conv_rows(weight: torch.Tensor) -> np.ndarray:
+    """Sign words of a conv weight (``O, C, kh, kw``) in the bit-stream layout of
+    :func:`sign_im2col`: each row's ``C·kh·kw`` bits back to back, ``(ky, kx, c)`` order,
+    ``(O, ⌈C·kh·kw/64⌉)``. Fewer words than the tap layout whenever ``C`` is not a multiple of
+    64 (LeNet-5's ``conv2``: 8 words instead of 25), so the XNOR GEMM does that much less work."""
+    o = weight.shape[0]
+    return pack_bits((weight.detach() < 0).permute(0, 2, 3, 1).reshape(o, -1).cpu().numpy())
+
+
+@njit(cache=True, fastmath=True)
+def _sign_im2col_rows(x, geo, out, scale, lo, hi):
+    # x: (B, H, W, C) float32, C-contiguous (the channels-last image); out: (B·OH·OW, words)
+    # uint64; scale: (B·OH·OW,) float32 or empty. Per image: (1) the sign bits of each
+    # pixel's channels packed into words of a zero-bordered pixel grid (padding = bit 0 = +1),
+    # with the mean |x| over the channels when the K map is asked for; (2) per output position
+    # its taps' channel bits appended into one bit stream, and the box mean of the |x| map
+    # over the same taps (XNOR-Net's K).
+    _, H, W, C = x.shape
+    kh, kw, sh, sw, ph, pw, dh, dw, oh, ow = geo
+    cw = (C + 63) // 64
+    nw = out.shape[1]
+    want_k = scale.shape[0] > 0
+    pix = np.zeros((H + 2 * ph, W + 2 * pw, cw), dtype=np.uint64)
+    amap = np.zeros((H + 2 * ph, W + 2 * pw), dtype=np.float32)
+    nc, taps = np.float32(C), np.float32(kh * kw)
+    one = np.uint64(1)
+    for b in range(lo, hi):
+        for h in range(H):
+            for w in range(W):
+                total = np.float32(0.0)
+                for q in range(cw):
+                    word = np.uint64(0)
+                    for c in range(64 * q, min(C, 64 * q + 64)):
+                        v = x[b, h, w, c]
+                        if v < 0:
+                            word |= one << np.uint64(c - 64 * q)
+                        total += abs(v)
+                    pix[h + ph, w + pw, q] = word
+                amap[h + ph, w + pw] = total / nc
+        for oy in range(oh):
+            for ox in range(ow):
+                r = (b * oh + oy) * ow + ox
+                for j in range(nw):
+                    out[r, j] = 0
+                pos = 0
+                box = np.float32(0.0)
+                for ky in range(kh):
+                    iy = oy * sh + ky * dh
+                    for kx in range(kw):
+                        ix = ox * sw + kx * dw
+                        box += amap[iy, ix]
+                        left = C
+                        for q in range(cw):
+                            v = pix[iy, ix, q]
+                            n = min(64, left)
+                            left -= n
+                            idx, off = pos >> 6, pos & 63
+                            out[r, idx] |= v << np.uint64(off)
+                            if off != 0 and off + n > 64:
+                                out[r, idx + 1] |= v >> np.uint64(64 - off)
+                            pos += n
+                if want_k:
+                    scale[r] = box / taps  # divided after summing: K of ±1 is 1
+
+
+@njit(cache=True, parallel=True)
+def _sign_im2col(x, geo, out, scale):
+    units = x.shape[0]
+    chunks = min(units, CHUNKS)
+    for t in prange(chunks):
+        _sign_im2col_rows(x, geo, out, scale, t * units // chunks, (t + 1) * units // chunks)
+
+
+@njit(cache=True)
+def _sign_im2col_serial(x, geo, out, scale):
+    _sign_im2col_rows(x, geo, out, scale, 0, x.shape[0])
+
+
+def sign_im2col(
+    x: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    k_map: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``sign(x)``'s packed im2col in one compiled pass over ``x`` (``B, C, H, W``, NCHW or
+    channels-last, float32): ``(B·OH·OW, ⌈C·kh·kw/64⌉)`` words, each row its taps' bits back to
+    back in ``(ky, kx, c)`` order (the layout of :func:`pack_conv_rows`); padded pixels are
+    0 bits (+1), which :func:`padding_correction` removes. With ``k_map`` also XNOR-Net's
+    ``K`` per output position (``B·OH·OW``, float32; see
+    :func:`~modelzip.kernels.layers.xnor_input_scale`), from the same pass."""
+    b, c, h, w = x.shape
+    oh, ow = conv_output_hw((h, w), kernel_size, stride, padding, dilation)
+    geo = np.array([*kernel_size, *stride, *padding, *dilation, oh, ow], dtype=np.int64)
+    out = np.empty((b * oh * ow, words_for(c * kernel_size[0] * kernel_size[1])), np.uint64)
+    scale = np.empty(b * oh * ow if k_map else 0, np.float32)
+    # Channels-last: each pixel's channels contiguous (a copy only for an NCHW input).
+    xn = x.detach().float().cpu().contiguous(memory_format=torch.channels_last)
+    xn = xn.permute(0, 2, 3, 1).numpy()
+    pick(_sign_im2col, _sign_im2col_serial, xn.size + out.size * 8)(xn, geo, out, scale)
+    return out, (scale if k_map else None)
 
 
 def padding_correction(
@@ -334,27 +467,27 @@ def binary_conv2d(
     correction: torch.Tensor | None,
     alpha: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
+    act_scale: bool = False,
 ) -> torch.Tensor:
-    """``α ⊙ conv2d(sign x, sign w) + b`` (zero padding, groups 1) as packed im2col + XNOR
-    GEMM; exact before the scale.
+    """``α ⊙ conv2d(sign x, sign w) (⊙ K) + b`` (zero padding, groups 1) as one fused
+    sign/pack/im2col pass (:func:`sign_im2col`) and the XNOR GEMM; exact before the scales.
 
-    ``w_words`` come from :func:`pack_conv_weight`; ``correction`` is :func:`padding_correction`
-    for this input size (``None`` when unpadded). Channel padding bits are 0 in both operands,
-    so ``K = C·kh·kw`` in ``K − 2·popcount`` removes them. The result is float32, NCHW.
-    """
+    ``w_words`` come from :func:`pack_conv_rows`; ``correction`` is :func:`padding_correction`
+    for this input size (``None`` when unpadded). Padding bits are 0 in both operands, so
+    ``K = C·kh·kw`` in ``K − 2·popcount`` removes them. With ``act_scale`` the output is also
+    multiplied by XNOR-Net's ``K`` map (from the same pass over ``x``) before the bias. The
+    result is float32 in channels-last memory order (the GEMM's rows are pixels), so the
+    caller can take it as is or make it NCHW-contiguous."""
     o, c, kh, kw = weight_shape
-    cols = im2col_words(pack_pixels(x), (kh, kw), stride, padding, dilation)
+    cols, k_map = sign_im2col(x, (kh, kw), stride, padding, dilation, k_map=act_scale)
     b, (oh, ow) = x.shape[0], conv_output_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
-    ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
-    y = xnor_gemm_affine(
-        cols,
-        w_words,
-        c * kh * kw,
-        ones if alpha is None else alpha.detach().cpu().numpy(),
-        zeros if bias is None else bias.detach().cpu().numpy(),
-        None if correction is None else correction.numpy(),
-    )
-    return torch.from_numpy(y).reshape(b, oh, ow, o).permute(0, 3, 1, 2).contiguous()
+    f32 = np.float32
+    a = np.ones(o, f32) if alpha is None else alpha.detach().cpu().numpy().astype(f32)
+    beta = np.zeros(o, f32) if bias is None else bias.detach().cpu().numpy().astype(f32)
+    corr = None if correction is None else correction.numpy()
+    # The K map scales before the bias: ((t − corr)·α)·K + b, as each output is stored.
+    y = xnor_gemm_affine(cols, w_words, c * kh * kw, a, beta, corr, k_map)
+    return torch.from_numpy(y).reshape(b, oh, ow, o).permute(0, 3, 1, 2)
 
 
 __all__ = [
@@ -362,9 +495,11 @@ __all__ = [
     "bwn_gemm",
     "im2col_words",
     "pack_bits",
+    "pack_conv_rows",
     "pack_conv_weight",
     "pack_pixels",
     "padding_correction",
+    "sign_im2col",
     "xnor_gemm",
     "xnor_gemm_affine",
     "xnor_gemm_numba",

@@ -157,34 +157,46 @@ class BinaryFormat(WeightFormat):
             self.__dict__["_binary_cache"] = cache
         return cache[1]
 
-    def _gemm(self, x2: torch.Tensor, words: np.ndarray, bias: torch.Tensor | None) -> torch.Tensor:
-        """``α ⊙ (x2 (n × K) · sign(W)ᵀ) + b`` from row-packed ``words``: XNOR on packed signs,
-        or BWN adds/subtracts."""
+    def _gemm(
+        self,
+        x2: torch.Tensor,
+        words: np.ndarray,
+        bias: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``α ⊙ (x2 (n × K) · sign(W)ᵀ) (⊙ rows) + b`` from row-packed ``words``: XNOR on packed
+        signs (``rows``, a per-row scale, applied in the kernel before the bias), or BWN
+        adds/subtracts."""
         from modelzip.kernels.binary import bwn_gemm, xnor_gemm_affine
 
         alpha = self.alpha.detach().cpu()
         beta = bias.detach().cpu() if bias is not None else None
         if self.mode == "xnor":
             beta = torch.zeros_like(alpha) if beta is None else beta
-            y = xnor_gemm_affine(pack_signs(x2), words, self.k, alpha.numpy(), beta.numpy())
-            return torch.from_numpy(y)  # scale and bias applied in the kernel
+            scale = None if rows is None else rows.reshape(-1).numpy()
+            y = xnor_gemm_affine(pack_signs(x2), words, self.k, alpha.numpy(), beta.numpy(),
+                                 None, scale)  # fmt: skip
+            return torch.from_numpy(y)  # the scales and bias applied in the kernel
         y = torch.from_numpy(bwn_gemm(x2.float().numpy(), words, self.k)).mul_(alpha)
         return y if beta is None else y.add_(beta)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         _no_grad_input(x, type(self).__name__)
         x2 = x.detach().reshape(-1, self.k).cpu()
-        if not self.act_scale:
-            y = self._gemm(x2, self._words(), bias)
-        else:  # α·(sign x · sign W) from the kernel, then × β and + b in float
-            y = self._gemm(x2, self._words(), None).mul_(xnor_input_scale(x2.float(), None))
-            y = y if bias is None else y.add_(bias.detach().cpu())
+        # With act_scale: ((sign x · sign W)·α)·β + b, β the mean |x| of each row.
+        rows = xnor_input_scale(x2.float(), None) if self.act_scale else None
+        y = self._gemm(x2, self._words(), bias, rows)
         return y.reshape(*x.shape[:-1], self.weight_shape[0]).to(x.device)
 
     def conv2d(
         self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        from modelzip.kernels.binary import binary_conv2d, conv_output_hw, padding_correction
+        from modelzip.kernels.binary import (
+            binary_conv2d,
+            conv_output_hw,
+            pack_conv_rows,
+            padding_correction,
+        )
 
         _no_grad_input(x, type(self).__name__)
         g, cache, device = geometry, self._kernel_cache(), x.device
@@ -199,19 +211,15 @@ class BinaryFormat(WeightFormat):
                     if any(g.padding)
                     else None
                 )
-            # With act_scale the bias is added after the K map, so the kernel adds none.
-            fused_bias = None if self.act_scale else bias
-            y = binary_conv2d(x, self._words(), self.weight_shape, g.stride, g.padding,
-                              g.dilation, cache[hw], self.alpha, fused_bias)  # fmt: skip
-            if self.act_scale:
-                y = y.mul_(xnor_input_scale(x, g))  # the K map, from the real input
-                if bias is not None:
-                    y = y.add_(bias.detach().cpu().reshape(1, -1, 1, 1))
-            if channels_last:
-                # The layout the input came in: a channels-last model's next op (a max-pool on
-                # LeNet-5) ran 5× slower on the kernel's NCHW output than on channels-last.
-                y = y.contiguous(memory_format=torch.channels_last)
-            return y.to(device)
+            if "stream" not in cache:  # the bit-stream rows of the fused im2col
+                cache["stream"] = pack_conv_rows(self._signs().reshape(self.weight_shape))
+            y = binary_conv2d(x, cache["stream"], self.weight_shape, g.stride, g.padding,
+                              g.dilation, cache[hw], self.alpha, bias,
+                              act_scale=self.act_scale)  # fmt: skip
+            # The kernel's rows are pixels: its output is channels-last already. Kept so for a
+            # channels-last input (a model deployed in that layout: its next op, a max-pool on
+            # LeNet-5, ran 5× slower on NCHW), made NCHW-contiguous otherwise.
+            return (y if channels_last else y.contiguous()).to(device)
         if "rows" not in cache:  # unfold-order words, for BWN
             cache["rows"] = pack_signs(self._signs())
         cols = F.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride)

@@ -11,14 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modelzip.core.geometry import ConvGeometry
 from modelzip.kernels.binary import (
     binary_conv2d,
     bwn_gemm,
-    pack_conv_weight,
+    pack_conv_rows,
     padding_correction,
+    sign_im2col,
     xnor_gemm,
 )
 from modelzip.kernels.bitpack import pack_bits, pack_signs, unpack_bits, unpack_signs, words_for
+from modelzip.kernels.layers import xnor_input_scale
 
 SIZES = [(1, 1, 1), (7, 13, 63), (33, 17, 65), (5, 9, 200), (3, 6, 129)]
 
@@ -59,19 +62,41 @@ def test_bwn_gemm(m: int, n: int, k: int) -> None:
     np.testing.assert_allclose(y, x.astype(np.float64) @ signs(w).T, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize(
-    ("stride", "padding", "dilation"), [((1, 1), (0, 0), (1, 1)), ((2, 1), (1, 2), (1, 2))]
-)
-def test_binary_conv2d_exact(stride: tuple, padding: tuple, dilation: tuple) -> None:
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(2, 70, 11, 9, generator=g), torch.randn(7, 70, 3, 3, generator=g)
+GEOMETRIES = [((1, 1), (0, 0), (1, 1)), ((2, 1), (1, 2), (1, 2))]
+
+
+@pytest.mark.parametrize("channels", [70, 20, 64, 1])
+@pytest.mark.parametrize(("stride", "padding", "dilation"), GEOMETRIES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_binary_conv2d_exact(
+    stride: tuple, padding: tuple, dilation: tuple, channels: int, channels_last: bool
+) -> None:
+    # 70 and 20 channels: taps straddle word boundaries in the bit stream; 64: whole words.
+    g = torch.Generator().manual_seed(channels)
+    x, w = torch.randn(2, channels, 11, 9, generator=g), torch.randn(7, channels, 3, 3, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ws = torch.where(w < 0, -1.0, 1.0)
     ref = F.conv2d(torch.where(x < 0, -1.0, 1.0).double(), ws.double(), None, stride, padding,
                    dilation)  # fmt: skip
     corr = padding_correction(ws, (11, 9), stride, padding, dilation) if any(padding) else None
-    y = binary_conv2d(x, pack_conv_weight(ws), (7, 70, 3, 3), stride, padding, dilation,
+    y = binary_conv2d(x, pack_conv_rows(ws), (7, channels, 3, 3), stride, padding, dilation,
                       corr)  # fmt: skip
     assert torch.equal(y.double(), ref)
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation"), GEOMETRIES)
+def test_sign_im2col_k_map(stride: tuple, padding: tuple, dilation: tuple) -> None:
+    """The K map computed in the fused pass is XNOR-Net's K (:func:`xnor_input_scale`)."""
+    x = torch.randn(3, 20, 10, 8, generator=torch.Generator().manual_seed(1))
+    conv = torch.nn.Conv2d(20, 4, (3, 2), stride, padding, dilation)
+    cols, k = sign_im2col(x, (3, 2), stride, padding, dilation, k_map=True)
+    ref = xnor_input_scale(x, ConvGeometry.of(conv))  # (B, 1, OH, OW)
+    assert k is not None and cols.shape == (ref.numel(), words_for(20 * 6))
+    np.testing.assert_allclose(k, ref.reshape(-1).numpy(), rtol=1e-6)
+    ones = torch.ones(1, 20, 10, 8)
+    _, k1 = sign_im2col(ones, (3, 2), (1, 1), (0, 0), (1, 1), k_map=True)
+    assert k1 is not None and (k1 == 1.0).all()  # K of a ±1 input is exactly 1
 
 
 def test_mismatched_words_refused() -> None:
