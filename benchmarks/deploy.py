@@ -603,7 +603,7 @@ XNOR_FINETUNE = ("--finetune-epochs", "1", "--finetune-lr", "2e-3")
 #: estimator): 0.96% test error on MNIST, a 3×4096 MLP (Courbariaux, Hubara, Soudry, El-Yaniv
 #: and Bengio, "Binarized Neural Networks", arXiv:1602.02830, 2016, Table 1, Theano).
 XNOR_PUBLISHED = {"accuracy": 0.9904, "source": "BNN (Courbariaux, Hubara et al. 2016, "
-                  "arXiv:1602.02830, Table 1): 0.96% MNIST error, 3×4096 MLP; XNOR-Net "
+                  "arXiv:1602.02830, Table 1): 0.96% MNIST error (Theano), 3×4096 MLP; XNOR-Net "
                   "(Rastegari et al. 2016) reports no MNIST figure"}  # fmt: skip
 
 
