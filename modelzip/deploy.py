@@ -222,6 +222,7 @@ def materialize(
             f"layout={layout!r} is not allowed; allowed: 'measured', 'contiguous', 'channels_last'"
         )
     model = model if inplace else copy.deepcopy(model)
+    given = model
     model.eval()
     device = model_device(model)
     if device.type != "cpu":  # the kernels (Numba, the native builds) run on the CPU alone
@@ -265,7 +266,25 @@ def materialize(
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = _rel_error(model(*args), ref)
-    return model, report
+    return (_into(given, model) if inplace else model), report
+
+
+def _into(given: nn.Module, chosen: nn.Module) -> nn.Module:
+    """For ``inplace``: the deployed layers of ``chosen`` (a whole-model candidate built on a
+    copy, or a linked GraphModule's eager model) put into ``given``, the caller's own object,
+    which is returned; or the linked GraphModule, now running ``given``'s layers (the caller's
+    model is deployed in place; the links are a wrapper around it)."""
+    eager = chosen.__dict__.get("_modelzip_eager", chosen)
+    if eager is not given:
+        for name, child in eager.named_children():
+            setattr(given, name, child)
+        given.__dict__.update(
+            {k: v for k, v in eager.__dict__.items() if k.startswith("_modelzip_")}
+        )
+    if eager is chosen:
+        return given
+    chosen.__dict__["_modelzip_eager"] = given
+    return chosen
 
 
 #: The whole-model candidates :func:`materialize` times against each other on the sample.

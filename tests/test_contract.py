@@ -86,7 +86,9 @@ def test_inplace_changes_the_model(method, model_for_method):
     small, report = modelzip.compress(
         model, get_method(method).example, sample=x, measure=False, inplace=True
     )
-    assert small is model
+    # The caller's object is changed; a deployed model whose layers are linked (int8 chain,
+    # sparse runs) runs as a wrapper around it.
+    assert small is model or small.__dict__.get("_modelzip_eager") is model
     first = report.layers[0]
     # The layer is in its deployed form when the deploy step changed it, else as compressed.
     deployed = {d["name"]: d["after"] for d in report.deployment if d["form"]}

@@ -46,6 +46,11 @@ class TTEmbedding(TTMatrix):
             embedding_dim, num_embeddings, embedding_modes, vocab_modes, ranks, False, device, dtype
         )
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        if padding_idx is not None and not -num_embeddings <= int(padding_idx) < num_embeddings:
+            raise ValueError(
+                f"padding_idx={padding_idx} is out of range; allowed "
+                f"[{-num_embeddings}, {num_embeddings - 1}] or None"
+            )
         self.padding_idx = padding_idx
 
     @classmethod
