@@ -255,11 +255,13 @@ def _refer_transformers(model: nn.Module, why: str) -> None:
         ) from None
 
 
-#: Removes whole channels of plain layers (a compact block's convs too) and leaves plain layers.
+#: Removes whole channels of plain layers and leaves plain layers.
 CHANNELS = Composition(
-    takes={"dense", "parts"},
+    takes={"dense"},
     gives="dense",
     why={
+        "parts": "channel_prune resizes plain layers, and a restructured layer's geometry and "
+        "spec do not follow its pieces when they are resized (prune channels first)",
         "kept": "channel_prune removes whole channels of plain layers, not of masked ones "
         "(prune channels first, then weights)",
         "codes": "channel_prune removes channels of float layers, not of quantized codes",
