@@ -45,7 +45,8 @@ def check_order(steps: tuple[MethodConfig, ...]) -> None:
 
     Each step is checked against the last earlier step whose selection may pick the same layers
     (:func:`~modelzip.core.composition.selections_overlap`) and that declares what it leaves;
-    methods that declare nothing are never refused here.
+    methods that declare nothing are never refused here, nor a step that declares it passes by
+    what the earlier one leaves (``Composition.passes``).
 
     Raises
     ------
@@ -61,7 +62,7 @@ def check_order(steps: tuple[MethodConfig, ...]) -> None:
             gives = _composition(earlier)
             if gives is None or not selections_overlap(earlier, later):
                 continue
-            if gives.gives not in takes.takes:
+            if gives.gives not in takes.takes | takes.passes:
                 a, b = earlier.method, later.method
                 fix = (
                     f"put {b} before {a}"

@@ -41,15 +41,21 @@ class Composition:
     """What kind of weights a method applies to (``takes``) and leaves (``gives``); see
     :data:`KINDS`. ``why`` gives, per kind it does not take, the reason in the method's own
     terms (``{"kept": "binary levels ±α have no zero, so pruned weights would come back"}``).
+    ``passes`` are kinds it does not take but meets without refusing the recipe: it leaves
+    those layers alone, with the reason in the Report, and applies to the others (``[prune some
+    layers, int8]`` quantizes the layers pruning left dense).
     """
 
     takes: frozenset[str]
     gives: str
     why: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    passes: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "takes", frozenset(self.takes))
-        unknown = sorted((set(self.takes) | {self.gives} | set(self.why)) - set(KINDS))
+        object.__setattr__(self, "passes", frozenset(self.passes))
+        kinds = set(self.takes) | {self.gives} | set(self.why) | set(self.passes)
+        unknown = sorted(kinds - set(KINDS))
         if unknown:
             raise ValueError(f"unknown kinds of weight {unknown}; known: {sorted(KINDS)}")
 

@@ -82,9 +82,11 @@ class Int8Config(MethodConfig):
 _LAYERS = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
 
 
-#: int8 stores every weight as a byte: a pruned layer's mask has no place in it.
+#: int8 stores every weight as a byte: a pruned layer's mask has no place in it, so int8 leaves
+#: pruned layers alone (with the reason) and quantizes the others.
 INT8 = Composition(
     takes={"dense", "parts"},
+    passes={"kept"},  # [prune some layers, int8]: int8 quantizes the others
     gives="codes",
     why={
         **QUANTIZES.why,

@@ -86,6 +86,7 @@ KEPT_OR_DENSE = Composition(takes={"dense", "parts", "kept"}, gives="codes", why
 #: Sign levels ``±α`` have no zero: a pruned weight would come back.
 NO_ZERO = Composition(
     takes={"dense", "parts"},
+    passes={"kept"},
     gives="codes",
     why={
         **QUANTIZES.why,
