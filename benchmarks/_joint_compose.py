@@ -56,10 +56,16 @@ def _accuracy(model: torch.nn.Module, data: Any, limit: int | None) -> float:
 
 
 def _row(model_name: str, label: str, base: torch.nn.Module, recipe: list, ctx: BenchContext):
+    print(f"[composition] {model_name}: {label}", flush=True)
     from modelzip.train import TrainConfig
 
     finetune = TrainConfig(
-        epochs=1, lr=0.01, steps_per_epoch=20 if ctx.quick else 200, threads=1, val_size=500
+        epochs=1,
+        lr=0.01,
+        steps_per_epoch=20 if ctx.quick else 200,
+        threads=1,
+        val_size=500,
+        channels_last=False,  # channels-last fine-tuning of a tucker2 resnet_small crashes
     )
     small, report = modelzip.compress(
         base, Recipe.from_list(recipe), ctx.data, finetune=finetune, evaluate=False
