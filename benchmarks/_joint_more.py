@@ -6,6 +6,7 @@ from __future__ import annotations
 from _common import Part
 from _joint_auto import part_auto, part_auto_families
 from _joint_combined import part_compact_joint, part_decompose_prune, part_quant_sparsity
+from _joint_compose import part_composition
 
 PARTS: dict[str, Part] = {
     "decompose_prune": part_decompose_prune,
@@ -13,4 +14,5 @@ PARTS: dict[str, Part] = {
     "compact_joint": part_compact_joint,
     "auto": part_auto,
     "auto_families": part_auto_families,
+    "composition": part_composition,
 }

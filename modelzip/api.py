@@ -15,7 +15,7 @@ from modelzip.core.config import MethodConfig
 from modelzip.core.context import Context, linear_views, replace_module
 from modelzip.core.counting import collect_workloads, count_params, module_bytes
 from modelzip.core.errors import DataError, ModelError
-from modelzip.core.registry import SkipLayer, spec_for
+from modelzip.core.registry import SkipLayer, kept_form, spec_for
 from modelzip.core.running import eval_inference, model_device
 from modelzip.data.folder import is_images
 from modelzip.deploy import dense_anchor, materialize, time_against, trainable
@@ -246,8 +246,13 @@ def _apply_layer_method(model: nn.Module, config: MethodConfig, handler: Any, ct
         placed = view is not source and not as_table
         if placed:  # in the model while the handler runs: calibration hooks must see it called
             replace_module(model, source_name, view)
+        run, run_config = handler, config
+        joint = kept_form(config) if getattr(source, "kept_weights", False) else None
+        if joint is not None:  # a pruned layer: quantized in the form that keeps its mask
+            run, run_config = joint[0].handler, joint[1]
+            ctx.note(name, f"kept weights quantized by {joint[0].name}, mask kept")
         try:
-            new = handler(view, config, ctx)
+            new = run(view, run_config, ctx)
         except SkipLayer as e:
             new = None
             for n in names:

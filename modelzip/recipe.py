@@ -22,9 +22,10 @@ from typing import Any
 import yaml
 
 from modelzip.core.atomic import write_text
+from modelzip.core.composition import KINDS, Composition, selections_overlap
 from modelzip.core.config import MethodConfig, load_yaml
 from modelzip.core.errors import ConfigError, UnknownNameError
-from modelzip.core.registry import config_from_dict
+from modelzip.core.registry import config_from_dict, registered_spec
 
 __all__ = ["MAX_RECIPE_STEPS", "Recipe"]
 
@@ -32,6 +33,47 @@ __all__ = ["MAX_RECIPE_STEPS", "Recipe"]
 #: whole model (23,000 copies of one step in a 400 KB file ran for minutes); a per-layer recipe
 #: of a model with a thousand compressible layers still fits.
 MAX_RECIPE_STEPS = 1024
+
+
+def _composition(config: MethodConfig) -> Composition | None:
+    spec = registered_spec(config)
+    return spec.composition if spec is not None else None
+
+
+def check_order(steps: tuple[MethodConfig, ...]) -> None:
+    """Refuse a step that would meet weights it cannot take (:mod:`modelzip.core.composition`).
+
+    Each step is checked against the last earlier step whose selection may pick the same layers
+    (:func:`~modelzip.core.composition.selections_overlap`) and that declares what it leaves;
+    methods that declare nothing are never refused here, nor a step that declares it passes by
+    what the earlier one leaves (``Composition.passes``).
+
+    Raises
+    ------
+    ConfigError
+        Naming both steps, why the later cannot follow, and the order that works (if any).
+    """
+    for j, later in enumerate(steps):
+        takes = _composition(later)
+        if takes is None:
+            continue
+        for i in range(j - 1, -1, -1):
+            earlier = steps[i]
+            gives = _composition(earlier)
+            if gives is None or not selections_overlap(earlier, later):
+                continue
+            if gives.gives not in takes.takes | takes.passes:
+                a, b = earlier.method, later.method
+                fix = (
+                    f"put {b} before {a}"
+                    if takes.gives in gives.takes
+                    else "apply them to different layers (select.names)"
+                )
+                raise ConfigError(
+                    f"recipe step {j} ({b}) cannot follow step {i} ({a}) on the same layers: "
+                    f"{a} leaves {KINDS[gives.gives]}, and {takes.reason(b, gives.gives)}; {fix}"
+                )
+            break
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +89,7 @@ class Recipe:
                 raise ConfigError(
                     f"recipe step {i} is a {type(step).__name__}, not a method config"
                 )
+        check_order(steps)
         object.__setattr__(self, "steps", steps)
 
     @classmethod

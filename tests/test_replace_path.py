@@ -9,6 +9,8 @@ what it computes with.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -103,7 +105,13 @@ def test_replace_records_one_change_when_an_alias_is_reached_again() -> None:
 @pytest.mark.parametrize("second", ["magnitude_prune", "global_prune"])
 def test_a_skipped_shared_layer_is_recorded_once(second: str) -> None:
     model, x = shared_model(), torch.randn(8, 32)
-    steps = [get_method("int8").example, get_method(second).example]
+    first, later = get_method("int8").example, get_method(second).example
+    if second == "magnitude_prune":
+        # Pruning after int8 on the same layers is refused when the recipe is built; named
+        # apart, the steps pass construction and the second meets the int8 layer at run time.
+        first = dataclasses.replace(first, select=Select(names=("0",)))
+        later = dataclasses.replace(later, select=Select(names=("0|2",)))
+    steps = [first, later]
     small, report = modelzip.compress(model, steps, sample=x, measure=False)
     skips = [s for s in report.skipped if s.method == second]
     assert [s.name for s in skips] == ["0"] and "already compressed" in skips[0].reason

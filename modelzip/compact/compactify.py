@@ -20,6 +20,7 @@ from typing import ClassVar
 from torch import nn
 
 from modelzip.compact.layers import BottleneckConv2d, DepthwiseSeparableConv2d, GroupConv2d
+from modelzip.core.composition import RESTRUCTURES
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import SkipLayer, register_method
@@ -98,6 +99,7 @@ def _plain_conv(module: nn.Module) -> nn.Conv2d:
     family="compact",
     example=DepthwiseSeparableConfig(depth_multiplier=1),
     noop=DepthwiseSeparableConfig(depth_multiplier=1_000_000),
+    composition=RESTRUCTURES,
 )
 def depthwise_separable(module: nn.Module, config: DepthwiseSeparableConfig, ctx: Context):
     """Depthwise-separable replacement of a conv, from the per-channel SVD of its kernel."""
@@ -112,6 +114,7 @@ def depthwise_separable(module: nn.Module, config: DepthwiseSeparableConfig, ctx
     family="compact",
     example=GroupConvConfig(groups=2),
     noop=GroupConvConfig(groups=1),
+    composition=RESTRUCTURES,
 )
 def group_conv(module: nn.Module, config: GroupConvConfig, ctx: Context):
     """Grouped replacement of a conv keeping the diagonal blocks of its kernel."""
@@ -129,6 +132,7 @@ def group_conv(module: nn.Module, config: GroupConvConfig, ctx: Context):
     family="compact",
     example=BottleneckConvConfig(width_fraction=0.5),
     noop=BottleneckConvConfig(width_fraction=1.0),
+    composition=RESTRUCTURES,
 )
 def bottleneck_conv(module: nn.Module, config: BottleneckConvConfig, ctx: Context):
     """1x1 -> kxk -> 1x1 bottleneck replacement of a conv, from the HOSVD of its kernel."""

@@ -101,6 +101,15 @@ class CompressedModule(nn.Module):
     #: (registered with :func:`modelzip.core.forms.register_form`), tried in this order after
     #: the layer itself; the fastest correct one wins.
     executable_forms: ClassVar[tuple[str, ...]] = ()
+    #: Children that hold the layer's parameters as plain layers (a decomposed conv's factor
+    #: convs, a compact block's convs) and that a later recipe step may compress on their own:
+    #: selection descends into them (``conv1.core``), :meth:`Context.replace` swaps one inside
+    #: this layer, and the spec and packed state carry a compressed part (:meth:`parts_spec`).
+    #: Empty: later steps meet the layer whole (and refuse it with a reason).
+    compressible_parts: ClassVar[tuple[str, ...]] = ()
+    #: The layer holds kept weights under a pruning mask: a later step whose method has a form
+    #: that keeps the mask (:func:`modelzip.core.registry.kept_form`) is carried out in it.
+    kept_weights: ClassVar[bool] = False
 
     @classmethod
     def from_dense(cls: type[L], dense: nn.Module, config: Any) -> L:
@@ -120,17 +129,68 @@ class CompressedModule(nn.Module):
     def from_spec(cls: type[L], spec: dict[str, Any]) -> L:
         return cls(**spec)
 
+    def compressed_parts(self) -> dict[str, CompressedModule]:
+        """The :attr:`compressible_parts` a later step compressed, by child name."""
+        parts = ((n, getattr(self, n, None)) for n in self.compressible_parts)
+        return {n: p for n, p in parts if isinstance(p, CompressedModule)}
+
+    def parts_spec(self) -> dict[str, Any]:
+        """``{"parts": {child: {"class", "spec"}}}`` for the compressed parts, to put in
+        :meth:`spec`; empty when no part is compressed (the spec stays what it was)."""
+        parts = self.compressed_parts()
+        if not parts:
+            return {}
+        entries = {n: {"class": layer_key(type(p)), "spec": p.spec()} for n, p in parts.items()}
+        return {"parts": entries}
+
+    def install_parts(self, parts: dict[str, Any]) -> None:
+        """Rebuild the compressed parts a spec names (the inverse of :meth:`parts_spec`), empty:
+        their tensors come with :meth:`load_packed_state`. Only registered classes, only at
+        :attr:`compressible_parts`."""
+        if not isinstance(parts, dict):
+            raise ModelError(f"{type(self).__name__}: 'parts' must be a mapping, got {parts!r}")
+        for name, entry in parts.items():
+            if name not in self.compressible_parts:
+                raise ModelError(
+                    f"{type(self).__name__} has no compressible part {name!r}; "
+                    f"allowed: {list(self.compressible_parts)}"
+                )
+            layer = layer_class(entry["class"]).from_spec(entry["spec"])
+            old = getattr(self, name)
+            device = next((t.device for t in old.parameters()), None)
+            setattr(self, name, layer if device is None else layer.to(device))
+
     def packed_state(self) -> dict[str, torch.Tensor]:
         """The tensors :func:`modelzip.save` writes for this layer.
 
-        The default is the ``state_dict``; a layer that trains in an expanded form (a dense weight
-        under a mask) overrides this with its compact form (kept values plus a bit mask).
+        The default is the ``state_dict``, with each compressed part's own packed state under its
+        name; a layer that trains in an expanded form (a dense weight under a mask) overrides
+        this with its compact form (kept values plus a bit mask).
         """
-        return dict(self.state_dict())
+        parts = self.compressed_parts()
+        state = {k: v for k, v in self.state_dict().items() if _part_of(k, parts) is None}
+        for name, part in parts.items():
+            state.update({f"{name}.{k}": v for k, v in part.packed_state().items()})
+        return state
 
     def load_packed_state(self, state: dict[str, torch.Tensor]) -> None:
         """Inverse of :meth:`packed_state` on a module built by :meth:`from_spec`."""
-        self.load_state_dict(state)
+        parts = self.compressed_parts()
+        if not parts:
+            self.load_state_dict(state)
+            return
+        for name, part in parts.items():
+            prefix = name + "."
+            part.load_packed_state(
+                {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            )
+        own = {k: v for k, v in state.items() if _part_of(k, parts) is None}
+        missing, unexpected = self.load_state_dict(own, strict=False)
+        missing = [k for k in missing if _part_of(k, parts) is None]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{type(self).__name__}: missing tensors {missing[:5]}, unexpected {unexpected[:5]}"
+            )
 
     def storage_bytes(self) -> int:
         """Bytes of the stored form (what :func:`modelzip.save` writes for this layer)."""
@@ -157,5 +217,13 @@ class CompressedModule(nn.Module):
         ]
 
     def param_count(self) -> int:
-        """Stored parameters (numbers), the quantity papers compare."""
-        return sum(p.numel() for p in self.parameters())
+        """Stored parameters (numbers), the quantity papers compare (a compressed part counts
+        its own)."""
+        parts = self.compressed_parts()
+        own = (p for n, p in self.named_parameters() if _part_of(n, parts) is None)
+        return sum(p.numel() for p in own) + sum(p.param_count() for p in parts.values())
+
+
+def _part_of(key: str, parts: dict[str, Any]) -> str | None:
+    """The part a state-dict key belongs to, if any."""
+    return next((n for n in parts if key.startswith(n + ".")), None)

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
+from modelzip.core.composition import Composition
 from modelzip.core.config import MethodConfig
 from modelzip.core.errors import ConfigError, ModelzipError, unknown_name
 
@@ -77,6 +78,14 @@ class MethodSpec:
     example: MethodConfig
     #: The number sensitivity analysis and ``auto`` sweep, or None for a method without one.
     knob: Knob | None = None
+    #: What kind of weights the method applies to and leaves (:mod:`modelzip.core.composition`);
+    #: a recipe whose step meets weights it cannot take is refused at construction. None: not
+    #: declared, never refused (its handler skips what it cannot handle, with the reason).
+    composition: Composition | None = None
+    #: Methods whose steps this one carries out on kept weights (a pruned layer), keeping the
+    #: mask: ``{"quantize_weights": convert}``, ``convert`` making this method's config from
+    #: that method's (:func:`kept_form`).
+    kept_form_of: dict[str, Callable[[MethodConfig], MethodConfig]] | None = None
 
 
 _METHODS: dict[str, MethodSpec] = {}
@@ -92,11 +101,15 @@ def register_method(
     noop: MethodConfig | None = None,
     scope: Literal["layer", "model"] = "layer",
     knob: Knob | None = None,
+    composition: Composition | None = None,
+    kept_form_of: dict[str, Callable[[MethodConfig], MethodConfig]] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``handler`` for ``config_type`` under ``config_type.method``.
 
     ``knob`` declares the number that sensitivity analysis and ``auto`` may sweep; it must be a
-    field of the config.
+    field of the config. ``composition`` declares which steps may precede and follow it
+    (:mod:`modelzip.core.composition`); ``kept_form_of`` names the methods whose steps this one
+    carries out on a pruned layer, keeping its mask (:func:`kept_form`).
     """
     if knob is not None and knob.field not in {f.name for f in dataclasses.fields(config_type)}:
         raise ConfigError(f"{config_type.__name__} has no field {knob.field!r} to use as its knob")
@@ -118,6 +131,8 @@ def register_method(
             noop=noop,
             example=example if example is not None else config_type(),
             knob=knob,
+            composition=composition,
+            kept_form_of=kept_form_of,
         )
         _METHODS[name] = spec
         _BY_TYPE[config_type] = spec
@@ -185,6 +200,23 @@ def spec_for(config: MethodConfig) -> MethodSpec:
         return _BY_TYPE[type(config)]
     except KeyError:
         raise ConfigError(f"{type(config).__name__} is not a registered method config") from None
+
+
+def registered_spec(config: MethodConfig) -> MethodSpec | None:
+    """The :class:`MethodSpec` of ``config``'s type if registered, without importing families
+    (a config's type registers when its module is imported)."""
+    return _BY_TYPE.get(type(config))
+
+
+def kept_form(config: MethodConfig) -> tuple[MethodSpec, MethodConfig] | None:
+    """The method (and its config) that carries out ``config`` on kept weights keeping the mask
+    (a pruned layer meeting ``quantize_weights`` is quantized by ``sparse_quantize``), if any."""
+    _load_builtins()
+    for spec in _METHODS.values():
+        convert = (spec.kept_form_of or {}).get(config.method)
+        if convert is not None:
+            return spec, convert(config)
+    return None
 
 
 def config_from_dict(step: dict[str, Any]) -> MethodConfig:

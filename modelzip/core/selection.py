@@ -66,18 +66,45 @@ class Select(ConfigBase):
         """The selected ``(name, module)`` pairs of ``model``, in definition order.
 
         A selected module's own children are not visited again: replacing a layer replaces its
-        whole subtree. Nor are the children of a compressed layer (a decomposed layer's factor
-        convs, say): a later step meets the compressed layer itself and refuses it with a reason,
-        instead of replacing a factor under a parent that expects a plain layer there.
+        whole subtree. A compressed layer is met whole, with two exceptions that make recipe
+        steps compose: a layer that declares :attr:`~modelzip.core.module.CompressedModule.
+        compressible_parts` (a decomposed conv's factor convs, a compact block's convs) is
+        entered, and those parts are selected like any layer (``conv1.core``), unless the types
+        name the compressed class itself (``decompose_prune`` takes ``Tucker2Conv2d`` whole).
+        Its other children, and every child of other compressed layers, are never visited: a
+        later step meets such a layer itself and refuses it with a reason.
         """
+        # A module held under several names is visited once, under its first (as
+        # ``named_modules`` does).
+        yield from self._select(model, "", default_types, set())
+
+    def _select(
+        self, module: nn.Module, prefix: str, default_types: tuple[str, ...], seen: set[int]
+    ) -> Iterator[tuple[str, nn.Module]]:
         from modelzip.core.module import CompressedModule
 
-        closed: list[str] = []
-        for name, module in model.named_modules():
-            if not name or any(name.startswith(t + ".") for t in closed):
+        for child_name, child in module.named_children():
+            if id(child) in seen:
                 continue
-            if self.matches(name, module, default_types):
-                closed.append(name)
-                yield name, module
-            elif isinstance(module, CompressedModule) and module.leaf:
-                closed.append(name)
+            seen.add(id(child))
+            name = f"{prefix}{child_name}"
+            composed = isinstance(child, CompressedModule) and child.leaf
+            named_whole = type(child).__name__ in (self.types or default_types)
+            if composed and child.compressible_parts and not named_whole:
+                for part in child.compressible_parts:
+                    sub = getattr(child, part, None)
+                    if isinstance(sub, nn.Module) and id(sub) not in seen:
+                        seen.add(id(sub))
+                        yield from self._select_one(sub, f"{name}.{part}", default_types, seen)
+                continue
+            yield from self._select_one(child, name, default_types, seen)
+
+    def _select_one(
+        self, module: nn.Module, name: str, default_types: tuple[str, ...], seen: set[int]
+    ) -> Iterator[tuple[str, nn.Module]]:
+        from modelzip.core.module import CompressedModule
+
+        if self.matches(name, module, default_types):
+            yield name, module
+        elif not (isinstance(module, CompressedModule) and module.leaf):
+            yield from self._select(module, name + ".", default_types, seen)

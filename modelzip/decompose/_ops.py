@@ -141,7 +141,8 @@ def conv_chain_workloads(
         nxt = torch.nn.functional.conv2d(
             current, weight, None, plain.stride, plain.padding, plain.dilation, plain.groups
         )
-        params = sum(p.numel() for p in conv.parameters())
+        counted = getattr(conv, "param_count", None)
+        params = counted() if callable(counted) else sum(p.numel() for p in conv.parameters())
         out.append(dense_workload(f"{name}:{part}", conv, (current,), nxt, params=params))
         current = nxt
     return out

@@ -20,6 +20,7 @@ which :meth:`ConvChain.from_spec` still reads.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, ClassVar, TypeVar
 
@@ -85,6 +86,12 @@ class ConvChain(CompressedModule):
     #: The child convs in the order the input runs through them.
     parts: ClassVar[tuple[str, ...]] = ()
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # The pieces are plain convs a later step may compress, unless the class says otherwise.
+        if "compressible_parts" not in cls.__dict__:
+            cls.compressible_parts = cls.parts
+
     def __init__(
         self,
         conv: ConvGeometry | dict[str, Any],
@@ -140,7 +147,11 @@ class ConvChain(CompressedModule):
         mode = rest.pop("padding_mode", "zeros")
         # The compact convs' files (before issue #19) kept the bias flag in {"geometry": ...}.
         rest.setdefault("bias", rest.get("geometry", {}).get("bias", True))
-        return cls(ConvGeometry.pop_from_spec(rest), padding_mode=mode, **rest)
+        parts = rest.pop("parts", None)
+        layer = cls(ConvGeometry.pop_from_spec(rest), padding_mode=mode, **rest)
+        if parts is not None:
+            layer.install_parts(parts)
+        return layer
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -148,10 +159,24 @@ class ConvChain(CompressedModule):
             "padding_mode": self.padding_mode,
             "bias": self.bias_enabled,
             **self.chain_spec(),
+            **self.parts_spec(),
         }
 
+    def plain(self) -> ConvChain:
+        """This chain with plain convs for its compressed pieces (their dense forms), sharing
+        everything else: what :meth:`kernel` and :meth:`output_bias` read."""
+        parts = self.compressed_parts()
+        if not parts:
+            return self
+        chain = copy.copy(self)
+        chain._modules = dict(self._modules)
+        for name, part in parts.items():
+            chain._modules[name] = part.to_dense()
+        return chain
+
     def to_dense(self) -> nn.Conv2d:
-        bias, kernel = self.output_bias(), self.kernel()
+        chain = self.plain()
+        bias, kernel = chain.output_bias(), chain.kernel()
         dense = self.geometry.dense(
             bias is not None,
             padding_mode=self.padding_mode,

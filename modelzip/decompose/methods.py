@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from modelzip.core.composition import RESTRUCTURES
 from modelzip.core.context import Context
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import Knob, SkipLayer, register_method
@@ -61,6 +62,7 @@ def _dispatch(module: nn.Module, config: Any, ctx: Context, table: dict[type, An
     example=SVDConfig(rank_fraction=0.5),
     noop=SVDConfig(energy=1.0),
     knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
+    composition=RESTRUCTURES,
 )
 def svd(module: nn.Module, config: SVDConfig, ctx: Context) -> nn.Module:
     """Truncated SVD of Linear weights and channel decomposition of conv kernels."""
@@ -75,6 +77,7 @@ def svd(module: nn.Module, config: SVDConfig, ctx: Context) -> nn.Module:
     example=SpatialConfig(rank_fraction=0.5),
     noop=SpatialConfig(energy=1.0),
     knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
+    composition=RESTRUCTURES,
 )
 def lowrank_spatial(module: nn.Module, config: SpatialConfig, ctx: Context) -> nn.Module:
     """Jaderberg et al. 2014 spatial decomposition: kh×1 conv then 1×kw conv."""
@@ -87,6 +90,7 @@ def lowrank_spatial(module: nn.Module, config: SpatialConfig, ctx: Context) -> n
     example=Tucker2Config(rank_fraction=0.5),
     noop=Tucker2Config(energy=1.0),
     knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
+    composition=RESTRUCTURES,
 )
 def tucker2(module: nn.Module, config: Tucker2Config, ctx: Context) -> nn.Module:
     """Tucker-2 conv of Kim et al. 2016: 1×1 → k×k core → 1×1."""
@@ -99,13 +103,20 @@ def tucker2(module: nn.Module, config: Tucker2Config, ctx: Context) -> nn.Module
     example=CPConfig(rank_fraction=0.25, n_iter_max=25),
     noop=CPConfig(rank=FULL),
     knob=Knob("rank_fraction", (0.1, 0.2, 0.35, 0.5, 0.75)),
+    composition=RESTRUCTURES,
 )
 def cp(module: nn.Module, config: CPConfig, ctx: Context) -> nn.Module:
     """CP conv of Lebedev et al. 2015: 1×1 → depthwise k×1 → depthwise 1×k → 1×1."""
     return _dispatch(module, config, ctx, {nn.Conv2d: CPConv2d})
 
 
-@register_method(TTConfig, family="decompose", example=TTConfig(rank=8), noop=TTConfig(rank=FULL))
+@register_method(
+    TTConfig,
+    family="decompose",
+    example=TTConfig(rank=8),
+    noop=TTConfig(rank=FULL),
+    composition=RESTRUCTURES,
+)
 def tt(module: nn.Module, config: TTConfig, ctx: Context) -> nn.Module:
     """Tensor train: TT-linear (Novikov 2015), TT-conv (Garipov 2016), TT embedding."""
     table = {nn.Linear: TTLinear, nn.Conv2d: TTConv2d, nn.Embedding: TTEmbedding}
@@ -114,7 +125,13 @@ def tt(module: nn.Module, config: TTConfig, ctx: Context) -> nn.Module:
     return _dispatch(module, config, ctx, table)
 
 
-@register_method(HTConfig, family="decompose", example=HTConfig(rank=8), noop=HTConfig(rank=FULL))
+@register_method(
+    HTConfig,
+    family="decompose",
+    example=HTConfig(rank=8),
+    noop=HTConfig(rank=FULL),
+    composition=RESTRUCTURES,
+)
 def ht(module: nn.Module, config: HTConfig, ctx: Context) -> nn.Module:
     """Hierarchical Tucker linear layer (balanced or TT dimension tree)."""
     return _dispatch(module, config, ctx, {nn.Linear: HTLinear})
@@ -125,6 +142,7 @@ def ht(module: nn.Module, config: HTConfig, ctx: Context) -> nn.Module:
     family="decompose",
     example=TuckerTensorizedConfig(rank=8),
     noop=TuckerTensorizedConfig(rank=FULL),
+    composition=RESTRUCTURES,
 )
 def tucker_tensorized(module: nn.Module, config: TuckerTensorizedConfig, ctx: Context) -> nn.Module:
     """Tensorized Tucker linear layer: W reshaped to m₁n₁ × … × m_dn_d, Tucker-decomposed."""

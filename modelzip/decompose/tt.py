@@ -166,6 +166,8 @@ class TTConv2d(ConvChain):
     executable_forms = ("dense", "fused_tt_conv")
 
     parts = ("spatial",)
+    # Its forward contracts the TT cores itself; the spatial piece stays its own business.
+    compressible_parts = ()
 
     def _init_chain(self, new: Pieces, in_modes: Any, out_modes: Any, ranks: Any) -> None:
         self.in_modes, self.out_modes = tuple(in_modes), tuple(out_modes)

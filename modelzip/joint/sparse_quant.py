@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from modelzip.core.composition import Composition
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear
 from modelzip.core.config import MethodConfig, check_choice
 from modelzip.core.context import Context
@@ -226,7 +227,29 @@ class SparseQuantizeConfig(MethodConfig):
         self.quantizer()
 
 
-@register_method(SparseQuantizeConfig, family="joint", example=SparseQuantizeConfig(bits=4))
+def kept_quantize_weights(config: MethodConfig) -> SparseQuantizeConfig:
+    """The ``sparse_quantize`` config that carries out a ``quantize_weights`` step on a pruned
+    layer: the same quantizer (per-group granularity becomes per channel) on the kept weights."""
+    fields = ("bits", "levels", "formulation", "range", "percentile", "rounding")
+    granularity = getattr(config, "granularity", "channel")
+    return SparseQuantizeConfig(
+        **{f: getattr(config, f) for f in fields},
+        granularity=granularity if granularity in ("tensor", "channel") else "channel",
+        select=config.select,
+    )
+
+
+@register_method(
+    SparseQuantizeConfig,
+    family="joint",
+    example=SparseQuantizeConfig(bits=4),
+    composition=Composition(
+        takes={"dense", "parts", "kept"},
+        gives="codes",
+        why={"codes": "the weights are already quantized codes"},
+    ),
+    kept_form_of={"quantize_weights": kept_quantize_weights},
+)
 def sparse_quantize(module: nn.Module, config: SparseQuantizeConfig, ctx: Context) -> nn.Module:
     """Pruning-aware quantization: levels fitted on kept weights, pruned weights exactly zero."""
     device = getattr(getattr(module, "weight", None), "device", torch.device("cpu"))

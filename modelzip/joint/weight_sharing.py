@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from modelzip.core.composition import Composition
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
@@ -301,7 +302,17 @@ def sharing_note(layer: SharedFormat, source: nn.Module) -> str:
     return f"{k} centroids, {zeros}"
 
 
-@register_method(WeightSharingConfig, family="joint", example=WeightSharingConfig(bits=4))
+#: Clusters plain or pruned weights (pruned ones stay zero) into shared centroids.
+SHARES = Composition(
+    takes={"dense", "parts", "kept"},
+    gives="codes",
+    why={"codes": "the weights are already quantized codes"},
+)
+
+
+@register_method(
+    WeightSharingConfig, family="joint", example=WeightSharingConfig(bits=4), composition=SHARES
+)
 def weight_sharing(module: nn.Module, config: WeightSharingConfig, ctx: Context) -> nn.Module:
     """k-means weight sharing: 2^b trainable centroids per layer, pruned zeros kept (Han 2016)."""
     weight = getattr(module, "weight", None)

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from modelzip.core.composition import Composition
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context, replace_module
 from modelzip.core.errors import ModelError
@@ -254,6 +255,20 @@ def _refer_transformers(model: nn.Module, why: str) -> None:
         ) from None
 
 
+#: Removes whole channels of plain layers and leaves plain layers.
+CHANNELS = Composition(
+    takes={"dense"},
+    gives="dense",
+    why={
+        "parts": "channel_prune resizes plain layers, and a restructured layer's geometry and "
+        "spec do not follow its pieces when they are resized (prune channels first)",
+        "kept": "channel_prune removes whole channels of plain layers, not of masked ones "
+        "(prune channels first, then weights)",
+        "codes": "channel_prune removes channels of float layers, not of quantized codes",
+    },
+)
+
+
 @register_method(
     ChannelPruneConfig,
     family="prune",
@@ -261,6 +276,7 @@ def _refer_transformers(model: nn.Module, why: str) -> None:
     example=ChannelPruneConfig(sparsity=0.5),
     noop=ChannelPruneConfig(sparsity=0.0),
     knob=Knob("sparsity", (0.25, 0.4, 0.5, 0.6)),
+    composition=CHANNELS,
 )
 def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) -> None:
     """Filter/neuron pruning with real removal of coupled channels (fx-traced)."""

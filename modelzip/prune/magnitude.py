@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from modelzip.core.composition import PRUNES
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import Knob, SkipLayer, register_method
@@ -98,6 +99,7 @@ class MagnitudePruneConfig(MethodConfig):
     example=MagnitudePruneConfig(sparsity=0.9),
     noop=MagnitudePruneConfig(sparsity=0.0),
     knob=Knob("sparsity", (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)),
+    composition=PRUNES,
 )
 def magnitude_prune(module: nn.Module, config: MagnitudePruneConfig, ctx: Context) -> nn.Module:
     """Unstructured magnitude pruning to an exact per-layer sparsity (Han et al. 2015)."""

@@ -40,6 +40,7 @@ class MaskFormat(WeightFormat):
 
     onnx_export = "dense: ONNX has no sparse weight type; the zeros stay in a float weight"
     executable_forms = ("dense", "sparse")
+    kept_weights = True
 
     weight: nn.Parameter
     mask: torch.Tensor

@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from modelzip.core.composition import PRUNES
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.errors import ConfigError
@@ -54,7 +55,7 @@ class NMPruneConfig(MethodConfig):
             raise ConfigError(f"NMPruneConfig.n={self.n} is out of range; allowed [0, m={self.m}]")
 
 
-@register_method(NMPruneConfig, family="prune", noop=NMPruneConfig(n=4, m=4))
+@register_method(NMPruneConfig, family="prune", noop=NMPruneConfig(n=4, m=4), composition=PRUNES)
 def nm_prune(module: nn.Module, config: NMPruneConfig, ctx: Context) -> nn.Module:
     """N:M structured sparsity (2:4) by magnitude within each group."""
     return _apply(module, lambda w: nm_mask(w, config.n, config.m))
@@ -88,7 +89,9 @@ class BlockPruneConfig(MethodConfig):
             raise ConfigError(f"BlockPruneConfig.block={self.block!r} must be positive sizes")
 
 
-@register_method(BlockPruneConfig, family="prune", noop=BlockPruneConfig(sparsity=0.0))
+@register_method(
+    BlockPruneConfig, family="prune", noop=BlockPruneConfig(sparsity=0.0), composition=PRUNES
+)
 def block_prune(module: nn.Module, config: BlockPruneConfig, ctx: Context) -> nn.Module:
     """Block-wise (b×b tiles) or kernel-wise pruning by block norm."""
     if config.grain == "kernel":
@@ -123,7 +126,9 @@ class VectorPruneConfig(MethodConfig):
         check_range(self, "sparsity", 0.0, 1.0, high_open=True)
 
 
-@register_method(VectorPruneConfig, family="prune", noop=VectorPruneConfig(sparsity=0.0))
+@register_method(
+    VectorPruneConfig, family="prune", noop=VectorPruneConfig(sparsity=0.0), composition=PRUNES
+)
 def vector_prune(module: nn.Module, config: VectorPruneConfig, ctx: Context) -> nn.Module:
     """Row- or column-wise pruning by vector norm."""
     return _apply(module, lambda w: vector_mask(w, config.sparsity, config.axis, config.norm))
@@ -160,6 +165,7 @@ class ThresholdPruneConfig(MethodConfig):
     family="prune",
     example=ThresholdPruneConfig(quality=1.5),
     noop=ThresholdPruneConfig(quality=0.0),
+    composition=PRUNES,
 )
 def threshold_prune(module: nn.Module, config: ThresholdPruneConfig, ctx: Context) -> nn.Module:
     """Han et al.'s threshold: prune |w| <= quality × std of the layer."""

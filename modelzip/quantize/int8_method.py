@@ -12,6 +12,7 @@ from typing import ClassVar, Literal
 
 from torch import nn
 
+from modelzip.core.composition import QUANTIZES, Composition
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.embedding import is_embedding_view
@@ -81,7 +82,21 @@ class Int8Config(MethodConfig):
 _LAYERS = {nn.Linear: Int8Linear, nn.Conv2d: Int8Conv2d}
 
 
-@register_method(Int8Config, family="quantize", example=Int8Config())
+#: int8 stores every weight as a byte: a pruned layer's mask has no place in it, so int8 leaves
+#: pruned layers alone (with the reason) and quantizes the others.
+INT8 = Composition(
+    takes={"dense", "parts"},
+    passes={"kept"},  # [prune some layers, int8]: int8 quantizes the others
+    gives="codes",
+    why={
+        **QUANTIZES.why,
+        "kept": "int8 has no form that keeps a pruning mask (quantize_weights quantizes the "
+        "kept weights and keeps the mask)",
+    },
+)
+
+
+@register_method(Int8Config, family="quantize", example=Int8Config(), composition=INT8)
 def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
     """Symmetric per-channel int8 weights, one byte per weight."""
     if isinstance(module, CompressedModule):

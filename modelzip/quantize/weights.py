@@ -17,6 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from modelzip.core.composition import QUANTIZES, Composition
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import Knob, SkipLayer, register_method
@@ -80,11 +81,26 @@ class QuantizeWeightsConfig(MethodConfig):
         self.quantizer()
 
 
+#: Quantizes plain layers and a pruned layer's kept weights (``sparse_quantize`` keeps the mask).
+KEPT_OR_DENSE = Composition(takes={"dense", "parts", "kept"}, gives="codes", why=QUANTIZES.why)
+#: Sign levels ``±α`` have no zero: a pruned weight would come back.
+NO_ZERO = Composition(
+    takes={"dense", "parts"},
+    passes={"kept"},
+    gives="codes",
+    why={
+        **QUANTIZES.why,
+        "kept": "its levels (±α) have no zero, so the pruned weights would come back",
+    },
+)
+
+
 @register_method(
     QuantizeWeightsConfig,
     family="quantize",
     example=QuantizeWeightsConfig(bits=4),
     knob=Knob("bits", (2, 3, 4, 6, 8)),
+    composition=KEPT_OR_DENSE,
 )
 def quantize_weights(module: nn.Module, config: QuantizeWeightsConfig, ctx: Context) -> nn.Module:
     """k-bit weights (uniform, power-of-two or k-means levels), bit-packed."""
@@ -111,7 +127,7 @@ class BinaryConfig(MethodConfig):
     stochastic: bool = False
 
 
-@register_method(BinaryConfig, family="quantize", example=BinaryConfig())
+@register_method(BinaryConfig, family="quantize", example=BinaryConfig(), composition=NO_ZERO)
 def binary(module: nn.Module, config: BinaryConfig, ctx: Context) -> nn.Module:
     """Binary weights α·sign(W) with α = mean|W|, one bit per weight."""
     weight = _weight_of(module)
@@ -145,7 +161,7 @@ class TernaryConfig(MethodConfig):
         check_range(self, "threshold", 0, 2, low_open=True)
 
 
-@register_method(TernaryConfig, family="quantize", example=TernaryConfig())
+@register_method(TernaryConfig, family="quantize", example=TernaryConfig(), composition=QUANTIZES)
 def ternary(module: nn.Module, config: TernaryConfig, ctx: Context) -> nn.Module:
     """Ternary weights {−α, 0, +α} with TWN's threshold, two bits per weight."""
     weight = _weight_of(module)
@@ -179,7 +195,7 @@ class MultibitConfig(MethodConfig):
         check_range(self, "iterations", 0, 1000)
 
 
-@register_method(MultibitConfig, family="quantize", example=MultibitConfig())
+@register_method(MultibitConfig, family="quantize", example=MultibitConfig(), composition=NO_ZERO)
 def multibit(module: nn.Module, config: MultibitConfig, ctx: Context) -> nn.Module:
     """Multi-bit binary bases Σ α_j B_j by alternating least squares (LQ-Nets / ABC-Net)."""
     weight = _weight_of(module)

@@ -51,7 +51,8 @@ def model_for(method: str, types: set[str]) -> tuple[torch.nn.Module, torch.Tens
 
 
 def cases() -> dict[str, tuple[str, object, bool]]:
-    """File stem -> (method whose model to use, config, whether to save the materialized form)."""
+    """File stem -> (method whose model to use, config or list of configs, whether to save the
+    materialized form)."""
     out = {m: (m, get_method(m).example, False) for m in list_methods()}
     int8 = get_method("int8").example
     out["int8_static"] = ("int8", dataclasses.replace(int8, activations="static"), False)
@@ -79,6 +80,8 @@ def cases() -> dict[str, tuple[str, object, bool]]:
     for method in ("magnitude_prune", "block_prune", "int8", "qat", "tt", "binary", "xnor_net"):
         out[f"{method}_materialized"] = (method, get_method(method).example, True)
     out["tt_conv_materialized"] = ("tt", conv_tt, True)
+    # Composition: a later step compressed the factor convs of a decomposed conv ("parts").
+    out["tucker2_quantize_weights"] = ("tucker2", [get_method("tucker2").example, qw], False)
     qat = get_method("qat").example
     out["qat_w2a2_materialized"] = ("qat", dataclasses.replace(qat, bits=2, act_bits=2), True)
     return out
@@ -112,13 +115,12 @@ def main(only: set[str] | None = None) -> None:
         # The compressed (trainable) form; the `_materialized` cases deploy it below, with the
         # compressed kernel taken whatever the timing says, so that the files do not depend on
         # how fast this machine runs which form.
-        small, report = modelzip.compress(model, [config], sample=x, measure=False, deploy=False)
+        steps = config if isinstance(config, list) else [config]
+        small, report = modelzip.compress(model, steps, sample=x, measure=False, deploy=False)
         if not report.layers:  # e.g. blocks that do not tile LeNet-5's small layers
             torch.manual_seed(0)
             model, x = create("lenet300", input_shape=[1, 8, 8]).eval(), torch.rand(4, 1, 8, 8)
-            small, report = modelzip.compress(
-                model, [config], sample=x, measure=False, deploy=False
-            )
+            small, report = modelzip.compress(model, steps, sample=x, measure=False, deploy=False)
         if not report.layers:
             print(f"{stem}: changed no layer, skipped")
             continue
