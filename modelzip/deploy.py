@@ -276,7 +276,7 @@ def _into(given: nn.Module, chosen: nn.Module) -> nn.Module:
     model is deployed in place; the links are a wrapper around it)."""
     eager = chosen.__dict__.get("_modelzip_eager", chosen)
     if eager is not given:
-        for name, child in eager.named_children():
+        for name, child in eager._modules.items():  # every name (named_children skips aliases)
             setattr(given, name, child)
         given.__dict__.update(
             {k: v for k, v in eager.__dict__.items() if k.startswith("_modelzip_")}

@@ -92,9 +92,14 @@ PRUNES = Composition(
 
 
 def selections_overlap(first: Any, second: Any) -> bool:
-    """Whether two configs' selections may pick the same layers: their types meet (no types:
-    any) and they do not each name their own different layers."""
+    """Whether two configs' selections may pick the same layers for a refusal to be certain:
+    their types meet (no types: any), they do not each name their own different layers, and
+    the later step is not "the rest" after an earlier one that named its layers (mixed
+    precision: ``[quantize_weights bits=8 on fc1, quantize_weights bits=2]``): the later step
+    then skips what the earlier one changed, with the reason in the Report."""
     a, b = first.select, second.select
+    if a.names and not b.names:
+        return False
     types_a = set(a.types or first.default_types)
     types_b = set(b.types or second.default_types)
     if types_a and types_b and not types_a & types_b:

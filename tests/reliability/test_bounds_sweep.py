@@ -371,8 +371,12 @@ def test_long_recipe_is_refused_before_any_step_is_built(monkeypatch) -> None:
 
 @pytest.mark.attack("Long recipes")
 def test_recipe_limit_is_inclusive_and_can_be_raised(tmp_path: Path) -> None:
-    assert len(Recipe.from_list([{"method": "int8"}] * MAX_RECIPE_STEPS)) == MAX_RECIPE_STEPS
-    longer = [{"method": "int8"} for _ in range(MAX_RECIPE_STEPS + 1)]  # no YAML aliases
+    # One step per layer, as a per-layer recipe is (the same layers twice would be refused).
+    def steps(n: int) -> list[dict[str, object]]:
+        return [{"method": "int8", "select": {"names": [f"layer{i}"]}} for i in range(n)]
+
+    assert len(Recipe.from_list(steps(MAX_RECIPE_STEPS))) == MAX_RECIPE_STEPS
+    longer = steps(MAX_RECIPE_STEPS + 1)  # no YAML aliases
     with pytest.raises(ConfigError, match=rf"{MAX_RECIPE_STEPS + 1:,} steps"):
         Recipe.from_list(longer)
     assert len(Recipe.from_list(longer, max_steps=MAX_RECIPE_STEPS + 1)) == MAX_RECIPE_STEPS + 1

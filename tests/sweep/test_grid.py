@@ -16,18 +16,18 @@ def test_grid_is_the_product_applied_to_the_template() -> None:
     config = SweepConfig.from_dict(
         {
             "recipe": [{"method": "magnitude_prune", "select": {"exclude": ["fc3"]}}],
-            "grid": {"magnitude_prune.sparsity": [0.5, 0.8, 0.9], "svd.rank_fraction": [0.25, 0.5]},
+            "grid": {"magnitude_prune.sparsity": [0.5, 0.8, 0.9], "quantize_weights.bits": [4, 8]},
         }
     )
     points = config.points()
     assert len(points) == 6
     first = points[0]
-    assert first.name == "magnitude_prune.sparsity=0.5,svd.rank_fraction=0.25"
-    assert [s["method"] for s in first.recipe] == ["magnitude_prune", "svd"]
+    assert first.name == "magnitude_prune.sparsity=0.5,quantize_weights.bits=4"
+    assert [s["method"] for s in first.recipe] == ["magnitude_prune", "quantize_weights"]
     assert first.recipe[0]["sparsity"] == 0.5
     assert first.recipe[0]["select"]["exclude"] == ["fc3"]  # the template's fields stay
-    assert {(p.recipe[0]["sparsity"], p.recipe[1]["rank_fraction"]) for p in points} == {
-        (s, r) for s in (0.5, 0.8, 0.9) for r in (0.25, 0.5)
+    assert {(p.recipe[0]["sparsity"], p.recipe[1]["bits"]) for p in points} == {
+        (s, b) for s in (0.5, 0.8, 0.9) for b in (4, 8)
     }
 
 
