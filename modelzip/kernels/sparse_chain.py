@@ -71,7 +71,8 @@ def _run_csc(plan, ints, floats, X, Y, scratch):
 
 class SparseRun(nn.Module):
     """Sparse linear layers (and the ReLUs after them) run as one call; the layers are shared
-    with the eager model, not copied."""
+    with the eager model, not copied. The activations live in one scratch buffer per module:
+    one call at a time per module (threads serving requests need a copy each)."""
 
     def __init__(
         self,
