@@ -71,14 +71,11 @@ def _why_slower(chosen: Any, changed: set[str]) -> str:
         if e.name not in changed:
             continue
         if e.form and e.speedup is not None:
-            parts.append(f"{e.name} {e.kernel} {e.speedup:.2f}× its compressed form")
+            parts.append(f"{e.name} {e.kernel} {e.speedup:.2f}×")
         elif e.reason:
             parts.append(f"{e.name}: {e.reason}")
-    detail = "; ".join(parts[:3]) or "no layer changed form"
-    return (
-        "slower here: the compressed layers' kernels do not beat the dense float products at "
-        f"this size, and the layers left real run as before ({detail})"
-    )
+    detail = ", ".join(parts[:3]) or "no layer changed form"
+    return f"slower here: layers alone vs compressed {detail}; the rest runs as dense"
 
 
 def _row(method: str, model: str, stats: Any, base: Any, deployed: str, ratio: str) -> list[str]:

@@ -23,7 +23,7 @@ def test_a_slower_method_gets_a_reason_naming_its_layers() -> None:
         ]
     )
     why = _why_slower(report, {"conv2", "fc1"})
-    assert "conv2 xnor 1.70× its compressed form" in why
+    assert "conv2 xnor 1.70×" in why
     assert "fc1: measured: CSR 0.80×" in why and "fc9" not in why
-    assert _why_slower(MaterializeReport([]), set()).endswith("(no layer changed form)")
+    assert "no layer changed form" in _why_slower(MaterializeReport([]), set())
     assert 0.9 < SLOWER < 1.0
