@@ -408,7 +408,10 @@ def _choose_model(
         if err <= _tolerance(work):
             built[key] = work
     timed = [
-        (key, kind, m) for key, m in built.items() for kind, m in _layouts(m, sample, ref, layout)
+        (key, kind, m)
+        for key, m in built.items()
+        for kind, m in _layouts(m, sample, ref, layout)
+        if key == PER_LAYER or _runs_timed(m, sample)
     ]
     times = time_interleaved(
         [m for _, _, m in timed], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,
@@ -443,6 +446,17 @@ def _choose_model(
     if kind == "channels_last" and winner is model:
         return _channels_last(model)
     return winner
+
+
+def _runs_timed(model: nn.Module, sample: torch.Tensor) -> bool:
+    """Whether ``model`` runs under inference mode, as it is timed (a quantized output that the
+    model's code ``.view``s may fail there and not under ``no_grad``)."""
+    try:
+        with torch.inference_mode():
+            model(sample)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
 
 
 def _note_variant(variant: Variant, picks: list[_Pick], key: str) -> None:
