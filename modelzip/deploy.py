@@ -511,13 +511,17 @@ def _sparse_runs(
     lone sparse layer saves less than the Python around it costs; a run of them does not."""
     if model.__dict__.get("_modelzip_eager") is not None:  # linked already (int8 chain)
         return model
+    # Only pruned linears are candidates (a masked conv's dense form is a Conv2d); the model is
+    # copied once there are two of them, not on every deploy.
+    sparse = [p for p in picks if "sparse" in declared_forms(p.module)]
+    sparse = [p for p in sparse if not isinstance(p.module.to_dense(), nn.Conv2d)]  # type: ignore[operator]
+    if len(sparse) < 2:
+        return model
     switched = copy.deepcopy(model)
     changed: dict[str, tuple[nn.Module, nn.Module, str]] = {}
-    for pick in picks:  # the compressed layers as they were before the per-layer choice
-        if "sparse" not in declared_forms(pick.module):
-            continue
+    for pick in sparse:  # the compressed layers as they were before the per-layer choice
         options = [(k, b) for k, b in candidates(pick.module, None) if k == "float:CSR"]
-        if options and not isinstance(pick.module.to_dense(), nn.Conv2d):  # type: ignore[operator]
+        if options:
             new = options[0][1]().eval()
             changed[pick.name] = (new, pick.module, options[0][0])
             replace_module(switched, pick.name, new)
