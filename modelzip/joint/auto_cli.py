@@ -4,9 +4,11 @@ and :mod:`modelzip.joint.sensitivity` (registered by :mod:`modelzip.joint.comman
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from modelzip.core.errors import ModelzipError
 from modelzip.model_source import MODEL_HELP
 
 
@@ -24,6 +26,22 @@ def _sensitivity_config(args: argparse.Namespace) -> Any:
     if methods:
         changes["methods"] = methods
     return SensitivityConfig(**changes)
+
+
+def _runner(args: argparse.Namespace, store: Path) -> Any:
+    """Candidates recorded in the sweep store ``store`` (a rerun resumes), evaluated here or,
+    with ``--executor``, on a local pool or Ray (workers rebuild the model as given here)."""
+    from modelzip.sweep.sensitivity_task import ModelSource, StoreRunner
+
+    source = ModelSource(args.model, args.weights, args.dataset, args.validation_size)
+    if args.executor is None and args.address is not None:
+        raise ModelzipError("--address is for --executor ray")
+    # --workers alone: the sweep's local pool, its candidates recorded as well.
+    executor = "local" if args.executor is None and args.workers > 1 else args.executor
+    return StoreRunner(
+        source, store, executor=executor, workers=args.workers, address=args.address,
+        progress=_bars(args),
+    )  # fmt: skip
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -46,20 +64,26 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from modelzip.command_output import print_json
     from modelzip.core.atomic import write_json
     from modelzip.joint.sensitivity import plot_sensitivity, run_sensitivity
+    from modelzip.sweep.runner import STORE_NAME
 
     config = _sensitivity_config(args)
     model, data = _load(args)
-    result = run_sensitivity(
-        model, data, config, model_name=_model_name(args.model), progress=_bars(args)
-    )
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = _runner(args, out / STORE_NAME)
+    result = run_sensitivity(
+        model, data, config, model_name=_model_name(args.model), progress=_bars(args),
+        runner=runner,
+    )  # fmt: skip
     write_json(out / "sensitivity.json", result.to_dict())
     plots = plot_sensitivity(result, out)
     files = [str(out / "sensitivity.json"), *map(str, plots)]
     if args.json:
-        print_json({**result.to_dict(), "files": files})
+        print_json({**result.to_dict(), "files": files, "resumed": runner.resumed})
         return 0
     print(f"baseline validation accuracy {result.baseline_accuracy:.4f}")
+    if runner.resumed:
+        print(f"{runner.resumed} candidates read back from {out / STORE_NAME}")
     for c in result.curves:
         points = ", ".join(f"{v:g}:{a:.3f}" for v, a in zip(c.values, c.accuracy, strict=True))
         print(f"{c.layer:>12} {c.method:<18} {c.knob}: {points}")
@@ -76,6 +100,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
     from modelzip.joint.auto_trail import Trail
     from modelzip.joint.budget import parse_budget
     from modelzip.joint.run_dir import write_run_dir
+    from modelzip.joint.sensitivity import run_sensitivity
     from modelzip.serialize import save
     from modelzip.sweep.auto_trail import StoreTrail
     from modelzip.sweep.runner import STORE_NAME
@@ -95,12 +120,23 @@ def cmd_auto(args: argparse.Namespace) -> int:
         sensitivity=_sensitivity_config(args),
     )
     model, data = _load(args)
+    sensitivity = None
+    if "layer" in config.families and config.search == "greedy" and (args.run_dir or args.executor):
+        # Through the sweep store: resumed from the run directory, or run on --executor.
+        with tempfile.TemporaryDirectory() as scratch:
+            store = Path(args.run_dir or scratch) / STORE_NAME
+            store.parent.mkdir(parents=True, exist_ok=True)
+            sensitivity = run_sensitivity(
+                model, data, config.sensitivity, model_name=_model_name(args.model),
+                progress=_bars(args), runner=_runner(args, store),
+            )  # fmt: skip
     # With a run directory every candidate is recorded in its sweep store as it is measured, and
     # a rerun into the same directory builds only the candidates it does not hold yet.
     trail = StoreTrail(Path(args.run_dir) / STORE_NAME) if args.run_dir else Trail()
     with trail:
         result = auto_compress(model, data, budget, config, model_name=_model_name(args.model),
-                               progress=_bars(args), trail=trail)  # fmt: skip
+                               progress=_bars(args), trail=trail,
+                               sensitivity=sensitivity)  # fmt: skip
     # Saved deployed, as compress saves: the file keeps the compact layers and the chosen forms.
     deployed, _ = materialize(result.model, sample_from(data, model_device(result.model)))
     save(deployed, args.out)
@@ -179,7 +215,16 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=2000,
         help="validation images, held out of the training set (default 2000)",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes evaluating candidates")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes evaluating sensitivity candidates"
+    )
+    p.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        help="where sensitivity candidates run: a local process pool or Ray (default: here, "
+        "or a local pool with --workers > 1); each is recorded in the sweep store as it ends",
+    )
+    p.add_argument("--address", help="Ray cluster address for --executor ray (default: local)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

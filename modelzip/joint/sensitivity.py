@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -198,6 +198,11 @@ def compress_one(model: nn.Module, config: MethodConfig) -> nn.Module | None:
     return small if report.layers else None
 
 
+#: Evaluates candidates ``(layer, method, value)`` of a model on validation images, in order.
+Runner = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, list[tuple[str, str, float]]], Iterable[float | None]
+]
+
 # A worker process receives the model and validation data once, through the pool's
 # initializer, rather than with each of the many candidates.
 _WORKER_STATE: dict[str, Any] = {}
@@ -238,6 +243,7 @@ def run_sensitivity(
     *,
     model_name: str = "model",
     progress: bool = False,
+    runner: Runner | None = None,
 ) -> SensitivityResult:
     """Accuracy against the knob for every selected layer and method (one layer at a time).
 
@@ -249,6 +255,11 @@ def run_sensitivity(
         An image :class:`~modelzip.data.Dataset`; its held-out validation split is used.
     config:
         Methods, knob values, validation size and workers.
+    runner:
+        Evaluates the candidates ``(layer, method, value)`` in order, given the model and the
+        validation images; default: this process, or a pool of ``config.workers``.
+        :class:`modelzip.sweep.sensitivity_task.StoreRunner` records them in a sweep store (a
+        rerun resumes) and can run them on Ray.
     """
     from modelzip.progress import progress_bar
 
@@ -259,7 +270,11 @@ def run_sensitivity(
     tasks = [(layer, m, v) for layer, m in pairs for v in config.values(m)]
     results: dict[tuple[str, str, float], float | None] = {}
     with progress_bar("sensitivity", len(tasks), enabled=progress) as bar:
-        for task, result in zip(tasks, _map(model, x, y, tasks, config.workers), strict=True):
+        if runner is None:
+            results_in_order = _map(model, x, y, tasks, config.workers)
+        else:
+            results_in_order = runner(model, x, y, tasks)
+        for task, result in zip(tasks, results_in_order, strict=True):
             results[task] = result
             bar.advance()
     curves = []

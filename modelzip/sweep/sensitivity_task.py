@@ -1,0 +1,154 @@
+"""Sensitivity candidates as sweep tasks: a rerun resumes from the run directory's store, and the
+candidates can run on a local process pool or a Ray cluster.
+
+Each candidate (one layer, one method, one knob value) becomes a task of kind ``sensitivity``
+naming the model as the command line did (zoo name, saved file or ``package.module:factory``,
+weights, data set). A worker, a local process or a Ray node, rebuilds the model and the
+validation split once and evaluates every candidate it receives. On a cluster the files a task
+names must be at the same path on every node, as for ``modelzip sweep``.
+
+Only accuracies travel: the latency a search needs is measured on this machine by
+:mod:`modelzip.joint.auto`, never on a worker whose load the others set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.core.errors import ModelzipError
+from modelzip.joint.sensitivity import evaluate_candidate, validation_split
+from modelzip.sweep.executors import make_executor
+from modelzip.sweep.runner import run_tasks
+from modelzip.sweep.store import SweepStore
+from modelzip.sweep.tasks import register_task_kind, task_key
+
+__all__ = ["TASK_KIND", "ModelSource", "StoreRunner", "candidate_task", "run_sensitivity_task"]
+
+TASK_KIND = "sensitivity"
+register_task_kind(TASK_KIND, "modelzip.sweep.sensitivity_task:run_sensitivity_task")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """How a worker rebuilds the analysed model and its validation images."""
+
+    model: str
+    weights: str | None = None
+    dataset: str | None = None
+    validation_size: int = 2000
+
+
+def candidate_task(source: ModelSource, layer: str, method: str, value: float) -> dict[str, Any]:
+    """The task of one candidate; its key depends on the source and the candidate alone."""
+    return {
+        "kind": TASK_KIND,
+        "name": f"{layer} {method}={value:g}",
+        "source": dataclasses.asdict(source),
+        "layer": layer,
+        "method": method,
+        "value": float(value),
+    }
+
+
+@functools.lru_cache(maxsize=2)
+def _load(source_json: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    from modelzip.model_source import dataset_for, load_model
+
+    source = ModelSource(**json.loads(source_json))
+    data = dataset_for(source.dataset, source.model)
+    model = load_model(source.model, source.weights, source.dataset, progress=False, data=data)
+    x, y = validation_split(data, source.validation_size)
+    return model.eval(), x, y
+
+
+def run_sensitivity_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A worker's side: ``{"accuracy": float | None}`` of one candidate."""
+    model, x, y = _load(json.dumps(task["source"], sort_keys=True))
+    value = float(task["value"])
+    return {"accuracy": evaluate_candidate(model, x, y, task["layer"], task["method"], value)}
+
+
+class StoreRunner:
+    """Runs the candidates of :func:`modelzip.joint.sensitivity.run_sensitivity` through a
+    sweep store: those already done there are read back, the others are evaluated here
+    (``executor=None``) or by a sweep executor (``"local"`` pool or ``"ray"``), each recorded
+    the moment it finishes.
+    """
+
+    def __init__(
+        self,
+        source: ModelSource,
+        store_path: str | Path,
+        *,
+        executor: str | None = None,
+        workers: int | None = None,
+        address: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.source = source
+        self.store_path = Path(store_path)
+        self.executor = executor
+        self.workers = workers
+        self.address = address
+        self.progress = progress
+        self.resumed = 0
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        candidates: list[tuple[str, str, float]],
+    ) -> Iterator[float | None]:
+        tasks = [candidate_task(self.source, *c) for c in candidates]
+        with SweepStore(self.store_path) as store:
+            if self.executor is None:
+                yield from self._here(store, model, x, y, candidates, tasks)
+                return
+            pool = make_executor(self.executor, self.workers, self.address)
+            try:
+                summary = run_tasks(tasks, store, pool, progress=self.progress)
+            finally:
+                pool.close()
+            if summary.failures:
+                first = summary.failures[0]
+                raise ModelzipError(
+                    f"{summary.failed} sensitivity candidates failed, e.g. {first['name']}: "
+                    f"{first['errors'][-1]} (store {store.path})"
+                )
+            self.resumed = summary.resumed
+            for task in tasks:
+                record = store.get(task_key(task))
+                assert record is not None  # run_tasks recorded every task
+                yield record["result"]["accuracy"]
+
+    def _here(
+        self,
+        store: SweepStore,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        candidates: list[tuple[str, str, float]],
+        tasks: list[dict[str, Any]],
+    ) -> Iterator[float | None]:
+        for candidate, task in zip(candidates, tasks, strict=True):
+            key = task_key(task)
+            record = store.get(key)
+            if record is not None and record["status"] == "done":
+                self.resumed += 1
+                yield record["result"]["accuracy"]
+                continue
+            start = time.perf_counter()
+            accuracy = evaluate_candidate(model, x, y, *candidate)
+            seconds = time.perf_counter() - start
+            store.record_done(key, task, {"accuracy": accuracy}, seconds, attempts=1)
+            yield accuracy
