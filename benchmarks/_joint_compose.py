@@ -65,7 +65,6 @@ def _row(model_name: str, label: str, base: torch.nn.Module, recipe: list, ctx: 
         steps_per_epoch=20 if ctx.quick else 200,
         threads=1,
         val_size=500,
-        channels_last=False,  # channels-last fine-tuning of a tucker2 resnet_small crashes
     )
     small, report = modelzip.compress(
         base, Recipe.from_list(recipe), ctx.data, finetune=finetune, evaluate=False

@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -255,6 +256,26 @@ def _has_conv(model: nn.Module) -> bool:
     return any(p.dim() == 4 for p in model.parameters())
 
 
+def channels_last_crash(model: nn.Module) -> str | None:
+    """The first conv whose channels-last backward crashes PyTorch's CPU oneDNN path, or None.
+
+    A 1x1 conv of stride > 1 on fewer than 8 input channels corrupts the heap in its
+    channels-last backward (torch 2.13, CPU, reproduced on AVX2 for 1 to 7 input channels; 8
+    and more pass). A Tucker-decomposed or channel-pruned ResNet shortcut is such a conv, so
+    those models train contiguous.
+    """
+    for name, m in model.named_modules():
+        if (
+            isinstance(m, nn.Conv2d)
+            and m.weight.device.type == "cpu"
+            and tuple(m.kernel_size) == (1, 1)
+            and max(m.stride) > 1
+            and m.in_channels < 8
+        ):
+            return name
+    return None
+
+
 def classify(
     model: nn.Module, x: Tensor, y: Tensor, batch_size: int, channels_last: bool = False
 ) -> dict[str, float]:
@@ -472,6 +493,13 @@ def train(
     device = model_device(model)
     parts = tuple(t if isinstance(t, LazyImages) else t.to(device) for t in parts)
     channels_last = config.channels_last and _has_conv(model) and not text
+    if channels_last and (unsafe := channels_last_crash(model)) is not None:
+        warnings.warn(
+            f"training contiguous, not channels-last: the channels-last backward of {unsafe!r} "
+            "(1x1, strided, fewer than 8 input channels) crashes PyTorch's CPU oneDNN",
+            stacklevel=2,
+        )
+        channels_last = False
     was_channels_last, was_training = _is_channels_last(model), model.training
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -65,6 +65,19 @@ def test_conv_net_channels_last_and_callbacks(digits):
     assert evaluate(model, digits)["accuracy"] > 0.3
 
 
+def test_a_conv_whose_channels_last_backward_crashes_trains_contiguous(digits):
+    # A 1x1 stride-2 conv on 2 channels: torch 2.13's oneDNN corrupts the heap in its
+    # channels-last backward (this test process would abort), as in a Tucker-decomposed ResNet.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(2, 16, 1, stride=2),
+        torch.nn.Flatten(), torch.nn.Linear(16 * 4 * 4, 10),
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"training contiguous.*'2'"):
+        history = train(model, digits, TINY.replace(epochs=1, batch_size=128), progress=False)
+    assert history.steps > 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_progress_bar_runs(digits, capsys):
     train(_digits_model(), digits, TINY.replace(epochs=1, val_size=100), progress=True)
     assert "epoch 1/1" in capsys.readouterr().err
