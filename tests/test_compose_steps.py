@@ -15,6 +15,7 @@ import torch
 
 import modelzip
 from modelzip.cli import main
+from modelzip.core.counting import count_params, module_bytes
 from modelzip.core.errors import ConfigError
 from modelzip.core.registry import get_method
 from modelzip.models import create
@@ -117,6 +118,41 @@ def test_a_decomposed_conv_is_quantized_in_its_factors(model, tmp_path):
     assert small.conv2.storage_bytes() < sum(
         p.numel() * 4 for p in small.conv2.to_dense().parameters()
     )
+
+
+def test_svd_factors_of_a_linear_are_pruned_and_quantized(tmp_path):
+    torch.manual_seed(0)
+    model = create("lenet300").eval()
+    x = torch.rand(4, *model_input_shape(model))
+    svd = {"method": "svd", "rank_fraction": 0.5}
+    recipe = [svd, {"method": "magnitude_prune", "sparsity": 0.5}, {"method": "quantize_weights"}]
+    lowrank, _ = compressed([svd], model)
+    small, report = compressed(recipe, model)
+    fcs = ["fc1", "fc2", "fc3"]
+    parts = {f"{fc}.{p}" for fc in fcs for p in ("first", "second")}
+    for method in ("magnitude_prune", "quantize_weights"):
+        assert {c.name for c in report.layers if c.method == method} == parts
+    for fc in fcs:
+        layer = small.get_submodule(fc)
+        assert type(layer).__name__ == "LowRankLinear"
+        assert {type(p).__name__ for p in (layer.first, layer.second)} == {"SparseQuantLinear"}
+        first, second = layer.first.to_dense(), layer.second.to_dense()
+        assert float((first.weight == 0).float().mean()) >= 0.5
+        # Forward is the composed simulation: the product of the pruned, quantized factors.
+        h = torch.rand(5, layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(h), second(first(h)), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer.to_dense()(h), layer(h), rtol=1e-4, atol=1e-4)
+        # The sum: the layer counts and stores what its compressed factors do.
+        assert layer.param_count() == layer.first.param_count() + layer.second.param_count()
+        assert layer.storage_bytes() == (layer.first.storage_bytes() + layer.second.storage_bytes())
+        assert layer.storage_bytes() < lowrank.get_submodule(fc).storage_bytes() / 4
+    assert report.after.params == count_params(small)
+    assert report.after.size_bytes == module_bytes(small)
+    assert report.after.size_bytes < module_bytes(lowrank) / 4
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    with torch.no_grad():
+        torch.testing.assert_close(modelzip.load(path)(x), small(x), rtol=0, atol=0)
 
 
 def test_pruned_layers_are_quantized_keeping_the_mask(model):
