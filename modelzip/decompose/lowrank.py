@@ -65,6 +65,7 @@ class LowRankLinear(DecomposedLinear):
     onnx_export = "traced"
     executable_forms = ("dense",)  # the product W = U·V where two thin GEMMs are slower
     compressible_parts = ("first", "second")
+    channel_parts = ("first", "second")
     #: State-dict key of a plain factor (as written before the factors were layers) -> the
     #: parameter's name now.
     LEGACY_NAMES: ClassVar[dict[str, str]] = {
@@ -134,6 +135,11 @@ class LowRankLinear(DecomposedLinear):
         if parts is not None:
             layer.install_parts(parts)
         return layer
+
+    def follow_parts(self) -> None:
+        """``n`` and ``m`` from the factors after channel pruning resized them (``r`` stays)."""
+        self.in_features = self.first.in_features
+        self.out_features = self.second.out_features
 
     def _plain(self, part: str) -> nn.Linear:
         """The factor ``part`` as a plain Linear (a compressed one's dense form)."""
