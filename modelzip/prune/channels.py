@@ -200,6 +200,11 @@ class ChannelPruneConfig(MethodConfig):
     pruned only when all its producing layers are selected; every layer left alone is in the
     Report with the reason. Needs a sample input (``data`` or ``sample``).
 
+    A restructured layer (a depthwise-separable block, a decomposed conv, ``svd``'s
+    ``LowRankLinear``) is traced through its pieces: its input channels go from its first piece
+    and its output channels from its last, and it follows them (``channel_parts``); the channels
+    between its pieces (a rank) stay.
+
     Parameters
     ----------
     sparsity:
