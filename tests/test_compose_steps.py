@@ -8,13 +8,17 @@ with its reason), or the recipe is refused when built, naming both steps and why
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 
 import pytest
 import torch
+from torch import nn
 
 import modelzip
 from modelzip.cli import main
+from modelzip.core.counting import count_params, module_bytes
 from modelzip.core.errors import ConfigError
 from modelzip.core.registry import get_method
 from modelzip.models import create
@@ -119,6 +123,41 @@ def test_a_decomposed_conv_is_quantized_in_its_factors(model, tmp_path):
     )
 
 
+def test_svd_factors_of_a_linear_are_pruned_and_quantized(tmp_path):
+    torch.manual_seed(0)
+    model = create("lenet300").eval()
+    x = torch.rand(4, *model_input_shape(model))
+    svd = {"method": "svd", "rank_fraction": 0.5}
+    recipe = [svd, {"method": "magnitude_prune", "sparsity": 0.5}, {"method": "quantize_weights"}]
+    lowrank, _ = compressed([svd], model)
+    small, report = compressed(recipe, model)
+    fcs = ["fc1", "fc2", "fc3"]
+    parts = {f"{fc}.{p}" for fc in fcs for p in ("first", "second")}
+    for method in ("magnitude_prune", "quantize_weights"):
+        assert {c.name for c in report.layers if c.method == method} == parts
+    for fc in fcs:
+        layer = small.get_submodule(fc)
+        assert type(layer).__name__ == "LowRankLinear"
+        assert {type(p).__name__ for p in (layer.first, layer.second)} == {"SparseQuantLinear"}
+        first, second = layer.first.to_dense(), layer.second.to_dense()
+        assert float((first.weight == 0).float().mean()) >= 0.5
+        # Forward is the composed simulation: the product of the pruned, quantized factors.
+        h = torch.rand(5, layer.in_features)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(h), second(first(h)), rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(layer.to_dense()(h), layer(h), rtol=1e-4, atol=1e-4)
+        # The sum: the layer counts and stores what its compressed factors do.
+        assert layer.param_count() == layer.first.param_count() + layer.second.param_count()
+        assert layer.storage_bytes() == (layer.first.storage_bytes() + layer.second.storage_bytes())
+        assert layer.storage_bytes() < lowrank.get_submodule(fc).storage_bytes() / 4
+    assert report.after.params == count_params(small)
+    assert report.after.size_bytes == module_bytes(small)
+    assert report.after.size_bytes < module_bytes(lowrank) / 4
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    with torch.no_grad():
+        torch.testing.assert_close(modelzip.load(path)(x), small(x), rtol=0, atol=0)
+
+
 def test_pruned_layers_are_quantized_keeping_the_mask(model):
     small, report = compressed([step("magnitude_prune"), step("quantize_weights")], model)
     assert type(small.fc1).__name__ == "SparseQuantLinear"
@@ -155,6 +194,72 @@ def test_the_issue_recipes_end_to_end(name, recipe, tmp_path):
         torch.testing.assert_close(modelzip.load(path)(x), y, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("multiplier", [1, 3])
+def test_channels_are_pruned_inside_depthwise_separable_blocks(multiplier, tmp_path):
+    torch.manual_seed(0)
+    model = create("vgg_small").eval()
+    x = torch.rand(4, *model_input_shape(model))
+    dws = {"method": "depthwise_separable", "depth_multiplier": multiplier}
+    prune = {"method": "channel_prune", "sparsity": 0.5}
+    run = functools.partial(modelzip.compress, sample=x, measure=False, deploy=False)
+    blocks, _ = run(model, Recipe.from_list([dws]))
+    pruned, report = run(model, Recipe.from_list([dws, prune]))
+    changed = {c.name for c in report.layers if c.method == "channel_prune"}
+    assert {"conv2.depthwise", "conv2.pointwise", "conv1.pointwise"} <= changed
+    assert report.after.params < count_params(blocks)
+    convs = [m for m in pruned.modules() if type(m) is nn.Conv2d]
+    assert len(convs) == 10
+    # Every conv's input channels are its producer's outputs (BN, ReLU and pooling between).
+    for producer, consumer in itertools.pairwise(convs):
+        assert consumer.in_channels == producer.out_channels
+    assert pruned.fc1.in_features == convs[-1].out_channels < blocks.fc1.in_features
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        block = pruned.get_submodule(name)
+        assert type(block).__name__ == "DepthwiseSeparableConv2d"
+        assert block.depthwise.out_channels == multiplier * block.depthwise.in_channels
+        # The block follows its pieces: its geometry, dense form and saved spec.
+        assert (block.in_channels, block.out_channels) == (
+            block.depthwise.in_channels,
+            block.pointwise.out_channels,
+        )
+        h = torch.rand(2, block.in_channels, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(block.to_dense()(h), block(h), rtol=1e-4, atol=1e-4)
+    assert pruned.conv2.in_channels < blocks.conv2.in_channels
+    with torch.no_grad():
+        assert pruned(x).shape == blocks(x).shape
+    # Then int8: the recipe of the issue, saved and loaded bit-exact.
+    small, report = run(model, Recipe.from_list([dws, prune, {"method": "int8"}]))
+    assert {c.method for c in report.layers} == {"depthwise_separable", "channel_prune", "int8"}
+    assert "conv2.pointwise" in {c.name for c in report.layers if c.method == "int8"}
+    assert report.after.size_bytes < module_bytes(blocks) / 4
+    with torch.no_grad():
+        y = small(x)
+    assert y.shape == (4, 10) and torch.isfinite(y).all()
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    with torch.no_grad():
+        torch.testing.assert_close(modelzip.load(path)(x), y, rtol=0, atol=0)
+
+
+def test_channels_between_the_parts_of_a_decomposed_layer_stay():
+    torch.manual_seed(0)
+    model = create("lenet5").eval()
+    recipe = [step("tucker2"), {"method": "channel_prune", "sparsity": 0.5}]
+    small, report = compressed(recipe, model)
+    before, _ = compressed([step("tucker2")], model)
+    reasons = {s.name: s.reason for s in report.skipped if s.method == "channel_prune"}
+    assert "are its own setting" in reasons["conv2.first"]
+    # The ranks stay; the outer channels follow the first and last factors.
+    assert small.conv2.first.out_channels == before.conv2.first.out_channels
+    assert small.conv2.core.weight.shape == before.conv2.core.weight.shape
+    assert small.conv2.out_channels == small.conv2.last.out_channels < before.conv2.out_channels
+    assert small.conv2.in_channels == small.conv2.first.in_channels == small.conv1.out_channels
+    assert small.conv2.spec()["conv"]["out_channels"] == small.conv2.out_channels
+    with torch.no_grad():
+        h = torch.rand(2, small.conv2.in_channels, 12, 12)
+        torch.testing.assert_close(small.conv2.to_dense()(h), small.conv2(h), atol=1e-4, rtol=1e-4)
+
+
 def test_refused_at_construction_with_the_order_that_works():
     with pytest.raises(ConfigError, match=r"step 1 \(magnitude_prune\) cannot follow step 0 "):
         Recipe.from_list([{"method": "int8"}, {"method": "magnitude_prune"}])
@@ -166,9 +271,10 @@ def test_refused_at_construction_with_the_order_that_works():
         Recipe.from_list([{"method": "magnitude_prune"}, {"method": "tucker2"}])
     # Pruning some layers, then int8: int8 quantizes the others (declared to pass pruned ones).
     Recipe.from_list([{"method": "magnitude_prune"}, {"method": "int8"}])
-    # Channel pruning inside a compact block would leave the block's spec behind (prune first).
-    with pytest.raises(ConfigError, match="put channel_prune before depthwise_separable"):
-        Recipe.from_list([{"method": "depthwise_separable"}, {"method": "channel_prune"}])
+    # Channel pruning follows a restructured layer's pieces; it does not take masked weights.
+    Recipe.from_list([{"method": "depthwise_separable"}, {"method": "channel_prune"}])
+    with pytest.raises(ConfigError, match="prune channels first"):
+        Recipe.from_list([{"method": "magnitude_prune"}, {"method": "channel_prune"}])
     # Steps on different layers do not meet.
     Recipe.from_list(
         [

@@ -107,6 +107,12 @@ class CompressedModule(nn.Module):
     #: this layer, and the spec and packed state carry a compressed part (:meth:`parts_spec`).
     #: Empty: later steps meet the layer whole (and refuse it with a reason).
     compressible_parts: ClassVar[tuple[str, ...]] = ()
+    #: The first and last of :attr:`compressible_parts` when channel pruning may remove the
+    #: layer's input channels (from the first) and output channels (from the last), tracing
+    #: through its parts: :meth:`follow_parts` then takes the layer's channel counts from them.
+    #: The channels between its parts (a rank) stay its own setting. Empty: channel pruning keeps
+    #: the layer's channels (its spec fixes them).
+    channel_parts: ClassVar[tuple[str, ...]] = ()
     #: The layer holds kept weights under a pruning mask: a later step whose method has a form
     #: that keeps the mask (:func:`modelzip.core.registry.kept_form`) is carried out in it.
     kept_weights: ClassVar[bool] = False
@@ -128,6 +134,11 @@ class CompressedModule(nn.Module):
     @classmethod
     def from_spec(cls: type[L], spec: dict[str, Any]) -> L:
         return cls(**spec)
+
+    def follow_parts(self) -> None:
+        """Take the layer's input and output channel counts from its :attr:`channel_parts`
+        after channel pruning resized them."""
+        raise NotImplementedError(f"{type(self).__name__} declares no channel_parts")
 
     def compressed_parts(self) -> dict[str, CompressedModule]:
         """The :attr:`compressible_parts` a later step compressed, by child name."""

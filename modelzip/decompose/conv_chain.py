@@ -91,6 +91,11 @@ class ConvChain(CompressedModule):
         # The pieces are plain convs a later step may compress, unless the class says otherwise.
         if "compressible_parts" not in cls.__dict__:
             cls.compressible_parts = cls.parts
+        # Channel pruning resizes the chain's outer channels through its first and last pieces,
+        # unless the class fixes its pieces (its spec then fixes its channels).
+        if "channel_parts" not in cls.__dict__:
+            ends = (cls.parts[0], cls.parts[-1]) if cls.parts else ()
+            cls.channel_parts = ends if cls.compressible_parts == cls.parts else ()
 
     def __init__(
         self,
@@ -161,6 +166,11 @@ class ConvChain(CompressedModule):
             **self.chain_spec(),
             **self.parts_spec(),
         }
+
+    def follow_parts(self) -> None:
+        """The geometry's channels from the first piece's inputs and the last one's outputs."""
+        first, last = (getattr(self, p) for p in self.channel_parts)
+        self.geometry = self.geometry.with_channels(first.in_channels, last.out_channels)
 
     def plain(self) -> ConvChain:
         """This chain with plain convs for its compressed pieces (their dense forms), sharing

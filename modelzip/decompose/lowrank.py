@@ -9,15 +9,14 @@ full-rank decomposition ``W ≈ W₁H₁`` with the same error.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from modelzip.core.module import register_layer
 from modelzip.core.workload import Workload
-from modelzip.decompose._ops import DecomposedLinear, copy_bias, linear_workload
+from modelzip.decompose._ops import DecomposedLinear, linear_workload
 from modelzip.decompose.conv_chain import ConvChain, Pieces, separable
 from modelzip.decompose.rank import matrix_rank
 
@@ -38,6 +37,16 @@ def _svd_values(matrix: torch.Tensor) -> torch.Tensor:
 class LowRankLinear(DecomposedLinear):
     """``y = U·diag(S)·Vᵀ·x + b``: a Linear layer as two thin products.
 
+    The factors are two plain ``nn.Linear`` children, ``first`` (``Vᵀ``, ``n → r``, no bias) and
+    ``second`` (``U``, ``r → m``, holding the bias), the layer's
+    :attr:`~modelzip.core.module.CompressedModule.compressible_parts`: a later recipe step
+    (``[svd, magnitude_prune, quantize_weights]``) selects ``fc1.first`` and ``fc1.second`` and
+    compresses each like any Linear. ``S`` (when kept) stays the layer's own vector.
+
+    The state dict and the saved file name a plain factor as before the factors were layers
+    (``factor_in``, ``factor_out``, ``bias``; :data:`LEGACY_NAMES`), so files written before
+    load unchanged; a compressed factor is stored under its part's name (``second.``).
+
     Parameters
     ----------
     in_features, out_features:
@@ -55,6 +64,15 @@ class LowRankLinear(DecomposedLinear):
 
     onnx_export = "traced"
     executable_forms = ("dense",)  # the product W = U·V where two thin GEMMs are slower
+    compressible_parts = ("first", "second")
+    channel_parts = ("first", "second")
+    #: State-dict key of a plain factor (as written before the factors were layers) -> the
+    #: parameter's name now.
+    LEGACY_NAMES: ClassVar[dict[str, str]] = {
+        "factor_in": "first.weight",
+        "factor_out": "second.weight",
+        "bias": "second.bias",
+    }
 
     def __init__(
         self,
@@ -69,10 +87,12 @@ class LowRankLinear(DecomposedLinear):
         super().__init__()
         kw = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.factor_in = nn.Parameter(torch.zeros(rank, in_features, **kw))
+        self.first = nn.Linear(in_features, rank, bias=False, **kw)
         self.singular_values = nn.Parameter(torch.ones(rank, **kw)) if singular_values else None
-        self.factor_out = nn.Parameter(torch.zeros(out_features, rank, **kw))
-        self.bias = nn.Parameter(torch.zeros(out_features, **kw)) if bias else None
+        self.second = nn.Linear(rank, out_features, bias=bias, **kw)
+        with torch.no_grad():  # filled by from_dense or a load; zeros until then
+            for p in (*self.first.parameters(), *self.second.parameters()):
+                p.zero_()
 
     @classmethod
     def from_dense(
@@ -96,15 +116,49 @@ class LowRankLinear(DecomposedLinear):
         layer = cls(n, m, rank, dense.bias is not None, singular_values, W.device, W.dtype)
         with torch.no_grad():
             if singular_values:
-                layer.factor_out.copy_(U)
+                layer.second.weight.copy_(U)
                 layer.singular_values.copy_(S)
-                layer.factor_in.copy_(Vh)
+                layer.first.weight.copy_(Vh)
             else:
                 root = S.sqrt()
-                layer.factor_out.copy_(U * root)
-                layer.factor_in.copy_(root[:, None] * Vh)
-        layer.bias = copy_bias(dense.bias)
+                layer.second.weight.copy_(U * root)
+                layer.first.weight.copy_(root[:, None] * Vh)
+            if dense.bias is not None:
+                layer.second.bias.copy_(dense.bias)
         return layer
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LowRankLinear:
+        rest = dict(spec)
+        parts = rest.pop("parts", None)
+        layer = cls(**rest)
+        if parts is not None:
+            layer.install_parts(parts)
+        return layer
+
+    def follow_parts(self) -> None:
+        """``n`` and ``m`` from the factors after channel pruning resized them (``r`` stays)."""
+        self.in_features = self.first.in_features
+        self.out_features = self.second.out_features
+
+    def _plain(self, part: str) -> nn.Linear:
+        """The factor ``part`` as a plain Linear (a compressed one's dense form)."""
+        module = getattr(self, part)
+        return module if isinstance(module, nn.Linear) else module.to_dense()
+
+    @property
+    def factor_in(self) -> torch.Tensor:
+        """``Vᵀ`` (``r × n``; ``S^½·Vᵀ`` when folded), as the first factor computes it."""
+        return self._plain("first").weight
+
+    @property
+    def factor_out(self) -> torch.Tensor:
+        """``U`` (``m × r``; ``U·S^½`` when folded), as the second factor computes it."""
+        return self._plain("second").weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:  # type: ignore[override]
+        return self._plain("second").bias
 
     def weight(self) -> torch.Tensor:
         """The dense ``m × n`` product (for :meth:`to_dense` and tests only)."""
@@ -114,30 +168,64 @@ class LowRankLinear(DecomposedLinear):
         return self.factor_out @ inner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.linear(x, self.factor_in)
+        h = self.first(x)
         if self.singular_values is not None:
             h = h * self.singular_values
-        return F.linear(h, self.factor_out, self.bias)
+        return self.second(h)
 
     def spec(self) -> dict[str, Any]:
         return {
             "in_features": self.in_features,
             "out_features": self.out_features,
             "rank": self.rank,
-            "bias": self.bias is not None,
+            "bias": self._plain("second").bias is not None,
             "singular_values": self.singular_values is not None,
+            **self.parts_spec(),
         }
+
+    def legacy_names(self) -> dict[str, str]:
+        """:data:`LEGACY_NAMES` of the factors that are plain Linears (a compressed one keeps
+        its part's names)."""
+        plain = {p for p in self.compressible_parts if type(getattr(self, p)) is nn.Linear}
+        return {old: new for old, new in self.LEGACY_NAMES.items() if new.split(".")[0] in plain}
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", **kw: Any) -> Any:
+        """The state dict, plain factors under their names from before (:data:`LEGACY_NAMES`)."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, **kw)
+        renamed = {prefix + new: prefix + old for old, new in self.legacy_names().items()}
+        # Re-insert this layer's keys in order (they are the last ones written).
+        ours = [k for k in list(state) if k.startswith(prefix)]
+        items = [(renamed.get(k, k), state.pop(k)) for k in ours]
+        order = {prefix + n: i for i, n in enumerate(("factor_in", "singular_values"))}
+        for k, v in sorted(items, key=lambda kv: order.get(kv[0], len(order))):
+            state[k] = v
+        return state
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # Before the children load (torch filters their keys after this call): the names of
+        # :meth:`state_dict` (and of files written before) go to the factors' parameters.
+        for old, new in self.legacy_names().items():
+            if prefix + old in state_dict and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def workloads_for_rows(self, name: str, rows: int) -> list[Workload]:
         """The two thin products for ``rows`` input vectors."""
         r, n, m = self.rank, self.in_features, self.out_features
-        first_params = r * n + (r if self.singular_values is not None else 0)
+        first_params = _count(self.first) + (r if self.singular_values is not None else 0)
         return [
             linear_workload(f"{name}:in", type(self).__name__, rows, n, r, first_params),
             linear_workload(
                 f"{name}:out", type(self).__name__, rows, r, m, self.param_count() - first_params
             ),
         ]
+
+
+def _count(module: nn.Module) -> int:
+    counted = getattr(module, "param_count", None)
+    return counted() if callable(counted) else sum(p.numel() for p in module.parameters())
 
 
 # The conv chains' base lived here; code written against this name still finds it.

@@ -3,7 +3,7 @@ decomposition of a pruned layer (the survey's joint "decomposition + pruning").
 
 A decomposed layer (:class:`~modelzip.decompose.lowrank.LowRankLinear`, the conv chains of
 Tucker-2, CP and channel / spatial low rank, TT and HT layers) holds its factors either as
-parameters (``factor_in``, ``factor_out``, TT cores) or as small ``Conv2d`` children. Rather than
+parameters (TT cores) or as small ``Linear`` / ``Conv2d`` children (``first.weight``). Rather than
 teach every one of them about masks, :class:`FactorPruned` wraps any of them and multiplies each
 factor (every parameter with two or more dimensions) by a fixed 0/1 mask, calling the wrapped
 layer through :func:`torch.func.functional_call` with the masked factors. Pruned factor entries
@@ -59,6 +59,13 @@ def factor_names(layer: nn.Module) -> list[str]:
     return [name for name, p in layer.named_parameters() if p.dim() >= 2]
 
 
+def _param_names(layer: nn.Module) -> dict[str, str]:
+    """State-dict key -> parameter name, where they differ (:attr:`LowRankLinear.LEGACY_NAMES`
+    for the factors it holds as plain layers)."""
+    legacy = getattr(layer, "legacy_names", None)
+    return legacy() if callable(legacy) else {}
+
+
 @register_layer
 class FactorPruned(CompressedModule):
     """A decomposed layer whose factors carry fixed pruning masks.
@@ -70,7 +77,8 @@ class FactorPruned(CompressedModule):
     inner_spec:
         Its :meth:`~modelzip.core.module.CompressedModule.spec`.
     factors:
-        Names of the masked parameters of the inner layer (``factor_in``, ``first.weight``).
+        Names of the masked parameters of the inner layer (``first.weight``), or their keys in its
+        state dict (``factor_in``, as files name a LowRankLinear's factors).
 
     Stored: per factor the kept values and a bit mask, ``n/8 + 4·(1 − s)·n`` bytes in float32,
     plus the inner layer's other tensors (biases, singular values).
@@ -84,6 +92,11 @@ class FactorPruned(CompressedModule):
     def __init__(self, inner_class: str, inner_spec: dict[str, Any], factors: list[str]) -> None:
         super().__init__()
         self.inner = layer_class(inner_class).from_spec(inner_spec)
+        # The file names each factor by its key in the inner layer's state dict, which for a
+        # layer holding its factors as child layers differs from the parameter's name
+        # (LowRankLinear: "factor_in" is "first.weight"); masks are kept by parameter name.
+        names = _param_names(self.inner)
+        factors = [names.get(f, f) for f in factors]
         params = dict(self.inner.named_parameters())
         missing = [f for f in factors if f not in params]
         if missing:
@@ -106,6 +119,11 @@ class FactorPruned(CompressedModule):
         layer.inner = dense
         device = next(dense.parameters()).device
         return layer.to(device)
+
+    def _state_key(self, name: str) -> str:
+        """The inner layer's state-dict key of its parameter ``name``."""
+        keys = {param: key for key, param in _param_names(self.inner).items()}
+        return keys.get(name, name)
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Factor name -> its boolean keep-mask."""
@@ -155,14 +173,14 @@ class FactorPruned(CompressedModule):
         return {
             "inner_class": layer_key(type(self.inner)),
             "inner_spec": self.inner.spec(),
-            "factors": list(self.factors),
+            "factors": [self._state_key(f) for f in self.factors],
         }
 
     def packed_state(self) -> dict[str, torch.Tensor]:
         inner = dict(self.inner.state_dict())
         state: dict[str, torch.Tensor] = {}
         for i, (name, mask) in enumerate(self.masks().items()):
-            weight = inner.pop(name)
+            weight = inner.pop(self._state_key(name))
             state[f"factor_{i}.values"] = weight.detach()[mask].contiguous()
             state[f"factor_{i}.mask_bits"] = pack_mask(mask)
         state.update({f"inner.{k}": v for k, v in inner.items()})
@@ -180,7 +198,7 @@ class FactorPruned(CompressedModule):
                 raise ValueError(f"{values.numel()} kept values for a mask of {int(mask.sum())}")
             weight = torch.zeros(shape, dtype=values.dtype, device=values.device)
             weight[mask.to(values.device)] = values
-            inner[name] = weight
+            inner[self._state_key(name)] = weight
             getattr(self, f"mask_{i}").copy_(mask)
         self.inner.load_state_dict(inner)
 

@@ -23,7 +23,7 @@ from modelzip.core.context import Context, replace_module
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import Knob, register_method
 from modelzip.prune.criteria import channel_scores
-from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph
+from modelzip.prune.dependency import ChannelGraph, Segments, channel_graph, compressed_owner
 
 
 def select_channels(
@@ -136,8 +136,8 @@ def _slice_module(mod: nn.Module, roles: dict[str, torch.Tensor]) -> nn.Module:
     elif isinstance(mod, nn.LayerNorm):
         new = nn.LayerNorm(len(out), mod.eps, mod.elementwise_affine, mod.bias is not None)
     elif isinstance(mod, nn.Conv2d):
-        depthwise = "through" in roles
-        groups = w.shape[0] if depthwise else mod.groups
+        depthwise = "through" in roles  # m = out / groups filters per input channel
+        groups = w.shape[0] // (mod.out_channels // mod.groups) if depthwise else mod.groups
         new = nn.Conv2d(
             w.shape[1] * groups,
             w.shape[0],
@@ -166,9 +166,13 @@ def remove_channels(
     """Replace every module that loses channels by a smaller dense one, in place.
 
     A module registered under several names gets the new one under all of them (the tracer names
-    it once, and the name it is called by may be another). Returns ``name -> (old, new)``.
+    it once, and the name it is called by may be another). A compressed layer whose parts were
+    resized takes its channel counts from them
+    (:meth:`~modelzip.core.module.CompressedModule.follow_parts`). Returns
+    ``name -> (old, new)``.
     """
     changed = {}
+    owners: dict[str, nn.Module] = {}
     for name, roles in _slices(graph, keep).items():
         if "param" in roles:
             _slice_param(model, name, _param_axis(graph, name), roles["param"])
@@ -177,6 +181,11 @@ def remove_channels(
         new = _slice_module(old, roles)
         replace_module(model, name, new)
         changed[name] = (old, new)
+        found = compressed_owner(model, name)
+        if found is not None:
+            owners[found[0]] = found[1]
+    for owner in owners.values():
+        owner.follow_parts()  # type: ignore[operator]
     return changed
 
 
@@ -190,6 +199,11 @@ class ChannelPruneConfig(MethodConfig):
     :mod:`modelzip.prune.dependency`); a submodule that does not trace is kept opaque. A group is
     pruned only when all its producing layers are selected; every layer left alone is in the
     Report with the reason. Needs a sample input (``data`` or ``sample``).
+
+    A restructured layer (a depthwise-separable block, a decomposed conv, ``svd``'s
+    ``LowRankLinear``) is traced through its pieces: its input channels go from its first piece
+    and its output channels from its last, and it follows them (``channel_parts``); the channels
+    between its pieces (a rank) stay.
 
     Parameters
     ----------
@@ -255,13 +269,15 @@ def _refer_transformers(model: nn.Module, why: str) -> None:
         ) from None
 
 
-#: Removes whole channels of plain layers and leaves plain layers.
+#: Removes whole channels of plain layers, also of the plain pieces of a restructured layer
+#: (a depthwise-separable block, a decomposed conv's factors): its input channels go from its
+#: first piece, its output channels from its last, and the layer follows (``channel_parts``); the
+#: channels between its pieces (a rank) stay, and a layer whose spec fixes its channels (TT) is
+#: left with the reason.
 CHANNELS = Composition(
-    takes={"dense"},
+    takes={"dense", "parts"},
     gives="dense",
     why={
-        "parts": "channel_prune resizes plain layers, and a restructured layer's geometry and "
-        "spec do not follow its pieces when they are resized (prune channels first)",
         "kept": "channel_prune removes whole channels of plain layers, not of masked ones "
         "(prune channels first, then weights)",
         "codes": "channel_prune removes channels of float layers, not of quantized codes",

@@ -360,14 +360,20 @@ def channel_graph(model: nn.Module, sample: torch.Tensor) -> ChannelGraph:
                     node, f"{node.target} is one layer called {calls[node.target]} times"
                 )
             elif type(mod) is nn.Conv2d and seg_in is not None and cd_in == 1:
-                depthwise = mod.groups == mod.in_channels == mod.out_channels
+                depthwise = mod.groups == mod.in_channels == mod.out_channels or (
+                    1 < mod.groups == mod.in_channels and mod.out_channels % mod.groups == 0
+                )
                 if mod.groups > 1 and not depthwise:  # channels in groups
                     value[node] = unknown(
                         node, f"{node.target} is a grouped conv ({mod.groups} groups)"
                     )
                 elif depthwise:
-                    members.append(Member(node.target, "through", seg_in))
-                    value[node] = passes()
+                    # m filters per input channel (depth multiplier): output channel c·m + j
+                    # comes from input channel c, so each channel becomes m consecutive ones.
+                    m = mod.out_channels // mod.in_channels
+                    out = tuple((space, c, r * m) for space, c, r in seg_in)
+                    members.append(Member(node.target, "through", out))
+                    value[node] = passes(seg=out)
                 else:
                     value[node] = _produce(node, seg_in, members, producers, fresh)
             elif type(mod) is nn.Linear and seg_in is not None and cd_in == nd_in - 1:
@@ -453,6 +459,7 @@ def channel_graph(model: nn.Module, sample: torch.Tensor) -> ChannelGraph:
             sp.fix(value[node], f"`{_describe(node, modules)}` changes the channel count")
             value[node] = fresh(node, "unexpected channel count")
 
+    _fix_inside_compressed(model, members, sp)
     roots: dict[int, int] = {}
     space_root: dict[int, int] = {}
     for space in range(len(sp.parent)):
@@ -468,6 +475,42 @@ def channel_graph(model: nn.Module, sample: torch.Tensor) -> ChannelGraph:
             for name in names:
                 left[name] = str(sp.why[sp.find(space)])
     return ChannelGraph(roots, grouped, members, space_root, left, list(gm.meta.get("opaque", [])))
+
+
+def compressed_owner(model: nn.Module, name: str) -> tuple[str, nn.Module] | None:
+    """The outermost modelzip compressed layer that holds the module (or parameter) ``name``
+    below it, with its name; None when no compressed layer holds it."""
+    from modelzip.core.module import CompressedModule
+
+    path = name.split(".")
+    for i in range(1, len(path)):
+        prefix = ".".join(path[:i])
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            return None
+        if isinstance(module, CompressedModule):
+            return prefix, module
+    return None
+
+
+def _fix_inside_compressed(model: nn.Module, members: list[Member], sp: _Spaces) -> None:
+    """Channels inside a compressed layer change only where it says they may
+    (:attr:`~modelzip.core.module.CompressedModule.channel_parts`): the inputs of its first part
+    and the outputs of its last; the channels between its parts (a rank) and those of any other
+    layer inside a compressed one are fixed, with the reason."""
+    for m in members:
+        found = compressed_owner(model, m.name)
+        if found is None:
+            continue
+        owner_name, owner = found
+        what = f"{owner_name} ({type(owner).__name__})"
+        part = m.name[len(owner_name) + 1 :]
+        ends = owner.channel_parts
+        if part not in ends and (part not in owner.compressible_parts or not ends):
+            sp.fix(m.segments, f"{what} keeps its channels (its spec fixes them)")
+        elif m.role == "out" and part != ends[-1]:
+            sp.fix(m.segments, f"the channels between the parts of {what} are its own setting")
 
 
 def _guess_cdim(node: Any, shape: tuple[int, ...], cdim: dict) -> int:

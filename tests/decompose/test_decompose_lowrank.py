@@ -44,6 +44,31 @@ def test_truncated_svd_error_is_eckart_young_optimum(rank):
     torch.testing.assert_close(error, optimum, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("explicit_s", [False, True])
+def test_linear_factors_are_layers_under_the_names_files_had(explicit_s):
+    torch.manual_seed(0)
+    layer = LowRankLinear.from_dense(nn.Linear(12, 9), rank=4, singular_values=explicit_s)
+    assert type(layer.first) is nn.Linear and type(layer.second) is nn.Linear
+    assert layer.compressible_parts == ("first", "second")
+    # The state dict (and so the saved file) keeps the names from before the factors were layers.
+    state = layer.state_dict()
+    want = ["factor_in", "singular_values", "factor_out", "bias"]
+    assert list(state) == [k for k in want if explicit_s or k != "singular_values"]
+    assert torch.equal(state["factor_in"], layer.first.weight)
+    assert torch.equal(state["bias"], layer.second.bias)
+    # Inside a container too (the recurrent layers hold LowRankLinears in ModuleLists).
+    box = nn.ModuleList([nn.Linear(2, 2), layer])
+    assert "1.factor_out" in box.state_dict() and "1.second.weight" not in box.state_dict()
+    fresh = nn.ModuleList([nn.Linear(2, 2), type(layer).from_spec(layer.spec())])
+    fresh.load_state_dict(box.state_dict())
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(fresh[1](x), layer(x), rtol=0, atol=0)
+    # The new parameter names load as well.
+    named = {n: p.detach() for n, p in layer.named_parameters()}
+    fresh[1].load_state_dict(named)
+    torch.testing.assert_close(fresh[1](x), layer(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize(("fold", "extra"), [(True, 0), (False, 1)])
 def test_linear_param_count_formula(fold, extra):
     m, n, r = 30, 20, 5

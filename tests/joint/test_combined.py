@@ -68,8 +68,8 @@ def test_factor_pruning_reaches_exact_sparsity_and_equals_masked_factors(lenet30
         # The layer computes the decomposed layer with its factors multiplied by the masks.
         ref = copy.deepcopy(inner)
         with torch.no_grad():
-            ref.factor_in.mul_(layer.masks()["factor_in"])
-            ref.factor_out.mul_(layer.masks()["factor_out"])
+            ref.first.weight.mul_(layer.masks()["first.weight"])
+            ref.second.weight.mul_(layer.masks()["second.weight"])
         h = torch.randn(5, inner.in_features)
         with torch.inference_mode():
             torch.testing.assert_close(layer(h), ref(h), rtol=0, atol=0)
