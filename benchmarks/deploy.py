@@ -16,8 +16,11 @@ part gives the CLI ``torchvision.models:resnet18`` (torchvision's own constructo
 generated folder of JPEGs in class subfolders with ``--image-size 224``: static int8, channel
 pruning to half the MACs and 4-bit weights, at batch 64 (``--quick``: batch 8, since one fp32
 forward at 224×224 and batch 64 takes 5-7 s on one core and eval times at least 15 interleaved
-rounds of each model; static int8 calibrates on 128 images, ``--quick`` 32). A full run of that
-part alone takes about 40 minutes on one core.
+rounds of each model; static int8 calibrates on 128 images, ``--quick`` 32). That part is the
+slow one: its ``--quick`` run took 24 minutes on the shared 2-core machine at load average 8-9
+(one core's share about a quarter of the time; most of it static int8's calibration, which runs the
+model once per layer, and compress's timing of whole-model candidates), and a full run about 40
+minutes or more on an idle core.
 
 Every command runs with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``NUMBA_NUM_THREADS`` set to
 ``--threads`` (default 1) and ``OMP_WAIT_POLICY=PASSIVE`` (unless set): on a shared 2-core machine
