@@ -81,3 +81,14 @@ def test_cli_env_pins_threads_and_keeps_a_chosen_wait_policy(deploy, monkeypatch
     assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["ATEN_CPU_CAPABILITY"] == "avx2"
     monkeypatch.delenv("OMP_WAIT_POLICY")
     assert deploy.cli_env(1)["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_image_folder_key_gives_eval_batch_and_data_flags(deploy):
+    key = deploy.image_folder_key(224, 8, 32)
+    assert key == "images224-b8-c32"
+    assert deploy.eval_batch(key) == 8
+    assert deploy.eval_batch("mnist64") == 64 and deploy.eval_batch("mnist1") == 1
+    rn18 = deploy.Model("resnet18", "torchvision.models:resnet18", key, False, image_size=224)
+    assert deploy.data_flags(rn18, "/tmp/x") == ["--dataset", "/tmp/x", "--image-size", "224"]
+    lenet = deploy.Model("lenet5", "lenet5", "mnist", True)
+    assert deploy.data_flags(lenet, "mnist") == ["--dataset", "mnist"]
