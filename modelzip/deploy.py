@@ -10,6 +10,9 @@ masked layer (``Masked*``)                      :class:`SparseLinear`/:class:`Sp
                                                 (BSR when the zeros form blocks, else CSR) if
                                                 measured faster on the sample, else plain dense
 int8 layer (``Int8Linear``/``Int8Conv2d``)      PyTorch's x86 int8 kernels (dynamic activations)
+static int8 layer (``StaticInt8*``)             kept (the int8 engine), or its weights
+                                                dequantized into the float layer when measured
+                                                faster (int8 tolerance: no activation rounding)
 ``nn.Linear``/``nn.Conv2d`` with ``±α`` rows    :class:`BinaryLinear`/:class:`BinaryConv2d`:
                                                 XNOR-popcount when the sample's inputs are ±1,
                                                 else BWN (adds/subtracts)
@@ -252,6 +255,9 @@ def materialize(
         picks.append(_Pick(name, module, chosen, entry, built))
     measured = ref is not None and choose == "measured" and isinstance(sample, torch.Tensor)
     variants = _variants(picks) if measured else {}
+    # Every whole-model candidate is checked against the compressed model's own tolerance (a
+    # static int8 model's dense candidate rounds no activations, and differs by that much).
+    tolerance = _tolerance(model)
     # The other whole-model candidates are built on copies of the model taken before the
     # per-layer choice replaces its layers (which it does in place, as before).
     others = {k: (copy.deepcopy(model), v) for k, v in variants.items() if k != PER_LAYER}
@@ -262,7 +268,7 @@ def materialize(
     if not others:
         model = _choose_layout(model, sample, ref, layout, reps, report)
     else:
-        model = _choose_model(model, others, picks, args, ref, layout, reps, report)
+        model = _choose_model(model, others, picks, args, ref, layout, reps, report, tolerance)
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = _rel_error(model(*args), ref)
@@ -324,15 +330,26 @@ def _variants(picks: list[_Pick]) -> dict[str, Variant]:
     form keeps its own choice; a candidate equal to the per-layer one is left out."""
     per_layer = {p.name: (p.chosen, p.entry.form) for p in picks}
     out = {PER_LAYER: per_layer}
-    for key, wanted in ((STATIC_INT8, lambda k: "static" in k), (DENSE, lambda k: k == "dense")):
+    for key, wanted in (
+        (STATIC_INT8, lambda k: "static" in k),
+        (DENSE, lambda k: k.split(":")[-1] == "dense"),  # "int8:dense": dequantized int8
+    ):
         variant = dict(per_layer)
         for p in picks:
             form = next((f for f in p.forms if wanted(f.kind)), None)
             if form is not None:
                 variant[p.name] = (form.module, form.kind)
+            elif key == STATIC_INT8 and _static_int8(p.module):
+                variant[p.name] = (p.module, "")  # a static int8 layer itself
         if any(variant[n][0] is not per_layer[n][0] for n in per_layer):
             out[key] = variant
     return out
+
+
+def _static_int8(module: nn.Module) -> bool:
+    """Whether ``module`` is itself a static int8 layer (runs its own int8 kernel)."""
+    own = getattr(type(module), "runs_own_kernel", False)
+    return bool(own) and getattr(module, "activations", "") == "static"
 
 
 def _assemble(model: nn.Module, variant: Variant, picks: list[_Pick], *, copy_layers: bool) -> None:
@@ -361,10 +378,11 @@ def _tolerance(model: nn.Module) -> float:
 
 
 def _layouts(
-    model: nn.Module, sample: torch.Tensor, ref: Any, layout: str
+    model: nn.Module, sample: torch.Tensor, ref: Any, layout: str, tolerance: float = 0.0
 ) -> list[tuple[str, nn.Module]]:
-    """``model`` in the memory layouts to time: NCHW and, when it has 4-D weights and agrees,
-    a channels-last copy; the one asked for when ``layout`` is not ``"measured"``."""
+    """``model`` in the memory layouts to time: NCHW and, when it has 4-D weights and agrees
+    (within ``tolerance`` or its own), a channels-last copy; the one asked for when ``layout``
+    is not ``"measured"``."""
     if not _has_conv(model) or layout == "contiguous":
         return [("contiguous", model)]
     if layout == "channels_last":
@@ -375,7 +393,7 @@ def _layouts(
             err = _rel_error(candidate(sample), ref)
     except (RuntimeError, ValueError):
         return [("contiguous", model)]
-    if err > _tolerance(model):
+    if err > max(tolerance, _tolerance(model)):
         return [("contiguous", model)]
     return [("contiguous", model), ("channels_last", candidate)]
 
@@ -389,6 +407,7 @@ def _choose_model(
     layout: str,
     reps: int,
     report: MaterializeReport,
+    tolerance: float,
 ) -> nn.Module:
     """The fastest correct whole model on the sample among ``model`` (the per-layer choice,
     chained) and the ``others`` (:func:`_variants`, built and chained here), each in its
@@ -405,12 +424,12 @@ def _choose_model(
                 err = _rel_error(work(*args), ref)
         except (RuntimeError, ValueError, TypeError):
             continue  # a candidate the model's own code cannot run (a .view of NHWC int8)
-        if err <= _tolerance(work):
+        if err <= max(tolerance, _tolerance(work)):
             built[key] = work
     timed = [
         (key, kind, m)
         for key, m in built.items()
-        for kind, m in _layouts(m, sample, ref, layout)
+        for kind, m in _layouts(m, sample, ref, layout, tolerance)
         if key == PER_LAYER or _runs_timed(m, sample)
     ]
     times = time_interleaved(
@@ -437,6 +456,13 @@ def _choose_model(
         _note_variant(others[key][1], picks, key)
     summary = ", ".join(f"{k} {ms:.2f} ms" for k, ms in report.model_ms.items())
     report.note = f"whole model: {key} kept ({summary})"
+    static_ms = report.model_ms.get(STATIC_INT8)
+    if key != STATIC_INT8 and static_ms is not None:
+        # Said in words: the int8 engine lost to float on this CPU (small layers, no VNNI).
+        slower = static_ms / report.model_ms[key]
+        report.note += f"; static int8 measured {slower:.2f}× slower here: not kept"
+        if any(f.endswith("int8:dense") for _, f in (others.get(key, (None, {}))[1]).values()):
+            report.note += " (int8 weights dequantized, run in float)"
     if report.int8_chain:
         report.note += f"; int8 chain: {report.int8_chain}"
     if key != PER_LAYER:
@@ -465,7 +491,13 @@ def _note_variant(variant: Variant, picks: list[_Pick], key: str) -> None:
         new, form = variant[p.name]
         if new is p.chosen:
             continue
-        entry, found = p.entry, next(f for f in p.forms if f.module is new)
+        entry = p.entry
+        if new is p.module:  # the layer itself (a static int8 layer in the uint8 chain)
+            entry.after, entry.kernel, entry.form = entry.before, "unchanged", ""
+            entry.speedup, entry.max_rel_error = 1.0, None
+            entry.reason = f"whole model {key} measured fastest (the layer itself)"
+            continue
+        found = next(f for f in p.forms if f.module is new)
         entry.after, entry.kernel, entry.form = type(new).__name__, form.split(":")[-1], form
         entry.speedup, entry.max_rel_error = found.speedup, found.error
         entry.reason = f"whole model {key} measured fastest ({found.speedup:.2f}× alone)"
@@ -678,6 +710,10 @@ def _choose(
         if type(module) in (nn.Linear, nn.Conv2d):
             entry.reason = "dense weights (not ±α per row)"
         return module, entry, []
+    own = bool(getattr(type(module), "runs_own_kernel", False))
+    if x is None and own:  # no sample: the layer runs its compressed kernel itself
+        entry.reason = "no sample: compressed kernel (the layer itself) kept unmeasured"
+        return module, entry, []
     if x is None:  # no sample: take the compressed kernel (the last option) unchecked
         kind, build = options[-1]
         new = build()
@@ -709,7 +745,11 @@ def _choose(
             best, best_t = new, t_new
             entry.after, entry.kernel, entry.form = type(new).__name__, kind.split(":")[-1], kind
             entry.reason = f"measured {t_ref / t_new:.2f}× faster than {before}"
-    if choose == "compressed" and built and best is not built[-1][1]:
+    asked_self = choose == "compressed" and own
+    if asked_self:  # the layer is the compressed kernel: kept, however fast its forms are
+        best, best_t = module, t_ref
+        entry.after, entry.kernel, entry.form = before, "unchanged", ""
+    elif choose == "compressed" and built and best is not built[-1][1]:
         (kind, best), best_t = built[-1], times[-1]
         entry.after, entry.kernel, entry.form = type(best).__name__, kind.split(":")[-1], kind
         entry.reason = f"compressed kernel asked for ({t_ref / best_t:.2f}× the speed)"
@@ -719,6 +759,8 @@ def _choose(
             for (k, _), t in zip(built, times[1:], strict=True)
         )
         entry.reason += f" the speed of {before}: kept"
+        if asked_self:
+            entry.reason = "compressed kernel (the layer itself) asked for; " + entry.reason
     entry.speedup = t_ref / best_t
     entry.max_rel_error = errors.get(id(best))
     forms = [

@@ -20,6 +20,7 @@ from modelzip.core import registry
 from modelzip.core.config import MethodConfig
 from modelzip.core.forms import candidates
 from modelzip.core.module import CompressedModule, dense_linear
+from modelzip.deploy import TOLERANCE
 from modelzip.export import export_path, exportable
 from modelzip.kernels import materialize
 from modelzip.quantize.int8_method import Int8Config
@@ -93,11 +94,14 @@ def test_static_int8_materializes_without_crashing() -> None:
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
     x = torch.rand(32, 4, 4)
     small, _ = modelzip.compress(
-        model, Int8Config(activations="static"), sample=x, evaluate=False, measure=False
-    )
-    fast, report = materialize(small, x)
-    assert report.max_rel_error == 0.0
-    torch.testing.assert_close(fast(x), small(x))
+        model, Int8Config(activations="static"), sample=x, evaluate=False, measure=False,
+        deploy=False,
+    )  # fmt: skip
+    fast, report = materialize(small, x)  # static int8, chained, or dense: whichever is faster
+    assert report.max_rel_error is not None and report.max_rel_error <= TOLERANCE["int8"]
+    with torch.no_grad():
+        ref = small(x)
+        assert float((fast(x) - ref).abs().max()) <= TOLERANCE["int8"] * float(ref.abs().max())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -230,3 +230,83 @@ def test_a_model_off_the_cpu_keeps_its_compressed_forms(lenet) -> None:
     assert isinstance(out.fc1, MaskedLinear) and not is_deployed(out)
     assert report.layers == [] and "the model is on meta" in report.note
     assert "the model is on meta" in str(report)
+
+
+def _static_int8_net() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A small conv net in static int8 (its trainable form: StaticInt8Conv2d/Linear layers)."""
+    from modelzip.quantize.int8_method import Int8Config
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 10),
+    ).eval()  # fmt: skip
+    x = torch.rand(8, 1, 8, 8)
+    small, _ = modelzip.compress(net, Int8Config(activations="static"), sample=x,
+                                 deploy=False, measure=False, evaluate=False)  # fmt: skip
+    return small, x
+
+
+def _fake_timings(monkeypatch: pytest.MonkeyPatch, slow: tuple[type, ...]) -> None:
+    """Deploy's clock replaced: a module costs 1 ms plus 10 ms per layer of a ``slow`` class in
+    it (the whole model's candidates and each layer's forms alike); nothing is really timed."""
+    from modelzip import deploy
+    from modelzip.core.timing import Timing
+
+    def cost(m: torch.nn.Module) -> float:
+        return (1.0 + 10.0 * sum(type(c) in slow for c in m.modules())) / 1e3
+
+    monkeypatch.setattr(deploy, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
+    monkeypatch.setattr(
+        deploy, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
+    )
+
+
+def test_static_int8_slower_than_float_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A static int8 layer offers its dequantized float layer (same weights, int8 tolerance);
+    where the int8 engine is measured slower, per layer and for the whole model against the
+    uint8 chain, the float form is kept, and the note says so in one line."""
+    from modelzip.deploy import TOLERANCE, materialize
+    from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+
+    small, x = _static_int8_net()
+    assert [k for k, _ in candidates(small[0], x)] == ["int8:dense"]
+    _fake_timings(monkeypatch, (StaticInt8Conv2d, StaticInt8Linear))
+    fast, report = materialize(small, x)
+    assert not any(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in fast.modules())
+    assert {r["form"] for r in report.rows()} == {"int8:dense"}
+    assert report.model_choice == min(report.model_ms, key=report.model_ms.__getitem__)
+    assert report.model_ms["static int8"] > report.model_ms[report.model_choice]
+    assert "static int8 measured" in report.note and "slower here: not kept" in report.note
+    with torch.no_grad():
+        ref = small(x)
+        assert float((fast(x) - ref).abs().max()) <= TOLERANCE["int8"] * float(ref.abs().max())
+
+
+def test_static_int8_faster_than_float_is_kept_chained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured the other way round, the static int8 layers stay, chained (uint8 between them),
+    after the whole-model dense candidate was timed against them."""
+    from modelzip.deploy import materialize
+    from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+
+    small, x = _static_int8_net()
+    _fake_timings(monkeypatch, (torch.nn.Conv2d, torch.nn.Linear))
+    fast, report = materialize(small, x)
+    layers = [fast.get_submodule(r["name"]) for r in report.rows()]
+    assert all(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in layers)
+    assert "dense" in report.model_ms and report.model_choice != "dense"
+    assert report.int8_links >= 2 and "not kept" not in report.note
+
+
+def test_static_int8_layers_stay_without_a_sample_or_when_asked() -> None:
+    """Without a sample, or with ``choose="compressed"``, a static int8 layer is its own
+    compressed kernel: kept (not its first float form taken unmeasured)."""
+    from modelzip.deploy import materialize
+    from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
+
+    small, x = _static_int8_net()
+    for sample, choose in ((None, "measured"), (x, "compressed")):
+        fast, report = materialize(small, sample, choose=choose)  # type: ignore[arg-type]
+        layers = [fast.get_submodule(r["name"]) for r in report.rows()]
+        assert len(layers) == 3
+        assert all(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in layers)

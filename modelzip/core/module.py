@@ -101,6 +101,10 @@ class CompressedModule(nn.Module):
     #: (registered with :func:`modelzip.core.forms.register_form`), tried in this order after
     #: the layer itself; the fastest correct one wins.
     executable_forms: ClassVar[tuple[str, ...]] = ()
+    #: The layer itself runs its compressed kernel (a static int8 layer on the int8 engine): its
+    #: executable forms are alternatives to it, and deploying without a sample, or with
+    #: ``choose="compressed"``, keeps the layer (else the last form is the compressed kernel).
+    runs_own_kernel: ClassVar[bool] = False
     #: Children that hold the layer's parameters as plain layers (a decomposed conv's factor
     #: convs, a compact block's convs) and that a later recipe step may compress on their own:
     #: selection descends into them (``conv1.core``), :meth:`Context.replace` swaps one inside

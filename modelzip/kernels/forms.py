@@ -16,6 +16,15 @@ def dense_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     return [("dense", module.to_dense)]  # type: ignore[list-item]
 
 
+@register_form("dequantized")
+def dequantized_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """An int8 layer's weight dequantized once into the plain torch layer, run in float on
+    unquantized activations: the same weights, without the activation rounding (so checked with
+    the int8 tolerance), often faster than the int8 engine at small channel counts or without
+    VNNI, where quantizing and dequantizing the activations costs more than the product saves."""
+    return [("int8:dense", module.to_dense)]  # type: ignore[list-item]
+
+
 @register_form("sparse")
 def sparse_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """A masked layer as CSR, or BSR when its zeros form blocks (:mod:`.sparse_layers`)."""

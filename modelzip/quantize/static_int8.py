@@ -82,8 +82,11 @@ class StaticInt8Linear(Int8Linear):
     (:class:`~modelzip.quantize.int8.Int8Linear` with the ``"static"`` policy)."""
 
     policy = "static"
-    #: Already on PyTorch's int8 engine with calibrated static activations: no faster form.
-    executable_forms = ()
+    #: Already on PyTorch's int8 engine with calibrated static activations: its one other form
+    #: is the dequantized float layer, kept when measured faster (alone, or for the whole model
+    #: against the uint8 chain).
+    executable_forms = ("dequantized",)
+    runs_own_kernel = True
 
 
 @register_layer
@@ -92,8 +95,11 @@ class StaticInt8Conv2d(Int8Conv2d):
     (:class:`~modelzip.quantize.int8.Int8Conv2d` with the ``"static"`` policy)."""
 
     policy = "static"
-    #: Already on PyTorch's int8 engine with calibrated static activations: no faster form.
-    executable_forms = ()
+    #: Already on PyTorch's int8 engine with calibrated static activations: its one other form
+    #: is the dequantized float layer, kept when measured faster (alone, or for the whole model
+    #: against the uint8 chain).
+    executable_forms = ("dequantized",)
+    runs_own_kernel = True
 
 
 def static_int8_layer(module: nn.Module, config: Any, ctx: Context) -> nn.Module:

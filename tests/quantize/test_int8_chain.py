@@ -6,7 +6,7 @@ import torch
 from torch import fx, nn
 
 import modelzip
-from modelzip.deploy import trainable
+from modelzip.deploy import materialize, trainable
 from modelzip.kernels.int8 import RELU_ATTR
 from modelzip.models.registry import create
 from modelzip.quantize.int8_chain import EMIT_ATTR, chain_static_int8
@@ -16,10 +16,18 @@ from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 STATIC = Int8Config(activations="static")
 
 
+def _chained(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, object]:
+    """``model`` in static int8, deployed on its int8 kernels: the chain whatever the timings
+    (measured, deploy may keep float forms where the int8 engine is slower)."""
+    small, _ = modelzip.compress(model, STATIC, sample=x, measure=False, evaluate=False,
+                                 deploy=False)  # fmt: skip
+    return materialize(small, x, choose="compressed")
+
+
 def _static(name: str, x: torch.Tensor) -> tuple[nn.Module, nn.Module, object]:
     torch.manual_seed(0)
     model = create(name).eval()
-    small, report = modelzip.compress(model, STATIC, sample=x, measure=False, evaluate=False)
+    small, report = _chained(model, x)
     return model, small, report
 
 
@@ -45,9 +53,12 @@ def _quantized_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, bool]:
 
 
 def test_lenet_layers_pass_uint8_and_agree_with_the_unchained_model():
+    # Seeded: on some inputs the chained untrained LeNet lands just past the int8 tolerance
+    # (6e-2 seen, on 7-bit inputs without VNNI) and stays unchained.
+    torch.manual_seed(0)
     x = torch.rand(16, 1, 28, 28)
     dense, small, report = _static("lenet5", x)
-    assert "pass uint8 on" in report.deploy_note
+    assert "pass uint8 on" in report.int8_chain
     seen = _quantized_inputs(small, x)
     assert seen["conv1"] is False  # the model's input is float
     assert seen["conv2"] and seen["fc1"]  # written by conv1 / conv2 on their grids
@@ -92,7 +103,7 @@ def test_a_layer_read_by_a_float_op_stays_float():
             return self.c(torch.sigmoid(self.b(torch.relu(self.a(x)))))
 
     x = torch.randn(32, 8)
-    small, _ = modelzip.compress(Net().eval(), STATIC, sample=x, measure=False, evaluate=False)
+    small, _ = _chained(Net().eval(), x)
     assert EMIT_ATTR in small.a.__dict__  # a → relu → b: linked
     assert EMIT_ATTR not in small.b.__dict__  # b → sigmoid: float
 
@@ -129,7 +140,7 @@ def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
             return self.out(torch.relu(self.l(torch.relu(self.l(x)))))
 
     x = torch.randn(16, 6)
-    small, _ = modelzip.compress(Shared().eval(), STATIC, sample=x, measure=False, evaluate=False)
+    small, _ = _chained(Shared().eval(), x)
     assert isinstance(small.l, StaticInt8Linear) and isinstance(small.out, StaticInt8Linear)
     assert EMIT_ATTR not in small.l.__dict__
 

@@ -104,8 +104,8 @@ def test_quantized_bn_parameters():
 
 def test_static_int8_runs_int8_kernels_and_matches_simulation():
     model, x = _lenet()
-    small, report = modelzip.compress(
-        model, Int8Config(activations="static"), sample=x, measure=False
+    small, report = modelzip.compress(  # the trainable form: its layers run the int8 engine
+        model, Int8Config(activations="static"), sample=x, measure=False, deploy=False
     )
     layers = [small.get_submodule(c.name) for c in report.layers]
     assert {type(m) for m in layers} == {StaticInt8Conv2d, StaticInt8Linear}
@@ -142,7 +142,7 @@ def test_static_int8_kernels_match_the_simulation_where_products_saturate(kind):
     dense, x = _saturating_layer(kind)
     calibration = torch.cat([x, torch.zeros_like(x)])
     small, _ = modelzip.compress(dense, Int8Config(activations="static"), sample=calibration,
-                                 measure=False)  # fmt: skip
+                                 measure=False, deploy=False)  # fmt: skip
     assert isinstance(small[0], (StaticInt8Linear, StaticInt8Conv2d))
     with torch.inference_mode():
         got = small(x)  # int8 kernels
@@ -156,8 +156,8 @@ def test_static_int8_kernels_match_the_simulation_where_products_saturate(kind):
 def test_static_int8_inputs_use_7_bits_where_products_can_saturate(monkeypatch):
     monkeypatch.setenv("MODELZIP_INT8_REDUCE_RANGE", "1")
     model, x = _lenet()
-    small, report = modelzip.compress(
-        model, Int8Config(activations="static"), sample=x, measure=False
+    small, report = modelzip.compress(  # the trainable form: its layers run the int8 engine
+        model, Int8Config(activations="static"), sample=x, measure=False, deploy=False
     )
     inputs = {}
     for change in report.layers:
