@@ -46,14 +46,18 @@ class Build:
     needed: tuple[str, ...]
 
 
+#: The fused TT-conv's shared declaration and ISA-neutral part (each build's namespace is its
+#: ``-DMODELZIP_ISA``).
+TT_CONV_HEADERS = (NATIVE / "tt_conv.h", NATIVE / "tt_conv_driver.h")
 AVX512 = Build(
-    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), (NATIVE / "tt_conv.h",),
-    ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
+    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), TT_CONV_HEADERS,
+    ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq",
+     "-DMODELZIP_ISA=modelzip_avx512"),
     ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq"),
 )  # fmt: skip
 AVX2 = Build(
-    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"),
-    (NATIVE / "tt_conv_avx2.h",), ("-mavx2", "-mfma", "-mpopcnt"), ("avx2", "fma", "popcnt"),
+    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"), TT_CONV_HEADERS,
+    ("-mavx2", "-mfma", "-mpopcnt", "-DMODELZIP_ISA=modelzip_avx2"), ("avx2", "fma", "popcnt"),
 )  # fmt: skip
 #: The builds, best first: automatic dispatch takes the first whose CPU flags are all present.
 BUILDS = {b.isa: b for b in (AVX512, AVX2)}

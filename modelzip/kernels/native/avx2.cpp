@@ -16,7 +16,7 @@
 // fused TT-conv is in tt_conv_avx2.cpp.
 #include <torch/extension.h>
 
-#include "tt_conv_avx2.h"
+#include "tt_conv.h"
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 

@@ -143,5 +143,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("xnor_gemm", &xnor_gemm, "XNOR-popcount GEMM, int32 result");
   m.def("xnor_gemm_affine", &xnor_gemm_affine, "XNOR-popcount GEMM with scale, bias, correction");
   m.def("bsr4_matmul", &bsr4_matmul, "BSR (4 x 4 blocks) times dense");
-  m.def("tt_conv2d", &tt_conv2d, "fused TT-conv forward (tt_conv.cpp)");
+  m.def("tt_conv2d", &modelzip_avx512::tt_conv2d, "fused TT-conv forward (tt_conv.cpp)");
 }
