@@ -46,17 +46,17 @@ class Build:
     needed: tuple[str, ...]
 
 
-#: The fused TT-conv's shared declaration and ISA-neutral part (each build's namespace is its
-#: ``-DMODELZIP_ISA``).
-TT_CONV_HEADERS = (NATIVE / "tt_conv.h", NATIVE / "tt_conv_driver.h")
+#: Shared by both builds: the Python entry points and bindings, the fused TT-conv's declaration
+#: and its ISA-neutral part (each build's namespace is its ``-DMODELZIP_ISA``).
+SHARED_HEADERS = tuple(NATIVE / h for h in ("entry_points.h", "tt_conv.h", "tt_conv_driver.h"))
 AVX512 = Build(
-    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), TT_CONV_HEADERS,
+    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), SHARED_HEADERS,
     ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq",
      "-DMODELZIP_ISA=modelzip_avx512"),
     ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq"),
 )  # fmt: skip
 AVX2 = Build(
-    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"), TT_CONV_HEADERS,
+    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"), SHARED_HEADERS,
     ("-mavx2", "-mfma", "-mpopcnt", "-DMODELZIP_ISA=modelzip_avx2"), ("avx2", "fma", "popcnt"),
 )  # fmt: skip
 #: The builds, best first: automatic dispatch takes the first whose CPU flags are all present.

@@ -1,7 +1,7 @@
 // The fused TT-conv's entry point, defined in tt_conv_driver.h and built once per ISA: tt_conv.cpp
-// (AVX-512, bound by avx512.cpp) and tt_conv_avx2.cpp (AVX2 + FMA, bound by avx2.cpp). Each
-// build names its own namespace (-DMODELZIP_ISA=..., modelzip/kernels/_native.py), so both
-// extensions can be loaded in one process.
+// (AVX-512) and tt_conv_avx2.cpp (AVX2 + FMA), bound by entry_points.h. Each build names its own
+// namespace (-DMODELZIP_ISA=..., modelzip/kernels/_native.py), so both extensions can be loaded
+// in one process.
 #pragma once
 #include <torch/extension.h>
 
