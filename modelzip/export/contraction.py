@@ -91,20 +91,11 @@ def _matmuls(plan: ContractionPlan, operands: list[torch.Tensor]) -> torch.Tenso
     return contract(plan, operands, plan.equation[0])
 
 
-class MatMulFactorizedLinear(nn.Module):
-    """A :class:`~modelzip.decompose.factorized.FactorizedLinear` with its forward lowered to
-    matmuls (same factors, shared parameters)."""
-
-    def __init__(self, layer: Any) -> None:
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer.forward(x, _matmuls)
-
-
-class MatMulTTConv2d(nn.Module):
-    """A :class:`~modelzip.decompose.tt.TTConv2d` with its core contraction lowered to matmuls."""
+class MatMulContraction(nn.Module):
+    """A tensor-network layer whose ``forward(x, contract)`` takes its contraction (a
+    :class:`~modelzip.decompose.factorized.FactorizedLinear`, a
+    :class:`~modelzip.decompose.tt.TTConv2d`), with that contraction lowered to matmuls (same
+    factors, shared parameters)."""
 
     def __init__(self, layer: Any) -> None:
         super().__init__()

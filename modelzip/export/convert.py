@@ -49,14 +49,14 @@ def _factor_pruned(layer: Any) -> nn.Module:
 def converters() -> dict[str, Converter]:
     """The converters a layer class may name in ``onnx_export = "converter:NAME"``."""
     from modelzip.export.coded_layers import quant_format_coded, shared_format_coded
-    from modelzip.export.contraction import MatMulFactorizedLinear, MatMulTTConv2d
+    from modelzip.export.contraction import MatMulContraction
     from modelzip.export.qdq import QDQConv2d, QDQLinear
 
     return {
         "qdq_linear": QDQLinear,
         "qdq_conv2d": QDQConv2d,
-        "matmul_factorized": MatMulFactorizedLinear,
-        "matmul_tt_conv2d": MatMulTTConv2d,
+        "matmul_factorized": MatMulContraction,
+        "matmul_tt_conv2d": MatMulContraction,
         "factor_pruned": _factor_pruned,
         "coded_quant": quant_format_coded,
         "coded_shared": shared_format_coded,

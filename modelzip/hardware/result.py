@@ -13,8 +13,28 @@ from typing import Any
 LEVELS = ("mac", "rf", "array", "buffer", "dram")
 
 
+class _Totals:
+    """``total_energy`` and ``dram_bytes`` of a layer's or a model's cost, from its ``energy``
+    by level and its DRAM bytes read and written."""
+
+    @property
+    def total_energy(self) -> float:
+        """Sum of the energy over levels."""
+        return sum(self.energy.values())  # type: ignore[attr-defined]
+
+    @property
+    def dram_bytes(self) -> float:
+        """DRAM bytes read and written."""
+        return self.dram_read_bytes + self.dram_write_bytes  # type: ignore[attr-defined]
+
+
+def _layers_sum(field: str, doc: str | None = None) -> Any:
+    """A property of :class:`Estimate`: the sum of ``field`` over its layers."""
+    return property(lambda self: sum(getattr(x, field) for x in self.layers), doc=doc)
+
+
 @dataclasses.dataclass(frozen=True)
-class LayerEstimate:
+class LayerEstimate(_Totals):
     """Cost of one layer on one accelerator.
 
     ``weight_reuse`` is MACs per weight fetched from DRAM: ``N * P * Q`` for a layer whose weights
@@ -42,16 +62,6 @@ class LayerEstimate:
     act_bits: int
     mapping: str = ""  # loop order and orientation when a mapping search chose them
 
-    @property
-    def total_energy(self) -> float:
-        """Sum of the energy over levels."""
-        return sum(self.energy.values())
-
-    @property
-    def dram_bytes(self) -> float:
-        """DRAM bytes read and written."""
-        return self.dram_read_bytes + self.dram_write_bytes
-
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["total_energy"] = self.total_energy
@@ -59,7 +69,7 @@ class LayerEstimate:
 
 
 @dataclasses.dataclass(frozen=True)
-class Estimate:
+class Estimate(_Totals):
     """Per-layer results and totals of a model on one accelerator."""
 
     accelerator: str
@@ -69,31 +79,17 @@ class Estimate:
     area_mm2: dict[str, float]
     layers: tuple[LayerEstimate, ...]
 
-    @property
-    def cycles(self) -> int:
-        """Total cycles, stalls included (layers run one after another)."""
-        return sum(x.cycles for x in self.layers)
-
-    @property
-    def compute_cycles(self) -> int:
-        return sum(x.compute_cycles for x in self.layers)
-
-    @property
-    def stall_cycles(self) -> int:
-        return sum(x.stall_cycles for x in self.layers)
-
-    @property
-    def macs(self) -> int:
-        return sum(x.macs for x in self.layers)
+    cycles = _layers_sum("cycles", "Total cycles, stalls included (layers run one after another).")
+    compute_cycles = _layers_sum("compute_cycles")
+    stall_cycles = _layers_sum("stall_cycles")
+    macs = _layers_sum("macs")
+    dram_read_bytes = _layers_sum("dram_read_bytes")
+    dram_write_bytes = _layers_sum("dram_write_bytes")
 
     @property
     def energy(self) -> dict[str, float]:
         """Total energy by level."""
         return {k: sum(x.energy.get(k, 0.0) for x in self.layers) for k in LEVELS}
-
-    @property
-    def total_energy(self) -> float:
-        return sum(self.energy.values())
 
     @property
     def latency_s(self) -> float:
@@ -105,19 +101,6 @@ class Estimate:
         """Cycle-weighted mean of the layers' utilization (each against its own peak)."""
         busy = sum(x.utilization * x.cycles for x in self.layers)
         return busy / self.cycles if self.cycles else 0.0
-
-    @property
-    def dram_read_bytes(self) -> float:
-        return sum(x.dram_read_bytes for x in self.layers)
-
-    @property
-    def dram_write_bytes(self) -> float:
-        return sum(x.dram_write_bytes for x in self.layers)
-
-    @property
-    def dram_bytes(self) -> float:
-        """DRAM bytes read and written."""
-        return self.dram_read_bytes + self.dram_write_bytes
 
     def totals(self) -> dict[str, Any]:
         """The model-level numbers: cycles, latency, energy by level, DRAM bytes, area."""

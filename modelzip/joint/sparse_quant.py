@@ -31,7 +31,7 @@ from modelzip.prune.masked import _Masked, pack_mask, unpack_mask
 from modelzip.quantize.layers import QuantFormat, plain_like, require_float32
 from modelzip.quantize.packing import unpack_bits
 from modelzip.quantize.quantizer import (
-    Levels,
+    QuantizerChoices,
     QuantizerConfig,
     quantize,
     quantize_tensor,
@@ -200,7 +200,7 @@ def sparse_quantized_layer(
 
 
 @dataclasses.dataclass(frozen=True)
-class SparseQuantizeConfig(MethodConfig):
+class SparseQuantizeConfig(QuantizerChoices, MethodConfig):
     """Pruning-aware weight quantization: the quantizer is fitted on the kept weights only and
     pruned weights stay exactly zero, so the sparsity pattern survives quantization.
 
@@ -212,11 +212,6 @@ class SparseQuantizeConfig(MethodConfig):
 
     method = "sparse_quantize"
     bits: int = 4
-    levels: Levels = "uniform-symmetric"
-    formulation: Literal["heuristic", "optimized"] = "heuristic"
-    range: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.9
-    rounding: Literal["nearest", "stochastic"] = "nearest"
     granularity: Literal["tensor", "channel"] = "channel"
 
     def quantizer(self) -> QuantizerConfig:

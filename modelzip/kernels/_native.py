@@ -46,14 +46,16 @@ class Build:
     needed: tuple[str, ...]
 
 
+#: Both builds' headers: entry points and bindings, the fused TT-conv's declaration and driver.
+SHARED_HEADERS = tuple(NATIVE / h for h in ("entry_points.h", "tt_conv.h", "tt_conv_driver.h"))
 AVX512 = Build(
-    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), (NATIVE / "tt_conv.h",),
+    "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), SHARED_HEADERS,
     ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),
     ("avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vpopcntdq"),
 )  # fmt: skip
 AVX2 = Build(
-    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"),
-    (NATIVE / "tt_conv_avx2.h",), ("-mavx2", "-mfma", "-mpopcnt"), ("avx2", "fma", "popcnt"),
+    "avx2", "AVX2", (NATIVE / "avx2.cpp", NATIVE / "tt_conv_avx2.cpp"), SHARED_HEADERS,
+    ("-mavx2", "-mfma", "-mpopcnt"), ("avx2", "fma", "popcnt"),
 )  # fmt: skip
 #: The builds, best first: automatic dispatch takes the first whose CPU flags are all present.
 BUILDS = {b.isa: b for b in (AVX512, AVX2)}
@@ -143,7 +145,7 @@ def _build(isa: str = "avx512") -> Any:
         name=f"modelzip_{isa}_{digest}",
         sources=[str(p) for p in build.sources],
         extra_include_paths=[str(NATIVE)],
-        extra_cflags=["-O3", "-fopenmp", *build.cflags],
+        extra_cflags=["-O3", "-fopenmp", *build.cflags, f"-DMODELZIP_ISA=modelzip_{isa}"],
         extra_ldflags=["-fopenmp"],
         build_directory=str(folder),
         verbose=False,

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -255,7 +255,30 @@ def _replace(model: nn.Module, ctx: Context, name: str, new: nn.Module, method: 
 
 
 @dataclasses.dataclass(frozen=True)
-class HeadPruneConfig(MethodConfig):
+class _BlockSparsity(MethodConfig):
+    """A fraction ``sparsity`` of each block's units (heads, neurons) removed, in [0, 1); the
+    blocks are found by their parts, not by layer type."""
+
+    default_types: ClassVar[tuple[str, ...]] = ()
+    sparsity: float = 0.5
+
+    def validate(self) -> None:
+        check_range(self, "sparsity", 0.0, 1.0, high_open=True)
+
+
+def _block_pruning(config_type: type[_BlockSparsity]) -> Callable[..., Any]:
+    """Registers a whole-model handler of the ``prune`` family for ``config_type``."""
+    return register_method(
+        config_type,
+        family="prune",
+        scope="model",
+        example=config_type(sparsity=0.5),
+        noop=config_type(sparsity=0.0),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadPruneConfig(_BlockSparsity):
     """Remove whole attention heads (query, key, value and output parts together).
 
     Parameters
@@ -270,20 +293,9 @@ class HeadPruneConfig(MethodConfig):
     """
 
     method = "head_prune"
-    default_types: ClassVar[tuple[str, ...]] = ()
-    sparsity: float = 0.5
-
-    def validate(self) -> None:
-        check_range(self, "sparsity", 0.0, 1.0, high_open=True)
 
 
-@register_method(
-    HeadPruneConfig,
-    family="prune",
-    scope="model",
-    example=HeadPruneConfig(sparsity=0.5),
-    noop=HeadPruneConfig(sparsity=0.0),
-)
+@_block_pruning(HeadPruneConfig)
 def head_prune(model: nn.Module, config: HeadPruneConfig, ctx: Context) -> None:
     """Attention-head pruning with real removal (heads ranked by the L1 norm of their weights)."""
     blocks = [b for b in attention_blocks(model) if _selected(config, model, b.name)]
@@ -319,7 +331,7 @@ def head_prune(model: nn.Module, config: HeadPruneConfig, ctx: Context) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class FFNPruneConfig(MethodConfig):
+class FFNPruneConfig(_BlockSparsity):
     """Remove feed-forward neurons of transformer blocks (rows of the first projection, columns
     of the second), ranked by the L2 norm of their row times that of their column.
 
@@ -335,20 +347,9 @@ class FFNPruneConfig(MethodConfig):
     """
 
     method = "ffn_prune"
-    default_types: ClassVar[tuple[str, ...]] = ()
-    sparsity: float = 0.5
-
-    def validate(self) -> None:
-        check_range(self, "sparsity", 0.0, 1.0, high_open=True)
 
 
-@register_method(
-    FFNPruneConfig,
-    family="prune",
-    scope="model",
-    example=FFNPruneConfig(sparsity=0.5),
-    noop=FFNPruneConfig(sparsity=0.0),
-)
+@_block_pruning(FFNPruneConfig)
 def ffn_prune(model: nn.Module, config: FFNPruneConfig, ctx: Context) -> None:
     """Feed-forward neuron pruning with real removal."""
     for block in ffn_blocks(model):

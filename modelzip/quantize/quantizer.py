@@ -40,7 +40,22 @@ _LLOYD_ITERS = 30
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizerConfig(ConfigBase):
+class QuantizerChoices:
+    """The quantizer fields that :class:`QuantizerConfig` documents, declared once for it and for
+    the methods' configs that describe a quantizer (each adds its granularities and may change
+    the default ``bits``; list this class before the config's base so the fields follow
+    ``select``)."""
+
+    bits: int = 8
+    levels: Levels = "uniform-symmetric"
+    formulation: Literal["heuristic", "optimized"] = "heuristic"
+    range: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = 99.9
+    rounding: Literal["nearest", "stochastic"] = "nearest"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig(QuantizerChoices, ConfigBase):
     """How to quantize a tensor.
 
     Parameters
@@ -63,12 +78,6 @@ class QuantizerConfig(ConfigBase):
         Consecutive values of a channel sharing levels when ``granularity="group"``.
     """
 
-    bits: int = 8
-    levels: Levels = "uniform-symmetric"
-    formulation: Literal["heuristic", "optimized"] = "heuristic"
-    range: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.9
-    rounding: Literal["nearest", "stochastic"] = "nearest"
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64
 

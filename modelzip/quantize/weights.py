@@ -22,7 +22,12 @@ from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import Knob, SkipLayer, register_method
 from modelzip.quantize.layers import quantized_layer, require_float32
-from modelzip.quantize.quantizer import Levels, Quantized, QuantizerConfig, quantize_tensor
+from modelzip.quantize.quantizer import (
+    Quantized,
+    QuantizerChoices,
+    QuantizerConfig,
+    quantize_tensor,
+)
 from modelzip.quantize.schemes import binarize, multibit_bases, ternarize
 from modelzip.quantize.static_codes import record_ranges
 
@@ -55,7 +60,7 @@ def _weight_of(module: nn.Module) -> torch.Tensor:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizeWeightsConfig(MethodConfig):
+class QuantizeWeightsConfig(QuantizerChoices, MethodConfig):
     """k-bit weight quantization with every quantizer choice as a field.
 
     See :class:`~modelzip.quantize.quantizer.QuantizerConfig` for ``bits``, ``levels``,
@@ -66,11 +71,6 @@ class QuantizeWeightsConfig(MethodConfig):
     default_types: ClassVar[tuple[str, ...]] = ("Linear", "Conv2d", "Embedding")
     embeddings_as_tables: ClassVar[bool] = True
     bits: int = 4
-    levels: Levels = "uniform-symmetric"
-    formulation: Literal["heuristic", "optimized"] = "heuristic"
-    range: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.9
-    rounding: Literal["nearest", "stochastic"] = "nearest"
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64
 

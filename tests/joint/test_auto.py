@@ -13,7 +13,8 @@ from modelzip.baselines import pretrained
 from modelzip.core.counting import collect_workloads, module_bytes
 from modelzip.core.errors import ConfigError, ModelzipError
 from modelzip.hardware import estimate, get_accelerator
-from modelzip.joint.auto import AutoConfig, _relax, auto_compress
+from modelzip.joint.auto import AutoConfig, auto_compress
+from modelzip.joint.auto_search import relax
 from modelzip.joint.budget import Budget, CostModel, InfeasibleBudgetError, parse_budget
 from modelzip.joint.pareto import pareto_mask
 from modelzip.joint.search import Evaluated, Option, SearchSpace, evolve, greedy_path
@@ -141,11 +142,11 @@ def test_relaxing_gives_back_compression_the_budget_does_not_need():
     # made the earlier steps on layer b (7 units, 1% predicted loss) unnecessary.
     first = next(s for s in path if space.predicted_cost(s) <= 22)
     assert first == (1, 2) and space.predicted_cost(first) == 13
-    relaxed = _relax(space, first, 22)
+    relaxed = relax(space, first, 22)
     assert relaxed == (1, 0) and space.predicted_cost(relaxed) == 20
     assert space.predicted_loss(relaxed) < space.predicted_loss(first)
-    assert _relax(space, first, 13) == first  # no slack: nothing to give back
-    assert _relax(space, space.cheapest(), 30) == space.keep
+    assert relax(space, first, 13) == first  # no slack: nothing to give back
+    assert relax(space, space.cheapest(), 30) == space.keep
 
 
 def test_uniform_seeds_are_the_mildest_feasible_per_method():

@@ -13,16 +13,14 @@
 //  * bsr 4x4: a 4 x 24 output tile in 12 ymm float registers; per block, 12 X loads, 16
 //    broadcasts and 48 FMAs. Column tails use VMASKMOVPS (masked-off lanes are not accessed).
 // Threads: at::parallel_for (OpenMP) over row blocks (x column groups for the XNOR GEMM). The
-// fused TT-conv is in tt_conv_avx2.cpp.
-#include <torch/extension.h>
-
-#include "tt_conv_avx2.h"
-#include <ATen/Parallel.h>
+// fused TT-conv is in tt_conv_avx2.cpp, the entry points and bindings in entry_points.h.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+
+#include "entry_points.h"
 
 namespace {
 
@@ -215,54 +213,14 @@ void bsr4_tail(const int64_t* ip, const int64_t* ix, const float* B, const float
     bsr4_chunk<Q, true>(ip, ix, B, X, Y, n, br, n0, left);
 }
 
-}  // namespace
-
-// Named apart from avx512.cpp's functions: both extensions can be loaded in one process.
-namespace modelzip_avx2 {
-
-// a: (M, W) packed words; bt: (W, Np) the other operand transposed, Np a multiple of 16.
-torch::Tensor xnor_gemm(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k) {
-  auto c = torch::empty({a.size(0), n}, torch::kInt32);
-  xnor_run<false>(a, bt, n, k, c.data_ptr<int32_t>(), nullptr, nullptr, 1, nullptr, nullptr);
-  return c;
-}
-
-torch::Tensor xnor_gemm_affine(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k,
-                               torch::Tensor corr, torch::Tensor alpha, torch::Tensor beta) {
-  auto y = torch::empty({a.size(0), n}, torch::kFloat32);
-  xnor_run<true>(a, bt, n, k, nullptr, y.data_ptr<float>(), corr.data_ptr<float>(),
-                 corr.size(0), alpha.data_ptr<float>(), beta.data_ptr<float>());
-  return y;
-}
-
-// Y (Mp x n) = W x X for W in BSR with 4 x 4 blocks; X (Kp x n) float32, row-major.
-torch::Tensor bsr4_matmul(torch::Tensor indptr, torch::Tensor indices, torch::Tensor blocks,
-                          torch::Tensor x, int64_t rows) {
-  const int64_t n = x.size(1), brows = indptr.size(0) - 1;
-  auto y = torch::zeros({rows, n}, torch::kFloat32);
-  const int64_t* ip = indptr.data_ptr<int64_t>();
-  const int64_t* ix = indices.data_ptr<int64_t>();
-  const float* B = blocks.data_ptr<float>();
-  const float* X = x.data_ptr<float>();
-  float* Y = y.data_ptr<float>();
+// Rows 4 br .. 4 br + 3: whole tiles of 8 kBQ columns, then the tail.
+void bsr4_block_row(const int64_t* ip, const int64_t* ix, const float* B, const float* X,
+                    float* Y, int64_t n, int64_t br) {
   constexpr int64_t width = 8 * kBQ;
   const int64_t whole = n / width * width;
-  at::parallel_for(0, brows, 4, [&](int64_t lo, int64_t hi) {
-    for (int64_t br = lo; br < hi; ++br) {
-      for (int64_t n0 = 0; n0 < whole; n0 += width)
-        bsr4_chunk<kBQ, false>(ip, ix, B, X, Y, n, br, n0, width);
-      if (whole < n) bsr4_tail<kBQ>(ip, ix, B, X, Y, n, br, whole, n - whole);
-    }
-  });
-  return y;
+  for (int64_t n0 = 0; n0 < whole; n0 += width)
+    bsr4_chunk<kBQ, false>(ip, ix, B, X, Y, n, br, n0, width);
+  if (whole < n) bsr4_tail<kBQ>(ip, ix, B, X, Y, n, br, whole, n - whole);
 }
 
-}  // namespace modelzip_avx2
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("xnor_gemm", &modelzip_avx2::xnor_gemm, "XNOR-popcount GEMM, int32 result");
-  m.def("xnor_gemm_affine", &modelzip_avx2::xnor_gemm_affine,
-        "XNOR-popcount GEMM with scale, bias, correction");
-  m.def("bsr4_matmul", &modelzip_avx2::bsr4_matmul, "BSR (4 x 4 blocks) times dense");
-  m.def("tt_conv2d", &modelzip_avx2::tt_conv2d, "fused TT-conv forward (tt_conv_avx2.cpp)");
-}
+}  // namespace

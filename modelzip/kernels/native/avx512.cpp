@@ -7,15 +7,14 @@
 //    loads of B (transposed, so 8 consecutive output columns share one register), 8 broadcasts
 //    of A and 16 XOR + VPOPCNTQ + ADD;
 //  * bsr 4x4: a 4 x 64 output tile in 16 zmm float registers; per block, 16 X loads and 64 FMAs.
-// Threads: at::parallel_for (OpenMP) over row tiles. The fused TT-conv is in tt_conv.cpp.
-#include <torch/extension.h>
-
-#include "tt_conv.h"
-#include <ATen/Parallel.h>
+// Threads: at::parallel_for (OpenMP) over row tiles. The fused TT-conv is in tt_conv.cpp, the
+// entry points and bindings (shared with avx2.cpp) in entry_points.h.
 #include <immintrin.h>
 
 #include <algorithm>
 #include <cstdint>
+
+#include "entry_points.h"
 
 namespace {
 
@@ -79,69 +78,34 @@ void xnor_run(const torch::Tensor& a, const torch::Tensor& bt, int64_t n, int64_
   });
 }
 
-}  // namespace
-
-// a: (M, W) packed words; bt: (W, Np) the other operand transposed, Np a multiple of 16.
-torch::Tensor xnor_gemm(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k) {
-  auto c = torch::empty({a.size(0), n}, torch::kInt32);
-  xnor_run<false>(a, bt, n, k, c.data_ptr<int32_t>(), nullptr, nullptr, 1, nullptr, nullptr);
-  return c;
-}
-
-torch::Tensor xnor_gemm_affine(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k,
-                               torch::Tensor corr, torch::Tensor alpha, torch::Tensor beta) {
-  auto y = torch::empty({a.size(0), n}, torch::kFloat32);
-  xnor_run<true>(a, bt, n, k, nullptr, y.data_ptr<float>(), corr.data_ptr<float>(),
-                 corr.size(0), alpha.data_ptr<float>(), beta.data_ptr<float>());
-  return y;
-}
-
-// Y (Mp x n) = W x X for W in BSR with 4 x 4 blocks; X (Kp x n) float32, row-major.
-torch::Tensor bsr4_matmul(torch::Tensor indptr, torch::Tensor indices, torch::Tensor blocks,
-                          torch::Tensor x, int64_t rows) {
-  const int64_t n = x.size(1), brows = indptr.size(0) - 1;
-  auto y = torch::zeros({rows, n}, torch::kFloat32);
-  const int64_t* ip = indptr.data_ptr<int64_t>();
-  const int64_t* ix = indices.data_ptr<int64_t>();
-  const float* B = blocks.data_ptr<float>();
-  const float* X = x.data_ptr<float>();
-  float* Y = y.data_ptr<float>();
-  at::parallel_for(0, brows, 4, [&](int64_t lo, int64_t hi) {
-    for (int64_t br = lo; br < hi; ++br) {
-      for (int64_t n0 = 0; n0 < n; n0 += 64) {
-        const int64_t cnt = std::min<int64_t>(64, n - n0);
-        __mmask16 m[4];
-        for (int q = 0; q < 4; ++q) {
-          const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, cnt - 16 * q));
-          m[q] = static_cast<__mmask16>(left == 16 ? 0xFFFF : (1u << left) - 1);
+void bsr4_block_row(const int64_t* ip, const int64_t* ix, const float* B, const float* X,
+                    float* Y, int64_t n, int64_t br) {
+  for (int64_t n0 = 0; n0 < n; n0 += 64) {
+    const int64_t cnt = std::min<int64_t>(64, n - n0);
+    __mmask16 m[4];
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, cnt - 16 * q));
+      m[q] = static_cast<__mmask16>(left == 16 ? 0xFFFF : (1u << left) - 1);
+    }
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; ++r)
+      for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
+    for (int64_t t = ip[br]; t < ip[br + 1]; ++t) {
+      const float* b = B + t * 16;
+      const float* xr = X + ix[t] * 4 * n + n0;
+      for (int c = 0; c < 4; ++c) {
+        __m512 xv[4];
+        for (int q = 0; q < 4; ++q) xv[q] = _mm512_maskz_loadu_ps(m[q], xr + c * n + 16 * q);
+        for (int r = 0; r < 4; ++r) {
+          const __m512 v = _mm512_set1_ps(b[r * 4 + c]);
+          for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_fmadd_ps(v, xv[q], acc[r][q]);
         }
-        __m512 acc[4][4];
-        for (int r = 0; r < 4; ++r)
-          for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_ps();
-        for (int64_t t = ip[br]; t < ip[br + 1]; ++t) {
-          const float* b = B + t * 16;
-          const float* xr = X + ix[t] * 4 * n + n0;
-          for (int c = 0; c < 4; ++c) {
-            __m512 xv[4];
-            for (int q = 0; q < 4; ++q) xv[q] = _mm512_maskz_loadu_ps(m[q], xr + c * n + 16 * q);
-            for (int r = 0; r < 4; ++r) {
-              const __m512 v = _mm512_set1_ps(b[r * 4 + c]);
-              for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_fmadd_ps(v, xv[q], acc[r][q]);
-            }
-          }
-        }
-        for (int r = 0; r < 4; ++r)
-          for (int q = 0; q < 4; ++q)
-            _mm512_mask_storeu_ps(Y + (br * 4 + r) * n + n0 + 16 * q, m[q], acc[r][q]);
       }
     }
-  });
-  return y;
+    for (int r = 0; r < 4; ++r)
+      for (int q = 0; q < 4; ++q)
+        _mm512_mask_storeu_ps(Y + (br * 4 + r) * n + n0 + 16 * q, m[q], acc[r][q]);
+  }
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("xnor_gemm", &xnor_gemm, "XNOR-popcount GEMM, int32 result");
-  m.def("xnor_gemm_affine", &xnor_gemm_affine, "XNOR-popcount GEMM with scale, bias, correction");
-  m.def("bsr4_matmul", &bsr4_matmul, "BSR (4 x 4 blocks) times dense");
-  m.def("tt_conv2d", &tt_conv2d, "fused TT-conv forward (tt_conv.cpp)");
-}
+}  // namespace

@@ -1,8 +1,13 @@
-// Declaration shared by tt_conv.cpp (definition) and avx512.cpp (the Python bindings).
+// The fused TT-conv's entry point, defined in tt_conv_driver.h and built once per ISA: tt_conv.cpp
+// (AVX-512) and tt_conv_avx2.cpp (AVX2 + FMA), bound by entry_points.h. Each build names its own
+// namespace (-DMODELZIP_ISA=..., modelzip/kernels/_native.py), so both extensions can be loaded
+// in one process.
 #pragma once
 #include <torch/extension.h>
 
 #include <vector>
+
+namespace MODELZIP_ISA {
 
 torch::Tensor tt_conv2d(torch::Tensor x, torch::Tensor spatial, torch::Tensor tile_in,
                         torch::Tensor tile_mask, torch::Tensor tile_out, torch::Tensor tile_omask,
@@ -11,3 +16,5 @@ torch::Tensor tt_conv2d(torch::Tensor x, torch::Tensor spatial, torch::Tensor ti
                         std::vector<torch::Tensor> col_out, std::vector<int64_t> src,
                         std::vector<int64_t> dst, torch::Tensor bias, int64_t O, int64_t P,
                         int64_t Q, int64_t zsize, int64_t bufsize, int64_t nbuf, int64_t out_buf);
+
+}  // namespace MODELZIP_ISA

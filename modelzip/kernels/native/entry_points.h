@@ -1,0 +1,69 @@
+// The Python interface of both native builds, included once by each (avx512.cpp, avx2.cpp): the
+// entry points over the two kernels the including file defines (declared below without a body)
+// and the bindings. Each build's entry points are in its own namespace, MODELZIP_ISA (a compiler
+// flag of the build: modelzip/kernels/_native.py), so both extensions can be loaded in one
+// process.
+#pragma once
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cstdint>
+
+#include "tt_conv.h"
+
+namespace {
+
+// The XNOR-popcount GEMM of a (M, W packed words) and bt (W, Np): the counts into C (int32), or
+// with Affine the scaled, biased and corrected outputs into Y (corr has L rows).
+template <bool Affine>
+void xnor_run(const torch::Tensor& a, const torch::Tensor& bt, int64_t n, int64_t k, int32_t* C,
+              float* Y, const float* corr, int64_t L, const float* alpha, const float* beta);
+
+// Rows 4 br .. 4 br + 3 of Y (Mp x n) = W x X, W in BSR with 4 x 4 blocks (ip, ix, B).
+void bsr4_block_row(const int64_t* ip, const int64_t* ix, const float* B, const float* X,
+                    float* Y, int64_t n, int64_t br);
+
+}  // namespace
+
+namespace MODELZIP_ISA {
+
+// a: (M, W) packed words; bt: (W, Np) the other operand transposed, Np a multiple of 16.
+torch::Tensor xnor_gemm(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k) {
+  auto c = torch::empty({a.size(0), n}, torch::kInt32);
+  xnor_run<false>(a, bt, n, k, c.data_ptr<int32_t>(), nullptr, nullptr, 1, nullptr, nullptr);
+  return c;
+}
+
+torch::Tensor xnor_gemm_affine(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k,
+                               torch::Tensor corr, torch::Tensor alpha, torch::Tensor beta) {
+  auto y = torch::empty({a.size(0), n}, torch::kFloat32);
+  xnor_run<true>(a, bt, n, k, nullptr, y.data_ptr<float>(), corr.data_ptr<float>(),
+                 corr.size(0), alpha.data_ptr<float>(), beta.data_ptr<float>());
+  return y;
+}
+
+// Y (Mp x n) = W x X for W in BSR with 4 x 4 blocks; X (Kp x n) float32, row-major.
+torch::Tensor bsr4_matmul(torch::Tensor indptr, torch::Tensor indices, torch::Tensor blocks,
+                          torch::Tensor x, int64_t rows) {
+  const int64_t n = x.size(1), brows = indptr.size(0) - 1;
+  auto y = torch::zeros({rows, n}, torch::kFloat32);
+  const int64_t* ip = indptr.data_ptr<int64_t>();
+  const int64_t* ix = indices.data_ptr<int64_t>();
+  const float* B = blocks.data_ptr<float>();
+  const float* X = x.data_ptr<float>();
+  float* Y = y.data_ptr<float>();
+  at::parallel_for(0, brows, 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t br = lo; br < hi; ++br) bsr4_block_row(ip, ix, B, X, Y, n, br);
+  });
+  return y;
+}
+
+}  // namespace MODELZIP_ISA
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("xnor_gemm", &MODELZIP_ISA::xnor_gemm, "XNOR-popcount GEMM, int32 result");
+  m.def("xnor_gemm_affine", &MODELZIP_ISA::xnor_gemm_affine,
+        "XNOR-popcount GEMM with scale, bias, correction");
+  m.def("bsr4_matmul", &MODELZIP_ISA::bsr4_matmul, "BSR (4 x 4 blocks) times dense");
+  m.def("tt_conv2d", &MODELZIP_ISA::tt_conv2d, "fused TT-conv forward");
+}
