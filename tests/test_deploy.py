@@ -249,16 +249,17 @@ def _static_int8_net() -> tuple[torch.nn.Module, torch.Tensor]:
 
 def _fake_timings(monkeypatch: pytest.MonkeyPatch, slow: tuple[type, ...]) -> None:
     """Deploy's clock replaced: a module costs 1 ms plus 10 ms per layer of a ``slow`` class in
-    it (the whole model's candidates and each layer's forms alike); nothing is really timed."""
-    from modelzip import deploy
+    it (the whole model's candidates and each layer's forms alike); nothing is really timed.
+    Deploy times through :mod:`modelzip.deploy.timing` alone, so patching it there is enough."""
     from modelzip.core.timing import Timing
+    from modelzip.deploy import timing
 
     def cost(m: torch.nn.Module) -> float:
         return (1.0 + 10.0 * sum(type(c) in slow for c in m.modules())) / 1e3
 
-    monkeypatch.setattr(deploy, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
+    monkeypatch.setattr(timing, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
     monkeypatch.setattr(
-        deploy, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
+        timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
     )
 
 

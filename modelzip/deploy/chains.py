@@ -1,0 +1,104 @@
+"""Links between layers that no layer alone can show pay: static int8 layers handing each other
+uint8 (:mod:`modelzip.quantize.int8_chain`), and runs of pruned linears in CSR run as one call
+(:mod:`modelzip.kernels.sparse_chain`), each kept only if the whole model's output agrees.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.core.compact_source import remember_source
+from modelzip.core.context import replace_module
+from modelzip.core.forms import candidates, declared_forms
+from modelzip.core.model_links import model_link
+from modelzip.deploy import timing
+from modelzip.deploy.layer_choice import _Pick
+from modelzip.deploy.report import TOLERANCE, MaterializeReport, _rel_error
+
+
+def _chain(
+    model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
+) -> nn.Module:
+    """Link static int8 layers (uint8 between them, residual adds in int8), kept if the model's
+    output on the sample still agrees within the int8 tolerance."""
+    chain_static_int8, unchain = model_link("int8_chain")
+    chained, links, why = chain_static_int8(model)
+    if not links:
+        report.int8_chain = "" if why.startswith("fewer") else why
+        return model
+    if args is not None and ref is not None:
+        try:
+            with torch.no_grad():
+                err = _rel_error(chained(*args), ref)
+        except (RuntimeError, ValueError, TypeError) as e:
+            report.int8_chain = f"unchained: {type(e).__name__}: {str(e)[:120]}"
+            return unchain(chained)
+        if err > TOLERANCE["int8"]:
+            report.int8_chain = f"unchained: output disagrees (rel. error {err:.1e})"
+            return unchain(chained)
+    report.int8_links = links
+    report.int8_chain = f"{links} static int8 layers and adds pass uint8 on"
+    return chained
+
+
+def _sparse_runs(
+    model: nn.Module,
+    picks: list[_Pick],
+    args: tuple[Any, ...],
+    ref: Any,
+    reps: int,
+    choose: str,
+    report: MaterializeReport,
+) -> nn.Module:
+    """A model-level choice the per-layer one cannot make: every pruned linear in CSR with runs
+    of them linked into one call (:mod:`modelzip.kernels.sparse_chain`), kept if the whole model
+    is measured faster on the sample than the per-layer choice and agrees with it. At batch 1 a
+    lone sparse layer saves less than the Python around it costs; a run of them does not."""
+    if model.__dict__.get("_modelzip_eager") is not None:  # linked already (int8 chain)
+        return model
+    # Only pruned linears are candidates (a masked conv's dense form is a Conv2d); the model is
+    # copied once there are two of them, not on every deploy.
+    sparse = [p for p in picks if "sparse" in declared_forms(p.module)]
+    sparse = [p for p in sparse if not isinstance(p.module.to_dense(), nn.Conv2d)]  # type: ignore[operator]
+    if len(sparse) < 2:
+        return model
+    switched = copy.deepcopy(model)
+    changed: dict[str, tuple[nn.Module, nn.Module, str]] = {}
+    for pick in sparse:  # the compressed layers as they were before the per-layer choice
+        options = [(k, b) for k, b in candidates(pick.module, None) if k == "float:CSR"]
+        if options:
+            new = options[0][1]().eval()
+            changed[pick.name] = (new, pick.module, options[0][0])
+            replace_module(switched, pick.name, new)
+    if len(changed) < 2:
+        return model
+    for p in switched.parameters():
+        p.requires_grad_(False)
+    linked, links, _ = model_link("sparse_chain")[0](switched)
+    if not links:
+        return model
+    with torch.no_grad():
+        err = _rel_error(linked(*args), ref)
+    if err > TOLERANCE["float"]:
+        return model
+    timings = timing.time_interleaved([model, linked], args, reps=reps, warmup=3, number="auto")
+    t_now, t_linked = (t.median for t in timings)
+    if t_linked >= t_now and choose != "compressed":
+        report.sparse_chain = f"{links} sparse linears as one call: measured slower, not kept"
+        return model
+    entries = {e.name: e for e in report.layers}
+    for name, (new, layer, kind) in changed.items():
+        remember_source(new, layer, kind)
+        e = entries[name]
+        e.after, e.kernel, e.form = type(new).__name__, kind.split(":")[-1], kind
+        e.reason = "CSR in a run of sparse linears run as one call"
+        e.max_rel_error, e.speedup = err, None  # checked on the whole model's output
+    report.sparse_chain = (
+        f"{links} sparse linears run as one call: {t_now / t_linked:.2f}× the per-layer choice"
+    )
+    report.note = f"sparse chain: {report.sparse_chain}"
+    return linked

@@ -1,0 +1,45 @@
+"""Deploy's one clock: every time :mod:`modelzip.deploy` measures goes through this module.
+
+The other modules call ``timing._time_interleaved`` and ``timing.time_interleaved`` through the
+module, looked up at call time, so that a test faking deploy's clock patches this one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.core.timing import Timing, time_interleaved
+
+
+def _time_interleaved(modules: list[nn.Module], x: torch.Tensor, reps: int) -> list[float]:
+    """Median seconds of ``m(x)`` for each module, interleaved and warm (the first call of each
+    is timed apart and left out), so that a busy machine slows all candidates alike."""
+    return [t.median for t in time_interleaved(modules, x, reps=reps, warmup=2)]
+
+
+def time_against(
+    reference: nn.Module, model: nn.Module, sample: Any, *, repeats: int = 15
+) -> tuple[Timing, Timing]:
+    """``reference`` (the dense original) and ``model`` timed side by side on ``sample``:
+    interleaved rounds, three warm-up calls each (the first timed apart as the cold call), then
+    at least ``repeats`` rounds and 0.3 s, in eval and inference mode (modes restored)."""
+    modes = [(m, m.training) for m in (reference, model)]
+    for m, _ in modes:
+        m.eval()
+    try:
+        timings = time_interleaved(
+            [reference, model],
+            sample,
+            reps=repeats,
+            warmup=3,
+            min_seconds=0.3,
+            max_reps=10 * repeats,
+            grad="inference",
+        )
+    finally:
+        for m, mode in modes:
+            m.train(mode)
+    return timings[0], timings[1]
