@@ -60,7 +60,9 @@ def test_source_round_trip(name):
     torch.testing.assert_close(rebuilt.eval()(x), model.eval()(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(("name", "count"), [("lenet300", 266_610), ("lenet5", 431_080)])
+@pytest.mark.parametrize(
+    ("name", "count"), [("lenet300", 266_610), ("lenet5", 431_080), ("lenet5_wide", 1_631_626)]
+)
 def test_published_parameter_counts(name, count):
     assert _num_params(create(name)) == count
 
@@ -69,6 +71,8 @@ def test_layer_names_are_stable():
     names = {n for n, _ in create("lenet300").named_modules()}
     assert {"fc1", "fc2", "fc3"} <= names
     assert {"conv1", "conv2", "fc1", "fc2"} <= {n for n, _ in create("lenet5").named_modules()}
+    wide = {n for n, _ in create("lenet5_wide").named_modules()}
+    assert {"conv1", "conv2", "fc1", "fc2", "fc3"} <= wide
     assert "layer2.0.shortcut.0" in {n for n, _ in create("resnet_small").named_modules()}
 
 
@@ -165,3 +169,20 @@ def test_factory_reference_errors(spec, message):
 def test_build_from_source_refuses_garbage():
     with pytest.raises(ModelError, match="cannot rebuild"):
         build_from_source({"kind": "pickle"})
+
+
+def test_lenet5_wide_shape_and_xnor_layers():
+    """The wide LeNet-5: MNIST in, 10 logits out, and its hardtanh activations keep the inputs of
+    conv2, fc1 and fc2 signed, so XNOR-Net binarizes all three (first and last kept real)."""
+    from modelzip import Recipe, compress
+
+    torch.manual_seed(0)
+    model = create("lenet5_wide").eval()
+    x = torch.rand(8, 1, 28, 28)
+    assert model(x).shape == (8, 10)
+    recipe = Recipe.from_list([{"method": "xnor_net", "keep_first_last": True}])
+    small, report = compress(model, recipe, sample=x, evaluate=False, measure=False, deploy=False)
+    binarized = {n for n, m in small.named_modules() if type(m).__name__.startswith("XNOR")}
+    assert binarized == {"conv2", "fc1", "fc2"}
+    assert {s.name for s in report.skipped} == {"conv1", "fc3"}
+    assert small(x).shape == (8, 10)
