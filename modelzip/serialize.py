@@ -203,8 +203,11 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         or :func:`modelzip.models.resolve_model` recorded on it.
     """
     path = Path(path)
-    # A chained int8 model runs as a GraphModule of its eager model: the eager one is saved.
+    # A chained int8 model runs as a GraphModule of its eager model: the eager one is saved,
+    # in the memory layout the linked one was deployed in.
+    layout = model.__dict__.get(LAYOUT_ATTR)
     model = model.__dict__.get("_modelzip_eager", model)
+    layout = model.__dict__.get(LAYOUT_ATTR) or layout
     source = source or getattr(model, SOURCE_ATTR, None)
     if not source:
         from modelzip.models import infer_source
@@ -254,8 +257,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
     attributes = _changed_attributes(model, reference)
     if attributes:
         meta["attributes"] = attributes
-    if model.__dict__.get(LAYOUT_ATTR):
-        meta["layout"] = model.__dict__[LAYOUT_ATTR]
+    if layout:
+        meta["layout"] = layout
     if model.__dict__.get(CHAIN_ATTR):
         meta["int8_chain"] = True
     if model.__dict__.get(SPARSE_CHAIN_ATTR):

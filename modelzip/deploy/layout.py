@@ -22,7 +22,11 @@ def _has_conv(model: nn.Module) -> bool:
 
 def _channels_last(model: nn.Module) -> nn.Module:
     model.to(memory_format=torch.channels_last)
-    model.__dict__[LAYOUT_ATTR] = "channels_last"
+    # A linked model (a GraphModule over its eager model) and the eager model it runs both carry
+    # the note: a file is written from the eager one, and must load in this layout.
+    for m in (model, model.__dict__.get("_modelzip_eager")):
+        if m is not None:
+            m.__dict__[LAYOUT_ATTR] = "channels_last"
     return model
 
 
