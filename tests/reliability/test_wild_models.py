@@ -84,7 +84,12 @@ def test_shared_module_stays_shared():
     model, x = _model("functional_shared")
     small, report, _ = _compress(model, get_method("magnitude_prune").example, x)
     assert "shared" in [c.name for c in report.layers]
-    assert sum(1 for n, _ in small.named_modules(remove_duplicate=False) if n == "shared") == 1
+    # Deploy may link the pruned linears into one sparse run (when measured faster): the linked
+    # model runs its eager model's layers, where the shared one is still one module.
+    eager = small.__dict__.get("_modelzip_eager", small)
+    assert sum(1 for n, _ in eager.named_modules(remove_duplicate=False) if n == "shared") == 1
+    with torch.inference_mode():
+        torch.testing.assert_close(small(x), eager(x))
 
 
 def _changing_model(method: str, model_for_method) -> tuple[torch.nn.Module, torch.Tensor]:
