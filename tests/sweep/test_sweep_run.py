@@ -140,14 +140,6 @@ def test_rerun_of_a_finished_sweep_runs_nothing(local_run: Path, base_model: Pat
     assert _results(local_run) == before
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'modelzip[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_gives_the_same_results_as_the_local_pool(
     ray_session, local_run: Path, base_model: Path, tmp_path: Path
 ) -> None:
