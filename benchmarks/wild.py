@@ -12,8 +12,8 @@ normalization, decoded batch by batch). ResNet-18 as ``torchvision.models.resnet
 each deployed by ``compress`` and timed side by side with the dense model (interleaved, warm,
 median; ``modelzip.deploy.time_against``), with size and MACs. Writes
 ``benchmarks/results/wild.json`` (``--quick``: ``wild-quick.json``) and the ``wild`` section of
-BENCHMARKS.md. ``PARTS`` is the list of parts: a text-model part (the Hugging Face half of the
-issue) goes in next to ``resnet18``.
+BENCHMARKS.md. The ``bert`` part is the Hugging Face half of the issue: a small BERT on token
+data with int8 and head pruning, the same columns (``_wild_text.py``).
 """
 
 from __future__ import annotations
@@ -130,9 +130,39 @@ def part_resnet18(ctx: BenchContext) -> PartResult:
     return PartResult(rows, checks, text, {"images": images, "batch": batch})
 
 
-#: The parts of this benchmark, in order; a text-model part (Hugging Face) is added here.
+def part_bert(ctx: BenchContext) -> PartResult:
+    """A small BERT built from its config (BERT-mini: 4 layers, width 256; ``--quick``: 2 layers,
+    width 128) on generated token ids: int8 and half the attention heads pruned, each deployed by
+    ``compress`` and timed side by side with the dense model (``_wild_text.py``)."""
+    from _wild_text import bert_part
+
+    found = bert_part(ctx.quick)
+    rows = [r for r in found if r["kind"] == "row"]
+    checks = [check(c["name"], c["value"], c["target"], c["unit"], c["passed"])
+              for c in found if c["kind"] == "check"]  # fmt: skip
+    table = markdown_table(
+        ["model", "method", "params", "size MB", "size ÷", "MACs ÷", "ms", "speed-up",
+         "layers changed"],
+        [[r["model"], r["method"], f"{r['params']:,}", f"{r['size_bytes'] / 1e6:.2f}",
+          f"{r['size_ratio']:.2f}", f"{r['mac_ratio'] or 0:.2f}", f"{r['latency_ms']:.2f}",
+          f"{r['speedup']:.2f}", str(r["layers_changed"])] for r in rows],
+    )  # fmt: skip
+    first = rows[0]
+    text = (
+        f"### {first['model']} on token data, batch {first['batch']} x {first['seq_len']} "
+        "tokens\n\n"
+        "A Hugging Face `BertForMaskedLM` built from a config (random weights, nothing "
+        "downloaded) on a `.npy` of generated token ids; `compress(...)` with int8 (every Linear "
+        "and the embedding, the tied decoder with it) and with `head_prune` at 0.5, each deployed "
+        "and timed side by side with the dense model (median ms per batch).\n\n" + table
+    )
+    return PartResult(rows, checks, text)
+
+
+#: The parts of this benchmark, in order.
 PARTS: dict[str, Part] = {
     "resnet18": part_resnet18,
+    "bert": part_bert,
 }
 
 

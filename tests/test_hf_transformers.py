@@ -633,3 +633,20 @@ def test_hostile_aliases_and_attributes_are_refused(tmp_path, change, match):
     _rewrite_metadata(path, change)
     with pytest.raises(ModelError, match=match):
         modelzip.load(path)
+
+
+def test_a_fresh_process_builds_a_bert_beside_the_cpu_torch_torchvision():
+    """transformers imports torchvision when it is installed; the torchvision wheel built for
+    another torch fails at that import unless modelzip imports it first (the test session's
+    conftest does, so this runs in a fresh process, as a user's would)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys; from modelzip.models import build_hf; "
+        "m = build_hf(json.loads(sys.argv[1])); print(type(m.model).__name__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(BERT_MLM)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith("Bert")

@@ -56,6 +56,12 @@ def available() -> bool:
 def _transformers() -> Any:
     if not available():
         raise ModelError(f"Hugging Face models need transformers: {INSTALL}")
+    if importlib.util.find_spec("torchvision") is not None:
+        from modelzip.models.torchvision_compat import import_torchvision
+
+        # transformers imports torchvision when it is installed (its image utilities, even for
+        # BERT); a torchvision built for another torch fails there unless imported this way.
+        import_torchvision()
     import transformers
 
     return transformers
