@@ -31,6 +31,7 @@ COMPOSED = {
     "tucker2 + quantize_weights": ["tucker2", "quantize_weights"],
     "svd + magnitude_prune + quantize_weights": ["svd", "magnitude_prune", "quantize_weights"],
     "channel_prune + depthwise_separable + int8": ["channel_prune", "depthwise_separable", "int8"],
+    "depthwise_separable + channel_prune + int8": ["depthwise_separable", "channel_prune", "int8"],
     "channel_prune + int8": ["channel_prune", "int8"],
     "magnitude_prune + quantize_weights": ["magnitude_prune", "quantize_weights"],
 }
