@@ -53,7 +53,7 @@ class Branches(nn.Module):
 
 
 def _check_removal_equals_masking(model: nn.Module, x: torch.Tensor, sparsity: float = 0.5):
-    graph, keep = plan_channels(model, ChannelPruneConfig(sparsity=sparsity), x)
+    graph, keep = plan_channels(model, ChannelPruneConfig(sparsity=sparsity, round_to=1), x)
     assert keep, "nothing prunable found"
     masked, removed = copy.deepcopy(model), copy.deepcopy(model)
     mask_channels(masked, graph, keep)
@@ -117,7 +117,7 @@ def test_untraceable_model_names_the_operation():
 def test_criteria_prune_resnet_and_save_load(criterion, digits, tmp_path):
     torch.manual_seed(0)
     model = _randomize_bn(create("resnet_small", input_shape=(1, 8, 8), width=4))
-    config = ChannelPruneConfig(sparsity=0.5, criterion=criterion, taylor_batches=1)
+    config = ChannelPruneConfig(sparsity=0.5, criterion=criterion, taylor_batches=1, round_to=1)
     small, report = modelzip.compress(model, config, digits, evaluate=False, measure=False)
     assert report.after.params < report.before.params
     assert report.after.macs < 0.5 * report.before.macs
@@ -178,16 +178,16 @@ def test_rnn_hidden_unit_removal_equals_zeroed_units(kind, tmp_path):
 def test_round_to_keeps_widths_that_are_multiples() -> None:
     model = create("resnet_small")
     x = torch.randn(2, 1, 28, 28)
-    exact, _ = modelzip.compress(model, ChannelPruneConfig(sparsity=0.3), sample=x, measure=False)
-    rounded, _ = modelzip.compress(
-        model, ChannelPruneConfig(sparsity=0.3, round_to=8), sample=x, measure=False
+    exact, _ = modelzip.compress(
+        model, ChannelPruneConfig(sparsity=0.3, round_to=1), sample=x, measure=False
     )
+    rounded, _ = modelzip.compress(model, ChannelPruneConfig(sparsity=0.3), sample=x, measure=False)
 
     def widths(m: nn.Module) -> list[int]:
         return [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
 
     assert set(widths(exact)) == {11, 22, 45}  # 16, 32, 64 less round(0.3 C)
-    assert set(widths(rounded)) == {8, 24, 48}  # the nearest multiples of 8, never 0
+    assert set(widths(rounded)) == {8, 24, 48}  # by default the nearest multiples of 8, never 0
     tiny = ChannelPruneConfig(sparsity=0.9, round_to=8)  # 16 -> 2 rounds up to 8, not down to 0
     assert min(widths(modelzip.compress(model, tiny, sample=x, measure=False)[0])) == 8
     with pytest.raises(ValueError, match="round_to"):

@@ -151,7 +151,7 @@ def test_channel_prune_keeps_whole_channels(hidden, sparsity, seed):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(5, hidden), nn.ReLU(), nn.Linear(hidden, 3)).eval()
     x = torch.randn(4, 5)
-    small, _ = modelzip.compress(model, ChannelPruneConfig(sparsity=sparsity), sample=x)
+    small, _ = modelzip.compress(model, ChannelPruneConfig(sparsity=sparsity, round_to=1), sample=x)
     keep = max(1, hidden - round(sparsity * hidden))
     assert small[0].out_features == small[2].in_features == keep
     # Every kept unit is one of the original units, whole (its row and its column).
