@@ -33,7 +33,7 @@ def _runner(args: argparse.Namespace, store: Path) -> Any:
     with ``--executor``, on a local pool or Ray (workers rebuild the model as given here)."""
     from modelzip.sweep.sensitivity_task import ModelSource, StoreRunner
 
-    source = ModelSource(args.model, args.weights, args.dataset, args.validation_size)
+    source = ModelSource.resolved(args.model, args.weights, args.dataset, args.validation_size)
     if args.executor is None and args.address is not None:
         raise ModelzipError("--address is for --executor ray")
     # --workers alone: the sweep's local pool, its candidates recorded as well.

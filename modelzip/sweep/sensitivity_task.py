@@ -7,6 +7,11 @@ weights, data set). A worker, a local process or a Ray node, rebuilds the model 
 validation split once and evaluates every candidate it receives. On a cluster the files a task
 names must be at the same path on every node, as for ``modelzip sweep``.
 
+A candidate's key holds the digest of the model's state and of the validation split as this
+process loaded them (:attr:`ModelSource.digest`), and files are named by their absolute paths:
+a rerun from another directory resumes, and one on retrained weights (a zoo baseline trained
+again, a file overwritten) evaluates anew instead of reading back the old model's accuracies.
+
 Only accuracies travel: the latency a search needs is measured on this machine by
 :mod:`modelzip.joint.auto`, never on a worker whose load the others set.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -31,7 +37,14 @@ from modelzip.sweep.runner import run_tasks
 from modelzip.sweep.store import SweepStore
 from modelzip.sweep.tasks import register_task_kind, task_key
 
-__all__ = ["TASK_KIND", "ModelSource", "StoreRunner", "candidate_task", "run_sensitivity_task"]
+__all__ = [
+    "TASK_KIND",
+    "ModelSource",
+    "StoreRunner",
+    "candidate_task",
+    "run_sensitivity_task",
+    "state_digest",
+]
 
 TASK_KIND = "sensitivity"
 register_task_kind(TASK_KIND, "modelzip.sweep.sensitivity_task:run_sensitivity_task")
@@ -45,6 +58,37 @@ class ModelSource:
     weights: str | None = None
     dataset: str | None = None
     validation_size: int = 2000
+    #: SHA-256 of the loaded model's state and validation split (:func:`state_digest`), set by
+    #: :class:`StoreRunner`; workers do not read it, it keys the candidates.
+    digest: str = ""
+
+    @classmethod
+    def resolved(
+        cls,
+        model: str,
+        weights: str | None = None,
+        dataset: str | None = None,
+        validation_size: int = 2000,
+    ) -> ModelSource:
+        """The source with each name that is an existing file made absolute (a zoo name, a
+        ``module:factory`` reference or a data set name stays as given)."""
+
+        def absolute(name: str | None) -> str | None:
+            return str(Path(name).resolve()) if name and Path(name).is_file() else name
+
+        return cls(absolute(model) or model, absolute(weights), absolute(dataset), validation_size)
+
+
+def state_digest(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> str:
+    """SHA-256 (24 hex digits) of ``model``'s class and state and of the validation split."""
+    from modelzip.joint.auto_trail import model_fingerprint
+
+    digest = hashlib.sha256(model_fingerprint(model).encode())
+    for t in (x, y):
+        t = t.detach().cpu().contiguous()
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:24]
 
 
 def candidate_task(source: ModelSource, layer: str, method: str, value: float) -> dict[str, Any]:
@@ -109,7 +153,10 @@ class StoreRunner:
         y: torch.Tensor,
         candidates: list[tuple[str, str, float]],
     ) -> Iterator[float | None]:
-        tasks = [candidate_task(self.source, *c) for c in candidates]
+        source = self.source
+        if not source.digest:
+            source = dataclasses.replace(source, digest=state_digest(model, x, y))
+        tasks = [candidate_task(source, *c) for c in candidates]
         with SweepStore(self.store_path) as store:
             if self.executor is None:
                 yield from self._here(store, model, x, y, candidates, tasks)

@@ -3,8 +3,10 @@ a local pool and Ray give the same accuracies, and the commands record and read 
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,6 +81,38 @@ def test_a_resumed_candidate_is_read_back_not_evaluated(source, loaded, tmp_path
         db.execute("UPDATE tasks SET result = ? WHERE key = ?", (json.dumps(marked), key))
     resumed = run_sensitivity(model, data, CONFIG, runner=StoreRunner(source, store))
     assert 0.123 in [a for c in resumed.curves for a in c.accuracy]
+
+
+def test_other_weights_under_the_same_name_are_evaluated_anew(source, loaded, tmp_path):
+    # A retrained baseline or an overwritten file keeps its name: the key holds the state.
+    model, data = loaded
+    store = tmp_path / STORE_NAME
+    run_sensitivity(model, data, CONFIG, runner=StoreRunner(source, store))
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.fc1.weight.mul_(0.5)
+    runner = StoreRunner(source, store)
+    run_sensitivity(changed, data, CONFIG, runner=runner)
+    assert runner.resumed == 0
+    again = StoreRunner(source, store)
+    run_sensitivity(model, data, CONFIG, runner=again)
+    assert again.resumed == CANDIDATES
+
+
+def test_a_relative_path_resumes_from_another_directory(source, tmp_path, capsys, monkeypatch):
+    folder = Path(source.model).parent
+    out = tmp_path / "out"
+    flags = ["--out", str(out), "--methods", "magnitude_prune", "--validation-size", "200"]
+    monkeypatch.chdir(folder)
+    argv = ["sensitivity", "lenet300.mzip", "--dataset", "digits.npz", *flags, "--json"]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    monkeypatch.chdir(folder.parent)
+    argv = ["sensitivity", f"{folder.name}/lenet300.mzip", "--dataset",
+            f"{folder.name}/digits.npz", *flags, "--json"]  # fmt: skip
+    assert main(argv) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["resumed"] == sum(len(c["values"]) for c in first["curves"]) > 0
 
 
 def test_a_local_pool_gives_the_same_curves(source, loaded, in_process, tmp_path):
