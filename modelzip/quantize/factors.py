@@ -142,18 +142,18 @@ class FactorQuantized(CompressedModule):
         wrapper.decode()
         return wrapper
 
-    @torch.no_grad()
     def decode(self) -> None:
         """Decode the codes into the wrapped layer's factors, unless they already hold them."""
-        pieces = [t for piece in self.coded for t in piece.buffers()]
+        pieces = [t for piece in self.coded for t in piece._buffers.values() if t is not None]
         # Inference tensors keep no version counter: decode every call (as WeightFormat does).
         inference = any(t.is_inference() for t in pieces)
         key = None if inference else tuple((t._version, t.data_ptr()) for t in pieces)
         if key is not None and self.__dict__.get("_decoded_key") == key:
             return
         params = dict(self.inner.named_parameters())
-        for f, piece in zip(self.factors, self.coded, strict=True):
-            params[f].copy_(piece.decode_weight())
+        with torch.no_grad():
+            for f, piece in zip(self.factors, self.coded, strict=True):
+                params[f].copy_(piece.decode_weight())
         self.__dict__["_decoded_key"] = key
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
