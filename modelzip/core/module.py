@@ -120,6 +120,11 @@ class CompressedModule(nn.Module):
     #: The layer holds kept weights under a pruning mask: a later step whose method has a form
     #: that keeps the mask (:func:`modelzip.core.registry.kept_form`) is carried out in it.
     kept_weights: ClassVar[bool] = False
+    #: The layer holds its weight as factor tensors of its own that its forward contracts (TT
+    #: cores, HT and Tucker factors), not as plain layers: a later weight quantizer codes those
+    #: factors (:class:`modelzip.quantize.factors.FactorQuantized`), each parameter of two or more
+    #: dimensions; its other parameters (the bias) stay float.
+    factor_weights: ClassVar[bool] = False
 
     @classmethod
     def from_dense(cls: type[L], dense: nn.Module, config: Any) -> L:

@@ -211,6 +211,7 @@ class HTLinear(FactorizedLinear):
 
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
+    factor_weights = True
 
     def _init_factors(self, factory: dict[str, Any], tree: TreeKind = "balanced") -> None:
         self.tree_kind = tree

@@ -140,6 +140,7 @@ class TTLinear(TTMatrix):
 
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
+    factor_weights = True
 
     @classmethod
     def from_dense(cls, dense: nn.Linear, config: Any = None, *, ranks: Any = None) -> TTLinear:
@@ -168,6 +169,8 @@ class TTConv2d(ConvChain):
     parts = ("spatial",)
     # Its forward contracts the TT cores itself; the spatial piece stays its own business.
     compressible_parts = ()
+    # A later weight quantizer codes the spatial kernel and the cores in place.
+    factor_weights = True
 
     def _init_chain(self, new: Pieces, in_modes: Any, out_modes: Any, ranks: Any) -> None:
         self.in_modes, self.out_modes = tuple(in_modes), tuple(out_modes)

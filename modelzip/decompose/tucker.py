@@ -127,6 +127,7 @@ class TuckerLinear(FactorizedLinear):
 
     onnx_export = "converter:matmul_factorized"
     executable_forms = ("dense", "two_gemm_cut")
+    factor_weights = True
 
     def _init_factors(self, factory: dict[str, Any]) -> None:
         if len(self.ranks) != self.d:

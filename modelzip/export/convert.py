@@ -31,7 +31,7 @@ from modelzip.core.compact_source import compact_source
 from modelzip.core.errors import ModelError
 from modelzip.core.model_links import unlink
 from modelzip.core.module import CompressedModule
-from modelzip.export.forms import form_of
+from modelzip.export.forms import form_of, mark
 
 Converter = Callable[[Any], nn.Module]
 
@@ -46,6 +46,19 @@ def _factor_pruned(layer: Any) -> nn.Module:
     return exportable(inner)
 
 
+def _factor_quantized(layer: Any) -> nn.Module:
+    # The tensor-network layer on its decoded factors, exported as that layer is (a chain of
+    # matmuls): the ONNX file holds the factors as float, not their codes.
+    inner = layer.decoded_layer()
+    path = export_path(inner)
+    if path.startswith("refused: "):
+        raise ModelError(
+            f"its factors' layer {type(inner).__name__} cannot be exported: "
+            f"{path.removeprefix('refused: ')}"
+        )
+    return mark(exportable(inner), "factors decoded to float, contracted as matmuls")
+
+
 def converters() -> dict[str, Converter]:
     """The converters a layer class may name in ``onnx_export = "converter:NAME"``."""
     from modelzip.export.coded_layers import quant_format_coded, shared_format_coded
@@ -58,6 +71,7 @@ def converters() -> dict[str, Converter]:
         "matmul_factorized": MatMulContraction,
         "matmul_tt_conv2d": MatMulContraction,
         "factor_pruned": _factor_pruned,
+        "factor_quantized": _factor_quantized,
         "coded_quant": quant_format_coded,
         "coded_shared": shared_format_coded,
     }

@@ -101,11 +101,20 @@ class _Freezer:
 @register_method(INQConfig, family="quantize", example=INQConfig(), scope="model")
 def inq(model: nn.Module, config: INQConfig, ctx: Context) -> None:
     """Incremental power-of-two weights (INQ), retraining the float share between stages."""
+    selected = list(config.select.select(model, config.default_types))
     layers = {
         name: m
-        for name, m in config.select.select(model, config.default_types)
+        for name, m in selected
         if type(m) in (nn.Linear, nn.Conv2d) and not isinstance(m, CompressedModule)
     }
+    for name, m in selected:  # said, not passed by silently (a TT layer after `tt`)
+        if isinstance(m, CompressedModule):
+            ctx.skip(
+                name,
+                config.method,
+                f"already compressed as {type(m).__name__}; inq applies to dense Linear and "
+                "Conv2d layers (quantize_weights codes a decomposed layer's factors)",
+            )
     for name in list(layers):  # dropped before retraining, which would change them too
         reason = ctx.refusal(name, None)  # a quantized layer keeps no dense weight
         if reason is not None:

@@ -20,8 +20,11 @@ from modelzip.core.errors import ConfigError
 from modelzip.core.geometry import UnsupportedConv
 from modelzip.core.module import CompressedModule
 from modelzip.core.registry import SkipLayer, register_method
+from modelzip.decompose._ops import layer_name
+from modelzip.quantize.factors import holds_factors, quantize_factors
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.layers import require_float32
+from modelzip.quantize.quantizer import QuantizerConfig, quantize_tensor
 from modelzip.quantize.static_int8 import static_int8_layer
 
 
@@ -99,6 +102,8 @@ INT8 = Composition(
 @register_method(Int8Config, family="quantize", example=Int8Config(), composition=INT8)
 def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
     """Symmetric per-channel int8 weights, one byte per weight."""
+    if holds_factors(module):
+        return _int8_factors(module, config, ctx)
     if isinstance(module, CompressedModule):
         raise SkipLayer(
             f"already compressed as {type(module).__name__}; int8 applies to dense layers "
@@ -119,3 +124,18 @@ def int8(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
         return cls.from_dense(module, config)
     except UnsupportedConv as e:
         raise SkipLayer(str(e)) from None
+
+
+def _int8_factors(module: nn.Module, config: Int8Config, ctx: Context) -> nn.Module:
+    """A tensor-network layer's factors as symmetric 8-bit codes (``Δ = max|x|/127`` per first
+    index of each factor, or per factor); its contraction runs in float on the decoded factors."""
+    granularity = "channel" if config.per_channel else "tensor"
+    codes = QuantizerConfig(bits=8, levels="uniform-symmetric", granularity=granularity)
+    layer = quantize_factors(module, lambda f: quantize_tensor(f, codes))
+    if config.activations != "float":
+        ctx.note(
+            layer_name(module, ctx),
+            f"factors as 8-bit codes; activations={config.activations!r} does not apply: the "
+            "factors' contraction runs in float on the decoded factors",
+        )
+    return layer

@@ -21,6 +21,7 @@ from modelzip.core.composition import QUANTIZES, Composition
 from modelzip.core.config import MethodConfig, check_range
 from modelzip.core.context import Context
 from modelzip.core.registry import Knob, SkipLayer, register_method
+from modelzip.quantize.factors import holds_factors, quantize_factors
 from modelzip.quantize.layers import quantized_layer, require_float32
 from modelzip.quantize.quantizer import (
     Quantized,
@@ -52,6 +53,11 @@ def table_quantized(
 
 
 def _weight_of(module: nn.Module) -> torch.Tensor:
+    if holds_factors(module):
+        raise SkipLayer(
+            f"{type(module).__name__} holds its weight as factor tensors, which this method's "
+            "levels do not code (quantize_weights and int8 code a tensor-network layer's factors)"
+        )
     weight = getattr(module, "weight", None)
     if not isinstance(weight, torch.Tensor):
         raise SkipLayer(f"{type(module).__name__} has no weight")
@@ -104,6 +110,10 @@ NO_ZERO = Composition(
 )
 def quantize_weights(module: nn.Module, config: QuantizeWeightsConfig, ctx: Context) -> nn.Module:
     """k-bit weights (uniform, power-of-two or k-means levels), bit-packed."""
+    if holds_factors(module):  # a tensor-network layer: its factors are coded
+        device = next(module.parameters()).device
+        gen = ctx.generator(device) if config.rounding == "stochastic" else None
+        return quantize_factors(module, lambda f: quantize_tensor(f, config.quantizer(), gen))
     weight = _weight_of(module)
     gen = ctx.generator(weight.device) if config.rounding == "stochastic" else None
     layer = quantized_layer(module, quantize_tensor(weight, config.quantizer(), gen))

@@ -82,6 +82,8 @@ def cases() -> dict[str, tuple[str, object, bool]]:
     out["tt_conv_materialized"] = ("tt", conv_tt, True)
     # Composition: a later step compressed the factor convs of a decomposed conv ("parts").
     out["tucker2_quantize_weights"] = ("tucker2", [get_method("tucker2").example, qw], False)
+    # ... and the factor tensors a TT layer holds (FactorQuantized wrapping TTConv2d, TTLinear).
+    out["tt_quantize_weights"] = ("tt", [tt, qw], False)
     qat = get_method("qat").example
     out["qat_w2a2_materialized"] = ("qat", dataclasses.replace(qat, bits=2, act_bits=2), True)
     return out
