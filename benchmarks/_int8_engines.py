@@ -5,13 +5,16 @@
 Run by the ``engines`` part of ``benchmarks/deploy.py`` in a subprocess (with its thread and
 OpenMP settings). Not through the CLI: ``torch.ao`` and onnxruntime are not modelzip commands, so
 every model here is built in one process and timed interleaved (median of warm rounds, the first
-calls left out), each against the same fp32 model:
+calls left out; each round starts at the next model, so none always follows the one that
+evicted its weights from the caches), each against the same fp32 model:
 
 * the MLP 1024-4096-4096-1024 of issue #20, batch 1 and 64: modelzip dynamic and static int8
   (``modelzip.compress``, deployed), ``torch.ao`` ``quantize_dynamic`` and FX static
   (``prepare_fx``/``convert_fx``, x86 qconfig), onnxruntime ``quantize_dynamic`` of the fp32 ONNX
   file (and the fp32 file in onnxruntime, for reference);
-* the small VGG and ResNet (random weights), batch 64: modelzip static int8 against FX static.
+* LeNet-300-100, LeNet-5, the small VGG and ResNet (random weights), batch 64: modelzip static
+  int8 against FX static, each against the fp32 model in its fastest memory layout (what the
+  CLI's rows are timed against): how far PyTorch's int8 engine itself goes on each network.
 
 Static int8 calibrates on 256 random inputs of the same distribution as the timed ones.
 """
@@ -95,7 +98,9 @@ def _time(named: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, 
     from modelzip.core.timing import time_interleaved
 
     with torch.inference_mode():
-        timings = time_interleaved(list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3)
+        timings = time_interleaved(
+            list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3, rotate=True
+        )
     return {k: t.median * 1e3 for k, t in zip(named, timings, strict=True)}
 
 
@@ -130,12 +135,16 @@ def mlp_rows(threads: int, reps: int) -> list[dict[str, Any]]:
     return rows
 
 
+#: The zoo models of the static int8 rows (28×28 MNIST-shaped input, random weights).
+CNN_MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
+
+
 def cnn_rows(reps: int) -> list[dict[str, Any]]:
     from modelzip.deploy import dense_anchor
     from modelzip.models.registry import create
 
     rows = []
-    for name in ("vgg_small", "resnet_small"):
+    for name in CNN_MODELS:
         torch.manual_seed(0)
         model = create(name).eval()
         calib, x = torch.randn(256, 1, 28, 28), torch.randn(64, 1, 28, 28)

@@ -678,8 +678,26 @@ def part_engines(ctx: BenchContext) -> PartResult:
         "latency and its speedup over the same fp32 model. A check passes when modelzip is at "
         "least as fast as the engine it is compared with (ratio ≥ 1).\n\n"
         + markdown_table(["model", "batch", "engine", "ms", "vs fp32"], table)
+        + engine_ceiling(rows)
     )
     return PartResult(rows, checks, md, {"isa": isa, "threads": threads})
+
+
+def engine_ceiling(rows: list[dict[str, Any]]) -> str:
+    """One line per network: the fastest static int8 engine's speedup over fp32 here, the
+    ceiling against which the CLI's static int8 rows of that network read."""
+    best: dict[str, tuple[float, str]] = {}
+    for r in rows:
+        if r["engine"].endswith("static") and r["batch"] == 64:
+            best[r["model"]] = max(best.get(r["model"], (0.0, "")), (r["vs_fp32"], r["engine"]))
+    if not best:
+        return ""
+    lines = [f"{m}: {v:.2f}× ({e})" for m, (v, e) in best.items()]
+    return (
+        "\n\nFastest static int8 engine over fp32 at batch 64, per network: "
+        + "; ".join(lines)
+        + ". Where this is below the static int8 target, no int8 engine on this CPU reaches it."
+    )
 
 
 XNOR_NET = [{"method": "xnor_net", "scale_activations": True, "keep_first_last": True}]

@@ -50,6 +50,14 @@ def test_calls_alternate_and_warmups_come_first():
     assert log == ["a", "b"] * 5  # 2 warm-up rounds, then 3 timed rounds, always in turns
 
 
+def test_rotated_rounds_start_at_each_target_in_turn():
+    clock, log = FakeClock(), []
+    a, b, c = (scripted(clock, n, [1.0] * 10, log) for n in "abc")
+    ta, tb, tc = time_interleaved([a, b, c], reps=3, warmup=1, clock=clock, rotate=True)
+    assert "".join(log) == "abc" + "abc" + "bca" + "cab"  # warm-up, then rounds 0, 1, 2
+    assert ta.samples == tb.samples == tc.samples == 3
+
+
 def test_cold_call_is_reported_apart_and_warmups_are_not_samples():
     clock, log = FakeClock(), []
     # a: cold 9 s, one more warm-up of 7 s, then samples 1, 3, 2

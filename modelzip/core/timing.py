@@ -160,6 +160,7 @@ def time_interleaved(
     device: torch.device | str | None = None,
     clock: Clock = time.perf_counter,
     cpu_clock: Clock | None = None,
+    rotate: bool = False,
 ) -> list[Timing]:
     """One :class:`Timing` per target, the targets called in turns.
 
@@ -172,6 +173,9 @@ def time_interleaved(
     :data:`AUTO_BLOCK_SECONDS` (from its last warm-up call). Rounds continue past ``reps`` until
     ``min_seconds`` have passed, but not past ``max_reps`` (default ``reps``, or ``10 * reps``
     with ``min_seconds``). The calls run under ``grad`` (``torch.no_grad()`` by default).
+    With ``rotate`` round ``r`` starts at target ``r mod n``: each target follows each other
+    equally often, so no target always runs right after one that evicted its weights from the
+    caches (with several large models, a fixed order favoured some by up to 20%).
     """
     if reps < 1:
         raise ValueError(f"reps must be at least 1, got {reps}")
@@ -199,8 +203,9 @@ def time_interleaved(
         start = clock()
         rounds = 0
         while rounds < limit and (rounds < reps or clock() - start < min_seconds):
-            for i, call in enumerate(calls):
-                n = counts[i]
+            shift = rounds % len(calls) if rotate else 0
+            for i in [*range(shift, len(calls)), *range(shift)]:
+                call, n = calls[i], counts[i]
                 c = cpu_clock() if cpu_clock is not None else 0.0
                 t = clock()
                 for _ in range(n):
