@@ -152,9 +152,25 @@ EMIT_ATTR = "_modelzip_int8_emit"
 RELU_ATTR = "_modelzip_int8_relu"
 
 _q = torch.ops.quantized
-#: The engine's ops of a policy: dynamic, static, static with a fused ReLU.
-_LINEAR_OPS = (_q.linear_dynamic, _q.linear, _q.linear_relu)
-_CONV_OPS = (_q.conv2d_dynamic, _q.conv2d, _q.conv2d_relu)
+#: The engine's ops of a policy: dynamic, static, static with a fused ReLU. Resolved overloads
+#: (``conv2d.new`` takes the prepacked weight): a call skips the packet's overload lookup.
+_LINEAR_OPS = (_q.linear_dynamic.default, _q.linear.default, _q.linear_relu.default)
+_CONV_OPS = (_q.conv2d_dynamic.default, _q.conv2d.new, _q.conv2d_relu.new)
+#: Whether ``torch.quantize_per_tensor`` has run: it warns of its deprecation once per process
+#: (TORCH_WARN_ONCE), so only the first call needs the warning silenced.
+_quantized_once = False
+
+
+def quantize_per_tensor(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """``x`` as a quint8 tensor on ``(scale, zero)``, its deprecation warning kept quiet."""
+    global _quantized_once
+    if _quantized_once:
+        return torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    _quantized_once = True
+    return q
 
 
 def _fake(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax: int = ACT_QMAX) -> Any:
@@ -257,9 +273,7 @@ class Int8Format(WeightFormat):
         instead of one over floats."""
         scale, zero, qmax = grid or self._engine_state(None)[1]
         if not x.is_quantized:  # else written on this grid by a chained layer (int8_chain)
-            with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-                warnings.simplefilter("ignore")
-                x = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+            x = quantize_per_tensor(x, scale, zero)
         return x if qmax == ACT_QMAX else torch.clamp(x, max=(qmax - zero) * scale)
 
     # The products.

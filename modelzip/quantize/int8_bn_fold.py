@@ -82,7 +82,7 @@ def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return isinstance(module, nn.Identity) and len(node.args) == 1 and not node.kwargs
 
 
-def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return type(modules.get(str(node.target))) is nn.ReLU
     if node.op == "call_function":
@@ -97,7 +97,7 @@ def fuse_relus(
     into that layer, and drop the node from ``graph``. Returns how many."""
     fused = 0
     for node in list(graph.nodes):
-        if not _is_relu(node, modules) or len(node.args) != 1:
+        if not is_relu(node, modules) or len(node.args) != 1:
             continue
         src = into = node.args[0]
         while isinstance(src, fx.Node) and len(src.users) == 1 and _is_identity(src, modules):

@@ -11,7 +11,7 @@ what PyTorch's FX ``convert`` does, on our own calibrated grids:
   ``conv2d`` requantize in the kernel), or on its own calibrated output grid when only adds read
   it; the next layer takes the uint8 tensor as it is;
 * a residual add of two such tensors whose sum reaches static int8 layers runs as
-  ``torch.ops.quantized.add`` onto their grid;
+  ``torch.ops.quantized.add`` onto their grid (``add_relu``, one pass, when a ReLU reads it);
 * a BatchNorm or a ReLU right after a static int8 layer is folded into it
   (:mod:`modelzip.quantize.int8_bn_fold`): the ReLU runs in the requantization of
   ``torch.ops.quantized.linear_relu``/``conv2d_relu`` instead of as a pass of its own.
@@ -39,7 +39,7 @@ from torch import fx, nn
 from modelzip.core.compact_source import CHAIN_ATTR
 from modelzip.core.model_links import LinkedModel, register_link
 from modelzip.kernels.int8 import EMIT_ATTR
-from modelzip.quantize.int8_bn_fold import fold_batchnorms, fuse_relus, unfold
+from modelzip.quantize.int8_bn_fold import fold_batchnorms, fuse_relus, is_relu, unfold
 
 #: On a chained GraphModule: the eager model it was traced from (same layers).
 EAGER_ATTR = "_modelzip_eager"
@@ -84,9 +84,30 @@ def _is_static(module: Any) -> bool:
     return isinstance(module, (StaticInt8Linear, StaticInt8Conv2d))
 
 
+_ADD, _ADD_RELU = torch.ops.quantized.add.default, torch.ops.quantized.add_relu.default
+
+
 def quantized_add(a: torch.Tensor, b: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
     """``a + b`` of two quantized tensors onto the grid ``(scale, zero)``."""
-    return torch.ops.quantized.add(a, b, scale, zero)
+    return _ADD(a, b, scale, zero)
+
+
+def quantized_add_relu(a: torch.Tensor, b: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """``relu(a + b)`` of two quantized tensors onto the grid ``(scale, zero)``, in one pass."""
+    return _ADD_RELU(a, b, scale, zero)
+
+
+def _fuse_add_relus(graph: fx.Graph, adds: list[fx.Node], modules: dict[str, nn.Module]) -> None:
+    """Each quantized add whose one reader is a ReLU takes that ReLU into its requantization
+    (``quantized::add_relu``, as FX's ``convert`` does); the ReLU node is dropped. ReLU
+    commutes with the monotone uint8 map, so the result is the same."""
+    for node in adds:
+        users = list(node.users)
+        if len(users) != 1 or not is_relu(users[0], modules) or users[0].args[:1] != (node,):
+            continue
+        node.target = quantized_add_relu
+        users[0].replace_all_uses_with(node)
+        graph.erase_node(users[0])
 
 
 class ChainedModel(LinkedModel):
@@ -234,6 +255,7 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
     for node in adds:
         scale, zero, _ = quantized[node]  # type: ignore[misc]
         node.target, node.args = quantized_add, (*node.args, scale, zero)
+    _fuse_add_relus(graph, adds, info.modules)
     if not links:
         unfold(model)
         return model, 0, "no static int8 layer feeds only int8 readers"
@@ -255,5 +277,6 @@ __all__ = [
     "ChainedModel",
     "chain_static_int8",
     "quantized_add",
+    "quantized_add_relu",
     "unchain",
 ]

@@ -76,6 +76,10 @@ def test_resnet_adds_run_in_int8_and_the_file_loads_chained(tmp_path):
     dense, small, _ = _static("resnet_small", x)
     assert isinstance(small, fx.GraphModule)  # residual adds rewritten to quantized adds
     assert "quantized_add" in small.code
+    # Each block's add and the ReLU after it run as one quantized::add_relu: no ReLU node left.
+    assert small.code.count("quantized_add_relu") == 3
+    assert not any(isinstance(small.get_submodule(str(n.target)), nn.ReLU)
+                   for n in small.graph.nodes if n.op == "call_module")  # fmt: skip
     seen = _quantized_inputs(small, x)
     assert len(seen) == 10  # every conv, shortcut and fc is a static int8 layer
     assert [n for n, q in seen.items() if not q] == ["conv1"]  # all but the stem read uint8
