@@ -291,10 +291,13 @@ def test_static_int8_slower_than_float_is_not_kept(monkeypatch: pytest.MonkeyPat
     where the int8 engine is measured slower, per layer and for the whole model against the
     uint8 chain, the float form is kept, and the note says so in one line."""
     from modelzip.deploy import TOLERANCE, materialize
+    from modelzip.kernels.int8 import onednn_available
     from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 
     small, x = _static_int8_net()
-    assert [k for k, _ in candidates(small[0], x)] == ["int8:dense"]
+    onednn = ["int8:static onednn"] if onednn_available() else []
+    assert [k for k, _ in candidates(small[0], x)] == [*onednn, "int8:dense"]
+    assert [k for k, _ in candidates(small[-1], x)] == ["int8:dense"]  # a linear: no engine form
     _fake_timings(monkeypatch, (StaticInt8Conv2d, StaticInt8Linear))
     fast, report = materialize(small, x)
     assert not any(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in fast.modules())
@@ -334,3 +337,61 @@ def test_static_int8_layers_stay_without_a_sample_or_when_asked() -> None:
         layers = [fast.get_submodule(r["name"]) for r in report.rows()]
         assert len(layers) == 3
         assert all(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in layers)
+
+
+@pytest.mark.skipif(
+    "onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine"
+)
+def test_static_int8_conv_on_onednn_matches_and_loads_as_chosen(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The ``int8:static onednn`` form prepacks the same codes for oneDNN: the same integer
+    arithmetic (outputs within one output code of the default engine's), the op runs oneDNN's
+    kernel whatever the global engine, and a file saved with it loads with it."""
+    from modelzip.deploy import materialize
+    from modelzip.kernels.int8 import ENGINE_ATTR
+    from modelzip.models import create
+    from modelzip.quantize.int8_method import Int8Config
+    from modelzip.quantize.static_int8 import StaticInt8Conv2d
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 1, 28, 28)
+    small, _ = modelzip.compress(create("lenet5").eval(), Int8Config(activations="static"),
+                                 sample=x, deploy=False, measure=False, evaluate=False)  # fmt: skip
+    conv = small.conv1
+    (kind, build), *_ = candidates(conv, x)
+    assert kind == "int8:static onednn"
+    onednn = build()
+    assert isinstance(onednn, StaticInt8Conv2d) and onednn.__dict__[ENGINE_ATTR] == "onednn"
+    with torch.no_grad():
+        ref, got = conv(x), onednn(x)
+    step = float(conv.out_scale)  # one code of the output grid
+    assert float((got - ref).abs().max()) <= step * 1.001
+    assert torch.backends.quantized.engine != "onednn"  # prepacking left the setting alone
+    # Measured faster (a fake clock: the default engine's convs and float layers slow): chosen,
+    # and rebuilt so on load.
+    from modelzip.core.timing import Timing
+    from modelzip.deploy import timing
+
+    def cost(m: torch.nn.Module) -> float:
+        slow = sum(
+            type(c) in (torch.nn.Conv2d, torch.nn.Linear)
+            or (isinstance(c, StaticInt8Conv2d) and ENGINE_ATTR not in c.__dict__)
+            for c in m.modules()
+        )
+        return (1.0 + 10.0 * slow) / 1e3
+
+    monkeypatch.setattr(timing, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
+    monkeypatch.setattr(
+        timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
+    )
+    fast, report = materialize(small, x)
+    forms = {r["name"]: r["form"] for r in report.rows()}
+    path = modelzip.save(fast, tmp_path / "f.mzip")
+    loaded = modelzip.load(path)
+    assert forms["conv1"] == forms["conv2"] == "int8:static onednn"
+    for name, form in forms.items():
+        layer = loaded.get_submodule(name)
+        assert (layer.__dict__.get(ENGINE_ATTR) == "onednn") == (form == "int8:static onednn")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), fast(x))

@@ -42,10 +42,14 @@ def _variants(picks: list[_Pick]) -> dict[str, Variant]:
     ):
         variant = dict(per_layer)
         for p in picks:
-            form = next((f for f in p.forms if wanted(f.kind)), None)
-            if form is not None:
+            # The fastest of the layer's forms of this kind (measured alone); a static int8
+            # layer itself counts as its own static int8 form (speedup 1, kept on a tie).
+            form = max((f for f in p.forms if wanted(f.kind)), key=lambda f: f.speedup,
+                       default=None)  # fmt: skip
+            own = key == STATIC_INT8 and _static_int8(p.module)
+            if form is not None and not (own and form.speedup <= 1.0):
                 variant[p.name] = (form.module, form.kind)
-            elif key == STATIC_INT8 and _static_int8(p.module):
+            elif own:
                 variant[p.name] = (p.module, "")  # a static int8 layer itself
         if any(variant[n][0] is not per_layer[n][0] for n in per_layer):
             out[key] = variant

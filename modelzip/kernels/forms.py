@@ -46,6 +46,24 @@ def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candi
     return [("int8:x86 linear_dynamic", lambda: module.with_activations("dynamic"))]  # type: ignore[operator]
 
 
+@register_form("int8_onednn_conv")
+def int8_onednn_conv(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A static int8 conv with its weight prepacked for PyTorch's oneDNN quantized engine instead
+    of the default x86 one (fbgemm's direct convolution): the same integer arithmetic (same
+    7-bit inputs without VNNI), often faster at small channel counts."""
+    from modelzip.kernels.int8 import ENGINE_ATTR, onednn_available
+
+    if not onednn_available() or isinstance(module.geometry.padding, str):  # type: ignore[union-attr]
+        return []
+
+    def build() -> nn.Module:
+        new = module.with_activations("static")  # type: ignore[operator]
+        new.__dict__[ENGINE_ATTR] = "onednn"
+        return new
+
+    return [("int8:static onednn", build)]
+
+
 @register_form("int8_dynamic_conv2d")
 def int8_dynamic_conv2d(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """An int8 conv on PyTorch's x86 dynamic conv kernel (:class:`.int8.Int8DynamicConv2d`)."""

@@ -92,12 +92,27 @@ def prepack_conv2d(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     groups: int,
+    engine: str | None = None,
 ) -> Any:
-    """x86 prepacked weight of an int8 convolution (codes ``out × in/groups × kh × kw``)."""
+    """Prepacked weight of an int8 convolution (codes ``out × in/groups × kh × kw``) for the
+    quantized engine in use, or for ``engine`` (``"onednn"``, see :data:`ENGINE_ATTR`): the
+    packed weight carries its engine, so the op runs that engine's kernel whatever the global
+    setting is when it is called."""
     b = bias.detach().float().cpu() if bias is not None else None
-    return torch.ops.quantized.conv2d_prepack(
-        _quantized_weight(codes, scale), b, list(stride), list(padding), list(dilation), groups
-    )
+    args = (_quantized_weight(codes, scale), b, list(stride), list(padding), list(dilation))
+    if engine is None or engine == torch.backends.quantized.engine:
+        return torch.ops.quantized.conv2d_prepack(*args, groups)
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        return torch.ops.quantized.conv2d_prepack(*args, groups)
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has the oneDNN quantized engine (x86 builds do)."""
+    return "onednn" in torch.backends.quantized.supported_engines
 
 
 def conv2d_dynamic(x: torch.Tensor, packed: Any) -> torch.Tensor:
@@ -147,6 +162,11 @@ FOLD_ATTR = "_modelzip_int8_fold"
 #: On a static int8 layer the int8 chain linked: the grid ``(scale, zero, qmax)`` its output is
 #: written on (left uint8 for the next layer).
 EMIT_ATTR = "_modelzip_int8_emit"
+#: On a static int8 conv: the quantized engine its weight is prepacked for (``"onednn"``), set
+#: by the deploy step's ``int8:static onednn`` form where that measured faster than the default
+#: x86 engine (fbgemm's direct convolution; on an AVX2 EPYC oneDNN ran ResNet-small's 16- and
+#: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×). Absent: the default engine.
+ENGINE_ATTR = "_modelzip_int8_engine"
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
 #: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
 RELU_ATTR = "_modelzip_int8_relu"
@@ -325,7 +345,11 @@ class Int8Format(WeightFormat):
         :meth:`WeightFormat.decoded_weight`'s cache), so a call pays no tensor arithmetic for
         them. ``build`` makes the prepacked weight (None: the grids only)."""
         static = self.activations == "static"
-        key = [id(self.__dict__.get(FOLD_ATTR)), static and isa.reduced_int8_range()]
+        key = [
+            id(self.__dict__.get(FOLD_ATTR)),
+            self.__dict__.get(ENGINE_ATTR),
+            static and isa.reduced_int8_range(),
+        ]
         for t in (*self._parameters.values(), *self._buffers.values()):  # type: ignore[attr-defined]
             if t is not None:
                 key += (t._version, t.data_ptr())
@@ -372,9 +396,9 @@ class Int8Format(WeightFormat):
     ) -> torch.Tensor:
         if not self._on_engine(x, geometry):
             return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
-        g = geometry
+        g, engine = geometry, self.__dict__.get(ENGINE_ATTR)
         return self._run(_CONV_OPS, x, lambda: prepack_conv2d(
-            *self._weights(bias), g.stride, g.padding, g.dilation, g.groups  # type: ignore[arg-type]
+            *self._weights(bias), g.stride, g.padding, g.dilation, g.groups, engine  # type: ignore[arg-type]
         ))  # fmt: skip
 
 

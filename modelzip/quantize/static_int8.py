@@ -95,10 +95,10 @@ class StaticInt8Conv2d(Int8Conv2d):
     (:class:`~modelzip.quantize.int8.Int8Conv2d` with the ``"static"`` policy)."""
 
     policy = "static"
-    #: Already on PyTorch's int8 engine with calibrated static activations: its one other form
-    #: is the dequantized float layer, kept when measured faster (alone, or for the whole model
-    #: against the uint8 chain).
-    executable_forms = ("dequantized",)
+    #: Already on PyTorch's int8 engine with calibrated static activations: its other forms are
+    #: the same conv prepacked for the oneDNN engine and the dequantized float layer, each kept
+    #: when measured faster (alone, or for the whole model against the uint8 chain).
+    executable_forms = ("int8_onednn_conv", "dequantized")
     runs_own_kernel = True
 
 
