@@ -453,6 +453,11 @@ def _deploy_again(
             new = build_form(layer, entry["deploy"])
         except ModelError as e:
             raise ModelError(f"{path}: layer {name!r}: {e}") from None
+        except Exception as e:  # an ill-typed spec the class took (as when rebuilding above)
+            raise ModelError(
+                f"{path}: layer {name!r}: cannot build its executable form "
+                f"{str(entry['deploy'])[:80]!r} ({type(e).__name__}: {str(e)[:200]})"
+            ) from None
         remember_source(new, layer, entry["deploy"])
         replace_module(model, name, new)
     if meta.get("int8_chain") is True:
