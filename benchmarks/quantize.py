@@ -470,10 +470,10 @@ def _cli_train(argv: list[str], out: str, *, processes: int = 1) -> dict[str, An
 def part_cli_ddp(ctx: BenchContext) -> PartResult:
     """``modelzip train --grad-compress qsgd`` from the command line, two processes under
     ``torchrun`` sharing each batch, against the same command uncompressed in one process; the
-    full run repeats both for three seeds (one run's drop varies by a few tenths of a point) and
-    checks the mean drop."""
+    full run repeats both for five seeds (one run's drop varies by a few tenths of a point: three
+    seeds gave 0.53, 0.61, 0.33) and checks the mean drop."""
     epochs = 1 if ctx.quick else 10
-    seeds = (0,) if ctx.quick else (0, 1, 2)
+    seeds = (0,) if ctx.quick else (0, 1, 2, 3, 4)
     tmp = tempfile.mkdtemp(prefix="modelzip-cli-ddp-")
     rows, drops = [], []
     for seed in seeds:
