@@ -49,8 +49,6 @@ class ContractionPlan:
         path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=strategy)
         self.path = path
         self.macs = _macs_of(info)
-        #: MACs of the single-step contraction (the product of all index sizes), for comparison.
-        self.naive_macs = int(info.naive_cost) // 2
         self.steps = _steps_of(info)
         self._expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
 
@@ -161,10 +159,6 @@ def layer_name(module: nn.Module, ctx: Any) -> str:
 def rows_of(x: torch.Tensor, features: int) -> int:
     """How many feature vectors of length ``features`` a linear layer's input holds."""
     return x.numel() // features if features else 0
-
-
-def copy_bias(bias: torch.Tensor | None) -> nn.Parameter | None:
-    return None if bias is None else nn.Parameter(bias.detach().clone())
 
 
 class DecomposedLinear(CompressedModule):
