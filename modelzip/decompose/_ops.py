@@ -48,8 +48,8 @@ class ContractionPlan:
         strategy = "optimal" if len(shapes) <= 6 else "dp"
         path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=strategy)
         self.path = path
-        self.macs = _macs_of(info)
         self.steps = _steps_of(info)
+        self.macs = sum(r * c * k for r, c, k in self.steps)
         self._expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
@@ -77,10 +77,6 @@ def _steps_of(info: Any) -> list[tuple[int, int, int]]:
 
         steps.append((size(batch) * size(a - b), size(inner), size(b - a)))
     return steps
-
-
-def _macs_of(info: Any) -> int:
-    return sum(r * c * k for r, c, k in _steps_of(info))
 
 
 def matmul_workloads(
