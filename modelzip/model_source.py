@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from modelzip.core.errors import ModelzipError
+from modelzip.core.running import model_device
 
 MODEL_HELP = (
     "a zoo name (modelzip list), package.module:factory, hf:path/to/config.json (a Hugging Face "
@@ -159,11 +160,6 @@ def _zoo_name_of_file(model_spec: str) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def sample_batch(model: nn.Module, input_shape: str | None, batch: int) -> torch.Tensor:
     """A batch of ``batch`` inputs of ``input_shape`` (``"1,28,28"``), or of the shape the model
     was built for (zoo models know it): what ``inspect``, ``estimate`` and ``export`` run."""
@@ -187,7 +183,7 @@ def sample_batch(model: nn.Module, input_shape: str | None, batch: int) -> torch
     ref = str(source.get("ref", ""))
     if sample is None and ref.startswith("torchvision.models") and ".video" not in ref:
         # torchvision's classification models: ImageNet's 224 x 224 RGB images
-        sample = torch.randn(batch, 3, 224, 224, device=_device_of(model))
+        sample = torch.randn(batch, 3, 224, 224, device=model_device(model))
     if sample is None:
         raise ModelzipError("--input-shape C,H,W is required for models outside the zoo")
     return sample

@@ -1,17 +1,15 @@
 """One progress bar for every long operation: a bar with count, elapsed time and ETA on stderr.
 
 Long CLI operations (train, compress, sensitivity, sweep, auto, NAS) wrap their loop in
-:func:`track`; ``enabled=False`` (the CLI's ``--quiet`` and ``--json``) makes it a plain loop, so
-stdout stays clean for results and logs stay free of bar redraws.
+:func:`progress_bar`; ``enabled=False`` (the CLI's ``--quiet`` and ``--json``) makes it a no-op,
+so stdout stays clean for results and logs stay free of bar redraws.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 class Progress:
@@ -48,15 +46,3 @@ def progress_bar(description: str, total: float | None, enabled: bool = True) ->
     )
     with bar:
         yield Progress(bar, bar.add_task(description, total=total))
-
-
-def track(
-    items: Iterable[T], description: str, total: int | None = None, enabled: bool = True
-) -> Iterator[T]:
-    """Iterate ``items`` with a bar (count, elapsed, ETA) when ``enabled``."""
-    if total is None and hasattr(items, "__len__"):
-        total = len(items)  # type: ignore[arg-type]
-    with progress_bar(description, total, enabled) as bar:
-        for item in items:
-            yield item
-            bar.advance()

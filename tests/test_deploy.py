@@ -280,7 +280,7 @@ def _fake_timings(monkeypatch: pytest.MonkeyPatch, slow: tuple[type, ...]) -> No
     def cost(m: torch.nn.Module) -> float:
         return (1.0 + 10.0 * sum(type(c) in slow for c in m.modules())) / 1e3
 
-    monkeypatch.setattr(timing, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
+    monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
     monkeypatch.setattr(
         timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
     )
@@ -381,7 +381,7 @@ def test_static_int8_conv_on_onednn_matches_and_loads_as_chosen(
         )
         return (1.0 + 10.0 * slow) / 1e3
 
-    monkeypatch.setattr(timing, "_time_interleaved", lambda ms, x, reps: [cost(m) for m in ms])
+    monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
     monkeypatch.setattr(
         timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
     )

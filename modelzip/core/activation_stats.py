@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from modelzip.core.running import run_hooked
 from modelzip.core.workload import Workload
 
 _RELU_LIKE = (nn.ReLU, nn.ReLU6)
@@ -115,7 +116,6 @@ def measure_activations(
     order: list[str] = []
     raw: dict[str, dict[str, Any]] = {}
     last: list[str] = []  # the compute layer that ran most recently
-    hooks = []
 
     def layer_hook(name: str):
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
@@ -147,19 +147,9 @@ def measure_activations(
             if prev["after"] is None and x.numel() == prev["out_numel"]:
                 prev["after"] = _zeros(_first_tensor(output))
 
-    for n, m in outer.items():
-        hooks.append(m.register_forward_hook(layer_hook(n)))
-    for m in modules.values():
-        if _relu_like(m):
-            hooks.append(m.register_forward_hook(act_hook))
-    was_training = model.training
-    model.eval()
-    try:
-        model(*sample) if isinstance(sample, tuple) else model(sample)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    hooks = [(m, layer_hook(n)) for n, m in outer.items()]
+    hooks += [(m, act_hook) for m in modules.values() if _relu_like(m)]
+    run_hooked(model, sample, hooks)
     out = {}
     for name in dict.fromkeys(order):
         r = raw[name]

@@ -48,10 +48,8 @@ class ContractionPlan:
         strategy = "optimal" if len(shapes) <= 6 else "dp"
         path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize=strategy)
         self.path = path
-        self.macs = _macs_of(info)
-        #: MACs of the single-step contraction (the product of all index sizes), for comparison.
-        self.naive_macs = int(info.naive_cost) // 2
         self.steps = _steps_of(info)
+        self.macs = sum(r * c * k for r, c, k in self.steps)
         self._expr = opt_einsum.contract_expression(equation, *shapes, optimize=path)
 
     def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
@@ -79,10 +77,6 @@ def _steps_of(info: Any) -> list[tuple[int, int, int]]:
 
         steps.append((size(batch) * size(a - b), size(inner), size(b - a)))
     return steps
-
-
-def _macs_of(info: Any) -> int:
-    return sum(r * c * k for r, c, k in _steps_of(info))
 
 
 def matmul_workloads(
@@ -161,10 +155,6 @@ def layer_name(module: nn.Module, ctx: Any) -> str:
 def rows_of(x: torch.Tensor, features: int) -> int:
     """How many feature vectors of length ``features`` a linear layer's input holds."""
     return x.numel() // features if features else 0
-
-
-def copy_bias(bias: torch.Tensor | None) -> nn.Parameter | None:
-    return None if bias is None else nn.Parameter(bias.detach().clone())
 
 
 class DecomposedLinear(CompressedModule):

@@ -49,11 +49,17 @@ from modelzip.core.compact_source import DEPLOYED_ATTR, LAYOUT_ATTR, SOURCE_ATTR
 from modelzip.core.context import replace_module
 from modelzip.core.model_links import unlink
 from modelzip.core.running import model_device
-from modelzip.deploy.chains import _chain, _sparse_runs
-from modelzip.deploy.layer_choice import _candidates, _choose, _Pick
-from modelzip.deploy.layout import _choose_layout, dense_anchor
-from modelzip.deploy.model_choice import PER_LAYER, _assemble, _choose_model, _tolerance, _variants
-from modelzip.deploy.report import TOLERANCE, LayerMaterialization, MaterializeReport, _rel_error
+from modelzip.deploy.chains import link_int8_chain, link_sparse_runs
+from modelzip.deploy.layer_choice import Pick, choose_form, deployable_layers
+from modelzip.deploy.layout import choose_layout, dense_anchor
+from modelzip.deploy.model_choice import (
+    PER_LAYER,
+    assemble,
+    choose_model,
+    tolerance_of,
+    variants_of,
+)
+from modelzip.deploy.report import TOLERANCE, LayerMaterialization, MaterializeReport, rel_error
 from modelzip.deploy.timing import time_against
 
 
@@ -116,36 +122,36 @@ def materialize(
 
             return hook
 
-        hooks = [m.register_forward_hook(recorder(n)) for n, m in _candidates(model)]
+        hooks = [m.register_forward_hook(recorder(n)) for n, m in deployable_layers(model)]
         with torch.no_grad():
             ref = model(*args)
         for h in hooks:
             h.remove()
     report = MaterializeReport([])
-    picks: list[_Pick] = []
-    for name, module in _candidates(model):
-        chosen, entry, built = _choose(name, module, inputs.get(name), reps, choose)
+    picks: list[Pick] = []
+    for name, module in deployable_layers(model):
+        chosen, entry, built = choose_form(name, module, inputs.get(name), reps, choose)
         report.layers.append(entry)
-        picks.append(_Pick(name, module, chosen, entry, built))
+        picks.append(Pick(name, module, chosen, entry, built))
     measured = ref is not None and choose == "measured" and isinstance(sample, torch.Tensor)
-    variants = _variants(picks) if measured else {}
+    variants = variants_of(picks) if measured else {}
     # Every whole-model candidate is checked against the compressed model's own tolerance (a
     # static int8 model's dense candidate rounds no activations, and differs by that much).
-    tolerance = _tolerance(model)
+    tolerance = tolerance_of(model)
     # The other whole-model candidates are built on copies of the model taken before the
     # per-layer choice replaces its layers (which it does in place, as before).
     others = {k: (copy.deepcopy(model), v) for k, v in variants.items() if k != PER_LAYER}
-    _assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
-    model = _chain(model, args if sample is not None else None, ref, report)
+    assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
+    model = link_int8_chain(model, args if sample is not None else None, ref, report)
     if sample is not None and ref is not None:
-        model = _sparse_runs(model, picks, args, ref, reps, choose, report)
+        model = link_sparse_runs(model, picks, args, ref, reps, choose, report)
     if not others:
-        model = _choose_layout(model, sample, ref, layout, reps, report)
+        model = choose_layout(model, sample, ref, layout, reps, report)
     else:
-        model = _choose_model(model, others, picks, args, ref, layout, reps, report, tolerance)
+        model = choose_model(model, others, picks, args, ref, layout, reps, report, tolerance)
     if ref is not None:
         with torch.no_grad():
-            report.max_rel_error = _rel_error(model(*args), ref)
+            report.max_rel_error = rel_error(model(*args), ref)
     return (_into(given, model) if inplace else model), report
 
 

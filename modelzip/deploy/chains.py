@@ -16,11 +16,11 @@ from modelzip.core.context import replace_module
 from modelzip.core.forms import candidates, declared_forms
 from modelzip.core.model_links import model_link
 from modelzip.deploy import timing
-from modelzip.deploy.layer_choice import _Pick
-from modelzip.deploy.report import TOLERANCE, MaterializeReport, _rel_error
+from modelzip.deploy.layer_choice import Pick
+from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
 
 
-def _chain(
+def link_int8_chain(
     model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
 ) -> nn.Module:
     """Link static int8 layers (uint8 between them, residual adds in int8), kept if the model's
@@ -33,7 +33,7 @@ def _chain(
     if args is not None and ref is not None:
         try:
             with torch.no_grad():
-                err = _rel_error(chained(*args), ref)
+                err = rel_error(chained(*args), ref)
         except (RuntimeError, ValueError, TypeError) as e:
             report.int8_chain = f"unchained: {type(e).__name__}: {str(e)[:120]}"
             return unchain(chained)
@@ -45,9 +45,9 @@ def _chain(
     return chained
 
 
-def _sparse_runs(
+def link_sparse_runs(
     model: nn.Module,
-    picks: list[_Pick],
+    picks: list[Pick],
     args: tuple[Any, ...],
     ref: Any,
     reps: int,
@@ -82,7 +82,7 @@ def _sparse_runs(
     if not links:
         return model
     with torch.no_grad():
-        err = _rel_error(linked(*args), ref)
+        err = rel_error(linked(*args), ref)
     if err > TOLERANCE["float"]:
         return model
     timings = timing.time_interleaved([model, linked], args, reps=reps, warmup=3, number="auto")

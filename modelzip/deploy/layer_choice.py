@@ -13,11 +13,11 @@ from modelzip.core.context import weight_reader
 from modelzip.core.forms import candidates, declared_forms
 from modelzip.core.module import CompressedModule
 from modelzip.deploy import timing
-from modelzip.deploy.report import TOLERANCE, LayerMaterialization, _rel_error
+from modelzip.deploy.report import TOLERANCE, LayerMaterialization, rel_error
 
 
 @dataclasses.dataclass
-class _Form:
+class LayerForm:
     """One executable form of a layer that passed the check: its kind, the built layer, its
     error on the layer's sample input and its speed over the compressed layer, measured alone."""
 
@@ -28,17 +28,17 @@ class _Form:
 
 
 @dataclasses.dataclass
-class _Pick:
+class Pick:
     """A candidate layer of the model, the form chosen for it alone and its other forms."""
 
     name: str
     module: nn.Module
     chosen: nn.Module
     entry: LayerMaterialization
-    forms: list[_Form]
+    forms: list[LayerForm]
 
 
-def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def deployable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers that offer an executable form (their class declares one), outside compressed
     layers: a compressed layer is one unit, and the torch layers it is built of (a Tucker-2
     conv's 1×1 factors, a pruned factor) are its own business. Nor under a parent that reads the
@@ -56,9 +56,9 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _choose(
+def choose_form(
     name: str, module: nn.Module, x: torch.Tensor | None, reps: int, choose: str
-) -> tuple[nn.Module, LayerMaterialization, list[_Form]]:
+) -> tuple[nn.Module, LayerMaterialization, list[LayerForm]]:
     """``module``'s fastest correct form (or the compressed one, or ``module``), its report
     entry and every form that passed the check, measured on ``x``."""
     before = type(module).__name__
@@ -86,7 +86,7 @@ def _choose(
         try:
             new = build().eval()
             with torch.no_grad():
-                err = _rel_error(new(x), ref)
+                err = rel_error(new(x), ref)
         except (RuntimeError, ValueError, TypeError) as e:
             entry.reason = f"{kind} failed: {e}"
             continue
@@ -96,7 +96,7 @@ def _choose(
             continue
         built.append((kind, new))
         errors[id(new)] = err
-    times = timing._time_interleaved([module] + [m for _, m in built], x, reps)
+    times = timing.time_medians([module] + [m for _, m in built], x, reps)
     t_ref, best_t, best = times[0], times[0], module
     for (kind, new), t_new in zip(built, times[1:], strict=True):
         if t_new < best_t:
@@ -122,7 +122,7 @@ def _choose(
     entry.speedup = t_ref / best_t
     entry.max_rel_error = errors.get(id(best))
     forms = [
-        _Form(kind, new, errors[id(new)], t_ref / t)
+        LayerForm(kind, new, errors[id(new)], t_ref / t)
         for (kind, new), t in zip(built, times[1:], strict=True)
     ]
     return best, entry, forms

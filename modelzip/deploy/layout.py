@@ -12,15 +12,15 @@ from torch import nn
 
 from modelzip.core.compact_source import LAYOUT_ATTR
 from modelzip.deploy import timing
-from modelzip.deploy.report import TOLERANCE, MaterializeReport, _rel_error
+from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
 
 
-def _has_conv(model: nn.Module) -> bool:
+def has_conv(model: nn.Module) -> bool:
     """Whether ``model`` holds 4-D weights (parameters, or int8 codes kept as buffers)."""
     return any(t.dim() == 4 for t in (*model.parameters(), *model.buffers()))
 
 
-def _channels_last(model: nn.Module) -> nn.Module:
+def to_channels_last(model: nn.Module) -> nn.Module:
     model.to(memory_format=torch.channels_last)
     # A linked model (a GraphModule over its eager model) and the eager model it runs both carry
     # the note: a file is written from the eager one, and must load in this layout.
@@ -30,7 +30,7 @@ def _channels_last(model: nn.Module) -> nn.Module:
     return model
 
 
-def _choose_layout(
+def choose_layout(
     model: nn.Module,
     sample: torch.Tensor | tuple[torch.Tensor, ...] | None,
     ref: Any,
@@ -39,7 +39,7 @@ def _choose_layout(
     report: MaterializeReport,
 ) -> nn.Module:
     """Convert ``model`` to channels-last when asked, or when measured faster and equal."""
-    if not _has_conv(model):
+    if not has_conv(model):
         report.layout_reason = "no 4-D weights"
         return model
     if layout == "contiguous":
@@ -50,11 +50,11 @@ def _choose_layout(
         return model
     if layout == "channels_last":
         report.layout, report.layout_reason = "channels_last", "asked for"
-        return _channels_last(model)
-    candidate = _channels_last(copy.deepcopy(model))
+        return to_channels_last(model)
+    candidate = to_channels_last(copy.deepcopy(model))
     try:
         with torch.no_grad():
-            err = _rel_error(candidate(sample), ref)
+            err = rel_error(candidate(sample), ref)
     except (RuntimeError, ValueError) as e:
         report.layout_reason = f"channels-last failed: {e}"
         return model
@@ -62,11 +62,11 @@ def _choose_layout(
         report.layout_reason = f"channels-last disagrees (rel. error {err:.1e})"
         return model
     # Warm-up calls are left out: oneDNN builds its kernels for a new layout on the first call.
-    t_nchw, t_nhwc = timing._time_interleaved([model, candidate], sample, max(reps, 5))
+    t_nchw, t_nhwc = timing.time_medians([model, candidate], sample, max(reps, 5))
     if t_nhwc < t_nchw:
         report.layout = "channels_last"
         report.layout_reason = f"measured {t_nchw / t_nhwc:.2f}× faster than NCHW"
-        return _channels_last(model)  # in place: the caller's object stays the model
+        return to_channels_last(model)  # in place: the caller's object stays the model
     report.layout_reason = f"channels-last measured {t_nchw / t_nhwc:.2f}× the speed: kept NCHW"
     return model
 
@@ -76,10 +76,10 @@ def dense_anchor(model: nn.Module, sample: Any) -> nn.Module:
     (measured as :func:`~modelzip.deploy.materialize` measures a deployed model's), so that a
     speedup is what the compression buys, not channels-last. A copy when the layout changes;
     else ``model``."""
-    if not _has_conv(model) or not isinstance(sample, torch.Tensor):
+    if not has_conv(model) or not isinstance(sample, torch.Tensor):
         return model
     work = copy.deepcopy(model).eval()
     with torch.no_grad():
         ref = work(sample)
-    chosen = _choose_layout(work, sample, ref, "measured", 5, MaterializeReport([]))
+    chosen = choose_layout(work, sample, ref, "measured", 5, MaterializeReport([]))
     return chosen if chosen.__dict__.get(LAYOUT_ATTR) == "channels_last" else model

@@ -15,10 +15,10 @@ from modelzip.core.compact_source import DEPLOYED_ATTR, remember_source
 from modelzip.core.context import replace_module
 from modelzip.core.module import CompressedModule
 from modelzip.deploy import timing
-from modelzip.deploy.chains import _chain
-from modelzip.deploy.layer_choice import _Pick
-from modelzip.deploy.layout import _channels_last, _has_conv
-from modelzip.deploy.report import TOLERANCE, MaterializeReport, _rel_error
+from modelzip.deploy.chains import link_int8_chain
+from modelzip.deploy.layer_choice import Pick
+from modelzip.deploy.layout import has_conv, to_channels_last
+from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
 
 #: The whole-model candidates :func:`~modelzip.deploy.materialize` times against each other on
 #: the sample.
@@ -28,7 +28,7 @@ PER_LAYER, STATIC_INT8, DENSE = "per-layer", "static int8", "dense"
 Variant = dict[str, tuple[nn.Module, str]]
 
 
-def _variants(picks: list[_Pick]) -> dict[str, Variant]:
+def variants_of(picks: list[Pick]) -> dict[str, Variant]:
     """The whole-model candidates, layer name → (module, form): each layer's own fastest form
     (:data:`PER_LAYER`); every layer that has a static int8 form in it, so that uint8 flows
     between them (:data:`STATIC_INT8`: a layer timed alone does not see the float conversions
@@ -62,7 +62,7 @@ def _static_int8(module: nn.Module) -> bool:
     return bool(own) and getattr(module, "activations", "") == "static"
 
 
-def _assemble(model: nn.Module, variant: Variant, picks: list[_Pick], *, copy_layers: bool) -> None:
+def assemble(model: nn.Module, variant: Variant, picks: list[Pick], *, copy_layers: bool) -> None:
     """Replace ``model``'s layers (in place) by the forms of ``variant``; a deployed model."""
     for p in picks:
         new, form = variant[p.name]
@@ -76,7 +76,7 @@ def _assemble(model: nn.Module, variant: Variant, picks: list[_Pick], *, copy_la
     model.__dict__[DEPLOYED_ATTR] = True
 
 
-def _tolerance(model: nn.Module) -> float:
+def tolerance_of(model: nn.Module) -> float:
     """The model-level tolerance: the int8 one when int8 activations round anywhere (a
     compressed layer whose activation policy is ``"static"`` or ``"dynamic"``,
     :class:`~modelzip.kernels.int8.Int8Format`; deploy sits below the kernels)."""
@@ -93,25 +93,25 @@ def _layouts(
     """``model`` in the memory layouts to time: NCHW and, when it has 4-D weights and agrees
     (within ``tolerance`` or its own), a channels-last copy; the one asked for when ``layout``
     is not ``"measured"``."""
-    if not _has_conv(model) or layout == "contiguous":
+    if not has_conv(model) or layout == "contiguous":
         return [("contiguous", model)]
     if layout == "channels_last":
-        return [("channels_last", _channels_last(model))]
-    candidate = _channels_last(copy.deepcopy(model))
+        return [("channels_last", to_channels_last(model))]
+    candidate = to_channels_last(copy.deepcopy(model))
     try:
         with torch.no_grad():
-            err = _rel_error(candidate(sample), ref)
+            err = rel_error(candidate(sample), ref)
     except (RuntimeError, ValueError):
         return [("contiguous", model)]
-    if err > max(tolerance, _tolerance(model)):
+    if err > max(tolerance, tolerance_of(model)):
         return [("contiguous", model)]
     return [("contiguous", model), ("channels_last", candidate)]
 
 
-def _choose_model(
+def choose_model(
     model: nn.Module,
     others: dict[str, tuple[nn.Module, Variant]],
-    picks: list[_Pick],
+    picks: list[Pick],
     args: tuple[Any, ...],
     ref: Any,
     layout: str,
@@ -120,21 +120,21 @@ def _choose_model(
     tolerance: float,
 ) -> nn.Module:
     """The fastest correct whole model on the sample among ``model`` (the per-layer choice,
-    chained) and the ``others`` (:func:`_variants`, built and chained here), each in its
+    chained) and the ``others`` (:func:`variants_of`, built and chained here), each in its
     memory layouts, timed interleaved; ``report`` says which won, and its layers' forms."""
     sample = args[0]
     reports = {PER_LAYER: report}
     built: dict[str, nn.Module] = {PER_LAYER: model}
     for key, (work, variant) in others.items():
-        _assemble(work, variant, picks, copy_layers=True)
+        assemble(work, variant, picks, copy_layers=True)
         reports[key] = MaterializeReport([])
-        work = _chain(work, args, ref, reports[key])
+        work = link_int8_chain(work, args, ref, reports[key])
         try:
             with torch.no_grad():
-                err = _rel_error(work(*args), ref)
+                err = rel_error(work(*args), ref)
         except (RuntimeError, ValueError, TypeError):
             continue  # a candidate the model's own code cannot run (a .view of NHWC int8)
-        if err <= max(tolerance, _tolerance(work)):
+        if err <= max(tolerance, tolerance_of(work)):
             built[key] = work
     timed = [
         (key, kind, m)
@@ -180,7 +180,7 @@ def _choose_model(
     elif report.sparse_chain:
         report.note += f"; sparse chain: {report.sparse_chain}"
     if kind == "channels_last" and winner is model:
-        return _channels_last(model)
+        return to_channels_last(model)
     return winner
 
 
@@ -195,7 +195,7 @@ def _runs_timed(model: nn.Module, sample: torch.Tensor) -> bool:
     return True
 
 
-def _note_variant(variant: Variant, picks: list[_Pick], key: str) -> None:
+def _note_variant(variant: Variant, picks: list[Pick], key: str) -> None:
     """The layer entries of a whole-model candidate that won: each layer's form in it."""
     for p in picks:
         new, form = variant[p.name]

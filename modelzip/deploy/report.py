@@ -1,7 +1,7 @@
 """What :func:`~modelzip.deploy.materialize` reports, and how close a deployed form must stay.
 
 :class:`MaterializeReport` holds one :class:`LayerMaterialization` per layer and the whole-model
-choices; :data:`TOLERANCE` and :func:`_rel_error` are the check every replacement passes.
+choices; :data:`TOLERANCE` and :func:`rel_error` are the check every replacement passes.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class MaterializeReport:
         return "\n".join(lines)
 
 
-def _rel_error(y: Any, ref: Any) -> float:
+def rel_error(y: Any, ref: Any) -> float:
     """Largest absolute difference over the largest magnitude of ``ref``; outputs may be nested
     tuples (an RNN's ``(output, (h, c))``), compared leaf by leaf."""
     ys, refs = tree_leaves(y), tree_leaves(ref)

@@ -1,6 +1,6 @@
 """Deploy's one clock: every time :mod:`modelzip.deploy` measures goes through this module.
 
-The other modules call ``timing._time_interleaved`` and ``timing.time_interleaved`` through the
+The other modules call ``timing.time_medians`` and ``timing.time_interleaved`` through the
 module, looked up at call time, so that a test faking deploy's clock patches this one place.
 """
 
@@ -14,7 +14,7 @@ from torch import nn
 from modelzip.core.timing import Timing, time_interleaved
 
 
-def _time_interleaved(modules: list[nn.Module], x: torch.Tensor, reps: int) -> list[float]:
+def time_medians(modules: list[nn.Module], x: torch.Tensor, reps: int) -> list[float]:
     """Median seconds of ``m(x)`` for each module, interleaved and warm (the first call of each
     is timed apart and left out), so that a busy machine slows all candidates alike."""
     return [t.median for t in time_interleaved(modules, x, reps=reps, warmup=2)]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from modelzip.core.errors import ConfigError
 from modelzip.core.workload import Workload
@@ -22,7 +22,6 @@ from modelzip.hardware.layer_cost import estimate_layer
 from modelzip.hardware.result import LayerEstimate
 from modelzip.hardware.spec import AcceleratorSpec
 
-Objective = Literal["energy", "latency"]
 ORDERS = ("col_outer", "row_outer")
 
 

@@ -35,12 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 from modelzip.core.errors import ConfigError
 from modelzip.core.workload import Workload
-
-SystolicDataflow = Literal["os", "ws", "is"]
 
 
 @dataclasses.dataclass(frozen=True)

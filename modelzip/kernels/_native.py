@@ -59,8 +59,8 @@ AVX2 = Build(
 )  # fmt: skip
 #: The builds, best first: automatic dispatch takes the first whose CPU flags are all present.
 BUILDS = {b.isa: b for b in (AVX512, AVX2)}
-#: The AVX-512 build (kept under their old names).
-SOURCES, HEADERS, NEEDED_FLAGS = AVX512.sources, AVX512.headers, AVX512.needed
+#: CPU flags the AVX-512 build needs.
+NEEDED_FLAGS = AVX512.needed
 #: CPU flags the AVX2 build needs.
 AVX2_FLAGS = AVX2.needed
 #: ``MODELZIP_NATIVE`` values that choose from the CPU.

@@ -260,45 +260,6 @@ def bwn_gemm(x: np.ndarray, w_words: np.ndarray, k: int) -> np.ndarray:
     return y
 
 
-@njit(cache=True)
-def _pack_pixel_rows(x, out, lo, hi):
-    # x: (B, C, H, W) float32, any strides (NCHW or channels-last); out: (B, H, W, cw) words.
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for b in range(lo, hi):
-        for h in range(H):
-            for w in range(W):
-                for q in range(out.shape[3]):
-                    word = np.uint64(0)
-                    for c in range(64 * q, min(C, 64 * q + 64)):
-                        if x[b, c, h, w] < 0:
-                            word |= np.uint64(1) << np.uint64(c - 64 * q)
-                    out[b, h, w, q] = word
-
-
-@njit(cache=True, parallel=True)
-def _pack_pixels(x, out):
-    units = x.shape[0]
-    chunks = min(units, CHUNKS)
-    for t in prange(chunks):
-        _pack_pixel_rows(x, out, t * units // chunks, (t + 1) * units // chunks)
-
-
-@njit(cache=True)
-def _pack_pixels_serial(x, out):
-    _pack_pixel_rows(x, out, 0, x.shape[0])
-
-
-def pack_pixels(x: torch.Tensor) -> np.ndarray:
-    """Sign bits of ``x`` (``B, C, H, W``) packed along the channels at every pixel:
-    ``uint64`` array ``(B, H, W, ⌈C/64⌉)`` (the layout of daBNN and Larq Compute Engine).
-    One pass over ``x`` in either memory format; no intermediate boolean tensor."""
-    b, c, h, w = x.shape
-    out = np.empty((b, h, w, words_for(c)), dtype=np.uint64)
-    xn = x.detach().float().cpu().numpy()
-    pick(_pack_pixels, _pack_pixels_serial, xn.size)(xn, out)
-    return out
-
-
 def conv_output_hw(hw: tuple[int, int], *pairs: tuple[int, int]) -> tuple[int, int]:
     """A conv's output ``(H, W)`` on input ``hw``, given kernel size, stride, padding, dilation."""
     out = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in zip(hw, *pairs, strict=True)]
@@ -497,7 +458,6 @@ __all__ = [
     "pack_bits",
     "pack_conv_rows",
     "pack_conv_weight",
-    "pack_pixels",
     "padding_correction",
     "sign_im2col",
     "xnor_gemm",

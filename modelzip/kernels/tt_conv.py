@@ -105,12 +105,6 @@ class FusedTTConv2d(FusedConv, TTConv2d):
         new.load_state_dict(layer.state_dict())
         return new
 
-    def macs_per_pixel(self) -> int:
-        """Per output pixel: the spatial filters on every (padded) input channel, then the
-        grouped chain."""
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        return taps * self.ranks[0] * math.prod(self.in_modes) + self.chain_macs
-
     def _build_steps(self) -> tuple[Any, ...]:
         """The kernel's step list: merged group matrices, offset tables and buffers (rebuilt
         when a weight changes)."""

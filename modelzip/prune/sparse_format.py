@@ -125,15 +125,3 @@ def decode_relative(enc: Encoded) -> np.ndarray:
     out = np.zeros(int(np.prod(enc.shape)), dtype=enc.arrays["values"].dtype)
     out[positions] = enc.arrays["values"]
     return out.reshape(enc.shape)
-
-
-def storage_table(weight: torch.Tensor | np.ndarray) -> dict[str, int]:
-    """Stored bytes of ``weight`` in every format (dense included), for size comparisons."""
-    w = _numpy(weight)
-    return {
-        "dense": int(w.nbytes),
-        "csr": encode_csr(w).nbytes,
-        "bitmask": encode_bitmask(w).nbytes,
-        "relative4": encode_relative(w, 4).nbytes,
-        "relative5": encode_relative(w, 5).nbytes,
-    }

@@ -57,10 +57,6 @@ class QuantHookState:
         self.calls = 0
 
 
-def _world(state: QuantHookState) -> int:
-    return dist.get_world_size(state.process_group)
-
-
 def _exchange(
     state: QuantHookState,
     grad: torch.Tensor,
@@ -69,7 +65,7 @@ def _exchange(
     decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.futures.Future[torch.Tensor]:
     """All-gather ``payload`` (uint8) and ``scalars`` (float32), decode each, return the mean."""
-    world = _world(state)
+    world = dist.get_world_size(state.process_group)
     packs = [torch.empty_like(payload) for _ in range(world)]
     scales = [torch.empty_like(scalars) for _ in range(world)]
     dist.all_gather(packs, payload, group=state.process_group)

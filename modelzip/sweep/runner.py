@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from modelzip.core.atomic import write_json
+from modelzip.core.errors import ModelzipError
 from modelzip.progress import progress_bar
 from modelzip.sweep.executors import Executor, default_workers, make_executor
 from modelzip.sweep.grid import SweepConfig, SweepPoint
@@ -20,7 +21,7 @@ from modelzip.sweep.recipe_task import make_recipe_task, prepare_base
 from modelzip.sweep.store import SweepStore
 from modelzip.sweep.tasks import resolve_kind, task_key
 
-__all__ = ["STORE_NAME", "SweepSummary", "run_sweep", "run_tasks"]
+__all__ = ["STORE_NAME", "SweepSummary", "run_sweep", "run_tasks", "run_tasks_for_results"]
 
 STORE_NAME = "sweep.sqlite"
 BASELINE_NAME = "baseline"
@@ -106,6 +107,36 @@ def run_tasks(
         store=str(store.path),
         failures=[{"name": r["name"], "key": r["key"], "errors": r["errors"]} for r in failed],
     )
+
+
+def run_tasks_for_results(
+    tasks: list[dict[str, Any]],
+    store: SweepStore,
+    executor: str,
+    workers: int | None,
+    address: str | None,
+    *,
+    what: str,
+    progress: bool = True,
+) -> tuple[SweepSummary, list[dict[str, Any]]]:
+    """:func:`run_tasks` on an executor made for the call (closed after it) and every task's
+    result, in the order of ``tasks``: read back from ``store`` where done already, run and
+    recorded otherwise. A failure that outlives its retries raises, naming the first one
+    (``what``: what the tasks are, for the message).
+    """
+    pool = make_executor(executor, workers, address)
+    try:
+        summary = run_tasks(tasks, store, pool, progress=progress)
+    finally:
+        pool.close()
+    if summary.failed:
+        first = summary.failures[0]
+        raise ModelzipError(
+            f"{summary.failed} {what} failed; first ({first['name']}): "
+            f"{first['errors'][-1].splitlines()[-1]} (store {store.path})"
+        )
+    records = [store.get(task_key(task)) for task in tasks]
+    return summary, [record["result"] for record in records if record is not None]
 
 
 def sweep_tasks(config: SweepConfig, *, trust_remote_code: bool = False) -> list[dict[str, Any]]:

@@ -30,10 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.core.errors import ModelzipError
 from modelzip.joint.sensitivity import evaluate_candidate, validation_split
-from modelzip.sweep.executors import make_executor
-from modelzip.sweep.runner import run_tasks
+from modelzip.sweep.runner import run_tasks_for_results
 from modelzip.sweep.store import SweepStore
 from modelzip.sweep.tasks import register_task_kind, task_key
 
@@ -161,22 +159,17 @@ class StoreRunner:
             if self.executor is None:
                 yield from self._here(store, model, x, y, candidates, tasks)
                 return
-            pool = make_executor(self.executor, self.workers, self.address)
-            try:
-                summary = run_tasks(tasks, store, pool, progress=self.progress)
-            finally:
-                pool.close()
-            if summary.failures:
-                first = summary.failures[0]
-                raise ModelzipError(
-                    f"{summary.failed} sensitivity candidates failed, e.g. {first['name']}: "
-                    f"{first['errors'][-1]} (store {store.path})"
-                )
+            summary, results = run_tasks_for_results(
+                tasks,
+                store,
+                self.executor,
+                self.workers,
+                self.address,
+                what="sensitivity candidates",
+                progress=self.progress,
+            )
             self.resumed = summary.resumed
-            for task in tasks:
-                record = store.get(task_key(task))
-                assert record is not None  # run_tasks recorded every task
-                yield record["result"]["accuracy"]
+            yield from (result["accuracy"] for result in results)
 
     def _here(
         self,

@@ -77,25 +77,14 @@ def parallel_random_search(
 ) -> SearchResult:
     """Evaluate the trials through :func:`modelzip.sweep.run_tasks`; ``out/sweep.sqlite`` keeps
     them, so a rerun evaluates only what is missing."""
-    from modelzip.core.errors import ModelzipError
-    from modelzip.sweep import SweepStore, make_executor, register_task_kind, run_tasks, task_key
+    from modelzip.sweep import SweepStore, register_task_kind
+    from modelzip.sweep.runner import run_tasks_for_results
 
     register_task_kind(TASK_KIND, TASK_FUNCTION)
     tasks = nas_tasks(space_name, dataset, data, objective, trials, seed)
     with SweepStore(out / "sweep.sqlite") as store:
-        pool = make_executor(executor, workers, address)
-        try:
-            summary = run_tasks(tasks, store, pool, progress=progress)
-        finally:
-            pool.close()
-        if summary.failed:
-            first = summary.failures[0]
-            raise ModelzipError(
-                f"{summary.failed} NAS evaluations failed; first ({first['name']}): "
-                f"{first['errors'][-1].splitlines()[-1]}"
-            )
-        records = [store.get(task_key(t)) for t in tasks]
-    history = [
-        {"arch": t["arch"], "metrics": r["result"]} for t, r in zip(tasks, records, strict=True)
-    ]
+        _, results = run_tasks_for_results(
+            tasks, store, executor, workers, address, what="NAS evaluations", progress=progress
+        )
+    history = [{"arch": t["arch"], "metrics": r} for t, r in zip(tasks, results, strict=True)]
     return SearchResult("random_search (parallel)", history, list(range(len(history))))
