@@ -819,10 +819,21 @@ the memory layout it measures fastest (often channels-last). Against a dense ori
 a 4-bit VGG file whose convolutions were deployed as plain fp32 (dequantized weights) "ran 1.8×
 faster", and static int8 LeNet-5 3.4×: the layout's gain, not the compression's. In this run,
 eval (and compress, and the demo) time the dense original in its own fastest layout
-(`modelzip.deploy.dense_anchor`), so the speedups here are what the compression buys; most targets
-are missed by that honest measure (see the "what the deployment did" notes above). The ResNet-18
+(`modelzip.deploy.dense_anchor`), so the speedups here are what the compression buys. The ResNet-18
 of the issue is torchvision's (`modelzip compress torchvision.models:resnet18`, random weights) on a
-generated image folder at 224×224; see the `resnet18` part."""
+generated image folder at 224×224; see the `resnet18` part.
+
+What the misses above come from (AVX2 EPYC, one core). Static int8 on LeNet-300 and LeNet-5: their
+layers are too small for the int8 engine to pay for quantizing, clamping (7-bit inputs without
+VNNI) and dequantizing around each product; the `engines` part times `torch.ao`'s FX static
+quantization on the same networks beside ours (on LeNet-300 it reaches about 1.3×, on LeNet-5 it
+is slower than fp32): neither PyTorch's own static quantization nor ours reaches 1.8× there on
+this CPU, while the VGG and the ResNets clear it. modelzip against `torch.ao` and onnxruntime on the MLP: the same fbgemm kernels
+as `torch.ao` (equal when timed alone; the interleaved figures move by ±10% with the order and the
+other models' weights flushing the caches), and onnxruntime's MLAS GEMV is faster at batch 1.
+XNOR-Net on the wide LeNet-5: the real first conv and its pooling alone take about 1.5 ms of the
+2.7 ms a 3× speedup allows; the binarized layers (XNOR-popcount GEMMs at about one 64-bit word
+pair per cycle, nibble-lookup popcount on AVX2) would have to run in 1.2 ms instead of 2.8."""
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
