@@ -826,14 +826,15 @@ generated image folder at 224×224; see the `resnet18` part.
 What the misses above come from (AVX2 EPYC, one core). Static int8 on LeNet-300 and LeNet-5: their
 layers are too small for the int8 engine to pay for quantizing, clamping (7-bit inputs without
 VNNI) and dequantizing around each product; the `engines` part times `torch.ao`'s FX static
-quantization on the same networks beside ours (on LeNet-300 it reaches about 1.3×, on LeNet-5 it
-is slower than fp32): neither PyTorch's own static quantization nor ours reaches 1.8× there on
-this CPU, while the VGG and the ResNets clear it. modelzip against `torch.ao` and onnxruntime on the MLP: the same fbgemm kernels
-as `torch.ao` (equal when timed alone; the interleaved figures move by ±10% with the order and the
-other models' weights flushing the caches), and onnxruntime's MLAS GEMV is faster at batch 1.
-XNOR-Net on the wide LeNet-5: the real first conv and its pooling alone take about 1.5 ms of the
-2.7 ms a 3× speedup allows; the binarized layers (XNOR-popcount GEMMs at about one 64-bit word
-pair per cycle, nibble-lookup popcount on AVX2) would have to run in 1.2 ms instead of 2.8."""
+quantization on the same networks beside ours (on LeNet-300 it reaches about 1.3×, on LeNet-5 it is
+slower than fp32): neither PyTorch's own static quantization nor ours reaches 1.8× there on this
+CPU, while the VGG and the ResNets clear it. modelzip against `torch.ao` and onnxruntime on the
+MLP: the same fbgemm kernels as `torch.ao` (equal when timed alone; the interleaved figures move by
+±10% with the order and the other models' weights flushing the caches), and onnxruntime's MLAS GEMV
+is faster at batch 1. XNOR-Net on the wide LeNet-5: the real first conv and its pooling alone take
+about 1.5 ms of the 2.7 ms a 3× speedup allows; the binarized layers (XNOR-popcount GEMMs at about
+one 64-bit word pair per cycle, nibble-lookup popcount on AVX2) would have to run in 1.2 ms instead
+of 2.8."""
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
