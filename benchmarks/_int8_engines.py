@@ -5,8 +5,10 @@
 Run by the ``engines`` part of ``benchmarks/deploy.py`` in a subprocess (with its thread and
 OpenMP settings). Not through the CLI: ``torch.ao`` and onnxruntime are not modelzip commands, so
 every model here is built in one process and timed interleaved (median of warm rounds, the first
-calls left out; each round starts at the next model, so none always follows the one that
-evicted its weights from the caches), each against the same fp32 model:
+calls left out; each round starts at the next model, and each sample follows one untimed call of
+the same model, so that its weights are back in the caches as when it runs alone: the int8 MLP's
+25 MB nearly fill a 32 MB L3, and timed right after another model's calls it ran cold, 1.6 ms
+instead of 0.97 at batch 1), each against the same fp32 model:
 
 * the MLP 1024-4096-4096-1024 of issue #20, batch 1 and 64: modelzip dynamic and static int8
   (``modelzip.compress``, deployed), ``torch.ao`` ``quantize_dynamic`` and FX static
@@ -99,7 +101,7 @@ def _time(named: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, 
 
     with torch.inference_mode():
         timings = time_interleaved(
-            list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3, rotate=True
+            list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3, rotate=True, settle=1
         )
     return {k: t.median * 1e3 for k, t in zip(named, timings, strict=True)}
 

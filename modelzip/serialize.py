@@ -50,6 +50,7 @@ from modelzip.core.compact_source import (
     compact_source,
     remember_source,
 )
+from modelzip.core.compressed import drop_decoded_weights
 from modelzip.core.context import replace_module
 from modelzip.core.errors import ConfigError, ModelError
 from modelzip.core.forms import build_form
@@ -472,6 +473,7 @@ def _deploy_again(
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"
+    drop_decoded_weights(model)
     return model
 
 

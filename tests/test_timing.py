@@ -58,6 +58,20 @@ def test_rotated_rounds_start_at_each_target_in_turn():
     assert ta.samples == tb.samples == tc.samples == 3
 
 
+def test_settle_calls_precede_each_sample_untimed():
+    """With ``settle`` a target runs that many untimed calls right before each of its samples
+    (its weights back in the caches); only the call after them is a sample."""
+    clock, log = FakeClock(), []
+    # a: warm-up 9, then per round one settle call (50 s, untimed) and one timed call
+    a = scripted(clock, "a", [9.0, 50.0, 1.0, 50.0, 3.0], log)
+    b = scripted(clock, "b", [5.0, 60.0, 4.0, 60.0, 6.0], log)
+    ta, tb = time_interleaved([a, b], reps=2, warmup=1, clock=clock, settle=1)
+    assert "".join(log) == "ab" + "aabb" + "aabb"
+    assert ta.values == (1.0, 3.0) and tb.values == (4.0, 6.0)
+    with pytest.raises(ValueError, match="settle"):
+        time_interleaved([a], reps=1, settle=-1)
+
+
 def test_cold_call_is_reported_apart_and_warmups_are_not_samples():
     clock, log = FakeClock(), []
     # a: cold 9 s, one more warm-up of 7 s, then samples 1, 3, 2

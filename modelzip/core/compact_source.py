@@ -63,7 +63,20 @@ def remember_source(new: nn.Module, old: nn.Module, kind: str) -> None:
     ``new``, with the executable form's ``kind``."""
     if not isinstance(old, CompressedModule):
         return
-    state = {k: v.detach().clone() for k, v in old.packed_state().items()}
+    # A tensor the deployed layer holds unchanged under the same name (an int8 layer's codes on
+    # its engine) is shared, not copied: the deployed model would otherwise hold it twice.
+    own = new.state_dict(keep_vars=True)
+    state = {}
+    for k, v in old.packed_state().items():
+        twin = own.get(k)
+        same = (
+            twin is not None
+            and twin.shape == v.shape
+            and twin.dtype == v.dtype
+            and twin.device == v.device
+            and torch.equal(twin, v)
+        )
+        state[k] = twin.detach() if same else v.detach().clone()  # type: ignore[union-attr]
     # A plain attribute, not a submodule or buffer: it must not change the deployed layer's
     # state dict, parameters or outputs.
     new.__dict__[SOURCE_ATTR] = CompactSource(

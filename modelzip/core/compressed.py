@@ -98,6 +98,10 @@ class WeightFormat:
             self.__dict__["_weight_cache"] = cache
         return cache[1] if dtype is None else cache[1].to(dtype)
 
+    def drop_decoded_weight(self) -> None:
+        """Forget the cached decoded weight (rebuilt by the next :meth:`decoded_weight`)."""
+        self.__dict__.pop("_weight_cache", None)
+
     # Ops with a kernel of their own (int8 products, XNOR popcount) override these.
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return F.linear(x, self.decoded_weight(x.dtype), bias)
@@ -189,3 +193,13 @@ class CompressedConv2d(CompressedModule):
     def to_dense(self) -> nn.Conv2d:
         w = self.decoded_weight().detach()  # type: ignore[attr-defined]
         return load_dense(self.geometry.dense(self.bias is not None), w, self.bias)  # type: ignore[return-value]
+
+
+def drop_decoded_weights(model: nn.Module) -> None:
+    """Forget every compressed layer's cached decoded weight in ``model``: a deployed layer
+    that runs on its own kernel never reads it again, and a float copy of an int8 MLP's
+    weights is four times their size (an int8 4096×4096 layer kept 64 MB of float beside its
+    16 MB of codes after the calibration and checks of the deploy step)."""
+    for module in model.modules():
+        if isinstance(module, WeightFormat):
+            module.drop_decoded_weight()

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from modelzip.core.compact_source import DEPLOYED_ATTR, LAYOUT_ATTR, SOURCE_ATTR, compact_source
+from modelzip.core.compressed import drop_decoded_weights
 from modelzip.core.context import replace_module
 from modelzip.core.model_links import unlink
 from modelzip.core.running import model_device
@@ -152,6 +153,7 @@ def materialize(
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = rel_error(model(*args), ref)
+    drop_decoded_weights(model)
     return (_into(given, model) if inplace else model), report
 
 

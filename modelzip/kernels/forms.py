@@ -42,8 +42,21 @@ def sparse_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
 
 @register_form("int8_dynamic_linear")
 def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
-    """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch)."""
-    return [("int8:x86 linear_dynamic", lambda: module.with_activations("dynamic"))]  # type: ignore[operator]
+    """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch), and,
+    where onnxruntime is installed, the same codes and input grid on its int8 GEMM
+    (:mod:`modelzip.kernels.int8_ort`; faster on large layers at large batches here)."""
+    from modelzip.kernels.int8 import ENGINE_ATTR
+    from modelzip.kernels.int8_ort import ORT_ENGINE, ort_available
+
+    def on_ort() -> nn.Module:
+        new = module.with_activations("dynamic")  # type: ignore[operator]
+        new.__dict__[ENGINE_ATTR] = ORT_ENGINE
+        return new
+
+    out: list[Candidate] = [("int8:x86 linear_dynamic", lambda: module.with_activations("dynamic"))]  # type: ignore[operator]
+    if ort_available():
+        out.append(("int8:onnxruntime linear_dynamic", on_ort))
+    return out
 
 
 @register_form("int8_onednn_conv")

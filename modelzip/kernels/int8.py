@@ -165,17 +165,31 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: On a static int8 conv: the quantized engine its weight is prepacked for (``"onednn"``), set
 #: by the deploy step's ``int8:static onednn`` form where that measured faster than the default
 #: x86 engine (fbgemm's direct convolution; on an AVX2 EPYC oneDNN ran ResNet-small's 16- and
-#: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×). Absent: the default engine.
+#: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×). On a dynamic int8 linear:
+#: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`). Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
 #: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
 RELU_ATTR = "_modelzip_int8_relu"
 
+
+def _direct(op: Any) -> Any:
+    """The C++ callable behind a resolved op overload: calling the overload itself first checks
+    in Python whether an argument is a tracing placeholder of a packed weight (about 3 µs a
+    call, half of what set these layers' per-call time apart from ``torch.ao``'s on small
+    layers); the arguments here are the real packed weights."""
+    return getattr(op, "_op", op)
+
+
 _q = torch.ops.quantized
 #: The engine's ops of a policy: dynamic, static, static with a fused ReLU. Resolved overloads
 #: (``conv2d.new`` takes the prepacked weight): a call skips the packet's overload lookup.
-_LINEAR_OPS = (_q.linear_dynamic.default, _q.linear.default, _q.linear_relu.default)
-_CONV_OPS = (_q.conv2d_dynamic.default, _q.conv2d.new, _q.conv2d_relu.new)
+_LINEAR_OPS = tuple(
+    _direct(op) for op in (_q.linear_dynamic.default, _q.linear.default, _q.linear_relu.default)
+)
+_CONV_OPS = tuple(
+    _direct(op) for op in (_q.conv2d_dynamic.default, _q.conv2d.new, _q.conv2d_relu.new)
+)
 #: Whether ``torch.quantize_per_tensor`` has run: it warns of its deprecation once per process
 #: (TORCH_WARN_ONCE), so only the first call needs the warning silenced.
 _quantized_once = False
@@ -345,15 +359,15 @@ class Int8Format(WeightFormat):
         :meth:`WeightFormat.decoded_weight`'s cache), so a call pays no tensor arithmetic for
         them. ``build`` makes the prepacked weight (None: the grids only)."""
         static = self.activations == "static"
-        key = [
-            id(self.__dict__.get(FOLD_ATTR)),
-            self.__dict__.get(ENGINE_ATTR),
-            static and isa.reduced_int8_range(),
+        notes = self.__dict__
+        reduced = static and isa.reduced_int8_range()
+        key = [id(notes.get(FOLD_ATTR)), notes.get(ENGINE_ATTR), reduced]
+        key += [
+            (t._version, t.data_ptr())
+            for t in (*self._parameters.values(), *self._buffers.values())  # type: ignore[attr-defined]
+            if t is not None
         ]
-        for t in (*self._parameters.values(), *self._buffers.values()):  # type: ignore[attr-defined]
-            if t is not None:
-                key += (t._version, t.data_ptr())
-        cache: list[Any] | None = self.__dict__.get("_engine_cache")
+        cache: list[Any] | None = notes.get("_engine_cache")
         if cache is None or cache[0] != key:
             grids: tuple[Any, Any] = (None, None)
             if static:
@@ -388,7 +402,12 @@ class Int8Format(WeightFormat):
         if not self._on_engine(x):
             return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
         flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
-        y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
+        if self.__dict__.get(ENGINE_ATTR) == "onnxruntime" and self.activations == "dynamic":
+            from modelzip.kernels.int8_ort import OrtDynamicLinear
+
+            y = self._engine_state(lambda: OrtDynamicLinear(*self._weights(bias)))[0](flat)
+        else:
+            y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     def conv2d(

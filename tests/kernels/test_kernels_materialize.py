@@ -112,7 +112,9 @@ def test_materialize_replaces_checks_and_reports() -> None:
     assert isinstance(new[2], BinaryLinear) and new[2].mode == "xnor"
     assert rows["2"].kernel == "XNOR-popcount" and rows["2"].max_rel_error < 1e-5
     assert isinstance(new[4], BinaryLinear) and new[4].mode == "bwn"  # inputs are not ±1
-    assert rows["5"].kernel == "x86 linear_dynamic" and new[5].activations == "dynamic"
+    # fbgemm's dynamic kernel or the same codes on onnxruntime's, whichever measured faster
+    assert rows["5"].kernel in ("x86 linear_dynamic", "onnxruntime linear_dynamic")
+    assert new[5].activations == "dynamic"
     assert rows["6"].after == "Linear" and "not ±α" in rows["6"].reason
     assert report.max_rel_error is not None and report.max_rel_error < 0.05
     assert "model output" in str(report) and len(report.rows()) == 5
