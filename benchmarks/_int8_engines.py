@@ -2,18 +2,20 @@
 
     python benchmarks/_int8_engines.py [--quick] [--threads N]    # prints one JSON object
 
-Run by the ``engines`` part of ``benchmarks/deploy.py`` in a subprocess (with its thread and
-OpenMP settings). Not through the CLI: ``torch.ao`` and onnxruntime are not modelzip commands, so
-every model here is built in one process and timed interleaved (median of warm rounds, the first
-calls left out; each round starts at the next model, and each sample follows one untimed call of
-the same model, so that its weights are back in the caches as when it runs alone: the int8 MLP's
-25 MB nearly fill a 32 MB L3, and timed right after another model's calls it ran cold, 1.6 ms
-instead of 0.97 at batch 1), each against the same fp32 model:
+Run by the ``engines`` part of ``benchmarks/deploy.py`` in a subprocess (with its thread and OpenMP
+settings). Not through the CLI: ``torch.ao`` and onnxruntime are not modelzip commands, so every
+model here is built in one process and timed interleaved (median of warm rounds, the first calls
+left out; each round calls the models in a new order, and each sample follows one untimed call of
+the same model, so that its weights are back in the caches as when it runs alone: the int8 MLP's 25
+MB nearly fill a 32 MB L3, and timed right after another model's calls it ran cold, 1.6 ms instead
+of 0.97 at batch 1), each against the same fp32 model:
 
 * the MLP 1024-4096-4096-1024 of issue #20, batch 1 and 64: modelzip dynamic and static int8
   (``modelzip.compress``, deployed), ``torch.ao`` ``quantize_dynamic`` and FX static
   (``prepare_fx``/``convert_fx``, x86 qconfig), onnxruntime ``quantize_dynamic`` of the fp32 ONNX
-  file (and the fp32 file in onnxruntime, for reference);
+  file, as it is and with ``reduce_range`` (7-bit weights, onnxruntime's advice where uint8 × int8
+  products saturate, i.e. without VNNI), and the fp32 file in onnxruntime, for reference; each
+  engine's output error against the fp32 model's (RMS, relative) beside its time;
 * LeNet-300-100, LeNet-5, the small VGG and ResNet (random weights), batch 64: modelzip static
   int8 against FX static, each against the fp32 model in its fastest memory layout (what the
   CLI's rows are timed against): how far PyTorch's int8 engine itself goes on each network.
@@ -62,7 +64,7 @@ def _onnx(model: nn.Module, x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _ort_dynamic(data: bytes) -> bytes:
+def _ort_dynamic(data: bytes, reduce_range: bool = False) -> bytes:
     import tempfile
     from pathlib import Path
 
@@ -71,7 +73,7 @@ def _ort_dynamic(data: bytes) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "fp32.onnx", Path(d) / "int8.onnx"
         src.write_bytes(data)
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, reduce_range=reduce_range)
         return dst.read_bytes()
 
 
@@ -101,7 +103,7 @@ def _time(named: dict[str, nn.Module], x: torch.Tensor, reps: int) -> dict[str, 
 
     with torch.inference_mode():
         timings = time_interleaved(
-            list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3, rotate=True, settle=1
+            list(named.values()), x, reps=reps, warmup=3, min_seconds=0.3, shuffle=True, settle=1
         )
     return {k: t.median * 1e3 for k, t in zip(named, timings, strict=True)}
 
@@ -119,6 +121,8 @@ def mlp_rows(threads: int, reps: int) -> list[dict[str, Any]]:
         ),
         "torch.ao FX static": _fx_static(mlp, calib),
         "onnxruntime dynamic": OrtModule(_ort_dynamic(fp32_onnx), threads),
+        # 7-bit weights: onnxruntime's advice where uint8 × int8 products saturate (no VNNI)
+        "onnxruntime dynamic, reduce_range": OrtModule(_ort_dynamic(fp32_onnx, True), threads),
         "onnxruntime fp32": OrtModule(fp32_onnx, threads),
     }
     rows = []
@@ -131,10 +135,21 @@ def mlp_rows(threads: int, reps: int) -> list[dict[str, Any]]:
             **engines,
         }
         ms = _time(named, x, reps)
+        errors = _errors(named, x)
         for name, t in ms.items():
             rows.append({"model": "mlp 1024-4096-4096-1024", "batch": batch, "engine": name,
-                         "ms": round(t, 4), "vs_fp32": round(ms["fp32"] / t, 3)})  # fmt: skip
+                         "ms": round(t, 4), "vs_fp32": round(ms["fp32"] / t, 3),
+                         "rms_error": errors[name]})  # fmt: skip
     return rows
+
+
+def _errors(named: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
+    """Each engine's output error against the fp32 model's (RMS, relative to the output's)."""
+    with torch.inference_mode():
+        ref = named["fp32"](x)
+        scale = float(ref.pow(2).mean().sqrt())
+        return {k: round(float((m(x) - ref).pow(2).mean().sqrt()) / scale, 4)
+                for k, m in named.items()}  # fmt: skip
 
 
 #: The zoo models of the static int8 rows (28×28 MNIST-shaped input, random weights).
@@ -156,9 +171,11 @@ def cnn_rows(reps: int) -> list[dict[str, Any]]:
             "torch.ao FX static": _fx_static(model, calib),
         }
         ms = _time(named, x, reps)
+        errors = _errors(named, x)
         for engine, t in ms.items():
             rows.append({"model": name, "batch": 64, "engine": engine, "ms": round(t, 4),
-                         "vs_fp32": round(ms["fp32"] / t, 3)})  # fmt: skip
+                         "vs_fp32": round(ms["fp32"] / t, 3),
+                         "rms_error": errors[engine]})  # fmt: skip
     return rows
 
 

@@ -17,7 +17,7 @@ import torch
 
 import modelzip
 from modelzip.core.counting import module_bytes
-from modelzip.core.errors import ConfigError
+from modelzip.core.errors import ConfigError, ModelError
 from modelzip.export.convert import exportable
 from modelzip.export.onnx import run_onnx, to_onnx_bytes
 from modelzip.models import create
@@ -153,6 +153,36 @@ def test_tt_then_4_bit_codes_on_lenet300(tmp_path):
     assert path.stat().st_size < (tt_report.after.size_bytes / 2)
     with torch.no_grad():
         torch.testing.assert_close(modelzip.load(path)(SAMPLE), small(SAMPLE), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("second", ["quantize_weights4", "int8"])
+def test_tt_embedding_cores_are_coded(second, tmp_path):
+    """A TT embedding's cores take a later weight quantizer as the other TT layers' do; the
+    deployed model looks up a decoded table, the file keeps the codes, export says why not."""
+    from modelzip.export.onnx import to_onnx_bytes
+
+    torch.manual_seed(0)
+    model = create("char_lstm").eval()
+    ids = torch.randint(0, model.embedding.num_embeddings, (4, 16))
+    embedding = {"types": ["Embedding"]}
+    first = {"method": "tt", "rank": 8, "select": embedding}
+    kw = {"sample": ids, "measure": False, "evaluate": False}
+    tt, _ = modelzip.compress(model, Recipe.from_list([first]), deploy=False, **kw)
+    recipe = Recipe.from_list([first, {**SECONDS[second], "select": embedding}])
+    small, report = modelzip.compress(model, recipe, deploy=False, **kw)
+    (change,) = [c for c in report.layers if c.method == SECONDS[second]["method"]]
+    assert (change.before, change.after) == ("TTEmbedding", "FactorQuantized")
+    assert change.bytes_after < change.bytes_before / (6 if second == "quantize_weights4" else 3)
+    with torch.no_grad():
+        ref, got = tt(ids), small(ids)
+    assert float((got - ref).abs().max()) <= 0.1 * float(ref.abs().max())
+    deployed, _ = modelzip.compress(model, recipe, **kw)
+    loaded = modelzip.load(modelzip.save(deployed, tmp_path / "m.mzip"))
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(ids), got, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(loaded(ids), deployed(ids), rtol=0, atol=0)
+    with pytest.raises(ModelError, match="TTEmbedding cannot be exported"):
+        to_onnx_bytes(small, ids)
 
 
 def test_decoded_once_and_again_only_when_the_codes_change(model, monkeypatch):

@@ -50,12 +50,22 @@ def test_calls_alternate_and_warmups_come_first():
     assert log == ["a", "b"] * 5  # 2 warm-up rounds, then 3 timed rounds, always in turns
 
 
-def test_rotated_rounds_start_at_each_target_in_turn():
-    clock, log = FakeClock(), []
-    a, b, c = (scripted(clock, n, [1.0] * 10, log) for n in "abc")
-    ta, tb, tc = time_interleaved([a, b, c], reps=3, warmup=1, clock=clock, rotate=True)
-    assert "".join(log) == "abc" + "abc" + "bca" + "cab"  # warm-up, then rounds 0, 1, 2
-    assert ta.samples == tb.samples == tc.samples == 3
+def test_shuffled_rounds_give_every_target_every_predecessor():
+    """Each round is a permutation of the targets, the same in every run, and over the rounds
+    each target runs right after each other one (a rotation of one order would not: every
+    target would keep its predecessor)."""
+    logs = []
+    for _ in range(2):
+        clock, log = FakeClock(), []
+        targets = [scripted(clock, n, [1.0] * 40, log) for n in "abcd"]
+        timings = time_interleaved(targets, reps=30, warmup=1, clock=clock, shuffle=True)
+        assert all(t.samples == 30 for t in timings)
+        logs.append("".join(log))
+    assert logs[0] == logs[1]  # a fixed seed
+    rounds = [logs[0][i : i + 4] for i in range(4, len(logs[0]), 4)]
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    pairs = {(r[i], r[i + 1]) for r in rounds for i in range(3)}
+    assert pairs == {(p, q) for p in "abcd" for q in "abcd" if p != q}
 
 
 def test_settle_calls_precede_each_sample_untimed():

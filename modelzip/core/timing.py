@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -160,7 +161,7 @@ def time_interleaved(
     device: torch.device | str | None = None,
     clock: Clock = time.perf_counter,
     cpu_clock: Clock | None = None,
-    rotate: bool = False,
+    shuffle: bool = False,
     settle: int = 0,
 ) -> list[Timing]:
     """One :class:`Timing` per target, the targets called in turns.
@@ -174,9 +175,11 @@ def time_interleaved(
     :data:`AUTO_BLOCK_SECONDS` (from its last warm-up call). Rounds continue past ``reps`` until
     ``min_seconds`` have passed, but not past ``max_reps`` (default ``reps``, or ``10 * reps``
     with ``min_seconds``). The calls run under ``grad`` (``torch.no_grad()`` by default).
-    With ``rotate`` round ``r`` starts at target ``r mod n``: each target follows each other
-    equally often, so no target always runs right after one that evicted its weights from the
-    caches (with several large models, a fixed order favoured some by up to 20%).
+    With ``shuffle`` each round calls the targets in a new order (a fixed-seed shuffle, the
+    same in every run), so that no target always runs right after the same neighbour, e.g. one
+    that evicted its weights from the caches: with several large models a fixed order favoured
+    some by up to 20%, and so did starting each round one target later, which keeps every
+    target's predecessor.
     ``settle`` untimed calls precede each sample of a target: its weights are back in the
     caches, as when it runs alone in a loop (a model whose weights nearly fill the last-level
     cache was otherwise timed cold, after its neighbours had evicted them: an int8 MLP of 25 MB
@@ -209,9 +212,12 @@ def time_interleaved(
         counts = [_auto_number(s) if number == "auto" else number for s in last]
         start = clock()
         rounds = 0
+        rng = random.Random(0)
         while rounds < limit and (rounds < reps or clock() - start < min_seconds):
-            shift = rounds % len(calls) if rotate else 0
-            for i in [*range(shift, len(calls)), *range(shift)]:
+            order = list(range(len(calls)))
+            if shuffle:
+                rng.shuffle(order)
+            for i in order:
                 call, n = calls[i], counts[i]
                 for _ in range(settle):
                     call()

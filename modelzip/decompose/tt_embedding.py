@@ -27,6 +27,7 @@ class TTEmbedding(TTMatrix):
 
     onnx_export = "refused: its lookup reshapes by the number of ids, which tracing would fix"
     executable_forms = ("dense",)
+    factor_weights = True  # a later quantize_weights/int8 codes its cores (FactorQuantized)
 
     stands_for = "Embedding"
 

@@ -168,6 +168,10 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×). On a dynamic int8 linear:
 #: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`). Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
+#: The other engines a dynamic int8 linear runs on, by the name its :data:`ENGINE_ATTR` holds:
+#: each builds, from the codes, scales and bias, the callable ``x ↦ y`` the layer keeps like a
+#: prepacked weight. Registered by the module that implements it (:mod:`.int8_ort`).
+DYNAMIC_LINEAR_ENGINES: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {}
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
 #: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
 RELU_ATTR = "_modelzip_int8_relu"
@@ -402,10 +406,9 @@ class Int8Format(WeightFormat):
         if not self._on_engine(x):
             return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
         flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
-        if self.__dict__.get(ENGINE_ATTR) == "onnxruntime" and self.activations == "dynamic":
-            from modelzip.kernels.int8_ort import OrtDynamicLinear
-
-            y = self._engine_state(lambda: OrtDynamicLinear(*self._weights(bias)))[0](flat)
+        engine = DYNAMIC_LINEAR_ENGINES.get(self.__dict__.get(ENGINE_ATTR))  # type: ignore[arg-type]
+        if engine is not None and self.activations == "dynamic":
+            y = self._engine_state(lambda: engine(*self._weights(bias)))[0](flat)
         else:
             y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelzip.kernels.int8 import quantize_per_tensor
+from modelzip.kernels.int8 import DYNAMIC_LINEAR_ENGINES, quantize_per_tensor
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a layer that runs this kernel.
 ORT_ENGINE = "onnxruntime"
@@ -122,3 +122,6 @@ class OrtDynamicLinear:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OrtDynamicLinear:
         return OrtDynamicLinear(self.codes.clone(), self.scale.clone(), self.bias)
+
+
+DYNAMIC_LINEAR_ENGINES[ORT_ENGINE] = OrtDynamicLinear
