@@ -271,3 +271,13 @@ def linear_views(model: nn.Module) -> list[str]:
         if name and is_transposed_linear(module):
             done += replace_module(model, name, linear_view(module))
     return done
+
+
+def layer_name(module: nn.Module, ctx: Any) -> str:
+    """The module's name inside ``ctx.model`` (for error messages), or its type name."""
+    model = getattr(ctx, "model", None)
+    if model is not None:
+        for name, sub in model.named_modules():
+            if sub is module:
+                return name or "<model>"
+    return type(module).__name__

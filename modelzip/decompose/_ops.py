@@ -142,16 +142,6 @@ def conv_chain_workloads(
     return out
 
 
-def layer_name(module: nn.Module, ctx: Any) -> str:
-    """The module's name inside ``ctx.model`` (for error messages), or its type name."""
-    model = getattr(ctx, "model", None)
-    if model is not None:
-        for name, sub in model.named_modules():
-            if sub is module:
-                return name or "<model>"
-    return type(module).__name__
-
-
 def rows_of(x: torch.Tensor, features: int) -> int:
     """How many feature vectors of length ``features`` a linear layer's input holds."""
     return x.numel() // features if features else 0

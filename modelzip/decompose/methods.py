@@ -14,10 +14,9 @@ from torch import nn
 
 from modelzip.core.composition import RESTRUCTURES
 from modelzip.core.config import MethodConfig
-from modelzip.core.context import Context
+from modelzip.core.context import Context, layer_name
 from modelzip.core.errors import ModelError
 from modelzip.core.registry import Knob, SkipLayer, register_method
-from modelzip.decompose._ops import layer_name
 from modelzip.decompose.configs import (
     CPConfig,
     HTConfig,

@@ -32,11 +32,10 @@ import torch
 from torch import nn
 
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context
+from modelzip.core.context import Context, layer_name
 from modelzip.core.errors import ConfigError
 from modelzip.core.registry import register_method
 from modelzip.core.selection import Select
-from modelzip.decompose._ops import layer_name
 from modelzip.joint.coded_format import INDEX_BITS_SEARCH, _Coded, coded_layer
 from modelzip.joint.weight_sharing import (
     Init,

@@ -26,12 +26,11 @@ from torch import nn
 from torch.func import functional_call
 
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context
+from modelzip.core.context import Context, layer_name
 from modelzip.core.errors import ConfigError, ModelError
 from modelzip.core.module import CompressedModule, layer_class, layer_key, register_layer
 from modelzip.core.registry import SkipLayer, register_method
 from modelzip.core.workload import Workload
-from modelzip.decompose._ops import layer_name
 from modelzip.decompose.configs import SVDConfig
 from modelzip.decompose.lowrank import ChannelLowRankConv2d, LowRankLinear
 from modelzip.prune.magnitude import magnitude_mask

@@ -26,10 +26,9 @@ from torch import nn
 from modelzip.core.composition import Composition
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear, WeightFormat
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context
+from modelzip.core.context import Context, layer_name
 from modelzip.core.module import CompressedModule, register_layer
 from modelzip.core.registry import SkipLayer, register_method
-from modelzip.decompose._ops import layer_name
 from modelzip.joint.sparse_quant import scatter_codes
 from modelzip.prune.masked import pack_mask, unpack_mask
 from modelzip.quantize.layers import plain_like, require_float32

@@ -29,6 +29,7 @@ these win).
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -84,6 +85,9 @@ def linear_dynamic(x: torch.Tensor, packed: Any) -> torch.Tensor:
     return y.reshape(*shape[:-1], y.shape[-1])
 
 
+_ENGINE_SWITCH = threading.Lock()
+
+
 def prepack_conv2d(
     codes: torch.Tensor,
     scale: torch.Tensor,
@@ -100,14 +104,17 @@ def prepack_conv2d(
     setting is when it is called."""
     b = bias.detach().float().cpu() if bias is not None else None
     args = (_quantized_weight(codes, scale), b, list(stride), list(padding), list(dilation))
-    if engine is None or engine == torch.backends.quantized.engine:
-        return torch.ops.quantized.conv2d_prepack(*args, groups)
-    before = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        return torch.ops.quantized.conv2d_prepack(*args, groups)
-    finally:
-        torch.backends.quantized.engine = before
+    # The setting is process-wide: under one lock, so that a thread prepacking for the default
+    # engine never sees another's switch, and two switches never restore each other's setting.
+    with _ENGINE_SWITCH:
+        if engine is None or engine == torch.backends.quantized.engine:
+            return torch.ops.quantized.conv2d_prepack(*args, groups)
+        before = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            return torch.ops.quantized.conv2d_prepack(*args, groups)
+        finally:
+            torch.backends.quantized.engine = before
 
 
 def onednn_available() -> bool:

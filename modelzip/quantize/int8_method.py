@@ -14,13 +14,12 @@ from torch import nn
 
 from modelzip.core.composition import QUANTIZES, Composition
 from modelzip.core.config import MethodConfig, check_range
-from modelzip.core.context import Context
+from modelzip.core.context import Context, layer_name
 from modelzip.core.embedding import is_embedding_view
 from modelzip.core.errors import ConfigError
 from modelzip.core.geometry import UnsupportedConv
 from modelzip.core.module import CompressedModule
 from modelzip.core.registry import SkipLayer, register_method
-from modelzip.decompose._ops import layer_name
 from modelzip.quantize.factors import holds_factors, quantize_factors
 from modelzip.quantize.int8 import Int8Conv2d, Int8Linear
 from modelzip.quantize.layers import require_float32
