@@ -110,3 +110,24 @@ def test_ort_form_chosen_when_faster_and_loaded_as_chosen(
         assert loaded.get_submodule(name).__dict__.get(ENGINE_ATTR) == ORT_ENGINE
     with torch.no_grad():
         assert torch.equal(loaded(x), fast(x))
+
+
+def test_k_bit_codes_offer_the_ort_engine_too() -> None:
+    """A k-bit layer's codes expanded once to int8 run on either engine, with the same outputs,
+    and the form is built again by name (as on load)."""
+    from modelzip.core.forms import build_form
+    from modelzip.quantize import QuantizeWeightsConfig
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 28, 28)
+    model, _ = modelzip.compress(create("lenet300").eval(), QuantizeWeightsConfig(bits=4),
+                                 sample=x, deploy=False, measure=False, evaluate=False)  # fmt: skip
+    fc2, h = model.fc2, torch.relu(torch.randn(16, 300))
+    kinds = dict(candidates(fc2, h))
+    kind = ORT_KIND + " (codes once)"
+    assert "int8:x86 linear_dynamic (codes once)" in kinds and kind in kinds
+    x86, ort = kinds["int8:x86 linear_dynamic (codes once)"](), build_form(fc2, kind)
+    assert ort.__dict__[ENGINE_ATTR] == ORT_ENGINE
+    with torch.no_grad():
+        ref, got = x86(h), ort(h)
+    assert float((got - ref).abs().max()) <= 0.02 * float(ref.abs().max())
