@@ -185,6 +185,40 @@ def test_tt_embedding_cores_are_coded(second, tmp_path):
         to_onnx_bytes(small, ids)
 
 
+@pytest.mark.parametrize("first", ["rnn_tt", "rnn_ht", "rnn_lowrank"])
+def test_decomposed_lstm_cells_are_coded_or_skipped_with_the_reason(first, tmp_path):
+    """The TT/HT matrices of a decomposed LSTM take a later 4-bit quantizer (the file shrinks,
+    loads bit-exact); a low-rank LSTM, whose factors are layers stored under their own names,
+    is skipped with the reason (coding it kept the float factors beside the codes)."""
+    torch.manual_seed(0)
+    model = create("char_lstm").eval()
+    ids = torch.randint(0, model.embedding.num_embeddings, (4, 16))
+    lstm = {"types": ["LSTM"]}
+    steps = [
+        {"method": first, "select": lstm},
+        {"method": "quantize_weights", "bits": 4, "select": lstm},
+    ]
+    kw = {"sample": ids, "measure": False, "evaluate": False}
+    decomposed, _ = modelzip.compress(model, Recipe.from_list(steps[:1]), deploy=False, **kw)
+    small, report = modelzip.compress(model, Recipe.from_list(steps), deploy=False, **kw)
+    changes = [c for c in report.layers if c.method == "quantize_weights"]
+    if first == "rnn_lowrank":
+        assert changes == [] and type(small.lstm).__name__ == "DecomposedRNN"
+        (skip,) = [s for s in report.skipped if s.method == "quantize_weights" and s.name == "lstm"]
+        assert "LowRankLinear" in skip.reason and "own packed form" in skip.reason
+        return
+    (change,) = changes
+    assert (change.before, change.after) == ("DecomposedRNN", "FactorQuantized")
+    assert change.bytes_after < change.bytes_before / 1.9
+    assert module_bytes(small) < module_bytes(decomposed)
+    with torch.no_grad():
+        ref, got = decomposed(ids), small(ids)
+    assert float((got - ref).abs().max()) <= 0.05 * float(ref.abs().max())
+    path = modelzip.save(small, tmp_path / "m.mzip")
+    with torch.no_grad():
+        torch.testing.assert_close(modelzip.load(path)(ids), got, rtol=0, atol=0)
+
+
 def test_decoded_once_and_again_only_when_the_codes_change(model, monkeypatch):
     small, _ = compressed([FIRSTS["tt_linear"][0], SECONDS["quantize_weights8"]], model)
     layer = small.fc1

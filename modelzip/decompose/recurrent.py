@@ -60,6 +60,8 @@ class DecomposedRNN(CompressedModule):
         "refused: its recurrence is a Python loop over time steps; tracing would fix the "
         "sequence length"
     )
+    # A later quantize_weights/int8 codes the factor matrices of every cell (FactorQuantized).
+    factor_weights = True
 
     def __init__(
         self,

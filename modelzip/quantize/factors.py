@@ -123,9 +123,21 @@ class FactorQuantized(CompressedModule):
         cls, layer: CompressedModule, quantize: Callable[[torch.Tensor], Quantized]
     ) -> FactorQuantized:
         """Wrap ``layer`` (taken over, not copied) with each factor coded by ``quantize``."""
-        own_form = type(layer).packed_state is not CompressedModule.packed_state
-        if own_form or layer.compressed_parts():
-            raise ModelError(f"{type(layer).__name__} has its own packed form; cannot code it")
+        # The wrapper stores the layer's state without the coded factors, by their parameter
+        # names: a layer (or a cell inside it, as a low-rank LSTM's) that stores itself under
+        # other names would keep its float factors beside the codes.
+        for part in layer.modules():
+            if not isinstance(part, CompressedModule):
+                continue
+            if (
+                type(part).packed_state is not CompressedModule.packed_state
+                or type(part).state_dict is not nn.Module.state_dict
+                or part.compressed_parts()
+            ):
+                what = type(layer).__name__
+                if part is not layer:
+                    what += f" (its {type(part).__name__})"
+                raise ModelError(f"{what} has its own packed form; cannot code it")
         names = factor_names(layer)
         if not names:
             raise ModelError(f"{type(layer).__name__} has no factor tensors")
