@@ -107,6 +107,29 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(old)
 
 
+@pytest.fixture
+def fake_deploy_clock(monkeypatch: pytest.MonkeyPatch):
+    """Deploy's clock replaced: ``install(slow)`` makes a module cost 1 ms plus 10 ms per
+    submodule ``slow`` picks (a tuple of classes, matched exactly, or a predicate), for the whole
+    model's candidates and each layer's forms alike; nothing is really timed. Deploy times
+    through :mod:`modelzip.deploy.timing` alone, so patching it there is enough."""
+    from modelzip.core.timing import Timing
+    from modelzip.deploy import timing
+
+    def install(slow) -> None:
+        picks = slow if callable(slow) else (lambda c: type(c) in slow)
+
+        def cost(m: torch.nn.Module) -> float:
+            return (1.0 + 10.0 * sum(bool(picks(c)) for c in m.modules())) / 1e3
+
+        monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
+        monkeypatch.setattr(
+            timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
+        )
+
+    return install
+
+
 # The slow lane: tests marked ``slow`` (the whole torchvision matrix, the biggest models) are
 # deselected unless pytest gets --slow (`make test-slow`); `make test` stays fast.
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -270,23 +270,7 @@ def test_a_chained_channels_last_model_loads_in_its_layout(tmp_path: Path) -> No
         assert torch.equal(loaded(x), fast(x))
 
 
-def _fake_timings(monkeypatch: pytest.MonkeyPatch, slow: tuple[type, ...]) -> None:
-    """Deploy's clock replaced: a module costs 1 ms plus 10 ms per layer of a ``slow`` class in
-    it (the whole model's candidates and each layer's forms alike); nothing is really timed.
-    Deploy times through :mod:`modelzip.deploy.timing` alone, so patching it there is enough."""
-    from modelzip.core.timing import Timing
-    from modelzip.deploy import timing
-
-    def cost(m: torch.nn.Module) -> float:
-        return (1.0 + 10.0 * sum(type(c) in slow for c in m.modules())) / 1e3
-
-    monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
-    monkeypatch.setattr(
-        timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
-    )
-
-
-def test_static_int8_slower_than_float_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_static_int8_slower_than_float_is_not_kept(fake_deploy_clock) -> None:
     """A static int8 layer offers its dequantized float layer (same weights, int8 tolerance);
     where the int8 engine is measured slower, per layer and for the whole model against the
     uint8 chain, the float form is kept, and the note says so in one line."""
@@ -298,7 +282,7 @@ def test_static_int8_slower_than_float_is_not_kept(monkeypatch: pytest.MonkeyPat
     onednn = ["int8:static onednn"] if onednn_available() else []
     assert [k for k, _ in candidates(small[0], x)] == [*onednn, "int8:dense"]
     assert [k for k, _ in candidates(small[-1], x)] == ["int8:dense"]  # a linear: no engine form
-    _fake_timings(monkeypatch, (StaticInt8Conv2d, StaticInt8Linear))
+    fake_deploy_clock((StaticInt8Conv2d, StaticInt8Linear))
     fast, report = materialize(small, x)
     assert not any(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in fast.modules())
     assert {r["form"] for r in report.rows()} == {"int8:dense"}
@@ -310,14 +294,14 @@ def test_static_int8_slower_than_float_is_not_kept(monkeypatch: pytest.MonkeyPat
         assert float((fast(x) - ref).abs().max()) <= TOLERANCE["int8"] * float(ref.abs().max())
 
 
-def test_static_int8_faster_than_float_is_kept_chained(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_static_int8_faster_than_float_is_kept_chained(fake_deploy_clock) -> None:
     """Measured the other way round, the static int8 layers stay, chained (uint8 between them),
     after the whole-model dense candidate was timed against them."""
     from modelzip.deploy import materialize
     from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 
     small, x = _static_int8_net()
-    _fake_timings(monkeypatch, (torch.nn.Conv2d, torch.nn.Linear))
+    fake_deploy_clock((torch.nn.Conv2d, torch.nn.Linear))
     fast, report = materialize(small, x)
     layers = [fast.get_submodule(r["name"]) for r in report.rows()]
     assert all(isinstance(m, (StaticInt8Conv2d, StaticInt8Linear)) for m in layers)
@@ -343,7 +327,7 @@ def test_static_int8_layers_stay_without_a_sample_or_when_asked() -> None:
     "onednn" not in torch.backends.quantized.supported_engines, reason="no oneDNN quantized engine"
 )
 def test_static_int8_conv_on_onednn_matches_and_loads_as_chosen(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
+    fake_deploy_clock, tmp_path
 ) -> None:
     """The ``int8:static onednn`` form prepacks the same codes for oneDNN: the same integer
     arithmetic (outputs within one output code of the default engine's), the op runs oneDNN's
@@ -370,20 +354,11 @@ def test_static_int8_conv_on_onednn_matches_and_loads_as_chosen(
     assert torch.backends.quantized.engine != "onednn"  # prepacking left the setting alone
     # Measured faster (a fake clock: the default engine's convs and float layers slow): chosen,
     # and rebuilt so on load.
-    from modelzip.core.timing import Timing
-    from modelzip.deploy import timing
-
-    def cost(m: torch.nn.Module) -> float:
-        slow = sum(
+    fake_deploy_clock(
+        lambda c: (
             type(c) in (torch.nn.Conv2d, torch.nn.Linear)
             or (isinstance(c, StaticInt8Conv2d) and ENGINE_ATTR not in c.__dict__)
-            for c in m.modules()
         )
-        return (1.0 + 10.0 * slow) / 1e3
-
-    monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
-    monkeypatch.setattr(
-        timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
     )
     fast, report = materialize(small, x)
     forms = {r["name"]: r["form"] for r in report.rows()}

@@ -80,8 +80,10 @@ class WeightFormat:
         bias = self.bias  # type: ignore[attr-defined]
         return self.weight_params() + (bias.numel() if bias is not None else 0)
 
-    def decoded_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The decoded weight, cached while no gradient is being recorded."""
+    def decoded_weight(self, dtype: torch.dtype | None = None, keep: bool = True) -> torch.Tensor:
+        """The decoded weight, cached while no gradient is being recorded. ``keep=False``
+        (a caller that copies it, as :meth:`to_dense`) reads a valid cache but stores none: a
+        float copy kept for one read would outlive it (4× an int8 weight)."""
         if torch.is_grad_enabled():
             w = self.decode_weight()
             return w if dtype is None else w.to(dtype)
@@ -95,7 +97,8 @@ class WeightFormat:
         cache: tuple[Any, torch.Tensor] | None = self.__dict__.get("_weight_cache")
         if cache is None or cache[0] != key:
             cache = (key, self.decode_weight().detach())
-            self.__dict__["_weight_cache"] = cache
+            if keep:
+                self.__dict__["_weight_cache"] = cache
         return cache[1] if dtype is None else cache[1].to(dtype)
 
     def drop_decoded_weight(self) -> None:
@@ -151,7 +154,7 @@ class CompressedLinear(CompressedModule):
         return self.linear(x, self.bias)  # type: ignore[attr-defined]
 
     def to_dense(self) -> nn.Linear:
-        return dense_linear(self.decoded_weight().detach(), self.bias)  # type: ignore[attr-defined]
+        return dense_linear(self.decoded_weight(keep=False).detach(), self.bias)  # type: ignore[attr-defined]
 
 
 class CompressedConv2d(CompressedModule):
@@ -191,7 +194,7 @@ class CompressedConv2d(CompressedModule):
         return self.conv2d(x, self.geometry, self.bias)  # type: ignore[attr-defined]
 
     def to_dense(self) -> nn.Conv2d:
-        w = self.decoded_weight().detach()  # type: ignore[attr-defined]
+        w = self.decoded_weight(keep=False).detach()  # type: ignore[attr-defined]
         return load_dense(self.geometry.dense(self.bias is not None), w, self.bias)  # type: ignore[return-value]
 
 

@@ -224,14 +224,10 @@ class CompressedModule(nn.Module):
         """
         from modelzip.core.layer_workload import plain_workload
 
-        cached = "_weight_cache" in self.__dict__
-        dense = self.to_dense()
-        if not cached:  # a float copy of the weight, only for this count: not kept on the layer
-            self.__dict__.pop("_weight_cache", None)
         return [
             plain_workload(
                 name,
-                dense,
+                self.to_dense(),
                 inputs,
                 output,
                 params=self.param_count(),

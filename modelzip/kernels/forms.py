@@ -45,18 +45,15 @@ def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candi
     """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch), and,
     where onnxruntime is installed, the same codes and input grid on its int8 GEMM
     (:mod:`modelzip.kernels.int8_ort`; faster on large layers at large batches here)."""
-    from modelzip.kernels.int8 import ENGINE_ATTR
-    from modelzip.kernels.int8_ort import ORT_ENGINE, ort_available
+    from modelzip.kernels.int8_ort import ort_candidates
 
-    def on_ort() -> nn.Module:
-        new = module.with_activations("dynamic")  # type: ignore[operator]
-        new.__dict__[ENGINE_ATTR] = ORT_ENGINE
-        return new
+    def build() -> nn.Module:
+        return module.with_activations("dynamic")  # type: ignore[operator]
 
-    out: list[Candidate] = [("int8:x86 linear_dynamic", lambda: module.with_activations("dynamic"))]  # type: ignore[operator]
-    if ort_available():
-        out.append(("int8:onnxruntime linear_dynamic", on_ort))
-    return out
+    return [
+        ("int8:x86 linear_dynamic", build),
+        *ort_candidates("int8:onnxruntime linear_dynamic", build),
+    ]
 
 
 @register_form("int8_onednn_conv")

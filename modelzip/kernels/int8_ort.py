@@ -17,13 +17,17 @@ would take the cores from the PyTorch layers around it).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from modelzip.kernels.int8 import DYNAMIC_LINEAR_ENGINES, quantize_per_tensor
+from modelzip.core.forms import Candidate
+from modelzip.kernels.int8 import DYNAMIC_LINEAR_ENGINES, ENGINE_ATTR, quantize_per_tensor
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a layer that runs this kernel.
 ORT_ENGINE = "onnxruntime"
@@ -31,9 +35,22 @@ ORT_ENGINE = "onnxruntime"
 _QMAX = 127
 
 
+@functools.cache
 def ort_available() -> bool:
     """Whether ``onnx`` and ``onnxruntime`` are installed (``pip install 'modelzip[export]'``)."""
     return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
+def ort_candidates(kind: str, build: Callable[[], nn.Module]) -> list[Candidate]:
+    """The form ``kind`` of a dynamic int8 linear that ``build`` makes, switched to this
+    engine; none where onnxruntime is not installed."""
+
+    def on_ort() -> nn.Module:
+        layer = build()
+        layer.__dict__[ENGINE_ATTR] = ORT_ENGINE
+        return layer
+
+    return [(kind, on_ort)] if ort_available() else []
 
 
 def _graph(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray | None) -> bytes:

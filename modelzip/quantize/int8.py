@@ -19,8 +19,8 @@ from torch import nn
 from modelzip.core.compressed import CompressedConv2d, CompressedLinear
 from modelzip.core.forms import Candidate, register_form
 from modelzip.core.module import register_layer
-from modelzip.kernels.int8 import ENGINE_ATTR, QMAX, Int8Format, quantize_symmetric_int8
-from modelzip.kernels.int8_ort import ORT_ENGINE, ort_available
+from modelzip.kernels.int8 import QMAX, Int8Format, quantize_symmetric_int8
+from modelzip.kernels.int8_ort import ort_candidates
 
 __all__ = [
     "QMAX",
@@ -97,13 +97,5 @@ def int8_codes(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
         return layer.eval()
 
     label = "x86 conv2d_dynamic" if conv else "x86 linear_dynamic"
-    out: list[Candidate] = [(f"int8:{label} (codes once)", build)]
-    if not conv and ort_available():  # the same codes on onnxruntime's int8 GEMM
-
-        def on_ort() -> nn.Module:
-            layer = build()
-            layer.__dict__[ENGINE_ATTR] = ORT_ENGINE
-            return layer
-
-        out.append(("int8:onnxruntime linear_dynamic (codes once)", on_ort))
-    return out
+    ort = [] if conv else ort_candidates("int8:onnxruntime linear_dynamic (codes once)", build)
+    return [(f"int8:{label} (codes once)", build), *ort]

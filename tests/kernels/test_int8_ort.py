@@ -79,28 +79,18 @@ def test_ort_layer_copies_pickles_and_follows_the_thread_count() -> None:
     assert torch.equal(bare(torch.zeros(2, 32)), torch.zeros(2, 8))
 
 
-def test_ort_form_chosen_when_faster_and_loaded_as_chosen(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+def test_ort_form_chosen_when_faster_and_loaded_as_chosen(fake_deploy_clock, tmp_path) -> None:
     """Measured faster (a fake clock: fbgemm's int8 layers and float layers slow), the form is
     chosen, saved by name, and built again on load with the same outputs."""
-    from modelzip.core.timing import Timing
-    from modelzip.deploy import materialize, timing
+    from modelzip.deploy import materialize
 
     x = torch.rand(16, 1, 28, 28)
     model = _int8_lenet300(x)
-
-    def cost(m: torch.nn.Module) -> float:
-        slow = sum(
+    fake_deploy_clock(
+        lambda c: (
             type(c) is torch.nn.Linear
             or (isinstance(c, Int8Linear) and c.__dict__.get(ENGINE_ATTR) != ORT_ENGINE)
-            for c in m.modules()
         )
-        return (1.0 + 10.0 * slow) / 1e3
-
-    monkeypatch.setattr(timing, "time_medians", lambda ms, x, reps: [cost(m) for m in ms])
-    monkeypatch.setattr(
-        timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
     )
     fast, report = materialize(model, x)
     forms = {r["name"]: r["form"] for r in report.rows()}
