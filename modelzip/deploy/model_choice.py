@@ -140,7 +140,9 @@ def choose_model(
         (key, kind, m)
         for key, m in built.items()
         for kind, m in _layouts(m, sample, ref, layout, tolerance)
-        if key == PER_LAYER or _runs_timed(m, sample)
+        # The per-layer model ran on the sample already; a copy in another layout may not
+        # (its code .views an NHWC tensor), nor any candidate under inference mode.
+        if (key == PER_LAYER and m is model) or _runs_timed(m, sample)
     ]
     times = timing.time_interleaved(
         [m for _, _, m in timed], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,

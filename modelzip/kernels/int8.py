@@ -402,12 +402,12 @@ class Int8Format(WeightFormat):
         leaves it uint8 (:mod:`modelzip.quantize.int8_chain`)."""
         packed, in_grid, out_grid = self._engine_state(build)
         if in_grid is None:
-            return ops[0](x.contiguous(), packed, True)
+            return _as_input(ops[0](x.contiguous(), packed, True), x, self.codes)
         emit = self.__dict__.get(EMIT_ATTR)
         scale, zero = (emit[0], emit[1]) if emit else out_grid
         op = ops[2] if self.__dict__.get(RELU_ATTR) else ops[1]
         qy = op(self._quantize_input(x, in_grid), packed, scale, zero)
-        return qy if emit else qy.dequantize()
+        return qy if emit else _as_input(qy.dequantize(), x, self.codes)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self._on_engine(x):
@@ -429,6 +429,16 @@ class Int8Format(WeightFormat):
         return self._run(_CONV_OPS, x, lambda: prepack_conv2d(
             *self._weights(bias), g.stride, g.padding, g.dilation, g.groups, engine  # type: ignore[arg-type]
         ))  # fmt: skip
+
+
+def _as_input(y: torch.Tensor, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``y`` NCHW when the layer is (its codes) and its float input ``x`` is: oneDNN's int8 convs
+    write channels-last whatever they read, and a model's ``.view`` of what it takes for an NCHW
+    output fails on it. A model deployed channels-last (its codes so) keeps that layout."""
+    if y.dim() != 4 or y.is_contiguous() or x.is_quantized or not codes.is_contiguous():
+        return y
+    nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    return y.contiguous() if nchw else y
 
 
 @register_layer
