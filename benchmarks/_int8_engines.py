@@ -18,7 +18,9 @@ of 0.97 at batch 1), each against the same fp32 model:
   engine's output error against the fp32 model's (RMS, relative) beside its time;
 * LeNet-300-100, LeNet-5, the small VGG and ResNet (random weights), batch 64: modelzip static
   int8 against FX static, each against the fp32 model in its fastest memory layout (what the
-  CLI's rows are timed against): how far PyTorch's int8 engine itself goes on each network.
+  CLI's rows are timed against): how far PyTorch's int8 engine itself goes on each network; and
+  the fp32 network in onnxruntime, the share of the runtime in a modelzip model that deploy
+  chose to run whole on onnxruntime.
 
 Static int8 calibrates on 256 random inputs of the same distribution as the timed ones.
 """
@@ -156,7 +158,7 @@ def _errors(named: dict[str, nn.Module], x: torch.Tensor) -> dict[str, float]:
 CNN_MODELS = ("lenet300", "lenet5", "vgg_small", "resnet_small")
 
 
-def cnn_rows(reps: int) -> list[dict[str, Any]]:
+def cnn_rows(threads: int, reps: int) -> list[dict[str, Any]]:
     from modelzip.deploy import dense_anchor
     from modelzip.models.registry import create
 
@@ -169,6 +171,8 @@ def cnn_rows(reps: int) -> list[dict[str, Any]]:
             "fp32": dense_anchor(model, x),
             "modelzip static": _modelzip(model, "static", calib),
             "torch.ao FX static": _fx_static(model, calib),
+            # The runtime alone: how much of a modelzip row that onnxruntime runs is not int8.
+            "onnxruntime fp32": OrtModule(_onnx(model, x[:1]), threads),
         }
         ms = _time(named, x, reps)
         errors = _errors(named, x)
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     reps = 10 if args.quick else 30
-    rows = mlp_rows(args.threads, reps) + cnn_rows(reps)
+    rows = mlp_rows(args.threads, reps) + cnn_rows(args.threads, reps)
     print(json.dumps({"rows": rows, "threads": args.threads}))
     return 0
 

@@ -423,6 +423,10 @@ def run_case(
         "layers": layer_classes(comp["layers"]),
         "deployed": forms(final["deployment"], layer_classes(comp["layers"])),
     }
+    if ORT_KEPT in final.get("deploy_note", ""):
+        # The whole model runs in one onnxruntime session (modelzip.export.ort_link); the
+        # forms above are those of the PyTorch deployment it was measured against.
+        row["deployed"] = f"onnxruntime, whole model (PyTorch forms: {row['deployed']})"
     deployed = deployed_dense_ms(ctx, model, env, batch)
     if deployed is not None:
         row["deployed_dense_ms"] = round(deployed, 4)
@@ -438,6 +442,10 @@ def run_case(
             else statistics.median(e["accuracy"] for e in evals)
         )
     return row
+
+
+#: What a deploy note says when onnxruntime runs the whole model.
+ORT_KEPT = "onnxruntime runs the whole model"
 
 
 def failed_row(model: Model, method: str, batch: int, error: Exception) -> dict[str, Any]:
@@ -680,7 +688,9 @@ def part_engines(ctx: BenchContext) -> PartResult:
         "least as fast as the engine it is compared with (ratio ≥ 1). The error column is each "
         "engine's output against the fp32 model's on the timed batch (RMS, relative): without "
         "VNNI onnxruntime's default dynamic int8 adds pairs of uint8 × int8 products in a "
-        "saturating int16, which its `reduce_range` (7-bit weights) avoids.\n\n"
+        "saturating int16, which its `reduce_range` (7-bit weights) avoids. Where deploy "
+        "measured the whole int8 model faster on onnxruntime (`modelzip.export.ort_link`), the "
+        "modelzip row runs there; its `onnxruntime fp32` row is the runtime's share alone.\n\n"
         + markdown_table(["model", "batch", "engine", "ms", "vs fp32", "RMS error vs fp32"], table)
         + engine_ceiling(rows)
     )

@@ -46,6 +46,7 @@ from modelzip.core.compact_source import (
     CHAIN_ATTR,
     DEPLOYED_ATTR,
     LAYOUT_ATTR,
+    ORT_ATTR,
     SPARSE_CHAIN_ATTR,
     compact_source,
     remember_source,
@@ -264,6 +265,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         meta["int8_chain"] = True
     if model.__dict__.get(SPARSE_CHAIN_ATTR):
         meta["sparse_chain"] = True
+    if model.__dict__.get(ORT_ATTR):
+        meta["onnxruntime"] = model.__dict__[ORT_ATTR]
     params = list(model.parameters())
     if params and not any(p.requires_grad for p in params):
         # A deployed (inference-only) model: frozen again on load, since PyTorch may pick other
@@ -474,7 +477,29 @@ def _deploy_again(
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"
     drop_decoded_weights(model)
+    if "onnxruntime" in meta:
+        model = _link_onnxruntime(path, model, meta["onnxruntime"])
     return model
+
+
+def _link_onnxruntime(path: Path, model: nn.Module, record: Any) -> nn.Module:
+    """The deployment run whole by onnxruntime again, as it was saved; where that cannot be
+    (onnxruntime not installed here), the PyTorch deployment, with a warning."""
+    from modelzip.core.model_links import model_link
+
+    eager = model.__dict__.get("_modelzip_eager", model)
+    eager.__dict__[ORT_ATTR] = record
+    try:
+        linked, links, why = model_link("onnxruntime")[0](model)
+    except ModelError as e:
+        raise ModelError(f"{path}: {e}") from None
+    if not links:
+        eager.__dict__.pop(ORT_ATTR, None)
+        warnings.warn(
+            f"{path} was deployed on onnxruntime; it runs in PyTorch here ({why})", stacklevel=3
+        )
+        return model
+    return linked
 
 
 def load(

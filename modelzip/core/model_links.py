@@ -1,7 +1,8 @@
 """Whole-model rewrites that link a deployed model's layers, registered by the package that owns
 them (quantize's int8 chain: static int8 layers passing uint8 on; the kernels' sparse chain: runs
-of sparse linears as one call), so that deploy and serialize, which sit below the families, can
-apply and undo them without importing a family.
+of sparse linears as one call; export's onnxruntime link: a whole int8 model in one session), so
+that deploy and serialize, which sit below the families, can apply and undo them without
+importing a family.
 
 A link's ``apply(model)`` returns ``(model to run, number of links, why none)``; ``undo(model)``
 returns the unlinked model (the model itself when it has no links).
@@ -10,6 +11,7 @@ returns the unlinked model (the model itself when it has no links).
 from __future__ import annotations
 
 import copy
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +52,7 @@ def model_link(name: str) -> tuple[Apply, Undo]:
 
         list_methods()  # imports the built-in families, which register their links
         import_kernels()  # and the kernels (the sparse chain)
+        importlib.import_module("modelzip.export.ort_link")  # and the onnxruntime link
     try:
         return _LINKS[name]
     except KeyError:

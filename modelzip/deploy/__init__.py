@@ -33,7 +33,9 @@ layer saw, reverted if it disagrees, and the whole model's output is compared at
 Two choices are made for the whole model, as no layer alone can show they pay: static int8
 layers hand each other uint8 (the int8 chain), and runs of pruned linears in CSR run as one
 compiled call skipping zero activations (:mod:`modelzip.kernels.sparse_chain`, EIE's batch-1
-product), kept when the whole model is measured faster on the sample.
+product), kept when the whole model is measured faster on the sample. Last, a model with int8
+activations is tried whole on onnxruntime (:mod:`modelzip.export.ort_link`: its int8 layers
+exported as QDQ, one session), kept when measured faster than the PyTorch deployment.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from modelzip.deploy.model_choice import (
     variants_of,
 )
 from modelzip.deploy.report import TOLERANCE, LayerMaterialization, MaterializeReport, rel_error
+from modelzip.deploy.runtime_choice import choose_runtime
 from modelzip.deploy.timing import time_against
 
 
@@ -150,6 +153,8 @@ def materialize(
         model = choose_layout(model, sample, ref, layout, reps, report)
     else:
         model = choose_model(model, others, picks, args, ref, layout, reps, report, tolerance)
+    if measured:
+        model = choose_runtime(model, sample, ref, reps, report)  # type: ignore[arg-type]
     if ref is not None:
         with torch.no_grad():
             report.max_rel_error = rel_error(model(*args), ref)

@@ -50,6 +50,9 @@ class MaterializeReport:
     #: one candidate only.
     model_choice: str = ""
     model_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Whether onnxruntime runs the whole model (:mod:`modelzip.deploy.runtime_choice`), with
+    #: the times measured, or why not; empty when it was not a candidate.
+    onnxruntime: str = ""
     #: A line on the deployment as a whole: why nothing was deployed (a model off the CPU), or
     #: which whole-model candidate won and the int8 chain (what a Report's ``deploy_note`` shows).
     note: str = ""

@@ -1,0 +1,66 @@
+"""The last whole-model choice: the deployment run whole by onnxruntime
+(:mod:`modelzip.export.ort_link`, reached through the model link ``"onnxruntime"``), for a model
+whose activations are int8, kept when measured faster on the sample than the PyTorch deployment
+and equal to it within the int8 tolerance, on the sample and on one row of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from modelzip.core.compact_source import ORT_ATTR
+from modelzip.core.model_links import model_link
+from modelzip.deploy import timing
+from modelzip.deploy.model_choice import tolerance_of
+from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
+
+
+def choose_runtime(
+    model: nn.Module, sample: torch.Tensor, ref: Any, reps: int, report: MaterializeReport
+) -> nn.Module:
+    """``model`` (the PyTorch deployment) or the same layers run by onnxruntime, whichever is
+    measured faster; ``report.onnxruntime`` says what was tried and why it was kept or not."""
+    if tolerance_of(model) < TOLERANCE["int8"] or not isinstance(ref, torch.Tensor):
+        return model  # no int8 activations: onnxruntime would only be another float runtime
+    eager = model.__dict__.get("_modelzip_eager", model)
+    eager.__dict__[ORT_ATTR] = {"input_shape": list(sample.shape[1:])}
+    linked, links, why = model_link("onnxruntime")[0](model)
+    kept = False
+    if links:
+        kept, why = _measure(model, linked, sample, ref, reps)
+    report.onnxruntime = why
+    report.note = f"{report.note}; {why}" if report.note else why
+    if not kept:
+        eager.__dict__.pop(ORT_ATTR, None)
+        return model
+    return linked
+
+
+def _measure(
+    model: nn.Module, linked: nn.Module, sample: torch.Tensor, ref: torch.Tensor, reps: int
+) -> tuple[bool, str]:
+    """Whether ``linked`` is kept, and what was measured."""
+    tolerance = tolerance_of(model)
+    try:
+        with torch.no_grad():
+            err = rel_error(linked(sample), ref)
+            # One row too: a graph traced with a batch-dependent shape fails or differs there.
+            err = max(err, rel_error(linked(sample[:1]), model(sample[:1])))
+    except Exception as e:  # onnxruntime raises its own types
+        failed = f"{type(e).__name__}: {str(e)[:120]}"
+        return False, f"onnxruntime: failed ({failed}), stays in PyTorch"
+    if err > tolerance:
+        return False, f"onnxruntime: output disagrees (rel. error {err:.1e}), stays in PyTorch"
+    times = timing.time_interleaved(
+        [model, linked], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,
+        max_reps=20 * max(reps, 5), grad="inference",
+    )  # fmt: skip
+    t_torch, t_ort = (t.median for t in times)
+    ms = f"{t_ort * 1e3:.2f} against {t_torch * 1e3:.2f} ms"
+    if t_ort >= t_torch:
+        return False, f"onnxruntime: measured slower than PyTorch ({ms}), stays in PyTorch"
+    speed = f"{t_torch / t_ort:.2f}× the PyTorch deployment"
+    return True, f"onnxruntime runs the whole model: {speed} ({ms})"
