@@ -164,3 +164,28 @@ def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
     )
     _, links, why = chain_static_int8(trainable_form)
     assert links == 0 and "cannot be traced" in why
+
+
+def test_pools_of_uint8_run_on_the_codes_in_place():
+    from modelzip.quantize.int8_chain import quantized_max_pool2x2
+
+    torch.manual_seed(0)
+    pool = nn.MaxPool2d(2)
+    for shape in ((4, 20, 24, 24), (3, 5, 7, 9), (6, 11, 10)):
+        q = torch.quantize_per_tensor(torch.randn(shape), 0.05, 7, torch.quint8)
+        layouts = [q]
+        if q.dim() == 4:
+            layouts.append(q.contiguous(memory_format=torch.channels_last))
+        for t in layouts:
+            got = quantized_max_pool2x2(t)
+            assert got.is_quantized and (got.q_scale(), got.q_zero_point()) == (0.05, 7)
+            assert torch.equal(got.int_repr(), pool(t).int_repr())
+    # A float tensor (a model's own pool outside the chain) goes to PyTorch's pooling.
+    f = torch.randn(2, 3, 6, 6)
+    assert torch.equal(quantized_max_pool2x2(f), pool(f))
+
+    # LeNet-5's pools read uint8 in the chained model: both run this way.
+    x = torch.rand(16, 1, 28, 28)
+    _, small, _ = _static("lenet5", x)
+    calls = [n.target for n in small.graph.nodes if n.op == "call_function"]
+    assert calls.count(quantized_max_pool2x2) == 2
