@@ -837,28 +837,31 @@ eval (and compress, and the demo) time the dense original in its own fastest lay
 of the issue is torchvision's (`modelzip compress torchvision.models:resnet18`, random weights) on a
 generated image folder at 224×224; see the `resnet18` part.
 
-What the rows above come from, and the misses (AVX2 EPYC, one core). Static int8 LeNet-300 now
-runs whole on onnxruntime (`modelzip.export.ort_link`: the same int8 codes and calibrated grids
-exported as QDQ, fused by onnxruntime into `QGemm`s, one session per model): deploy measured it
-faster than the PyTorch deployment (1.25× fp32 in PyTorch; `torch.ao` FX static reaches about
-1.1-1.3× on the same network) and the CLI file runs at 1.76-1.84× fp32 across runs, the target's
-edge. Not all of that is int8: in the `engines` part onnxruntime runs the fp32 LeNet-300 at 1.6×
-PyTorch's fp32 (2 threads), so int8 adds about 1.2× on top of the runtime. LeNet-5 stays at about
-1.36×: its first conv has one input channel (25-term dot products that no int8 GEMM vectorizes
-well: 1.28 ms in int8 against 0.92 in fp32) and PyTorch's quantized max pooling of its 20-channel
-output takes 0.93 ms, twice the fp32 pooling; onnxruntime ran the static int8 LeNet-5 no faster
-(4.9 ms against PyTorch's 4.5). The VGG and the ResNets clear the target in PyTorch's oneDNN
-engine. Against `torch.ao` and onnxruntime on the MLP: modelzip's static int8 is at least as fast
-as FX static at batch 1 and 64, and on every CNN; dynamic int8 is within noise of `torch.ao`'s at
-batch 1 (0.97-1.01× across runs: the same fbgemm kernels) and faster at batch 64; onnxruntime's own
-dynamic model stays faster (at batch 64 within 3% since deploy can run the MLP whole on
-onnxruntime; at batch 1 by about 15%), but on this CPU its default output is off by 8-23% RMS
-(its uint8 × int8 products saturate without VNNI), against about 2% for PyTorch's and modelzip's;
-with its `reduce_range` (7-bit weights) it is as fast and as accurate as they are: the speed is
-MLAS's fused quantize-and-GEMM, not the saturation. (Engines are timed in a shuffled order, each
-sample after one untimed call of the same model: a fixed or rotated order had modelzip's model
-always run right after the 100 MB fp32 one and cost it up to 16%.) XNOR-Net on the wide LeNet-5:
-the real first conv and its pooling alone take about 1.5 ms of the 2.7 ms a 3× speedup allows; the
+What the rows above come from, and the misses (AVX2 EPYC, one core). Static int8 LeNet-300 now runs
+whole on onnxruntime (`modelzip.export.ort_link`: the same int8 codes and calibrated grids exported
+as QDQ, fused by onnxruntime into `QGemm`s, one session per model): deploy measured it faster than
+the PyTorch deployment (1.25× fp32 in PyTorch; `torch.ao` FX static reaches about 1.1-1.3× on the
+same network) and the CLI file runs at 1.76-1.86× fp32 across evals and runs, at the target's edge.
+Not all of that is int8: in the `engines` part onnxruntime runs the fp32 LeNet-300 at 1.6× PyTorch's
+fp32 (2 threads), so int8 adds about 1.2× on top of the runtime. LeNet-5 went from 1.36× to about
+1.46× when the int8 chain's 2×2 max pools began to run on the uint8 codes in place (PyTorch's
+quantized pooling took 0.92 ms on its 20-channel first pool, the codes' two elementwise maxima
+0.10). What is left: its first conv has one input channel (25-term dot products that no int8 kernel
+vectorizes well: 1.26 ms in oneDNN int8 with 1, 2 or 4 input channels, against 0.92 in fp32) and its
+second conv takes 1.48 ms of the 3.1 ms that 1.8× would allow; onnxruntime ran the static int8
+LeNet-5 no faster (4.9 ms against PyTorch's 4.5). The VGG and the ResNets clear the target in
+PyTorch's oneDNN engine. Against `torch.ao` and onnxruntime on the MLP: modelzip's static int8 is at
+least as fast as FX static at batch 1 and 64, and on every CNN; dynamic int8 is within noise of
+`torch.ao`'s at batch 1 (0.97-1.08× across runs: the same fbgemm kernels) and faster at batch 64;
+onnxruntime's own dynamic model stays faster (at batch 64 within 1.5-3% since deploy can run the MLP
+whole on onnxruntime; at batch 1 by about 15%: each of our layers quantizes its input in PyTorch and
+calls its session, where MLAS's fused operator does both), but on this CPU its default output is off
+by 8-23% RMS (its uint8 × int8 products saturate without VNNI), against about 2% for PyTorch's and
+modelzip's; with its `reduce_range` (7-bit weights) it is as fast and as accurate as they are: the
+speed is MLAS's fused quantize-and-GEMM, not the saturation. (Engines are timed in a shuffled order,
+each sample after one untimed call of the same model: a fixed or rotated order had modelzip's model
+always run right after the 100 MB fp32 one and cost it up to 16%.) XNOR-Net on the wide LeNet-5: the
+real first conv and its pooling alone take about 1.5 ms of the 2.7 ms a 3× speedup allows; the
 binarized layers (XNOR-popcount GEMMs at about one 64-bit word pair per cycle, nibble-lookup
 popcount on AVX2) would have to run in 1.2 ms instead of 2.8."""
 
