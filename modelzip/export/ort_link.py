@@ -3,10 +3,10 @@
 PyTorch's int8 engines pay for every layer apart: a float ↔ uint8 conversion, an op dispatch, a
 tensor wrapper. On small networks that is most of the time: on an AVX2 EPYC at batch 64, one
 thread, static int8 LeNet-300-100 ran at 1.25× fp32 in PyTorch (FX static: 1.12×), and the same
-layers exported as QDQ (:mod:`modelzip.export.qdq`) ran at 1.88× in onnxruntime, whose graph
-optimizer fuses each ``DQ → MatMul → Q`` into ``QLinearMatMul`` and the whole network into one
-call. Not all of that is int8: onnxruntime ran the fp32 network at 1.28× PyTorch's, and the report
-says so.
+layers exported as QDQ (:mod:`modelzip.export.qdq`) ran at about 1.8× in onnxruntime, whose
+graph optimizer fuses each ``DQ → Gemm → Q`` into a ``QGemm`` (``QLinearConv`` for convs) and
+runs the whole network in one call. Not all of that is int8: onnxruntime ran the fp32 network at
+1.3-1.6× PyTorch's, which BENCHMARKS.md shows beside the int8 figure.
 
 :func:`modelzip.deploy.materialize` offers this link as one more whole-model candidate for a
 model whose activations are int8 (where onnxruntime runs integer kernels, not only another float
@@ -181,6 +181,10 @@ def link_onnxruntime(model: nn.Module) -> tuple[nn.Module, int, str]:
     except ModelError as e:
         return model, 0, f"onnxruntime: not exported ({e})"
     linked = OrtModel(model, data, shape)
+    try:  # built now, so that a graph this onnxruntime cannot run fails here, not in a call
+        linked._build(torch.get_num_threads())
+    except Exception as e:  # onnxruntime raises its own types
+        return model, 0, f"onnxruntime: no session ({type(e).__name__}: {str(e)[:120]})"
     linked.__dict__[ORT_ATTR] = eager.__dict__[ORT_ATTR]
     return linked, 1, ""
 

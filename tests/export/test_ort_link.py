@@ -212,3 +212,24 @@ def test_a_bad_record_in_a_file_is_refused_with_the_path(ort_clock, tmp_path, re
         modelzip.load(path)
     with pytest.raises(ModelError, match="input_shape"):
         input_spec(record)
+
+
+def test_a_session_this_onnxruntime_cannot_build_leaves_the_model_in_pytorch(
+    ort_clock, monkeypatch, tmp_path
+) -> None:
+    ort_clock(ort_faster=True)
+    x = _sample()
+    linked, _ = _static(create("lenet300").eval(), x)
+    path = modelzip.save(linked, tmp_path / "m.mzip")
+
+    def refuse(self, threads):
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED")
+
+    monkeypatch.setattr(OrtModel, "_build", refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = modelzip.load(path)
+    assert any("no session (RuntimeError" in str(w.message) for w in caught)
+    assert not isinstance(loaded, OrtModel)
+    model, report = _static(create("lenet300").eval(), x)
+    assert not isinstance(model, OrtModel) and "no session" in report.deploy_note
