@@ -63,6 +63,8 @@ from _common import (
     run_parts,
 )
 
+from modelzip.deploy.runtime_choice import ORT_KEPT
+
 #: The AVX2 fallback of the Makefile's ``test-fallback`` target: PyTorch's AVX2 kernels, oneDNN and
 #: fbgemm below VNNI, the AVX2 build of the native kernels.
 AVX2_ENV = {
@@ -442,10 +444,6 @@ def run_case(
             else statistics.median(e["accuracy"] for e in evals)
         )
     return row
-
-
-#: What a deploy note says when onnxruntime runs the whole model.
-ORT_KEPT = "onnxruntime runs the whole model"
 
 
 def failed_row(model: Model, method: str, batch: int, error: Exception) -> dict[str, Any]:

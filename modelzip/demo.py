@@ -29,6 +29,7 @@ from modelzip.api import compress, model_stats
 from modelzip.core.atomic import write_text
 from modelzip.core.registry import get_method, list_methods
 from modelzip.core.selection import Select
+from modelzip.deploy.runtime_choice import ORT_KEPT
 
 HEADER = (
     "method",
@@ -154,6 +155,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, progress: bool = True) -> li
         stats.accuracy = evaluate(fast, data)["accuracy"]
         changed = {c.name for c in report.layers}
         kinds = deployed_as([e for e in chosen.layers if e.name in changed]) or "as compressed"
+        if chosen.onnxruntime.startswith(ORT_KEPT):
+            kinds = f"onnxruntime (whole model; in PyTorch: {kinds})"
         if kinds == "as compressed" and stats.macs is not None and stats.macs >= base.macs:
             # The same float product as the baseline (weights decoded once): there is nothing
             # to measure but noise, so say so.

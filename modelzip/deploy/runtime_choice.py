@@ -17,6 +17,9 @@ from modelzip.deploy import timing
 from modelzip.deploy.model_choice import tolerance_of
 from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
 
+#: How a report's ``onnxruntime`` line (and the deploy note) starts when onnxruntime was kept.
+ORT_KEPT = "onnxruntime runs the whole model"
+
 
 def choose_runtime(
     model: nn.Module, sample: torch.Tensor, ref: Any, reps: int, report: MaterializeReport
@@ -63,4 +66,4 @@ def _measure(
     if t_ort >= t_torch:
         return False, f"onnxruntime: measured slower than PyTorch ({ms}), stays in PyTorch"
     speed = f"{t_torch / t_ort:.2f}× the PyTorch deployment"
-    return True, f"onnxruntime runs the whole model: {speed} ({ms})"
+    return True, f"{ORT_KEPT}: {speed} ({ms})"
