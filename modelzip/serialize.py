@@ -494,7 +494,6 @@ def _link_onnxruntime(path: Path, model: nn.Module, record: Any) -> nn.Module:
     except ModelError as e:
         raise ModelError(f"{path}: {e}") from None
     if not links:
-        eager.__dict__.pop(ORT_ATTR, None)
         warnings.warn(
             f"{path} was deployed on onnxruntime; it runs in PyTorch here ({why})", stacklevel=3
         )

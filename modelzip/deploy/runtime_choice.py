@@ -37,7 +37,7 @@ def choose_runtime(
     report.onnxruntime = why
     report.note = f"{report.note}; {why}" if report.note else why
     if not kept:
-        eager.__dict__.pop(ORT_ATTR, None)
+        eager.__dict__.pop(ORT_ATTR, None)  # linked, then measured: the record goes too
         return model
     return linked
 

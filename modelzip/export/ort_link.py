@@ -165,28 +165,38 @@ def export_graph(model: nn.Module, example: torch.Tensor) -> bytes:
 
 def link_onnxruntime(model: nn.Module) -> tuple[nn.Module, int, str]:
     """The model link: ``model`` (a PyTorch deployment whose eager model records
-    :data:`ORT_ATTR`) run by onnxruntime; ``(model, 1, "")``, or ``(model, 0, why not)``."""
+    :data:`ORT_ATTR`) run by onnxruntime; ``(model, 1, "")``, or ``(model, 0, why not)`` with
+    the record dropped (a file saved from the model then records no link)."""
     if isinstance(model, OrtModel):
         return model, 0, "the model runs on onnxruntime already"
     eager = _eager(model)
     if ORT_ATTR not in eager.__dict__:
         return model, 0, "no input shape recorded for onnxruntime"
-    shape = input_spec(eager.__dict__[ORT_ATTR])
+    record = eager.__dict__.pop(ORT_ATTR)
+    shape = input_spec(record)
+    linked, why = _linked(model, shape)
+    if linked is not None:
+        eager.__dict__[ORT_ATTR] = linked.__dict__[ORT_ATTR] = record
+        return linked, 1, ""
+    return model, 0, why
+
+
+def _linked(model: nn.Module, shape: tuple[int, ...]) -> tuple[OrtModel | None, str]:
+    """``model`` on an onnxruntime session for inputs of ``shape`` (its batch aside), or why not."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
-        return model, 0, f"onnxruntime: not tried ({ENV_SWITCH}=0)"
+        return None, f"onnxruntime: not tried ({ENV_SWITCH}=0)"
     if not enabled():
-        return model, 0, "onnxruntime: not installed (pip install 'modelzip[export]')"
+        return None, "onnxruntime: not installed (pip install 'modelzip[export]')"
     try:
         data = export_graph(model, torch.zeros((1, *shape)))
     except ModelError as e:
-        return model, 0, f"onnxruntime: not exported ({e})"
+        return None, f"onnxruntime: not exported ({e})"
     linked = OrtModel(model, data, shape)
     try:  # built now, so that a graph this onnxruntime cannot run fails here, not in a call
         linked._build(torch.get_num_threads())
     except Exception as e:  # onnxruntime raises its own types
-        return model, 0, f"onnxruntime: no session ({type(e).__name__}: {str(e)[:120]})"
-    linked.__dict__[ORT_ATTR] = eager.__dict__[ORT_ATTR]
-    return linked, 1, ""
+        return None, f"onnxruntime: no session ({type(e).__name__}: {str(e)[:120]})"
+    return linked, ""
 
 
 def unlink_onnxruntime(model: nn.Module) -> nn.Module:

@@ -233,3 +233,35 @@ def test_a_session_this_onnxruntime_cannot_build_leaves_the_model_in_pytorch(
     assert not isinstance(loaded, OrtModel)
     model, report = _static(create("lenet300").eval(), x)
     assert not isinstance(model, OrtModel) and "no session" in report.deploy_note
+
+
+def test_the_command_line_compresses_into_it_and_eval_runs_it(ort_clock, capsys, tmp_path):
+    """``modelzip compress ... --out F`` then ``modelzip eval F --json``: the file records the
+    link, and eval's model answers through the onnxruntime session."""
+    from modelzip.cli import main
+
+    ort_clock(ort_faster=True)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("- {method: int8, activations: static}\n")
+    out = tmp_path / "q.mzip"
+    argv = ["compress", "lenet300", "--recipe", str(recipe), "--dataset", "digits",
+            "--out", str(out), "--json", "--no-latency"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "onnxruntime runs the whole model" in report["deploy_note"]
+    with safe_open(str(out), "pt") as f:
+        assert "onnxruntime" in json.loads(f.metadata()["modelzip"])
+
+    runs = []
+    graph_forward = OrtModel.forward
+
+    def counted(self, *args, **kwargs):
+        runs.append(kwargs == {} and len(args) == 1 and self.runs_graph(args[0]))
+        return graph_forward(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OrtModel, "forward", counted)
+        assert main(["eval", str(out), "--dataset", "digits", "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["accuracy"] is not None and stats["latency_ms"] is not None
+    assert any(runs)  # the session ran eval's batches
