@@ -46,8 +46,11 @@ class Build:
     needed: tuple[str, ...]
 
 
-#: Both builds' headers: entry points and bindings, the fused TT-conv's declaration and driver.
-SHARED_HEADERS = tuple(NATIVE / h for h in ("entry_points.h", "tt_conv.h", "tt_conv_driver.h"))
+#: Both builds' headers: entry points and bindings, sign packing, the fused TT-conv's declaration
+#: and driver.
+SHARED_HEADERS = tuple(
+    NATIVE / h for h in ("entry_points.h", "sign_pack.h", "tt_conv.h", "tt_conv_driver.h")
+)
 AVX512 = Build(
     "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), SHARED_HEADERS,
     ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx512vpopcntdq"),

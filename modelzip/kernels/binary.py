@@ -206,16 +206,12 @@ def xnor_gemm_affine(
         _check_words(a_words, b_words, k)
         n = b_words.shape[0]
         c = np.zeros((1, n), f32) if corr is None else np.ascontiguousarray(corr, dtype=f32)
-        zero = np.zeros(n, f32)
-        y = ext.xnor_gemm_affine(
+        scale = np.empty(0, f32) if rows is None else np.ascontiguousarray(rows, dtype=f32)
+        return ext.xnor_gemm_affine(
             _words(a_words), _transposed_words(b_words), n, int(k), torch.from_numpy(c),
             torch.from_numpy(np.ascontiguousarray(alpha, dtype=f32)),
-            torch.from_numpy(np.ascontiguousarray(beta if rows is None else zero, dtype=f32)),
+            torch.from_numpy(np.ascontiguousarray(beta, dtype=f32)), torch.from_numpy(scale),
         ).numpy()  # fmt: skip
-        if rows is not None:  # the native kernels have no per-row scale: applied after
-            y *= np.asarray(rows, f32)[:, None]
-            y += np.asarray(beta, f32)
-        return y
     y = np.empty((a_words.shape[0], b_words.shape[0]), dtype=f32)
     return _run_xnor(a_words, b_words, k, y, None if corr is None else corr.astype(f32),
                      alpha.astype(f32), beta.astype(f32), rows)  # fmt: skip
@@ -383,23 +379,58 @@ def sign_im2col(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     k_map: bool = False,
+    pool: bool = False,
+    clamp: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """``sign(x)``'s packed im2col in one compiled pass over ``x`` (``B, C, H, W``, NCHW or
     channels-last, float32): ``(B·OH·OW, ⌈C·kh·kw/64⌉)`` words, each row its taps' bits back to
     back in ``(ky, kx, c)`` order (the layout of :func:`pack_conv_rows`); padded pixels are
     0 bits (+1), which :func:`padding_correction` removes. With ``k_map`` also XNOR-Net's
     ``K`` per output position (``B·OH·OW``, float32; see
-    :func:`~modelzip.kernels.layers.xnor_input_scale`), from the same pass."""
+    :func:`~modelzip.kernels.layers.xnor_input_scale`), from the same pass. With ``pool`` the
+    layer reads ``x``'s 2×2 max pooling (stride 2) and with ``clamp`` its hardtanh, both done in
+    the same pass (the pooled image is never written). The native kernels run it where they
+    can (:func:`~modelzip.kernels._native.native`), Numba elsewhere."""
     b, c, h, w = x.shape
-    oh, ow = conv_output_hw((h, w), kernel_size, stride, padding, dilation)
+    hw = (h // 2, w // 2) if pool else (h, w)
+    oh, ow = conv_output_hw(hw, kernel_size, stride, padding, dilation)
     geo = np.array([*kernel_size, *stride, *padding, *dilation, oh, ow], dtype=np.int64)
-    out = np.empty((b * oh * ow, words_for(c * kernel_size[0] * kernel_size[1])), np.uint64)
-    scale = np.empty(b * oh * ow if k_map else 0, np.float32)
+    nw = words_for(c * kernel_size[0] * kernel_size[1])
     # Channels-last: each pixel's channels contiguous (a copy only for an NCHW input).
     xn = x.detach().float().cpu().contiguous(memory_format=torch.channels_last)
-    xn = xn.permute(0, 2, 3, 1).numpy()
-    pick(_sign_im2col, _sign_im2col_serial, xn.size + out.size * 8)(xn, geo, out, scale)
+    ext = native()
+    if ext is not None:
+        words, scale_t = ext.sign_im2col(xn.permute(0, 2, 3, 1), torch.from_numpy(geo), nw,
+                                         2 if pool else 1, clamp, k_map)  # fmt: skip
+        return words.numpy().view(np.uint64), (scale_t.numpy() if k_map else None)
+    if pool or clamp:  # the portable pass reads the layer's input itself
+        xn = F.max_pool2d(xn, 2) if pool else xn
+        xn = xn.clamp(-1.0, 1.0) if clamp else xn
+        xn = xn.contiguous(memory_format=torch.channels_last)
+    out = np.empty((b * oh * ow, nw), np.uint64)
+    scale = np.empty(b * oh * ow if k_map else 0, np.float32)
+    xn_np = xn.permute(0, 2, 3, 1).numpy()
+    pick(_sign_im2col, _sign_im2col_serial, xn_np.size + out.size * 8)(xn_np, geo, out, scale)
     return out, (scale if k_map else None)
+
+
+def sign_pack_rows(
+    x: torch.Tensor, abs_mean: bool = False, clamp: bool = False
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``sign(x)`` packed along the last axis of ``x`` (``M × K`` float32) and, with
+    ``abs_mean``, each row's mean ``|x|`` (XNOR-Net's ``β``; ``|x|`` clipped at 1 with
+    ``clamp``, for an input that passed a hardtanh), in one pass where the native kernels run."""
+    x2 = x.detach().float().cpu().contiguous()
+    ext = native()
+    if ext is not None:
+        words, mean = ext.sign_pack(x2, abs_mean, clamp)
+        return words.numpy().view(np.uint64), (mean.numpy() if abs_mean else None)
+    a = x2.numpy()
+    mean = None
+    if abs_mean:
+        mag = np.abs(a)
+        mean = (np.minimum(mag, 1.0) if clamp else mag).mean(-1, dtype=np.float32)
+    return pack_bits(a < 0), mean
 
 
 def padding_correction(
@@ -460,6 +491,7 @@ __all__ = [
     "pack_conv_weight",
     "padding_correction",
     "sign_im2col",
+    "sign_pack_rows",
     "xnor_gemm",
     "xnor_gemm_affine",
     "xnor_gemm_numba",

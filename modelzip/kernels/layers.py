@@ -157,36 +157,43 @@ class BinaryFormat(WeightFormat):
             self.__dict__["_binary_cache"] = cache
         return cache[1]
 
-    def _gemm(
-        self,
-        x2: torch.Tensor,
-        words: np.ndarray,
-        bias: torch.Tensor | None,
-        rows: torch.Tensor | None = None,
+    def _bwn_gemm(
+        self, x2: torch.Tensor, words: np.ndarray, bias: torch.Tensor | None
     ) -> torch.Tensor:
-        """``α ⊙ (x2 (n × K) · sign(W)ᵀ) (⊙ rows) + b`` from row-packed ``words``: XNOR on packed
-        signs (``rows``, a per-row scale, applied in the kernel before the bias), or BWN
-        adds/subtracts."""
-        from modelzip.kernels.binary import bwn_gemm, xnor_gemm_affine
+        """``α ⊙ (x2 (n × K) · sign(W)ᵀ) + b`` from row-packed ``words``: BWN adds and
+        subtracts of the real inputs."""
+        from modelzip.kernels.binary import bwn_gemm
 
-        alpha = self.alpha.detach().cpu()
-        beta = bias.detach().cpu() if bias is not None else None
-        if self.mode == "xnor":
-            beta = torch.zeros_like(alpha) if beta is None else beta
-            scale = None if rows is None else rows.reshape(-1).numpy()
-            y = xnor_gemm_affine(pack_signs(x2), words, self.k, alpha.numpy(), beta.numpy(),
-                                 None, scale)  # fmt: skip
-            return torch.from_numpy(y)  # the scales and bias applied in the kernel
-        y = torch.from_numpy(bwn_gemm(x2.float().numpy(), words, self.k)).mul_(alpha)
-        return y if beta is None else y.add_(beta)
+        y = torch.from_numpy(bwn_gemm(x2.float().numpy(), words, self.k))
+        y.mul_(self.alpha.detach().cpu())
+        return y if bias is None else y.add_(bias.detach().cpu())
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         _no_grad_input(x, type(self).__name__)
         x2 = x.detach().reshape(-1, self.k).cpu()
-        # With act_scale: ((sign x · sign W)·α)·β + b, β the mean |x| of each row.
-        rows = xnor_input_scale(x2.float(), None) if self.act_scale else None
-        y = self._gemm(x2, self._words(), bias, rows)
+        if self.mode == "xnor":
+            from modelzip.kernels.binary import sign_pack_rows, xnor_gemm_affine
+
+            # With act_scale: ((sign x · sign W)·α)·β + b, β the mean |x| of each row, from
+            # the same pass that packs the signs.
+            signs, rows = sign_pack_rows(x2, abs_mean=self.act_scale)
+            alpha, beta = self._affine(bias)
+            y = torch.from_numpy(xnor_gemm_affine(signs, self._words(), self.k, alpha, beta,
+                                                  None, rows))  # fmt: skip
+        else:
+            y = self._bwn_gemm(x2, self._words(), bias)
         return y.reshape(*x.shape[:-1], self.weight_shape[0]).to(x.device)
+
+    def _affine(self, bias: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+        """``α`` and the bias (zeros without one) as float32 arrays, kept with the kernel cache
+        until the bias changes."""
+        stamp = None if bias is None else (id(bias), bias._version)
+        hit = self._kernel_cache().get("affine")
+        if hit is None or hit[0] != stamp:
+            alpha = self.alpha.detach().cpu().float().numpy().copy()
+            beta = np.zeros_like(alpha) if bias is None else bias.detach().cpu().float().numpy()
+            hit = self._kernel_cache()["affine"] = (stamp, alpha, beta.copy())
+        return hit[1], hit[2]
 
     def conv2d(
         self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
@@ -225,7 +232,7 @@ class BinaryFormat(WeightFormat):
         cols = F.unfold(x, g.kernel_size, g.dilation, g.padding, g.stride)
         b, ck, n = cols.shape
         h, _ = conv_output_hw(x.shape[2:], g.kernel_size, g.stride, g.padding, g.dilation)
-        y = self._gemm(cols.transpose(1, 2).reshape(b * n, ck), cache["rows"], bias)
+        y = self._bwn_gemm(cols.transpose(1, 2).reshape(b * n, ck), cache["rows"], bias)
         return y.reshape(b, h, n // h, -1).permute(0, 3, 1, 2).to(device)  # channels-last
 
     def to_dense(self) -> nn.Module:

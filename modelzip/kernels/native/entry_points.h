@@ -7,8 +7,11 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
+#include "sign_pack.h"
 #include "tt_conv.h"
 
 namespace {
@@ -34,11 +37,29 @@ torch::Tensor xnor_gemm(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k)
   return c;
 }
 
+// rows: a per-row scale (XNOR-Net's K or beta), or empty: ((t - corr) * alpha) * rows_i + beta.
 torch::Tensor xnor_gemm_affine(torch::Tensor a, torch::Tensor bt, int64_t n, int64_t k,
-                               torch::Tensor corr, torch::Tensor alpha, torch::Tensor beta) {
-  auto y = torch::empty({a.size(0), n}, torch::kFloat32);
-  xnor_run<true>(a, bt, n, k, nullptr, y.data_ptr<float>(), corr.data_ptr<float>(),
-                 corr.size(0), alpha.data_ptr<float>(), beta.data_ptr<float>());
+                               torch::Tensor corr, torch::Tensor alpha, torch::Tensor beta,
+                               torch::Tensor rows) {
+  const int64_t M = a.size(0);
+  auto y = torch::empty({M, n}, torch::kFloat32);
+  if (rows.numel() == 0) {
+    xnor_run<true>(a, bt, n, k, nullptr, y.data_ptr<float>(), corr.data_ptr<float>(),
+                   corr.size(0), alpha.data_ptr<float>(), beta.data_ptr<float>());
+    return y;
+  }
+  TORCH_CHECK(rows.numel() == M, "xnor_gemm_affine: one row scale per row");
+  std::vector<float> zero(n, 0.0f);
+  float* Y = y.data_ptr<float>();
+  xnor_run<true>(a, bt, n, k, nullptr, Y, corr.data_ptr<float>(), corr.size(0),
+                 alpha.data_ptr<float>(), zero.data());
+  const float* r = rows.data_ptr<float>();
+  const float* be = beta.data_ptr<float>();
+  at::parallel_for(0, M, std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(n, 1)),
+                   [&](int64_t lo, int64_t hi) {
+                     for (int64_t i = lo; i < hi; ++i)
+                       for (int64_t j = 0; j < n; ++j) Y[i * n + j] = Y[i * n + j] * r[i] + be[j];
+                   });
   return y;
 }
 
@@ -64,6 +85,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("xnor_gemm", &MODELZIP_ISA::xnor_gemm, "XNOR-popcount GEMM, int32 result");
   m.def("xnor_gemm_affine", &MODELZIP_ISA::xnor_gemm_affine,
         "XNOR-popcount GEMM with scale, bias, correction");
+  m.def("sign_im2col", &MODELZIP_ISA::sign_im2col,
+        "sign bits of a channels-last image as the XNOR conv's packed im2col (+ K map)");
+  m.def("sign_pack", &MODELZIP_ISA::sign_pack, "sign bits of rows (+ their mean |x|)");
   m.def("bsr4_matmul", &MODELZIP_ISA::bsr4_matmul, "BSR (4 x 4 blocks) times dense");
   m.def("tt_conv2d", &MODELZIP_ISA::tt_conv2d, "fused TT-conv forward");
 }
