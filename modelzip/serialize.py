@@ -48,6 +48,7 @@ from modelzip.core.compact_source import (
     LAYOUT_ATTR,
     ORT_ATTR,
     SPARSE_CHAIN_ATTR,
+    XNOR_INPUTS_ATTR,
     compact_source,
     remember_source,
 )
@@ -265,6 +266,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         meta["int8_chain"] = True
     if model.__dict__.get(SPARSE_CHAIN_ATTR):
         meta["sparse_chain"] = True
+    if model.__dict__.get(XNOR_INPUTS_ATTR):
+        meta["xnor_inputs"] = True
     if model.__dict__.get(ORT_ATTR):
         meta["onnxruntime"] = model.__dict__[ORT_ATTR]
     params = list(model.parameters())
@@ -473,6 +476,10 @@ def _deploy_again(
         from modelzip.core.model_links import model_link
 
         model = model_link("sparse_chain")[0](model.eval())[0]
+    if meta.get("xnor_inputs") is True:
+        from modelzip.core.model_links import model_link
+
+        model = model_link("xnor_inputs")[0](model.eval())[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

@@ -35,6 +35,9 @@ CHAIN_ATTR = "_modelzip_int8_chain"
 #: Set on a deployed model whose runs of sparse linears run as one call
 #: (:mod:`modelzip.kernels.sparse_chain`); saved with it, linked again on load.
 SPARSE_CHAIN_ATTR = "_modelzip_sparse_chain"
+#: Set on a deployed model whose XNOR convolutions read the max pool and hardtanh before them
+#: (:mod:`modelzip.kernels.xnor_inputs`); saved with it, linked again on load.
+XNOR_INPUTS_ATTR = "_modelzip_xnor_inputs"
 #: Set on the eager model of a deployment run whole by onnxruntime
 #: (:mod:`modelzip.export.ort_link`): ``{"input_shape": [...]}``, the input's shape without the
 #: batch that the graph is exported for; saved with it, exported and linked again on load.

@@ -1,6 +1,7 @@
 """Links between layers that no layer alone can show pay: static int8 layers handing each other
-uint8 (:mod:`modelzip.quantize.int8_chain`), and runs of pruned linears in CSR run as one call
-(:mod:`modelzip.kernels.sparse_chain`), each kept only if the whole model's output agrees.
+uint8 (:mod:`modelzip.quantize.int8_chain`), runs of pruned linears in CSR run as one call
+(:mod:`modelzip.kernels.sparse_chain`) and XNOR convolutions reading the pooling before them
+(:mod:`modelzip.kernels.xnor_inputs`), each kept only if the whole model's output agrees.
 """
 
 from __future__ import annotations
@@ -43,6 +44,32 @@ def link_int8_chain(
     report.int8_links = links
     report.int8_chain = f"{links} static int8 layers and adds pass uint8 on"
     return chained
+
+
+def link_xnor_inputs(
+    model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
+) -> nn.Module:
+    """XNOR convolutions that read the 2×2 max pool and hardtanh before them in their packing
+    pass (:mod:`modelzip.kernels.xnor_inputs`): the same bits, so kept wherever the model's
+    output on the sample agrees (it differs by the summation order of XNOR-Net's K alone)."""
+    link, undo = model_link("xnor_inputs")
+    linked, links, _ = link(model)
+    if not links:
+        return model
+    what = f"{links} XNOR convolution{'s' if links > 1 else ''} read the pool/hardtanh before"
+    if args is not None and ref is not None:
+        try:
+            with torch.no_grad():
+                err = rel_error(linked(*args), ref)
+        except (RuntimeError, ValueError, TypeError) as e:
+            report.xnor_inputs = f"unlinked: {type(e).__name__}: {str(e)[:120]}"
+            return undo(linked)
+        if err > TOLERANCE["float"]:
+            report.xnor_inputs = f"unlinked: output disagrees (rel. error {err:.1e})"
+            return undo(linked)
+    report.xnor_inputs = what + " them"
+    report.note = "; ".join(filter(None, [report.note, f"XNOR inputs: {report.xnor_inputs}"]))
+    return linked
 
 
 def link_sparse_runs(

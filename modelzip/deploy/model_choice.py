@@ -181,6 +181,10 @@ def choose_model(
         report.sparse_chain = ""  # the per-layer candidate's, which lost
     elif report.sparse_chain:
         report.note += f"; sparse chain: {report.sparse_chain}"
+    if key != PER_LAYER:
+        report.xnor_inputs = ""
+    elif report.xnor_inputs:
+        report.note += f"; XNOR inputs: {report.xnor_inputs}"
     if kind == "channels_last" and winner is model:
         return to_channels_last(model)
     return winner

@@ -45,6 +45,9 @@ class MaterializeReport:
     int8_chain: str = ""
     #: Runs of sparse linears run as one call (:mod:`modelzip.kernels.sparse_chain`).
     sparse_chain: str = ""
+    #: XNOR convolutions reading the pool and hardtanh before them
+    #: (:mod:`modelzip.kernels.xnor_inputs`).
+    xnor_inputs: str = ""
     #: The whole-model candidate kept (``"per-layer"``, ``"static int8"``, ``"dense"``) and each
     #: candidate's median milliseconds on the sample (in its faster layout); empty when there was
     #: one candidate only.
@@ -71,6 +74,8 @@ class MaterializeReport:
             lines.append(f"int8 chain: {self.int8_chain}")
         if self.sparse_chain:
             lines.append(f"sparse chain: {self.sparse_chain}")
+        if self.xnor_inputs:
+            lines.append(f"XNOR inputs: {self.xnor_inputs}")
         if self.note:
             lines.append(self.note)
         if self.max_rel_error is not None:

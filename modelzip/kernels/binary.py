@@ -460,6 +460,8 @@ def binary_conv2d(
     alpha: torch.Tensor | None = None,
     bias: torch.Tensor | None = None,
     act_scale: bool = False,
+    pool: bool = False,
+    clamp: bool = False,
 ) -> torch.Tensor:
     """``α ⊙ conv2d(sign x, sign w) (⊙ K) + b`` (zero padding, groups 1) as one fused
     sign/pack/im2col pass (:func:`sign_im2col`) and the XNOR GEMM; exact before the scales.
@@ -469,10 +471,12 @@ def binary_conv2d(
     ``K = C·kh·kw`` in ``K − 2·popcount`` removes them. With ``act_scale`` the output is also
     multiplied by XNOR-Net's ``K`` map (from the same pass over ``x``) before the bias. The
     result is float32 in channels-last memory order (the GEMM's rows are pixels), so the
-    caller can take it as is or make it NCHW-contiguous."""
+    caller can take it as is or make it NCHW-contiguous. ``pool`` and ``clamp``: the layer's
+    input is ``x``'s 2×2 max pool and/or hardtanh, read in the same pass (:func:`sign_im2col`)."""
     o, c, kh, kw = weight_shape
-    cols, k_map = sign_im2col(x, (kh, kw), stride, padding, dilation, k_map=act_scale)
-    b, (oh, ow) = x.shape[0], conv_output_hw(x.shape[2:], (kh, kw), stride, padding, dilation)
+    cols, k_map = sign_im2col(x, (kh, kw), stride, padding, dilation, act_scale, pool, clamp)
+    hw = (x.shape[2] // 2, x.shape[3] // 2) if pool else x.shape[2:]
+    b, (oh, ow) = x.shape[0], conv_output_hw(hw, (kh, kw), stride, padding, dilation)
     f32 = np.float32
     a = np.ones(o, f32) if alpha is None else alpha.detach().cpu().numpy().astype(f32)
     beta = np.zeros(o, f32) if bias is None else bias.detach().cpu().numpy().astype(f32)

@@ -31,6 +31,11 @@ from modelzip.kernels.bitpack import pack_signs, unpack_signs, words_for, words_
 BINARY_MODES = ("xnor", "bwn")
 
 
+#: On an XNOR convolution linked by :mod:`modelzip.kernels.xnor_inputs`: ``(pool, clamp)``, the
+#: 2×2 max pool and hardtanh before it that it applies to its input itself.
+READS_ATTR = "_modelzip_xnor_reads"
+
+
 def binary_scales(weight: torch.Tensor) -> torch.Tensor | None:
     """``α`` per output row when every weight of row ``k`` is ``±α_k`` (``α_k > 0``), else None."""
     w = weight.detach().reshape(weight.shape[0], -1).float()
@@ -210,7 +215,10 @@ class BinaryFormat(WeightFormat):
         channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
         x = x.detach().cpu().float()
         if self.mode == "xnor":
-            hw = (x.shape[2], x.shape[3])
+            # Linked (modelzip.kernels.xnor_inputs): x is the input of the 2×2 max pool and/or
+            # hardtanh before this layer, which the packing pass applies itself.
+            pool, clamp = self.__dict__.get(READS_ATTR, (False, False))
+            hw = (x.shape[2] // 2, x.shape[3] // 2) if pool else (x.shape[2], x.shape[3])
             if hw not in cache:
                 signs = self._signs().reshape(self.weight_shape)
                 cache[hw] = (
@@ -222,7 +230,7 @@ class BinaryFormat(WeightFormat):
                 cache["stream"] = pack_conv_rows(self._signs().reshape(self.weight_shape))
             y = binary_conv2d(x, cache["stream"], self.weight_shape, g.stride, g.padding,
                               g.dilation, cache[hw], self.alpha, bias,
-                              act_scale=self.act_scale)  # fmt: skip
+                              act_scale=self.act_scale, pool=pool, clamp=clamp)  # fmt: skip
             # The kernel's rows are pixels: its output is channels-last already. Kept so for a
             # channels-last input (a model deployed in that layout: its next op, a max-pool on
             # LeNet-5, ran 5× slower on NCHW), made NCHW-contiguous otherwise.
