@@ -769,7 +769,9 @@ def part_xnor(ctx: BenchContext) -> PartResult:
                f"{100 * XNOR_PUBLISHED['accuracy']:.2f}%, {XNOR_PUBLISHED['source']}. The 3× "
                "check is the wide LeNet-5's (32/64 channels, FC 1024-512, hardtanh: "
                "`modelzip list`); LeNet-5's row is reported, its real first conv and pooling "
-               "leave little to binarize.")  # fmt: skip
+               "leave little to binarize. The heading names the instruction set this part ran "
+               "with (the CPUs of these machines differ between runs): compare its ratios "
+               "within the part.")  # fmt: skip
     extra = {"isa": isa, "threads": ctx.options.threads, "env": _env_note(env)}
     return PartResult(rows, checks, md, extra)
 
