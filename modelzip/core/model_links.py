@@ -37,6 +37,39 @@ class LinkedModel(fx.GraphModule):
         return res
 
 
+#: On a linked GraphModule: the eager model it was traced from (every link's).
+EAGER_ATTR = "_modelzip_eager"
+
+
+def wrap_linked(model: nn.Module, root: nn.Module, graph: fx.Graph, attr: str) -> LinkedModel:
+    """The GraphModule running ``graph`` over ``root``'s modules for the link that marks models
+    with ``attr``: it keeps ``model``'s notes and ``model`` itself as its eager model, and both
+    carry ``attr`` (a file saved from the eager model records the link)."""
+    linked = LinkedModel(root, graph, class_name=type(model).__name__)
+    linked.__dict__.update({k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")})
+    linked.__dict__[EAGER_ATTR] = model
+    linked.__dict__[attr] = True
+    model.__dict__[attr] = True
+    linked.eval()
+    return linked
+
+
+def unwrap_linked(model: nn.Module, attr: str) -> nn.Module:
+    """The eager model of a GraphModule that the link marking ``attr`` made, with the notes set
+    on the GraphModule since; or ``model`` itself (unwrapped already, e.g. by another link's
+    undo). ``attr`` is cleared on what is returned."""
+    eager = model.__dict__.get(EAGER_ATTR)
+    if eager is None or not model.__dict__.get(attr):
+        model.__dict__.pop(attr, None)
+        return model
+    notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
+    for k in (EAGER_ATTR, attr):
+        notes.pop(k)
+    eager.__dict__.update(notes)
+    eager.__dict__.pop(attr, None)
+    return eager
+
+
 def register_link(name: str, apply: Apply, undo: Undo) -> None:
     """Register the model link ``name`` (at import of the module that implements it)."""
     if name in _LINKS and _LINKS[name] != (apply, undo):

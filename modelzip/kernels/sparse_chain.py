@@ -26,14 +26,12 @@ from numba import njit
 from torch import fx, nn
 
 from modelzip.core.compact_source import SPARSE_CHAIN_ATTR
-from modelzip.core.model_links import LinkedModel, register_link
+from modelzip.core.model_links import EAGER_ATTR, register_link, unwrap_linked, wrap_linked
 from modelzip.core.module import CompressedModule
 from modelzip.kernels.sparse import CSCMatrix
 from modelzip.kernels.sparse_layers import FEW_ROWS, matrix
 from modelzip.prune.sparse_exec import SparseLinear
 
-#: On a linked GraphModule: the eager model it was traced from (the int8 chain's name too).
-EAGER_ATTR = "_modelzip_eager"
 _RELUS = (F.relu, torch.relu)
 
 
@@ -231,17 +229,8 @@ def _input_prologue(
 
 def unchain(model: nn.Module) -> nn.Module:
     """The eager model a linked GraphModule was traced from, or ``model`` itself."""
-    eager = model.__dict__.get(EAGER_ATTR)
-    if eager is None or not model.__dict__.get(SPARSE_CHAIN_ATTR):
-        # Unwrapped already (the int8 chain's undo unwraps any linked GraphModule).
-        model.__dict__.pop(SPARSE_CHAIN_ATTR, None)
-        return model
-    notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
-    for k in (EAGER_ATTR, SPARSE_CHAIN_ATTR):
-        notes.pop(k)
-    eager.__dict__.update(notes)
-    eager.__dict__.pop(SPARSE_CHAIN_ATTR, None)
-    return eager
+    # Unwrapped already when the int8 chain's undo (which unwraps any linked GraphModule) ran.
+    return unwrap_linked(model, SPARSE_CHAIN_ATTR)
 
 
 def chain_sparse(model: nn.Module) -> tuple[nn.Module, int, str]:
@@ -286,14 +275,7 @@ def chain_sparse(model: nn.Module) -> tuple[nn.Module, int, str]:
             graph.erase_node(node)
         linked += len(layers)
     graph.lint()
-    linked_model = LinkedModel(root, graph, class_name=type(model).__name__)
-    linked_model.__dict__.update(
-        {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
-    )
-    linked_model.__dict__[EAGER_ATTR] = model
-    linked_model.__dict__[SPARSE_CHAIN_ATTR] = True
-    model.__dict__[SPARSE_CHAIN_ATTR] = True  # what a file saved from the eager model records
-    linked_model.eval()
+    linked_model = wrap_linked(model, root, graph, SPARSE_CHAIN_ATTR)
     return linked_model, linked, ""
 
 

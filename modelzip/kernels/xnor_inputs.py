@@ -24,12 +24,9 @@ from typing import Any
 from torch import fx, nn
 
 from modelzip.core.compact_source import XNOR_INPUTS_ATTR
-from modelzip.core.model_links import LinkedModel, register_link
+from modelzip.core.model_links import EAGER_ATTR, register_link, unwrap_linked, wrap_linked
 from modelzip.core.module import CompressedModule
 from modelzip.kernels.layers import READS_ATTR, BinaryConv2d
-
-#: On a linked GraphModule: the eager model it was traced from (the other links' name too).
-EAGER_ATTR = "_modelzip_eager"
 
 
 class _Tracer(fx.Tracer):
@@ -77,20 +74,10 @@ def _absorb(conv: fx.Node, modules: dict[str, nn.Module]) -> tuple[list[fx.Node]
 def unlink(model: nn.Module) -> nn.Module:
     """The eager model a linked GraphModule was traced from (its convolutions reading their
     input as it comes again), or ``model`` itself."""
-    eager = model.__dict__.get(EAGER_ATTR)
-    if eager is None or not model.__dict__.get(XNOR_INPUTS_ATTR):
-        model.__dict__.pop(XNOR_INPUTS_ATTR, None)
-        for m in model.modules():
-            m.__dict__.pop(READS_ATTR, None)
-        return model
-    notes = {k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")}
-    for k in (EAGER_ATTR, XNOR_INPUTS_ATTR):
-        notes.pop(k)
-    eager.__dict__.update(notes)
-    eager.__dict__.pop(XNOR_INPUTS_ATTR, None)
-    for m in eager.modules():
+    model = unwrap_linked(model, XNOR_INPUTS_ATTR)
+    for m in model.modules():
         m.__dict__.pop(READS_ATTR, None)
-    return eager
+    return model
 
 
 def link_xnor_inputs(model: nn.Module) -> tuple[nn.Module, int, str]:
@@ -130,12 +117,7 @@ def link_xnor_inputs(model: nn.Module) -> tuple[nn.Module, int, str]:
     graph.lint()
     for name, read in reads.items():
         modules[name].__dict__[READS_ATTR] = read
-    linked = LinkedModel(model, graph, class_name=type(model).__name__)
-    linked.__dict__.update({k: v for k, v in model.__dict__.items() if k.startswith("_modelzip_")})
-    linked.__dict__[EAGER_ATTR] = model
-    linked.__dict__[XNOR_INPUTS_ATTR] = True
-    model.__dict__[XNOR_INPUTS_ATTR] = True  # what a file saved from the eager model records
-    linked.eval()
+    linked = wrap_linked(model, model, graph, XNOR_INPUTS_ATTR)
     return linked, len(reads), ""
 
 
