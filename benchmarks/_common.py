@@ -67,10 +67,13 @@ def cpu_name() -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """``{"cpu", "threads", "cores", "load_average", "python", "torch"}`` of this machine.
+    """``{"cpu", "threads", "cores", "load_average", "python", "torch", "malloc_fixed"}`` of
+    this machine.
 
     ``load_average`` (1 minute, when called) tells whether other jobs shared the CPU: wall-clock
-    times measured on a loaded machine are longer than on an idle one.
+    times measured on a loaded machine are longer than on an idle one. ``malloc_fixed``: whether
+    glibc's thresholds were fixed for the timings (:mod:`modelzip.core.allocator`; from
+    2026-12-05, before which a fresh process's dense convnets paid page faults per call).
     """
     info: dict[str, Any] = {"cpu": cpu_name(), "threads": None, "cores": os.cpu_count()}
     info["load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -80,6 +83,9 @@ def machine_info() -> dict[str, Any]:
 
         info["threads"] = torch.get_num_threads()
         info["torch"] = torch.__version__
+        from modelzip.core.allocator import keep_freed_buffers
+
+        info["malloc_fixed"] = keep_freed_buffers()
     except ImportError:
         pass
     return info

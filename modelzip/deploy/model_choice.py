@@ -146,7 +146,7 @@ def choose_model(
     ]
     times = timing.time_interleaved(
         [m for _, _, m in timed], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,
-        max_reps=20 * max(reps, 5), grad="inference",
+        max_reps=20 * max(reps, 5), grad="inference", settle=timing.SETTLE,
     )  # fmt: skip
     best = min(range(len(timed)), key=lambda i: times[i].median)
     key, kind, winner = timed[best]

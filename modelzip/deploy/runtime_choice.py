@@ -59,7 +59,7 @@ def _measure(
         return False, f"onnxruntime: output disagrees (rel. error {err:.1e}), stays in PyTorch"
     times = timing.time_interleaved(
         [model, linked], sample, reps=2 * max(reps, 5), warmup=2, min_seconds=0.3,
-        max_reps=20 * max(reps, 5), grad="inference",
+        max_reps=20 * max(reps, 5), grad="inference", settle=timing.SETTLE,
     )  # fmt: skip
     t_torch, t_ort = (t.median for t in times)
     ms = f"{t_ort * 1e3:.2f} against {t_torch * 1e3:.2f} ms"
