@@ -275,12 +275,14 @@ def test_static_int8_slower_than_float_is_not_kept(fake_deploy_clock) -> None:
     where the int8 engine is measured slower, per layer and for the whole model against the
     uint8 chain, the float form is kept, and the note says so in one line."""
     from modelzip.deploy import TOLERANCE, materialize
+    from modelzip.kernels._native import native
     from modelzip.kernels.int8 import onednn_available
     from modelzip.quantize.static_int8 import StaticInt8Conv2d, StaticInt8Linear
 
     small, x = _static_int8_net()
     onednn = ["int8:static onednn"] if onednn_available() else []
-    assert [k for k, _ in candidates(small[0], x)] == [*onednn, "int8:dense"]
+    first = ["int8:static native"] if native() is not None else []  # 1 channel, 3×3: K = 9
+    assert [k for k, _ in candidates(small[0], x)] == [*onednn, *first, "int8:dense"]
     assert [k for k, _ in candidates(small[-1], x)] == ["int8:dense"]  # a linear: no engine form
     fake_deploy_clock((StaticInt8Conv2d, StaticInt8Linear))
     fast, report = materialize(small, x)

@@ -74,6 +74,30 @@ def int8_onednn_conv(module: nn.Module, x: torch.Tensor | None) -> list[Candidat
     return [("int8:static onednn", build)]
 
 
+@register_form("int8_native_conv")
+def int8_native_conv(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A static int8 conv with few inputs per output (a first layer) on the native kernel of
+    :mod:`modelzip.kernels.int8_small_conv`: the same codes and grids. Offered for measuring
+    where the native kernels run; always rebuilt for a file that chose it (without them it
+    runs on PyTorch's default engine)."""
+    from modelzip.kernels import int8_small_conv as small
+    from modelzip.kernels._native import native
+    from modelzip.kernels.int8 import ENGINE_ATTR
+
+    g = module.geometry  # type: ignore[union-attr]
+    if not small.qualifies(module.codes.shape, g):  # type: ignore[union-attr]
+        return []
+    if x is not None and native() is None:
+        return []
+
+    def build() -> nn.Module:
+        new = module.with_activations("static")  # type: ignore[operator]
+        new.__dict__[ENGINE_ATTR] = small.ENGINE
+        return new
+
+    return [("int8:static native", build)]
+
+
 @register_form("int8_dynamic_conv2d")
 def int8_dynamic_conv2d(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """An int8 conv on PyTorch's x86 dynamic conv kernel (:class:`.int8.Int8DynamicConv2d`)."""

@@ -172,7 +172,8 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: On a static int8 conv: the quantized engine its weight is prepacked for (``"onednn"``), set
 #: by the deploy step's ``int8:static onednn`` form where that measured faster than the default
 #: x86 engine (fbgemm's direct convolution; on an AVX2 EPYC oneDNN ran ResNet-small's 16- and
-#: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×). On a dynamic int8 linear:
+#: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×), or ``"native"``, the
+#: first-layer kernel of :mod:`.int8_small_conv` (``int8:static native``). On a dynamic int8 linear:
 #: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`). Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
 #: The other engines a dynamic int8 linear runs on, by the name its :data:`ENGINE_ATTR` holds:
@@ -426,6 +427,15 @@ class Int8Format(WeightFormat):
         if not self._on_engine(x, geometry):
             return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
         g, engine = geometry, self.__dict__.get(ENGINE_ATTR)
+        if engine == "native" and self.activations == "static":
+            from modelzip.kernels import int8_small_conv as small
+
+            def build() -> Any:
+                w = self._weights(bias)
+                args = (g.stride, g.padding, g.dilation, g.groups)
+                return small.prepack(*w, *args, lambda: prepack_conv2d(*w, *args))  # type: ignore[arg-type]
+
+            return self._run((None, small.conv_op, small.conv_relu_op), x, build)
         return self._run(_CONV_OPS, x, lambda: prepack_conv2d(
             *self._weights(bias), g.stride, g.padding, g.dilation, g.groups, engine  # type: ignore[arg-type]
         ))  # fmt: skip

@@ -98,7 +98,7 @@ class StaticInt8Conv2d(Int8Conv2d):
     #: Already on PyTorch's int8 engine with calibrated static activations: its other forms are
     #: the same conv prepacked for the oneDNN engine and the dequantized float layer, each kept
     #: when measured faster (alone, or for the whole model against the uint8 chain).
-    executable_forms = ("int8_onednn_conv", "dequantized")
+    executable_forms = ("int8_onednn_conv", "int8_native_conv", "dequantized")
     runs_own_kernel = True
 
 

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "int8_conv.h"
 #include "sign_pack.h"
 #include "tt_conv.h"
 
@@ -88,6 +89,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_im2col", &MODELZIP_ISA::sign_im2col,
         "sign bits of a channels-last image as the XNOR conv's packed im2col (+ K map)");
   m.def("sign_pack", &MODELZIP_ISA::sign_pack, "sign bits of rows (+ their mean |x|)");
+  m.def("int8_conv_small_k", &MODELZIP_ISA::int8_conv_small_k,
+        "static int8 conv over few inputs per output (a first layer), channels-last codes");
   m.def("bsr4_matmul", &MODELZIP_ISA::bsr4_matmul, "BSR (4 x 4 blocks) times dense");
   m.def("tt_conv2d", &MODELZIP_ISA::tt_conv2d, "fused TT-conv forward");
 }
