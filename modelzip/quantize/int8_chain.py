@@ -69,6 +69,14 @@ _SAME_GRID_FUNCTIONS = (
 )
 _SAME_GRID_METHODS = ("relu", "relu_", "view", "reshape", "flatten", "contiguous")
 _SHAPE_METHODS = ("size", "dim")
+# Same-grid ops whose output range is narrower than their input's: an average is never larger
+# than the largest value averaged, so a reader's input grid, calibrated after the average, can
+# clip the values before it. A residual add read through one writes on a grid from its
+# operands' ranges instead (a ResNet's last sum, on the classifier's input grid behind the
+# global average pool, came out 11% off). A static layer keeps its reader's grid: its own
+# (folded) grid is coarser and cost a random VGG more than the clipping did.
+_AVERAGING_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+_AVERAGING_FUNCTIONS = (F.adaptive_avg_pool2d,)
 _ADDS = (operator.add, torch.add)
 
 
@@ -187,9 +195,15 @@ class _Graph:
             return user in q
         return bool(user.args) and user.args[0] is value and (user in self.static or user in q)
 
-    def _readers(self, node: fx.Node) -> tuple[list[fx.Node], list[fx.Node]]:
-        """The static layers and adds ``node``'s value reaches through same-grid ops."""
-        static, adds, stack = [], [], [node]
+    def _averages(self, n: fx.Node) -> bool:
+        if n.op == "call_module":
+            return isinstance(self.modules.get(str(n.target)), _AVERAGING_MODULES)
+        return n.op == "call_function" and n.target in _AVERAGING_FUNCTIONS
+
+    def _readers(self, node: fx.Node) -> tuple[list[fx.Node], list[fx.Node], bool]:
+        """The static layers and adds ``node``'s value reaches through same-grid ops, and
+        whether any of them reads it through an average."""
+        static, adds, stack, averaged = [], [], [node], False
         while stack:
             for user in stack.pop().users:
                 if user in self.static:
@@ -197,25 +211,71 @@ class _Graph:
                 elif user in self.adds:
                     adds.append(user)
                 elif user in self.same:
+                    averaged = averaged or self._averages(user)
                     stack.append(user)
-        return static, adds
+        return static, adds, averaged
 
     def grid_of(self, node: fx.Node) -> tuple[float, int, int] | None:
         """The grid ``node`` (a static layer or an add) writes its output on, or None."""
-        static, _ = self._readers(node)
+        static, _, averaged = self._readers(node)
         grids = {
             tuple(float(v) for v in self.modules[str(s.target)].input_qparams())  # type: ignore[operator]
             for s in static
         }
+        if node in self.adds and averaged:
+            return self._sum_grid(node, reduce=bool(static))
         if len(grids) > 1:
             return None
         if grids:
             scale, zero, qmax = grids.pop()
             return scale, int(zero), int(qmax)
         if node in self.static:  # read by adds only: its own calibrated output grid
-            layer = self.modules[str(node.target)]
-            return float(layer.out_scale), int(layer.out_zero), 255  # type: ignore[arg-type]
+            return self._own_grid(self.modules[str(node.target)])
         return None  # an add read by adds only has no calibrated grid
+
+    def _sum_grid(self, node: fx.Node, reduce: bool) -> tuple[float, int, int] | None:
+        """A grid for an add's output from its operands' (no calibrated range of its own): their
+        ranges summed (from 0 when a ReLU alone reads it), so nothing is clipped; a bit
+        coarser than a calibrated one."""
+        from modelzip.kernels.int8 import qparams
+
+        lo = hi = 0.0
+        for arg in node.args:
+            while isinstance(arg, fx.Node) and arg in self.same and arg.args:
+                arg = arg.args[0]  # the value on its producer's grid (a folded BN is Identity)
+            grid = self.grid_of(arg) if isinstance(arg, fx.Node) else None
+            if grid is None:
+                return None
+            scale, zero, qmax = grid
+            lo, hi = lo - zero * scale, hi + (qmax - zero) * scale
+        users = list(node.users)
+        if len(users) == 1 and is_relu(users[0], self.modules):
+            lo = 0.0
+        scale, zero = qparams(lo, hi)
+        return self._on_bits(scale, zero, reduce)
+
+    @staticmethod
+    def _own_grid(layer: Any) -> tuple[float, int, int]:
+        """A static layer's calibrated output grid, through its folded BatchNorm if it has one:
+        the conv's own range is not the normalized one's, and a ResNet block's second conv
+        wrote its normalized output, read by the residual add, on the unnormalized grid."""
+        from modelzip.kernels.int8 import ACT_QMAX, FOLD_ATTR
+
+        fold = layer.__dict__.get(FOLD_ATTR)
+        scale, zero = fold[2] if fold is not None else (float(layer.out_scale), int(layer.out_zero))
+        return float(scale), int(zero), ACT_QMAX
+
+    @staticmethod
+    def _on_bits(scale: float, zero: int, reduce: bool) -> tuple[float, int, int]:
+        """The 8-bit grid ``(scale, zero)``, or with ``reduce`` where int8 products can
+        saturate its 7-bit form."""
+        from modelzip.kernels import isa
+        from modelzip.kernels.int8 import ACT_QMAX, QMAX_REDUCED, reduced_qparams
+
+        if not (reduce and isa.reduced_int8_range()):
+            return scale, zero, ACT_QMAX
+        s7, z7 = reduced_qparams(torch.tensor(scale), torch.tensor(zero))
+        return float(s7), int(z7), QMAX_REDUCED
 
     def quantized_nodes(self) -> dict[fx.Node, tuple[float, int, int] | None]:
         """The nodes whose output stays quantized, with the grid of those that make one."""

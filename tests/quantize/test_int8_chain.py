@@ -86,6 +86,12 @@ def test_resnet_adds_run_in_int8_and_the_file_loads_chained(tmp_path):
     with torch.inference_mode():
         got, fp = small(x), dense(x)
     assert float((got - fp).abs().max()) <= 0.1 * float(fp.abs().max())
+    # The last sum, read by the classifier through the global average pool, is written on a
+    # grid from its operands' ranges, not the classifier's (narrower) input grid, which
+    # clipped it: 11% off (relative) before.
+    from modelzip.deploy.report import rel_error
+
+    assert rel_error(got, fp) < 0.03
     path = modelzip.save(small, tmp_path / "r.mzip")
     loaded = modelzip.load(path)
     assert isinstance(loaded, fx.GraphModule) and modelzip.deploy.is_deployed(loaded)
