@@ -145,31 +145,42 @@ inline void store_nhwc(const __m128i* r, int64_t valid, int64_t nch, int64_t cou
 // VNNI, and inlining across targets fails), the others must not (where the target allows it GCC
 // may fuse VPMADDWD + VPADDD into the VNNI VPDPWSSD, on a CPU without it). A whole row per call:
 // per block, a call cost as much as its 80 products.
+// One block: CB (8, or 4 for a last block of at most 4 channels: LeNet-5's 20 = 8 + 8 + 4)
+// accumulators for kPix pixels.
+#define MODELZIP_SMALL_CONV_BLOCK(DOT, CB)                                                  \
+  {                                                                                         \
+    IVec sum[CB];                                                                           \
+    for (int b = 0; b < CB; ++b) sum[b] = zero_vec();                                       \
+    for (int64_t c = 0; c < g.C; ++c) {                                                     \
+      for (int64_t i = 0; i < g.kh; ++i) {                                                  \
+        const uint32_t* q = Q + (c * g.Hp + oh + i) * g.Wq + ow0;                           \
+        const int32_t* w = Wt + (co0 * per_co + (c * g.kh + i) * g.taps * kChanBlock);      \
+        for (int64_t t = 0; t < g.taps; ++t) {                                              \
+          const IVec a = load_words(q + t * g.span);                                        \
+          for (int b = 0; b < CB; ++b) sum[b] = DOT(sum[b], a, w[t * kChanBlock + b]);      \
+        }                                                                                   \
+      }                                                                                     \
+    }                                                                                       \
+    __m128i bytes[kChanBlock];                                                              \
+    for (int b = 0; b < kChanBlock; ++b) {                                                  \
+      const int64_t co = std::min<int64_t>(co0 + b, g.cout - 1);                            \
+      bytes[b] = b < CB ? requant(sum[b < CB ? b : 0], corr[co], mult[co], off[co], lo)     \
+                        : _mm_setzero_si128();                                              \
+    }                                                                                       \
+    store_nhwc(bytes, std::min<int64_t>(kPix, g.OW - ow0), nch, g.cout,                     \
+               out_row + ow0 * g.cout + co0);                                               \
+  }
+
 #define MODELZIP_SMALL_CONV_ROW(DOT)                                                        \
   const int64_t per_co = g.C * g.kh * g.taps;                                               \
   uint8_t* out_row = out_img + oh * g.OW * g.cout;                                          \
   for (int64_t co0 = 0; co0 < g.cout; co0 += kChanBlock) {                                  \
     const int64_t nch = std::min<int64_t>(kChanBlock, g.cout - co0);                        \
     for (int64_t ow0 = 0; ow0 < g.OW; ow0 += kPix) {                                        \
-      IVec sum[kChanBlock];                                                                 \
-      for (int b = 0; b < kChanBlock; ++b) sum[b] = zero_vec();                             \
-      for (int64_t c = 0; c < g.C; ++c) {                                                   \
-        for (int64_t i = 0; i < g.kh; ++i) {                                                \
-          const uint32_t* q = Q + (c * g.Hp + oh + i) * g.Wq + ow0;                         \
-          const int32_t* w = Wt + (co0 * per_co + (c * g.kh + i) * g.taps * kChanBlock);    \
-          for (int64_t t = 0; t < g.taps; ++t) {                                            \
-            const IVec a = load_words(q + t * g.span);                                      \
-            for (int b = 0; b < kChanBlock; ++b) sum[b] = DOT(sum[b], a, w[t * kChanBlock + b]); \
-          }                                                                                 \
-        }                                                                                   \
-      }                                                                                     \
-      __m128i bytes[kChanBlock];                                                            \
-      for (int b = 0; b < kChanBlock; ++b) {                                                \
-        const int64_t co = std::min<int64_t>(co0 + b, g.cout - 1);                          \
-        bytes[b] = requant(sum[b], corr[co], mult[co], off[co], lo);                        \
-      }                                                                                     \
-      store_nhwc(bytes, std::min<int64_t>(kPix, g.OW - ow0), nch, g.cout,                   \
-                 out_row + ow0 * g.cout + co0);                                             \
+      if (nch > 4)                                                                          \
+        MODELZIP_SMALL_CONV_BLOCK(DOT, kChanBlock)                                          \
+      else                                                                                  \
+        MODELZIP_SMALL_CONV_BLOCK(DOT, 4)                                                   \
     }                                                                                       \
   }
 
@@ -188,6 +199,7 @@ __attribute__((target("avx512vnni"))) void row_vnni(MODELZIP_SMALL_CONV_ARGS) {
 void row_quad7(MODELZIP_SMALL_CONV_ARGS) { MODELZIP_SMALL_CONV_ROW(dot_quad7) }
 void row_pairs(MODELZIP_SMALL_CONV_ARGS) { MODELZIP_SMALL_CONV_ROW(dot_pair) }
 #undef MODELZIP_SMALL_CONV_ROW
+#undef MODELZIP_SMALL_CONV_BLOCK
 #undef MODELZIP_SMALL_CONV_ARGS
 
 // Weight words of span 4 (int8 codes) or 2 (int16), zero past kw and past Cout (rounded up to
