@@ -25,6 +25,34 @@ Undo = Callable[[nn.Module], nn.Module]
 _LINKS: dict[str, tuple[Apply, Undo]] = {}
 
 
+class LeafTracer(fx.Tracer):
+    """Traces a model keeping compressed layers (and torch's own) as single nodes: the graph
+    every model link rewrites."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from modelzip.core.module import CompressedModule
+
+        return isinstance(m, CompressedModule) or super().is_leaf_module(m, qualname)
+
+
+def trace_layers(model: nn.Module) -> tuple[fx.Graph | None, str]:
+    """``model``'s graph (:class:`LeafTracer`) and ``""``, or None and why it cannot be traced
+    (data-dependent control flow and the like: the model stays unlinked)."""
+    try:
+        return LeafTracer().trace(model), ""
+    except Exception as e:
+        return None, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+
+
+def module_calls(graph: fx.Graph) -> dict[str, int]:
+    """How many times the graph calls each submodule (a shared layer more than once)."""
+    calls: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    return calls
+
+
 class LinkedModel(fx.GraphModule):
     """The GraphModule a linked model runs as; a copy keeps the model's notes (``_modelzip_*``:
     its source, recipe, deployment, the eager model), which GraphModule's own copy drops."""

@@ -21,6 +21,21 @@ from modelzip.deploy.layer_choice import Pick
 from modelzip.deploy.report import TOLERANCE, MaterializeReport, rel_error
 
 
+def _disagreement(
+    linked: nn.Module, args: tuple[Any, ...] | None, ref: Any, tolerance: float
+) -> str:
+    """Why ``linked`` cannot be kept: it fails on the sample, or its output is off ``ref`` by
+    more than ``tolerance``; empty when it agrees (or there is no sample to check on)."""
+    if args is None or ref is None:
+        return ""
+    try:
+        with torch.no_grad():
+            err = rel_error(linked(*args), ref)
+    except (RuntimeError, ValueError, TypeError) as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return f"output disagrees (rel. error {err:.1e})" if err > tolerance else ""
+
+
 def link_int8_chain(
     model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
 ) -> nn.Module:
@@ -31,16 +46,10 @@ def link_int8_chain(
     if not links:
         report.int8_chain = "" if why.startswith("fewer") else why
         return model
-    if args is not None and ref is not None:
-        try:
-            with torch.no_grad():
-                err = rel_error(chained(*args), ref)
-        except (RuntimeError, ValueError, TypeError) as e:
-            report.int8_chain = f"unchained: {type(e).__name__}: {str(e)[:120]}"
-            return unchain(chained)
-        if err > TOLERANCE["int8"]:
-            report.int8_chain = f"unchained: output disagrees (rel. error {err:.1e})"
-            return unchain(chained)
+    why_not = _disagreement(chained, args, ref, TOLERANCE["int8"])
+    if why_not:
+        report.int8_chain = f"unchained: {why_not}"
+        return unchain(chained)
     report.int8_links = links
     report.int8_chain = f"{links} static int8 layers and adds pass uint8 on"
     return chained
@@ -57,16 +66,10 @@ def link_xnor_inputs(
     if not links:
         return model
     what = f"{links} XNOR convolution{'s' if links > 1 else ''} read the pool/hardtanh before"
-    if args is not None and ref is not None:
-        try:
-            with torch.no_grad():
-                err = rel_error(linked(*args), ref)
-        except (RuntimeError, ValueError, TypeError) as e:
-            report.xnor_inputs = f"unlinked: {type(e).__name__}: {str(e)[:120]}"
-            return undo(linked)
-        if err > TOLERANCE["float"]:
-            report.xnor_inputs = f"unlinked: output disagrees (rel. error {err:.1e})"
-            return undo(linked)
+    why_not = _disagreement(linked, args, ref, TOLERANCE["float"])
+    if why_not:
+        report.xnor_inputs = f"unlinked: {why_not}"
+        return undo(linked)
     report.xnor_inputs = what + " them"
     report.note = "; ".join(filter(None, [report.note, f"XNOR inputs: {report.xnor_inputs}"]))
     return linked

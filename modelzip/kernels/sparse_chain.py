@@ -26,8 +26,13 @@ from numba import njit
 from torch import fx, nn
 
 from modelzip.core.compact_source import SPARSE_CHAIN_ATTR
-from modelzip.core.model_links import EAGER_ATTR, register_link, unwrap_linked, wrap_linked
-from modelzip.core.module import CompressedModule
+from modelzip.core.model_links import (
+    EAGER_ATTR,
+    register_link,
+    trace_layers,
+    unwrap_linked,
+    wrap_linked,
+)
 from modelzip.kernels.sparse import CSCMatrix
 from modelzip.kernels.sparse_layers import FEW_ROWS, matrix
 from modelzip.prune.sparse_exec import SparseLinear
@@ -154,11 +159,6 @@ class SparseRun(nn.Module):
         return x
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, CompressedModule) or super().is_leaf_module(m, qualname)
-
-
 def _is_csr_linear(modules: dict[str, nn.Module], node: fx.Node) -> bool:
     m = modules.get(str(node.target)) if node.op == "call_module" else None
     return isinstance(m, SparseLinear) and m.mode == "csr" and m.executor == "native"
@@ -240,10 +240,9 @@ def chain_sparse(model: nn.Module) -> tuple[nn.Module, int, str]:
         return model, 0, "the model is linked already"
     if sum(isinstance(m, SparseLinear) for m in model.modules()) < 2:
         return model, 0, "fewer than two sparse linears"
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # data-dependent control flow and the like: stay unlinked
-        return model, 0, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+    graph, why = trace_layers(model)
+    if graph is None:
+        return model, 0, why
     modules = dict(model.named_modules())
     runs = _runs(graph, modules)
     if not runs:

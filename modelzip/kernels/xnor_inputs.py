@@ -24,14 +24,15 @@ from typing import Any
 from torch import fx, nn
 
 from modelzip.core.compact_source import XNOR_INPUTS_ATTR
-from modelzip.core.model_links import EAGER_ATTR, register_link, unwrap_linked, wrap_linked
-from modelzip.core.module import CompressedModule
+from modelzip.core.model_links import (
+    EAGER_ATTR,
+    module_calls,
+    register_link,
+    trace_layers,
+    unwrap_linked,
+    wrap_linked,
+)
 from modelzip.kernels.layers import READS_ATTR, BinaryConv2d
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, CompressedModule) or super().is_leaf_module(m, qualname)
 
 
 def _module(modules: dict[str, nn.Module], node: Any) -> nn.Module | None:
@@ -88,15 +89,11 @@ def link_xnor_inputs(model: nn.Module) -> tuple[nn.Module, int, str]:
     convs = [m for m in model.modules() if isinstance(m, BinaryConv2d) and m.mode == "xnor"]
     if not convs:
         return model, 0, "no XNOR convolution"
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # data-dependent control flow and the like: stay unlinked
-        return model, 0, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+    graph, why = trace_layers(model)
+    if graph is None:
+        return model, 0, why
     modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    calls = module_calls(graph)
     reads: dict[str, tuple[bool, bool]] = {}
     for node in list(graph.nodes):
         conv = _module(modules, node)

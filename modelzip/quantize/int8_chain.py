@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from modelzip.core.compact_source import CHAIN_ATTR
-from modelzip.core.model_links import LinkedModel, register_link
+from modelzip.core.model_links import LinkedModel, module_calls, register_link, trace_layers
 from modelzip.kernels.int8 import EMIT_ATTR
 from modelzip.quantize.int8_bn_fold import fold_batchnorms, fuse_relus, is_relu, unfold
 
@@ -78,15 +78,6 @@ _SHAPE_METHODS = ("size", "dim")
 _AVERAGING_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 _AVERAGING_FUNCTIONS = (F.adaptive_avg_pool2d,)
 _ADDS = (operator.add, torch.add)
-
-
-class _LeafTracer(fx.Tracer):
-    """Keeps compressed layers (and torch's own) as single nodes."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        from modelzip.core.module import CompressedModule
-
-        return isinstance(m, CompressedModule) or super().is_leaf_module(m, qualname)
 
 
 def _is_static(module: Any) -> bool:
@@ -157,10 +148,7 @@ class _Graph:
     def __init__(self, model: nn.Module, graph: fx.Graph) -> None:
         self.modules = dict(model.named_modules())
         self.graph = graph
-        calls: dict[str, int] = {}
-        for n in graph.nodes:
-            if n.op == "call_module":
-                calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+        calls = module_calls(graph)
         # A layer called twice (shared) would need one grid for both calls: left unchained.
         self.static = {
             n for n in graph.nodes
@@ -321,15 +309,11 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
     of layers and adds linked and, when there are none, why."""
     if sum(_is_static(m) for m in model.modules()) < 2:
         return model, 0, "fewer than two static int8 layers"
-    try:
-        graph = _LeafTracer().trace(model)
-    except Exception as e:  # data-dependent control flow and the like: stay unchained
-        return model, 0, f"the model cannot be traced ({type(e).__name__}: {str(e)[:120]})"
+    graph, why = trace_layers(model)
+    if graph is None:
+        return model, 0, why
     # A BN right after a static conv would stop the chain there: folded, in the graph only.
-    calls: dict[str, int] = {}
-    for n in graph.nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    calls = module_calls(graph)
     modules = dict(model.named_modules())
     folds = fold_batchnorms(graph, modules, _is_static, calls)
     folds += fuse_relus(graph, modules, _is_static, calls)
