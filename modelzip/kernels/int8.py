@@ -176,6 +176,9 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: first-layer kernel of :mod:`.int8_small_conv` (``int8:static native``). On a dynamic int8 linear:
 #: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`). Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
+#: How many input shapes (× thread counts) a static int8 conv keeps a prepacked weight for
+#: (see ``Int8Format._packed_for_call``).
+PACKED_KEYS = 4
 #: The other engines a dynamic int8 linear runs on, by the name its :data:`ENGINE_ATTR` holds:
 #: each builds, from the codes, scales and bias, the callable ``x ↦ y`` the layer keeps like a
 #: prepacked weight. Registered by the module that implements it (:mod:`.int8_ort`).
@@ -391,10 +394,33 @@ class Int8Format(WeightFormat):
                 fold = self.__dict__.get(FOLD_ATTR)
                 if fold is not None:
                     grids = (grids[0], fold[2])
-            cache = self.__dict__["_engine_cache"] = [key, None, *grids]
+            cache = self.__dict__["_engine_cache"] = [key, None, *grids, {}]
         if build is not None and cache[1] is None:
             cache[1] = build()
         return cache[1], cache[2], cache[3]
+
+    def _packed_for_call(
+        self, x: torch.Tensor, grid: tuple[float, int], build: Callable[[], Any]
+    ) -> Any:
+        """The prepacked static conv weight for ``x``'s shape, the output ``grid`` and this
+        thread count. PyTorch's oneDNN int8 conv (the x86 engine's where VNNI is present, and
+        the ``"onednn"`` engine) keeps the primitive of a weight's *first* call only (a
+        ``call_once`` cache keyed by the input shape, the grids and the thread count) and
+        builds a new one at every call that differs. A deployed layer is first called on the
+        deploy sample, often another batch size, and then ran every later call that way: 4-8%
+        per conv on the small VGG (AVX-512 VNNI, 2 threads), most of what set it behind
+        ``torch.ao`` FX, whose weights are first called at the batch they run. Each of the
+        first :data:`PACKED_KEYS` keys gets its own prepacked weight (a conv's is small); later
+        keys share the first one (correct, slower)."""
+        cache = self.__dict__["_engine_cache"]
+        packs: dict[Any, Any] = cache[4]
+        key = (*x.shape, *grid, torch.get_num_threads())
+        packed = packs.get(key)
+        if packed is None:
+            # the weight _engine_state built has not run yet: it serves the first key
+            packed = cache[1] if not packs else build() if len(packs) < PACKED_KEYS else cache[1]
+            packs[key] = packed
+        return packed
 
     def _run(self, ops: tuple[Any, Any, Any], x: torch.Tensor, build: Callable[[], Any]) -> Any:
         """``x`` through the engine: ``ops`` are the dynamic op, the static one and the static
@@ -407,7 +433,12 @@ class Int8Format(WeightFormat):
         emit = self.__dict__.get(EMIT_ATTR)
         scale, zero = (emit[0], emit[1]) if emit else out_grid
         op = ops[2] if self.__dict__.get(RELU_ATTR) else ops[1]
-        qy = op(self._quantize_input(x, in_grid), packed, scale, zero)
+        if ops[1] is _CONV_OPS[1]:
+            packed = self._packed_for_call(x, (scale, zero), build)
+        if getattr(op, "takes_float", False):  # quantizes a float input itself
+            qy = op(x, packed, scale, zero, in_grid=in_grid)
+        else:
+            qy = op(self._quantize_input(x, in_grid), packed, scale, zero)
         return qy if emit else _as_input(qy.dequantize(), x, self.codes)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -17,7 +17,6 @@ runs, on PyTorch's default engine.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -119,29 +118,54 @@ def _fallback(qx: torch.Tensor, packed: SmallKPacked, scale: float, zero: int, r
 
 
 def conv_op(
-    qx: torch.Tensor, packed: SmallKPacked, scale: float, zero: int, relu: bool = False
+    x: torch.Tensor,
+    packed: SmallKPacked,
+    scale: float,
+    zero: int,
+    relu: bool = False,
+    in_grid: tuple[float, int, int] | None = None,
 ) -> torch.Tensor:
-    """``quantized::conv2d`` (or ``conv2d_relu``) of a quint8 ``qx`` (N, C, H, W) on the native
-    kernel: a quint8 tensor on the grid ``(scale, zero)``, channels-last."""
+    """``quantized::conv2d`` (or ``conv2d_relu``) on the native kernel of a quint8 ``x`` (N, C,
+    H, W), or of a float ``x`` quantized on ``in_grid`` ``(scale, zero, top code)`` by the kernel
+    as it reads the image (as ``quantize_per_tensor`` and a clamp at the top code would): a quint8
+    tensor on the grid ``(scale, zero)``, channels-last."""
     from modelzip.kernels._native import native
+    from modelzip.kernels.int8 import quantize_per_tensor
 
     lib = native()
-    if lib is None:
-        return _fallback(qx, packed, scale, zero, relu)
-    codes = qx.int_repr()
-    if not codes.is_contiguous():
-        codes = codes.contiguous()
-    in_zero = int(qx.q_zero_point())
-    corr, mult, off = packed.grids(float(qx.q_scale()), in_zero, scale, zero)
+    if not x.is_quantized:
+        if in_grid is None:
+            raise ValueError("a float input to the first-layer int8 conv needs its input grid")
+        in_scale, in_zero, qmax = in_grid
+        if lib is None:
+            qx = quantize_per_tensor(x, in_scale, in_zero)
+            qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
+            return _fallback(qx, packed, scale, zero, relu)
+        mul = 1.0 / torch.tensor(in_scale, dtype=torch.float32).item()  # as PyTorch's inverse
+        x = x.float().contiguous()
+    else:
+        if lib is None:
+            return _fallback(x, packed, scale, zero, relu)
+        in_scale, in_zero, qmax, mul = float(x.q_scale()), int(x.q_zero_point()), 255, 1.0
+        x = x.contiguous()
+    corr, mult, off = packed.grids(in_scale, in_zero, scale, zero)
     ph, pw = packed.padding
-    y = lib.int8_conv_small_k(
-        codes, packed.codes, corr, mult, off, ph, pw, in_zero, zero if relu else 0, PATH
-    )
-    with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-        warnings.simplefilter("ignore")
-        return torch._make_per_tensor_quantized_tensor(y, scale, zero).permute(0, 3, 1, 2)
+    return lib.int8_conv_small_k(
+        x, packed.codes, corr, mult, off, ph, pw, in_zero, zero if relu else 0, PATH,
+        mul, 0.0, qmax, scale, zero,
+    )  # fmt: skip
 
 
-def conv_relu_op(qx: torch.Tensor, packed: SmallKPacked, scale: float, zero: int) -> torch.Tensor:
+def conv_relu_op(
+    x: torch.Tensor,
+    packed: SmallKPacked,
+    scale: float,
+    zero: int,
+    in_grid: tuple[float, int, int] | None = None,
+) -> torch.Tensor:
     """:func:`conv_op` with the ReLU in the requantization (codes clamped at the zero point)."""
-    return conv_op(qx, packed, scale, zero, relu=True)
+    return conv_op(x, packed, scale, zero, relu=True, in_grid=in_grid)
+
+
+#: The ops quantize a float input themselves (``modelzip.kernels.int8.Int8Format._run``).
+conv_op.takes_float = conv_relu_op.takes_float = True  # type: ignore[attr-defined]

@@ -113,13 +113,16 @@ def test_without_native_the_default_engine_runs(monkeypatch):
     """A file deployed with the form runs where the native kernels are not built."""
     monkeypatch.setattr("modelzip.kernels._native.native", lambda: None)
     codes, scale, bias, g = _case(1, 7, (3, 3), seed=3)
-    qx = _quantized(torch.rand(2, 1, 8, 8, generator=g), 0.01, 0)
+    x = torch.rand(2, 1, 8, 8, generator=g)
+    qx = _quantized(x, 0.01, 0)
     geo = ((1, 1), (1, 1), (1, 1), 1)
     ref = torch.ops.quantized.conv2d(qx, prepack_conv2d(codes, scale, bias, *geo), 0.05, 9)
     packed = small.prepack(
         codes, scale, bias, *geo, lambda: prepack_conv2d(codes, scale, bias, *geo)
     )
     got = small.conv_op(qx, packed, 0.05, 9)
+    assert torch.equal(got.int_repr(), ref.int_repr())
+    got = small.conv_op(x, packed, 0.05, 9, in_grid=(0.01, 0, 255))  # quantized here first
     assert torch.equal(got.int_repr(), ref.int_repr())
     with pytest.raises(RuntimeError, match="no fallback"):
         small.conv_op(qx, small.prepack(codes, scale, bias, *geo), 0.05, 9)
@@ -155,3 +158,27 @@ def test_the_form_builds_runs_and_saves(tmp_path):
     assert back.conv1.__dict__.get(ENGINE_ATTR) == small.ENGINE
     with torch.no_grad():
         assert torch.allclose(back(x), model(x))
+
+
+@needs_native
+@pytest.mark.parametrize("qmax", [255, 127])
+def test_a_float_input_is_quantized_in_the_kernel_as_pytorch_does(qmax):
+    """The kernel reads float images itself: the same codes as quantize_per_tensor (and the clamp
+    at a 7-bit top code) followed by the kernel on those codes; widths with and without a tail
+    of fewer than 8 values, huge and infinite values at the ends of the range."""
+    codes, scale, bias, g = _case(1, 12, (3, 3), seed=5)
+    packed = small.prepack(codes, scale, bias, (1, 1), (1, 1), (1, 1), 1)
+    for w in (9, 16, 30):
+        x = torch.randn(2, 1, 7, w, generator=g) * 2
+        x[0, 0, 0, :3] = torch.tensor([1e12, -1e12, float("inf")])
+        x[1, 0, 3, -1] = float("-inf")
+        qx = _quantized(x.clamp(-1e6, 1e6), 0.013, 40)
+        if qmax < 255:
+            qx = torch.clamp(qx, max=(qmax - 40) * 0.013)
+        ref = small.conv_op(qx, packed, 0.05, 100)
+        got = small.conv_op(x, packed, 0.05, 100, in_grid=(0.013, 40, qmax))
+        assert got.q_scale() == 0.05 and got.q_zero_point() == 100
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got.int_repr(), ref.int_repr())
+    with pytest.raises(ValueError, match="input grid"):
+        small.conv_op(x, packed, 0.05, 100)

@@ -43,3 +43,27 @@ def test_static_int8_conv_output_follows_the_input_layout() -> None:
                                     measure=False, evaluate=False)  # fmt: skip
     with torch.inference_mode():
         assert deployed(x).shape == (4, 4)
+
+
+def test_each_input_shape_gets_its_own_prepacked_conv_weight(monkeypatch) -> None:
+    """PyTorch's oneDNN int8 conv keeps the primitive of a weight's first call only; a layer
+    deployed on one batch size and run on another rebuilt it at every call. Each input shape
+    (up to PACKED_KEYS of them) gets its own prepacked weight, with the same outputs."""
+    from modelzip.kernels import int8 as int8_kernels
+
+    monkeypatch.setattr(int8_kernels, "PACKED_KEYS", 3)
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    model, _ = modelzip.compress(ViewNet().eval(), Int8Config(activations="static"), sample=x,
+                                 deploy=False, measure=False, evaluate=False)  # fmt: skip
+    conv = model.conv2
+    h = torch.randn(6, 8, 8, 8)
+    conv.__dict__.pop("_engine_cache", None)  # compress has called it already
+    with torch.inference_mode():
+        first = [conv(h[:n]) for n in (6, 2, 3, 5)]  # 4 shapes: the last shares the first pack
+        again = [conv(h[:n]) for n in (6, 2, 3, 5)]
+    packs = conv.__dict__["_engine_cache"][4]
+    assert len(packs) == 4 and len({id(p) for p in packs.values()}) == 3
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    assert torch.allclose(first[0][:2], first[1], atol=1e-6)  # same layer, batch-independent
