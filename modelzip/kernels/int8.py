@@ -400,21 +400,21 @@ class Int8Format(WeightFormat):
         return cache[1], cache[2], cache[3]
 
     def _packed_for_call(
-        self, x: torch.Tensor, grid: tuple[float, int], build: Callable[[], Any]
+        self, x: torch.Tensor, out: tuple[float, int, bool], build: Callable[[], Any]
     ) -> Any:
-        """The prepacked static conv weight for ``x``'s shape, the output ``grid`` and this
-        thread count. PyTorch's oneDNN int8 conv (the x86 engine's where VNNI is present, and
-        the ``"onednn"`` engine) keeps the primitive of a weight's *first* call only (a
-        ``call_once`` cache keyed by the input shape, the grids and the thread count) and
-        builds a new one at every call that differs. A deployed layer is first called on the
-        deploy sample, often another batch size, and then ran every later call that way: 4-8%
-        per conv on the small VGG (AVX-512 VNNI, 2 threads), most of what set it behind
+        """The prepacked static conv weight for ``x``'s shape, the output grid and ReLU
+        ``out`` and this thread count. PyTorch's oneDNN int8 conv (the x86 engine's where VNNI
+        is present, and the ``"onednn"`` engine) keeps the primitive of a weight's *first* call
+        only (a ``call_once`` cache keyed by the input shape, the grids and the thread count)
+        and builds a new one at every call that differs. A deployed layer is first called on
+        the deploy sample, often another batch size, and then ran every later call that way:
+        4-8% per conv on the small VGG (AVX-512 VNNI, 2 threads), most of what set it behind
         ``torch.ao`` FX, whose weights are first called at the batch they run. Each of the
         first :data:`PACKED_KEYS` keys gets its own prepacked weight (a conv's is small); later
         keys share the first one (correct, slower)."""
         cache = self.__dict__["_engine_cache"]
         packs: dict[Any, Any] = cache[4]
-        key = (*x.shape, *grid, torch.get_num_threads())
+        key = (*x.shape, *out, torch.get_num_threads())
         packed = packs.get(key)
         if packed is None:
             # the weight _engine_state built has not run yet: it serves the first key
@@ -434,7 +434,7 @@ class Int8Format(WeightFormat):
         scale, zero = (emit[0], emit[1]) if emit else out_grid
         op = ops[2] if self.__dict__.get(RELU_ATTR) else ops[1]
         if ops[1] is _CONV_OPS[1]:
-            packed = self._packed_for_call(x, (scale, zero), build)
+            packed = self._packed_for_call(x, (scale, zero, op is ops[2]), build)
         if getattr(op, "takes_float", False):  # quantizes a float input itself
             qy = op(x, packed, scale, zero, in_grid=in_grid)
         else:

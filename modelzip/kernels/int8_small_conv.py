@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a conv this module runs.
@@ -141,7 +142,7 @@ def conv_op(
             qx = quantize_per_tensor(x, in_scale, in_zero)
             qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
             return _fallback(qx, packed, scale, zero, relu)
-        mul = 1.0 / torch.tensor(in_scale, dtype=torch.float32).item()  # as PyTorch's inverse
+        mul = 1.0 / float(np.float32(in_scale))  # PyTorch inverts the float32 scale
         x = x.float().contiguous()
     else:
         if lib is None:
