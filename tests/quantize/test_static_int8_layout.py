@@ -23,11 +23,16 @@ class ViewNet(nn.Module):
         return self.fc(y.view(y.size(0), -1))  # needs an NCHW-contiguous tensor
 
 
-def test_static_int8_conv_output_follows_the_input_layout() -> None:
+def _static_viewnet() -> tuple[torch.Tensor, nn.Module]:
     torch.manual_seed(0)
     x = torch.randn(4, 3, 8, 8)
     model, _ = modelzip.compress(ViewNet().eval(), Int8Config(activations="static"), sample=x,
                                  deploy=False, measure=False, evaluate=False)  # fmt: skip
+    return x, model
+
+
+def test_static_int8_conv_output_follows_the_input_layout() -> None:
+    x, model = _static_viewnet()
     conv = model.conv2
     h = torch.randn(4, 8, 8, 8)
     with torch.inference_mode():
@@ -52,10 +57,7 @@ def test_each_input_shape_gets_its_own_prepacked_conv_weight(monkeypatch) -> Non
     from modelzip.kernels import int8 as int8_kernels
 
     monkeypatch.setattr(int8_kernels, "PACKED_KEYS", 3)
-    torch.manual_seed(0)
-    x = torch.randn(4, 3, 8, 8)
-    model, _ = modelzip.compress(ViewNet().eval(), Int8Config(activations="static"), sample=x,
-                                 deploy=False, measure=False, evaluate=False)  # fmt: skip
+    _, model = _static_viewnet()
     conv = model.conv2
     h = torch.randn(6, 8, 8, 8)
     conv.__dict__.pop("_engine_cache", None)  # compress has called it already
