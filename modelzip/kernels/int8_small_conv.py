@@ -5,9 +5,10 @@ network's first layer, on one or three channels) is where PyTorch's int8 engines
 what they compute: oneDNN took 0.53 ms for LeNet-5's conv1 at batch 64 on a Zen 4 core with VNNI
 (35 GOPS, where its conv2 reaches 150) and 1.06 ms under its AVX2 code (the fp32 conv: 0.67).
 The deploy step's ``int8:static native`` form (:data:`ENGINE`) runs such a layer on the native
-kernel instead, where it measures faster (0.33 ms for 1 → 16 channels 3×3, oneDNN 0.43; under
-the AVX2 fallback 0.67 ms for LeNet-5's, oneDNN 1.08): the same codes, the same input and
-output grids, the same integer products, requantized in float as the engines do (a code may
+kernel instead, where it measures faster (layer alone, batch 64, one core: 0.57 ms for LeNet-5's
+conv1 with VNNI, oneDNN 0.63; 0.37 for 1 → 16 channels 3×3, oneDNN 0.53; under the AVX2 fallback
+0.75 for LeNet-5's, oneDNN 1.21): the same codes, the same input and output grids, the same
+integer products, requantized in float as the engines do (a code may
 differ by one on a rounding tie). The layer keeps its class (a ``StaticInt8Conv2d``); its engine
 attribute names the kernel, and :func:`conv_op` is the op its ``_run`` calls. Where the native
 kernels are not built (ARM, ``MODELZIP_NATIVE=0``) a file saved with this form still loads and
