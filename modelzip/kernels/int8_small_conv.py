@@ -18,6 +18,7 @@ runs, on PyTorch's default engine.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -132,7 +133,6 @@ def conv_op(
     as it reads the image (as ``quantize_per_tensor`` and a clamp at the top code would): a quint8
     tensor on the grid ``(scale, zero)``, channels-last."""
     from modelzip.kernels._native import native
-    from modelzip.kernels.int8 import quantize_per_tensor
 
     lib = native()
     if not x.is_quantized:
@@ -140,7 +140,9 @@ def conv_op(
             raise ValueError("a float input to the first-layer int8 conv needs its input grid")
         in_scale, in_zero, qmax = in_grid
         if lib is None:
-            qx = quantize_per_tensor(x, in_scale, in_zero)
+            with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
+                warnings.simplefilter("ignore")
+                qx = torch.quantize_per_tensor(x, in_scale, in_zero, torch.quint8)
             qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
             return _fallback(qx, packed, scale, zero, relu)
         mul = 1.0 / float(np.float32(in_scale))  # PyTorch inverts the float32 scale
