@@ -417,8 +417,8 @@ class Int8Format(WeightFormat):
         key = (*x.shape, *out, torch.get_num_threads())
         packed = packs.get(key)
         if packed is None:
-            # the weight _engine_state built has not run yet: it serves the first key
-            packed = cache[1] if not packs else build() if len(packs) < PACKED_KEYS else cache[1]
+            # the weight _engine_state built serves the first key (and those past the limit)
+            packed = build() if 0 < len(packs) < PACKED_KEYS else cache[1]
             packs[key] = packed
         return packed
 
