@@ -47,10 +47,17 @@ class Build:
 
 
 #: Both builds' headers: entry points and bindings, sign packing, the first-layer int8 conv, the
-#: fused TT-conv's declaration and driver.
+#: few-row int8 linear, the fused TT-conv's declaration and driver.
 SHARED_HEADERS = tuple(
     NATIVE / h
-    for h in ("entry_points.h", "int8_conv.h", "sign_pack.h", "tt_conv.h", "tt_conv_driver.h")
+    for h in (
+        "entry_points.h",
+        "int8_conv.h",
+        "int8_gemv.h",
+        "sign_pack.h",
+        "tt_conv.h",
+        "tt_conv_driver.h",
+    )
 )
 AVX512 = Build(
     "avx512", "AVX-512", (NATIVE / "avx512.cpp", NATIVE / "tt_conv.cpp"), SHARED_HEADERS,

@@ -42,9 +42,11 @@ def sparse_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
 
 @register_form("int8_dynamic_linear")
 def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
-    """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch), and,
-    where onnxruntime is installed, the same codes and input grid on its int8 GEMM
+    """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch), and the
+    same codes and input grid on the native few-row kernel (:mod:`modelzip.kernels.int8_gemv`;
+    faster at batch 1-8) and, where onnxruntime is installed, on its int8 GEMM
     (:mod:`modelzip.kernels.int8_ort`; faster on large layers at large batches here)."""
+    from modelzip.kernels.int8_gemv import gemv_candidates
     from modelzip.kernels.int8_ort import ort_candidates
 
     def build() -> nn.Module:
@@ -52,6 +54,7 @@ def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candi
 
     return [
         ("int8:x86 linear_dynamic", build),
+        *gemv_candidates("int8:native linear_dynamic", build, measuring=x is not None),
         *ort_candidates("int8:onnxruntime linear_dynamic", build),
     ]
 

@@ -20,6 +20,7 @@ from modelzip.core.compressed import CompressedConv2d, CompressedLinear
 from modelzip.core.forms import Candidate, register_form
 from modelzip.core.module import register_layer
 from modelzip.kernels.int8 import QMAX, Int8Format, quantize_symmetric_int8
+from modelzip.kernels.int8_gemv import gemv_candidates
 from modelzip.kernels.int8_ort import ort_candidates
 
 __all__ = [
@@ -97,5 +98,10 @@ def int8_codes(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
         return layer.eval()
 
     label = "x86 conv2d_dynamic" if conv else "x86 linear_dynamic"
-    ort = [] if conv else ort_candidates("int8:onnxruntime linear_dynamic (codes once)", build)
-    return [(f"int8:{label} (codes once)", build), *ort]
+    if conv:
+        return [(f"int8:{label} (codes once)", build)]
+    return [
+        (f"int8:{label} (codes once)", build),
+        *gemv_candidates("int8:native linear_dynamic (codes once)", build, measuring=x is not None),
+        *ort_candidates("int8:onnxruntime linear_dynamic (codes once)", build),
+    ]

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "int8_conv.h"
+#include "int8_gemv.h"
 #include "sign_pack.h"
 #include "tt_conv.h"
 
@@ -91,6 +92,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sign_pack", &MODELZIP_ISA::sign_pack, "sign bits of rows (+ their mean |x|)");
   m.def("int8_conv_small_k", &MODELZIP_ISA::int8_conv_small_k,
         "static int8 conv over few inputs per output (a first layer), channels-last codes");
+  m.def("int8_gemv_pack", &MODELZIP_ISA::int8_gemv_pack,
+        "int8 codes (N, K) packed for int8_gemv (this build's blocks of outputs)");
+  m.def("int8_gemv", &MODELZIP_ISA::int8_gemv,
+        "dynamic int8 linear for a few rows: float in, 7-bit codes, float out");
   m.def("bsr4_matmul", &MODELZIP_ISA::bsr4_matmul, "BSR (4 x 4 blocks) times dense");
   m.def("tt_conv2d", &MODELZIP_ISA::tt_conv2d, "fused TT-conv forward");
 }
