@@ -879,15 +879,24 @@ and the ResNet 8% faster than modelzip; now 0.99× (a tie) and 1.04× (`engines`
 quantizes its float input itself and writes straight into a quantized tensor: PyTorch's wrap of
 its uint8 result copied it element by element, 0.33 ms for LeNet-5's conv1 at batch 64, longer
 than the conv. Static int8 LeNet-5 under the AVX2 fallback (`int8_avx2`): 1.74× → 1.87× (target
-1.8×, met); with VNNI 2.56× → 2.77×. The misses. Channel pruning of the VGG to half its MACs: 1.55×
-(1.6×): the BatchNorm, ReLU and pooling passes shrink with the kept channels (about 0.7), not with
-the MACs (0.46). Against `torch.ao` and onnxruntime on the MLP the engines tie: at batch 64 within
-±1% (the same fbgemm and MLAS kernels, which deploy chooses between per layer); at batch 1 the
-MLP's 24 MB of int8 weights nearly fill the L3 and every engine's time moves by 10-20% between
-runs with what stayed cached (its fp32 anchor 4.9 → 5.35 ms between two runs): checks below 1.0
-there are ties within the run's noise, reported as missed. XNOR-Net on the wide LeNet-5
-meets 3× here (3.58×) with the native sign packing and the XNOR-inputs link; on the AVX2 machine it
-ran 1.78× before them. With both timing fixes the three evals of a file agree within about 5% (the
+1.8×, met); with VNNI 2.56× → 2.77×. Channel pruning of the VGG to half its MACs
+missed 1.6× at 1.55× until its kept widths became multiples of 16: oneDNN's AVX-512 convolutions
+work on blocks of 16 channels and computed the 24- and 40-channel layers of channel_prune's
+default rounding (multiples of 8) as 32 and 48. Kept 16/48/96 wide (`round_to` 16) with its
+first conv whole: 1.94× fewer MACs, 1.74× (2026-12-06; `round_to`'s docstring tells users).
+The misses: against `torch.ao` and onnxruntime on the MLP the engines tie. At batch 64 within
+±3% (the same fbgemm and MLAS kernels, which deploy chooses between per layer). At batch 1 the
+product streams the MLP's 25 MB of int8 weights once per call, and every engine runs at the
+memory's speed: modelzip's few-row kernel (`int8:native linear_dynamic`, deploy's choice at
+batch 1) read a 4096×4096 layer cycled through 8 copies at 27-28 GB/s, fbgemm at 25-26, and a
+plain float sum of the same bytes at 29 (2 threads); with the weights in the L3 the kernel is
+1.35× fbgemm there (1.9× on 4096×1024), but the eight engines timed side by side evict each
+other's. Each engine's time moves by 10-20% between runs with what stayed cached (the fp32
+anchor 4.9-5.5 ms): checks below 1.0 there are ties within the run's noise, reported as
+missed; so is static int8 against FX on the VGG (0.985×) and on the MLP at batch 64 (0.97×; 1.00×
+the run before), the same oneDNN and fbgemm kernels. XNOR-Net on the wide LeNet-5 meets 3× here
+(3.58×) with the native sign packing and the XNOR-inputs link; on the AVX2 machine it ran 1.78×
+before them. With both timing fixes the three evals of a file agree within about 5% (the
 ResNet's static int8 file: 2.73-2.86×; before: 1.79-2.18× in one run)."""
 
 
