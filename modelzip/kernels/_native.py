@@ -47,7 +47,7 @@ class Build:
 
 
 #: Both builds' headers: entry points and bindings, sign packing, the first-layer int8 conv, the
-#: few-row int8 linear, the fused TT-conv's declaration and driver.
+#: few-row int8 linear, the fused TT-conv's declaration and driver, uint8 max pooling.
 SHARED_HEADERS = tuple(
     NATIVE / h
     for h in (
@@ -57,6 +57,7 @@ SHARED_HEADERS = tuple(
         "sign_pack.h",
         "tt_conv.h",
         "tt_conv_driver.h",
+        "uint8_pool.h",
     )
 )
 AVX512 = Build(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import fx, nn
 
@@ -172,12 +173,27 @@ def test_a_shared_layer_and_an_untraceable_model_stay_unchained():
     assert links == 0 and "cannot be traced" in why
 
 
-def test_pools_of_uint8_run_on_the_codes_in_place():
+@pytest.mark.parametrize("kernel", ["native", "views"])
+def test_pools_of_uint8_run_on_the_codes_in_place(monkeypatch, kernel):
+    """Bit-identical to PyTorch's quantized pooling, on the native kernel (channels-last) and on
+    the maxima of views (other layouts, or no native build): channel counts under, between and
+    past whole vectors, odd heights and widths."""
+    from modelzip.quantize import int8_chain
     from modelzip.quantize.int8_chain import quantized_max_pool2x2
 
+    if kernel == "views":
+        monkeypatch.setattr(int8_chain, "native", lambda: None)
     torch.manual_seed(0)
     pool = nn.MaxPool2d(2)
-    for shape in ((4, 20, 24, 24), (3, 5, 7, 9), (6, 11, 10)):
+    shapes = (
+        (4, 20, 24, 24),
+        (3, 5, 7, 9),
+        (6, 11, 10),
+        (2, 70, 7, 9),
+        (2, 130, 5, 4),
+        (1, 64, 2, 2),
+    )
+    for shape in shapes:
         q = torch.quantize_per_tensor(torch.randn(shape), 0.05, 7, torch.quint8)
         layouts = [q]
         if q.dim() == 4:
@@ -186,6 +202,8 @@ def test_pools_of_uint8_run_on_the_codes_in_place():
             got = quantized_max_pool2x2(t)
             assert got.is_quantized and (got.q_scale(), got.q_zero_point()) == (0.05, 7)
             assert torch.equal(got.int_repr(), pool(t).int_repr())
+            if t is not q:  # channels-last in, channels-last out (what the next conv reads)
+                assert got.is_contiguous(memory_format=torch.channels_last)
     # A float tensor (a model's own pool outside the chain) goes to PyTorch's pooling.
     f = torch.randn(2, 3, 6, 6)
     assert torch.equal(quantized_max_pool2x2(f), pool(f))
