@@ -884,20 +884,23 @@ missed 1.6× at 1.55× until its kept widths became multiples of 16: oneDNN's AV
 work on blocks of 16 channels and computed the 24- and 40-channel layers of channel_prune's
 default rounding (multiples of 8) as 32 and 48. Kept 16/48/96 wide (`round_to` 16) with its
 first conv whole: 1.94× fewer MACs, 1.74× (2026-12-06; `round_to`'s docstring tells users).
-The misses: against `torch.ao` and onnxruntime on the MLP the engines tie. At batch 64 within
-±3% (the same fbgemm and MLAS kernels, which deploy chooses between per layer). At batch 1 the
-product streams the MLP's 25 MB of int8 weights once per call, and every engine runs at the
-memory's speed: modelzip's few-row kernel (`int8:native linear_dynamic`, deploy's choice at
-batch 1) read a 4096×4096 layer cycled through 8 copies at 27-28 GB/s, fbgemm at 25-26, and a
-plain float sum of the same bytes at 29 (2 threads); with the weights in the L3 the kernel is
-1.35× fbgemm there (1.9× on 4096×1024), but the eight engines timed side by side evict each
-other's. Each engine's time moves by 10-20% between runs with what stayed cached (the fp32
-anchor 4.9-5.5 ms): checks below 1.0 there are ties within the run's noise, reported as
-missed; so is static int8 against FX on the VGG (0.985×) and on the MLP at batch 64 (0.97×; 1.00×
-the run before), the same oneDNN and fbgemm kernels. XNOR-Net on the wide LeNet-5 meets 3× here
-(3.58×) with the native sign packing and the XNOR-inputs link; on the AVX2 machine it ran 1.78×
-before them. With both timing fixes the three evals of a file agree within about 5% (the
-ResNet's static int8 file: 2.73-2.86×; before: 1.79-2.18× in one run)."""
+Against `torch.ao` and onnxruntime (`engines`, 2 threads) two kernels of 2026-12-06 count. (3) A
+few-row dynamic int8 linear (`int8:native linear_dynamic`, `native/int8_gemv.h`, deploy's choice
+at batch 1): at batch 1 the product streams the MLP's 25 MB of int8 weights once per call; the
+kernel read a 4096×4096 layer cycled through 8 copies at 27-28 GB/s, fbgemm at 25-26, and a
+plain float sum of the same bytes at 29; with the weights in the L3 it runs 1.35× fbgemm
+(1.9× on 4096×1024). The MLP at batch 1 moves by 10-20% between runs with what stayed cached
+(the eight engines timed side by side evict each other's; the fp32 anchor 4.9-5.5 ms): this
+run's 1.18× `torch.ao` and 1.15× onnxruntime are partly that luck; the runs before gave
+0.95-0.97×. (4) 2×2 max pooling of the int8 chain's uint8 codes on a native kernel
+(`native/uint8_pool.h`): the VGG's two pools 0.45 → 0.1 ms, and static int8 against FX from
+0.985× to 1.05× on the VGG (LeNet-5 1.25 → 1.47×). The miss: dynamic int8 against onnxruntime
+on the MLP at batch 64, 0.99×: deploy runs that model whole on onnxruntime (measured 2-5%
+faster than its PyTorch deployment), on the same MLAS kernels as the competitor: a tie.
+XNOR-Net on the wide LeNet-5 meets 3× here (3.58×) with the native sign packing and the
+XNOR-inputs link; on the AVX2 machine it ran 1.78× before them. With both timing fixes the three
+evals of a file agree within about 5% (the ResNet's static int8 file: 2.73-2.86×; before:
+1.79-2.18× in one run)."""
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
