@@ -3,10 +3,11 @@
 At batch 1 a dynamic int8 linear is one pass over its codes; fbgemm's and onnxruntime's int8
 GEMMs, made for many rows, stream them slower. Layer alone, 2 threads, AVX-512 VNNI (Zen 4):
 4096×4096 at batch 1 in 0.24 ms against fbgemm's 0.33 and onnxruntime's 0.68; 4096×1024 in
-0.029 against 0.055; at batch 8 0.60 against 0.73; at 16 a tie. So the engine
-(:data:`ENGINE`, the form ``int8:native linear_dynamic``) runs inputs of up to :data:`MAX_ROWS`
-rows on the native kernel and larger ones on fbgemm's ``linear_dynamic``; the deploy step keeps
-it where it measures faster on the user's sample. The same codes and scales; the input is
+0.029 against 0.055; at batch 8 0.60 against 0.73; at 16 a tie; LeNet-300's 300×784 in 0.005
+against 0.08 (fbgemm wakes a second thread for it). So the engine (:data:`ENGINE`, the form
+``int8:native linear_dynamic``) runs inputs of up to :data:`MAX_ROWS` rows on the native kernel
+and larger ones on fbgemm's ``linear_dynamic``; the deploy step keeps it where it measures faster
+on the user's sample. The same codes and scales; the input is
 quantized in the kernel per call, per tensor, on 8 bits where the CPU has VNNI (its products do
 not saturate; fbgemm's dynamic linear keeps 7) and on 7 bits without, as fbgemm's (no
 ``VPMADDUBSW`` saturation). Where the native kernels are not built (ARM, ``MODELZIP_NATIVE=0``)
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from modelzip.core.forms import Candidate
-from modelzip.kernels._native import native
+from modelzip.kernels._native import native, selected_isa
 from modelzip.kernels.int8 import (
     DYNAMIC_LINEAR_ENGINES,
     ENGINE_ATTR,
@@ -32,9 +33,10 @@ from modelzip.kernels.int8 import (
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a layer that runs this kernel.
 ENGINE = "native"
-#: Most rows an input may have to run on the native kernel (more run on fbgemm): measured a
-#: tie with fbgemm at 16 rows.
-MAX_ROWS = 8
+#: Most rows an input may have to run on the native kernel, per build (more run on fbgemm): the
+#: AVX-512 one tied with fbgemm at 16 rows; the AVX2 one (2 rows per pass over the codes) was
+#: 1.4× faster at 4 rows on 4096×1024 and 1.3× slower at 8.
+MAX_ROWS = {"avx512": 8, "avx2": 4}
 #: The kernel's product: 0 VPDPBUSD where the CPU has VNNI, 1 VPMADDUBSW (what CPUs without
 #: VNNI compute, for the tests).
 PATH = 0
@@ -54,8 +56,9 @@ def gemv_candidates(kind: str, build: Callable[[], nn.Module], measuring: bool) 
 
 class NativeGemvLinear:
     """``y = x·Wᵀ + b`` (``x`` float ``rows × in``), ``W = scale_k · codes``: up to
-    :data:`MAX_ROWS` rows on the native kernel, more on fbgemm. Packs its weights on first use
-    (for the build loaded then); a copy or a pickle carries the codes, not the packing."""
+    :data:`MAX_ROWS` rows (this build's) on the native kernel, more on fbgemm. Packs its weights
+    on first use (for the build loaded then); a copy or a pickle carries the codes, not the
+    packing."""
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         out_f = codes.shape[0]
@@ -73,7 +76,7 @@ class NativeGemvLinear:
         return self._packed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        mod = native() if x.shape[0] <= MAX_ROWS else None
+        mod = native() if x.shape[0] <= MAX_ROWS.get(selected_isa() or "", 0) else None
         if mod is None:
             if self._fbgemm is None:
                 self._fbgemm = prepack_linear(self.codes, self.scale, self.bias)
