@@ -246,6 +246,12 @@ class ChannelPruneConfig(MethodConfig):
         check_range(self, "taylor_batches", 1)
 
 
+def _conv_channel_block() -> int:
+    """Channels oneDNN's float convolutions work on at a time here: 16 on AVX-512 (an odd multiple
+    of 8 is padded up: the VGG's 24 and 40 kept channels ran as 32 and 48), else 0 (none said)."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 0
+
+
 def plan_channels(
     model: nn.Module, config: ChannelPruneConfig, sample: torch.Tensor, ctx: Context | None = None
 ) -> tuple[ChannelGraph, dict[int, torch.Tensor]]:
@@ -321,8 +327,16 @@ def channel_prune(model: nn.Module, config: ChannelPruneConfig, ctx: Context) ->
         opaque = ", ".join(repr(n or "the model") for n in list(graph.opaque)[:3])
         _refer_transformers(model, f"channel_prune cannot trace {opaque} (torch.fx)")
     # Coupled layers are resized together (no one of them may be refused), so each is recorded.
+    block = _conv_channel_block()
     for name, (old, new) in remove_channels(model, graph, keep).items():
-        note = f"{old.weight.shape[0]}->{new.weight.shape[0]} x {tuple(old.weight.shape[1:2])}"
+        kept = new.weight.shape[0]
+        note = f"{old.weight.shape[0]}->{kept} x {tuple(old.weight.shape[1:2])}"
+        if block and isinstance(new, nn.Conv2d) and kept > block and kept % block:
+            padded = -(-kept // block) * block
+            note += (
+                f" (oneDNN's AVX-512 convs compute {kept} channels as {padded}: round_to={block} "
+                "keeps multiples of it)"
+            )
         ctx.record(name, old, new, method=config.method, note=note)
     for name, why in graph.left.items():
         if name in selected:

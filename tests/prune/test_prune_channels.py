@@ -192,3 +192,24 @@ def test_round_to_keeps_widths_that_are_multiples() -> None:
     assert min(widths(modelzip.compress(model, tiny, sample=x, measure=False)[0])) == 8
     with pytest.raises(ValueError, match="round_to"):
         ChannelPruneConfig(round_to=0)
+
+
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2"])
+def test_report_says_which_kept_widths_avx512_convs_pad(monkeypatch, capability) -> None:
+    """On an AVX-512 CPU the Report names the kept conv widths oneDNN pads to a multiple of 16
+    (the VGG's 24 and 40 ran as 32 and 48); elsewhere, or with round_to=16, it says nothing."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    model = create("vgg_small")
+    x = torch.randn(2, 1, 28, 28)
+    _, report = modelzip.compress(model, ChannelPruneConfig(sparsity=0.35), sample=x, measure=False)
+    notes = {c.name: c.note for c in report.layers}
+    assert notes["conv2"].startswith("32->24")
+    padded = {n for n, note in notes.items() if "AVX-512" in note}
+    if capability == "AVX512":
+        assert padded == {"conv1", "conv2", "conv3", "conv4"}  # 24, 24, 40, 40; conv5 keeps 80
+        assert "compute 40 channels as 48" in notes["conv3"] and "round_to=16" in notes["conv3"]
+    else:
+        assert padded == set()
+    config = ChannelPruneConfig(sparsity=0.3, round_to=16)
+    _, report = modelzip.compress(model, config, sample=x, measure=False)
+    assert not any("AVX-512" in c.note for c in report.layers)
