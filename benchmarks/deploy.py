@@ -896,9 +896,11 @@ plain float sum of the same bytes at 29; with the weights in the L3 it runs 1.35
 run's 1.18× `torch.ao` and 1.15× onnxruntime are partly that luck; the runs before gave
 0.95-0.97×. (4) 2×2 max pooling of the int8 chain's uint8 codes on a native kernel
 (`native/uint8_pool.h`): the VGG's two pools 0.45 → 0.1 ms, and static int8 against FX from
-0.985× to 1.05× on the VGG (LeNet-5 1.25 → 1.47×). The miss: dynamic int8 against onnxruntime
-on the MLP at batch 64, 0.99×: deploy runs that model whole on onnxruntime (measured 2-5%
-faster than its PyTorch deployment), on the same MLAS kernels as the competitor: a tie.
+0.985× to 1.05× on the VGG (LeNet-5 1.25 → 1.47×); two `--quick` runs after it (fewer rounds)
+gave 1.10× and 0.95× on the VGG, 1.02× and 0.99× on the ResNet: within ±5% these are ties.
+The miss: dynamic int8 against onnxruntime on the MLP at batch 64, 0.99×: deploy runs that
+model whole on onnxruntime (measured 2-5% faster than its PyTorch deployment), on the same
+MLAS kernels as the competitor: a tie.
 XNOR-Net on the wide LeNet-5 meets 3× here (3.58×) with the native sign packing and the
 XNOR-inputs link; on the AVX2 machine it ran 1.78× before them. With both timing fixes the three
 evals of a file agree within about 5% (the ResNet's static int8 file: 2.73-2.86×; before:
