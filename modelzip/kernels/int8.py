@@ -184,6 +184,30 @@ PACKED_KEYS = 4
 #: each builds, from the codes, scales and bias, the callable ``x ↦ y`` the layer keeps like a
 #: prepacked weight. Registered by the module that implements it (:mod:`.int8_ort`).
 DYNAMIC_LINEAR_ENGINES: dict[str, Callable[..., Callable[[torch.Tensor], torch.Tensor]]] = {}
+
+
+class DynamicLinearEngine:
+    """Base of the engines in :data:`DYNAMIC_LINEAR_ENGINES`: ``y = x·Wᵀ + b`` with
+    ``W = scale_k · codes``, holding the codes, one scale per output row and the bias on the
+    CPU. What an engine builds from them (a session, a packing) is its own and built on first
+    use; a copy or a pickle carries the weights only."""
+
+    def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        out_f = codes.shape[0]
+        self.codes = codes.detach().cpu().contiguous()
+        self.scale = scale.detach().float().cpu().reshape(-1).expand(out_f).contiguous()
+        self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.codes, self.scale, self.bias))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return type(self)(self.codes.clone(), self.scale.clone(), self.bias)
+
+
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
 #: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
 RELU_ATTR = "_modelzip_int8_relu"

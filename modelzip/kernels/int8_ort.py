@@ -27,7 +27,12 @@ import torch
 from torch import nn
 
 from modelzip.core.forms import Candidate
-from modelzip.kernels.int8 import DYNAMIC_LINEAR_ENGINES, ENGINE_ATTR, quantize_per_tensor
+from modelzip.kernels.int8 import (
+    DYNAMIC_LINEAR_ENGINES,
+    ENGINE_ATTR,
+    DynamicLinearEngine,
+    quantize_per_tensor,
+)
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a layer that runs this kernel.
 ORT_ENGINE = "onnxruntime"
@@ -94,18 +99,15 @@ def input_grid(x: torch.Tensor) -> tuple[float, int]:
     return scale, int(min(max(round(-lo_f / scale), 0), _QMAX))
 
 
-class OrtDynamicLinear:
+class OrtDynamicLinear(DynamicLinearEngine):
     """``y = x·Wᵀ + b`` (``x`` float ``batch × in``) on onnxruntime, ``W = scale_k · codes``.
 
-    Holds the codes and builds its session on first use and again when PyTorch's thread count
-    changes; a copy or a pickle carries the weights, not the session.
+    Builds its session on first use and again when PyTorch's thread count changes; a copy or a
+    pickle carries the weights, not the session.
     """
 
     def __init__(self, codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
-        out_f = codes.shape[0]
-        self.codes = codes.detach().cpu().contiguous()
-        self.scale = scale.detach().float().cpu().reshape(-1).expand(out_f).contiguous()
-        self.bias = None if bias is None else bias.detach().float().cpu().contiguous()
+        super().__init__(codes, scale, bias)
         self._session: Any = None
         self._threads = 0
 
@@ -133,12 +135,6 @@ class OrtDynamicLinear:
             "x_zero": np.array(zero, dtype=np.uint8),
         }
         return torch.from_numpy(self._session.run(None, feed)[0])
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (OrtDynamicLinear, (self.codes, self.scale, self.bias))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> OrtDynamicLinear:
-        return OrtDynamicLinear(self.codes.clone(), self.scale.clone(), self.bias)
 
 
 DYNAMIC_LINEAR_ENGINES[ORT_ENGINE] = OrtDynamicLinear
