@@ -10,7 +10,7 @@ masked layer (``Masked*``)                      :class:`SparseLinear`/:class:`Sp
                                                 (BSR when the zeros form blocks, else CSR) if
                                                 measured faster on the sample, else plain dense
 int8 layer (``Int8Linear``/``Int8Conv2d``)      PyTorch's x86 int8 kernels (dynamic activations);
-                                                a linear also modelzip's few-row kernel or
+                                                a linear also modelzip's native kernel or
                                                 onnxruntime's GEMM, whichever is measured faster
 static int8 layer (``StaticInt8*``)             kept (the int8 engine), or its weights
                                                 dequantized into the float layer when measured

@@ -47,7 +47,7 @@ class Build:
 
 
 #: Both builds' headers: entry points and bindings, sign packing, the first-layer int8 conv, the
-#: few-row int8 linear, the fused TT-conv's declaration and driver, uint8 max pooling.
+#: dynamic int8 linear, the fused TT-conv's declaration and driver, uint8 max pooling.
 SHARED_HEADERS = tuple(
     NATIVE / h
     for h in (

@@ -43,9 +43,9 @@ def sparse_form(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
 @register_form("int8_dynamic_linear")
 def int8_dynamic_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """An int8 linear on PyTorch's x86 dynamic kernel (activations quantized per batch), and the
-    same codes and input grid on the native few-row kernel (:mod:`modelzip.kernels.int8_gemv`;
-    faster at batch 1-8) and, where onnxruntime is installed, on its int8 GEMM
-    (:mod:`modelzip.kernels.int8_ort`; faster on large layers at large batches here)."""
+    same codes and input grid on the native kernel (:mod:`modelzip.kernels.int8_gemv`; faster at
+    every batch with VNNI, at 1-4 rows without) and, where onnxruntime is installed, on its int8
+    GEMM (:mod:`modelzip.kernels.int8_ort`)."""
     from modelzip.kernels.int8_gemv import gemv_candidates
     from modelzip.kernels.int8_ort import ort_candidates
 

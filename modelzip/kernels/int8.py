@@ -174,8 +174,8 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: x86 engine (fbgemm's direct convolution; on an AVX2 EPYC oneDNN ran ResNet-small's 16- and
 #: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×), or ``"native"``, the
 #: first-layer kernel of :mod:`.int8_small_conv` (``int8:static native``). On a dynamic int8 linear:
-#: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`) or ``"native"``, the few-row kernel of
-#: :mod:`.int8_gemv`. Absent: the default engine.
+#: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`) or ``"native"``, modelzip's kernel
+#: of :mod:`.int8_gemv`. Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
 #: How many input shapes (× thread counts) a static int8 conv keeps a prepacked weight for
 #: (see ``Int8Format._packed_for_call``).

@@ -47,11 +47,14 @@ def _reference(x, codes, scale, bias, qmax):
 @needs_native
 @pytest.mark.parametrize("path", [0, 1])
 @pytest.mark.parametrize(("rows", "out_f", "in_f"), [(1, 100, 37), (3, 130, 64), (5, 64, 1027),
-                                                     (8, 257, 300), (1, 1, 4)])  # fmt: skip
+                                                     (8, 257, 300), (1, 1, 4), (13, 70, 45),
+                                                     (64, 129, 260), (131, 16, 33)])  # fmt: skip
 def test_outputs_are_the_integer_product_on_the_grid(monkeypatch, path, rows, out_f, in_f):
     """Integer products summed exactly: only the float rescale differs from the reference
-    (partial blocks of outputs, inputs not a multiple of 4, rows past one tile)."""
+    (partial blocks of outputs, inputs not a multiple of 4, tiles of every row count and many
+    of them: the kernel runs here whatever rows the engine would send to fbgemm)."""
     monkeypatch.setattr(gemv, "PATH", path)
+    monkeypatch.setattr(gemv, "row_limit", lambda: None)
     g = torch.Generator().manual_seed(rows * 1000 + out_f)
     codes = torch.randint(-128, 128, (out_f, in_f), dtype=torch.int8, generator=g)
     scale = torch.rand(out_f, generator=g) * 0.01 + 1e-3
@@ -82,15 +85,51 @@ def test_nan_constant_and_per_tensor_inputs():
         run(torch.zeros(1, 40))
 
 
+@needs_native
+@pytest.mark.parametrize("path", [0, 1])
+def test_nan_read_as_zero_in_vector_and_tail_positions(monkeypatch, path):
+    """The input's range and codes are made 16 (AVX-512) or 32 (AVX2) values at a time, the
+    rest one by one: a NaN anywhere is skipped by the range and coded as 0."""
+    monkeypatch.setattr(gemv, "PATH", path)
+    monkeypatch.setattr(gemv, "row_limit", lambda: None)
+    g = torch.Generator().manual_seed(4)
+    codes = torch.randint(-127, 128, (40, 100), dtype=torch.int8, generator=g)
+    run = gemv.NativeGemvLinear(codes, torch.rand(40, generator=g) * 0.01, None)
+    x = torch.randn(7, 100, generator=g)
+    nan, zeroed = x.clone(), x.clone()
+    for r, c in ((0, 3), (2, 17), (3, 40), (6, 99), (5, 31), (5, 32)):
+        nan[r, c], zeroed[r, c] = float("nan"), 0.0
+    got = run(nan)
+    assert not got.isnan().any() and torch.equal(got, run(zeroed))
+
+
+def test_row_limit_follows_the_product(monkeypatch):
+    """Any number of rows where the AVX-512 build computes with VNNI; the measured limits
+    elsewhere (VPMADDUBSW, the AVX2 build); none without a native build."""
+    monkeypatch.setattr(gemv, "selected_isa", lambda: "avx512")
+    monkeypatch.setattr(gemv, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    assert gemv.row_limit() is gemv.MAX_ROWS["vnni"] is None
+    monkeypatch.setattr(gemv, "PATH", 1)
+    assert gemv.row_limit() == gemv.MAX_ROWS["avx512"]
+    monkeypatch.setattr(gemv, "PATH", 0)
+    monkeypatch.setattr(gemv, "cpu_flags", lambda: frozenset())
+    assert gemv.row_limit() == gemv.MAX_ROWS["avx512"]
+    monkeypatch.setattr(gemv, "selected_isa", lambda: "avx2")
+    assert gemv.row_limit() == gemv.MAX_ROWS["avx2"]
+    monkeypatch.setattr(gemv, "selected_isa", lambda: None)
+    assert gemv.row_limit() == 0
+
+
 def test_more_rows_run_on_fbgemm_and_copies_carry_the_codes(monkeypatch):
-    """Past MAX_ROWS, or where the native kernels are absent, fbgemm's kernel runs: the same
+    """Past the row limit, or where the native kernels are absent, fbgemm's kernel runs: the same
     outputs as its linear_dynamic. A copy or pickle packs again on first use."""
     g = torch.Generator().manual_seed(3)
     codes = torch.randint(-127, 128, (20, 48), dtype=torch.int8, generator=g)
     scale, bias = torch.rand(20, generator=g) + 0.1, torch.randn(20, generator=g)
+    monkeypatch.setattr(gemv, "row_limit", lambda: 2)
     run = gemv.NativeGemvLinear(codes, scale, bias)
     fbgemm = prepack_linear(codes, scale, bias)
-    many = torch.randn(max(gemv.MAX_ROWS.values()) + 1, 48, generator=g)
+    many = torch.randn(3, 48, generator=g)
     assert torch.equal(run(many), linear_dynamic(many, fbgemm))
     few = many[:2]
     monkeypatch.setattr(gemv, "native", lambda: None)
