@@ -101,6 +101,26 @@ def int8_native_conv(module: nn.Module, x: torch.Tensor | None) -> list[Candidat
     return [("int8:static native", build)]
 
 
+@register_form("int8_native_linear")
+def int8_native_linear(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
+    """A static int8 linear on the native kernel of :mod:`modelzip.kernels.int8_static_gemm`:
+    the same codes and grids. Offered for measuring where that kernel runs (the AVX-512 build
+    with VNNI); always rebuilt for a file that chose it (elsewhere it runs on PyTorch's default
+    engine)."""
+    from modelzip.kernels import int8_static_gemm as gemm
+    from modelzip.kernels.int8 import ENGINE_ATTR
+
+    if x is not None and not gemm.available():
+        return []
+
+    def build() -> nn.Module:
+        new = module.with_activations("static")  # type: ignore[operator]
+        new.__dict__[ENGINE_ATTR] = gemm.ENGINE
+        return new
+
+    return [("int8:static native", build)]
+
+
 @register_form("int8_dynamic_conv2d")
 def int8_dynamic_conv2d(module: nn.Module, x: torch.Tensor | None) -> list[Candidate]:
     """An int8 conv on PyTorch's x86 dynamic conv kernel (:class:`.int8.Int8DynamicConv2d`)."""

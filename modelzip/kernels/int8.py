@@ -173,7 +173,8 @@ EMIT_ATTR = "_modelzip_int8_emit"
 #: by the deploy step's ``int8:static onednn`` form where that measured faster than the default
 #: x86 engine (fbgemm's direct convolution; on an AVX2 EPYC oneDNN ran ResNet-small's 16- and
 #: 32-channel 3×3 convs 1.5-3× faster, LeNet-5's 5×5 convs 1.3-3×), or ``"native"``, the
-#: first-layer kernel of :mod:`.int8_small_conv` (``int8:static native``). On a dynamic int8 linear:
+#: first-layer kernel of :mod:`.int8_small_conv` (``int8:static native``). On a static int8
+#: linear: ``"native"``, the kernel of :mod:`.int8_static_gemm`. On a dynamic int8 linear:
 #: ``"onnxruntime"`` (:mod:`modelzip.kernels.int8_ort`) or ``"native"``, modelzip's kernel
 #: of :mod:`.int8_gemv`. Absent: the default engine.
 ENGINE_ATTR = "_modelzip_int8_engine"
@@ -473,6 +474,14 @@ class Int8Format(WeightFormat):
         engine = DYNAMIC_LINEAR_ENGINES.get(self.__dict__.get(ENGINE_ATTR))  # type: ignore[arg-type]
         if engine is not None and self.activations == "dynamic":
             y = self._engine_state(lambda: engine(*self._weights(bias)))[0](flat)
+        elif self.__dict__.get(ENGINE_ATTR) == "native" and self.activations == "static":
+            from modelzip.kernels import int8_static_gemm as gemm
+
+            def build() -> Any:
+                w = self._weights(bias)
+                return gemm.prepack(*w, lambda: prepack_linear(*w))
+
+            y = self._run((None, gemm.linear_op, gemm.linear_relu_op), flat, build)
         else:
             y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])

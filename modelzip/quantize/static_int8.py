@@ -82,10 +82,11 @@ class StaticInt8Linear(Int8Linear):
     (:class:`~modelzip.quantize.int8.Int8Linear` with the ``"static"`` policy)."""
 
     policy = "static"
-    #: Already on PyTorch's int8 engine with calibrated static activations: its one other form
-    #: is the dequantized float layer, kept when measured faster (alone, or for the whole model
-    #: against the uint8 chain).
-    executable_forms = ("dequantized",)
+    #: Already on PyTorch's int8 engine with calibrated static activations: its other forms are
+    #: the same linear on modelzip's native int8 GEMM (with VNNI) and the dequantized float
+    #: layer, each kept when measured faster (alone, or for the whole model against the uint8
+    #: chain).
+    executable_forms = ("int8_native_linear", "dequantized")
     runs_own_kernel = True
 
 

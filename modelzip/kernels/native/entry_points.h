@@ -96,7 +96,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("int8_gemv_pack", &MODELZIP_ISA::int8_gemv_pack,
         "int8 codes (N, K) packed for int8_gemv (this build's blocks of outputs)");
   m.def("int8_gemv", &MODELZIP_ISA::int8_gemv,
-        "dynamic int8 linear for a few rows: float in (8-bit codes with VNNI, else 7), float out");
+        "dynamic int8 linear: float in (8-bit codes with VNNI, else 7), float out");
+  m.def("int8_gemm_static", &MODELZIP_ISA::int8_gemm_static,
+        "static int8 linear: quint8 or float in (fixed grid), quint8 out (VNNI only)");
   m.def("uint8_max_pool2x2", &MODELZIP_ISA::uint8_max_pool2x2,
         "2x2 max pooling of a channels-last quint8 tensor, on its codes");
   m.def("bsr4_matmul", &MODELZIP_ISA::bsr4_matmul, "BSR (4 x 4 blocks) times dense");

@@ -15,8 +15,10 @@
 // onnxruntime; without it the engine keeps to a few rows (kernels/int8_gemv.py, MAX_ROWS).
 // The input is quantized here per call, per tensor, its range widened to hold 0 (as
 // onnxruntime's DynamicQuantizeLinear), on 255 steps with VNNI and 127 without (NaN read as 0);
-// each output is (acc - zero * sum_k w) * in_scale * w_scale + bias. Written by hand: no library
-// offers an int8 GEMM that PyTorch can call with the input quantized inside it.
+// each output is (acc - zero * sum_k w) * in_scale * w_scale + bias. The static linear
+// (int8_gemm_static) runs the same blocks on quint8 codes, or on a fixed grid, and requantizes.
+// Written by hand: no library offers an int8 GEMM that PyTorch can call with the input quantized
+// inside it.
 #pragma once
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -247,6 +249,55 @@ void gemv_store_rows(const int32_t* acc, int rows, int64_t outs, int64_t o0, int
     }
   }
 }
+
+// Each block of outputs times every tile of rows (words: M rows of K4 words of 4 input codes),
+// the block's int32 sums then handed to store(acc, rows, outs, o0, m0).
+template <class Store>
+void gemm_blocks(const uint32_t* words, int64_t M, int64_t K4, const int8_t* P, int64_t Nb,
+                 int64_t n, bool vnni, Store&& store) {
+  // A thread gets at least 1 MB of codes times row tiles: waking a second one from a passive
+  // wait took longer than LeNet-300's 300 x 784 layer alone at batch 1 (0.05 ms on 2 threads,
+  // 0.01 on one); at batch 256 the same layer is 43 passes over its codes, one per tile of rows.
+  const int64_t tiles = (M + kGemvRows - 1) / kGemvRows;
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (K4 * kGemvOut * 4 * tiles));
+  at::parallel_for(0, Nb, grain, [&](int64_t b0, int64_t b1) {
+    alignas(64) int32_t acc[kGemvRows * kGemvOut];
+    for (int64_t nb = b0; nb < b1; ++nb) {
+      const int64_t o0 = nb * kGemvOut, outs = std::min<int64_t>(kGemvOut, n - o0);
+      for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
+        const int rows = static_cast<int>(std::min<int64_t>(kGemvRows, M - m0));
+        gemv_tile(rows, vnni)(words + m0 * K4, K4, K4, P + nb * K4 * kGemvOut * 4, acc);
+        store(acc, rows, outs, o0, m0);
+      }
+    }
+  });
+}
+
+// Y[r, o0 + j] = clamp(round((acc[r, j] - corr[o]) * mult[o] + off[o]), lo, 255) as uint8.
+void gemm_requantize_rows(const int32_t* acc, int rows, int64_t outs, int64_t o0,
+                          const int32_t* corr, const float* mult, const float* off, int32_t lo,
+                          uint8_t* Y, int64_t n) {
+  for (int r = 0; r < rows; ++r) {
+    const int32_t* a = acc + r * kGemvOut;
+    uint8_t* y = Y + r * n + o0;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    const __m512 vlo = _mm512_set1_ps(static_cast<float>(lo)), vhi = _mm512_set1_ps(255.0f);
+    for (; j + 16 <= outs; j += 16) {
+      const __m512i c = _mm512_sub_epi32(_mm512_loadu_si512(a + j), _mm512_loadu_si512(corr + o0 + j));
+      __m512 v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_loadu_ps(mult + o0 + j),
+                                 _mm512_loadu_ps(off + o0 + j));
+      v = _mm512_min_ps(_mm512_max_ps(v, vlo), vhi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + j), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+#endif
+    for (; j < outs; ++j) {
+      const int64_t o = o0 + j;
+      const float v = std::nearbyint(static_cast<float>(a[j] - corr[o]) * mult[o] + off[o]);
+      y[j] = static_cast<uint8_t>(std::min(std::max(v, static_cast<float>(lo)), 255.0f));
+    }
+  }
+}
 }  // namespace
 
 namespace MODELZIP_ISA {
@@ -306,22 +357,62 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor packed, torch::Tensor col
   const int32_t* CS = colsum.data_ptr<int32_t>();
   const float* WS = w_scale.data_ptr<float>();
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
-  // A thread gets at least 1 MB of codes times row tiles: waking a second one from a passive
-  // wait took longer than LeNet-300's 300 x 784 layer alone at batch 1 (0.05 ms on 2 threads,
-  // 0.01 on one); at batch 256 the same layer is 11 passes over its codes per tile of rows.
-  const int64_t tiles = (M + kGemvRows - 1) / kGemvRows;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (K4 * kGemvOut * 4 * tiles));
-  at::parallel_for(0, Nb, grain, [&](int64_t b0, int64_t b1) {
-    alignas(64) int32_t acc[kGemvRows * kGemvOut];
-    for (int64_t nb = b0; nb < b1; ++nb) {
-      const int64_t o0 = nb * kGemvOut, outs = std::min<int64_t>(kGemvOut, n - o0);
-      for (int64_t m0 = 0; m0 < M; m0 += kGemvRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kGemvRows, M - m0));
-        gemv_tile(rows, vnni)(words.data() + m0 * K4, K4, K4, P + nb * K4 * kGemvOut * 4, acc);
-        gemv_store_rows(acc, rows, outs, o0, zero, scale, CS, WS, B, Y + m0 * n, n);
-      }
-    }
-  });
+  gemm_blocks(words.data(), M, K4, P, Nb, n, vnni,
+              [&](const int32_t* acc, int rows, int64_t outs, int64_t o0, int64_t m0) {
+                gemv_store_rows(acc, rows, outs, o0, zero, scale, CS, WS, B, Y + m0 * n, n);
+              });
+  return y;
+}
+
+// Static int8 linear: x (M, K) quint8 codes, or float32 quantized here on the fixed grid
+// (in_mul = 1 / scale, in_zero, qmax), times the packed codes; each output requantized as
+// clamp(round((acc - corr[o]) * mult[o] + off[o]), lo, 255) (corr = in_zero * colsum,
+// mult = in_scale * w_scale / out_scale, off = out_zero + bias / out_scale; lo = out_zero for a
+// fused ReLU, else 0) into a quint8 (M, n) tensor on (out_scale, out_zero). Codes up to 255 need
+// VPDPBUSD: the AVX-512 build on a CPU with VNNI only (VPMADDUBSW would saturate).
+torch::Tensor int8_gemm_static(torch::Tensor x, torch::Tensor packed, torch::Tensor corr,
+                               torch::Tensor mult, torch::Tensor off, int64_t n, double in_mul,
+                               int64_t in_zero, int64_t qmax, int64_t lo, double out_scale,
+                               int64_t out_zero) {
+  TORCH_CHECK(x.dim() == 2 && (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kQUInt8),
+              "int8_gemm_static: x must be 2-D float32 or quint8");
+  TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kGemvOut && packed.size(3) == 4,
+              "int8_gemm_static: packed weights of another build (", packed.size(2),
+              " outputs per block)");
+#if defined(__AVX512F__)
+  const bool vnni = __builtin_cpu_supports("avx512vnni");
+#else
+  const bool vnni = false;
+#endif
+  TORCH_CHECK(vnni, "int8_gemm_static: needs AVX-512 VNNI (8-bit input codes)");
+  x = x.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), K4 = packed.size(1), Nb = packed.size(0);
+  TORCH_CHECK((K + 3) / 4 == K4 && n <= Nb * kGemvOut, "int8_gemm_static: x has ", K,
+              " features, the weights ", K4 * 4);
+  TORCH_CHECK(corr.numel() == n && mult.numel() == n && off.numel() == n,
+              "int8_gemm_static: one corr, mult, off per output");
+  std::vector<uint32_t> words(static_cast<size_t>(M * K4), 0);
+  auto* codes = reinterpret_cast<uint8_t*>(words.data());
+  if (x.is_quantized()) {
+    const auto* X = reinterpret_cast<const uint8_t*>(x.data_ptr<c10::quint8>());
+    for (int64_t m = 0; m < M; ++m) std::memcpy(codes + m * K4 * 4, X + m * K, K);
+  } else {
+    const float* X = x.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m)
+      gemv_quantize_row(X + m * K, K, static_cast<float>(in_mul), static_cast<float>(in_zero),
+                        static_cast<float>(qmax), codes + m * K4 * 4);
+  }
+  auto y = at::_empty_affine_quantized({M, n}, at::device(torch::kCPU).dtype(torch::kQUInt8),
+                                       out_scale, out_zero);
+  auto* Y = reinterpret_cast<uint8_t*>(y.data_ptr<c10::quint8>());
+  const int32_t* C = corr.data_ptr<int32_t>();
+  const float* Mu = mult.data_ptr<float>();
+  const float* O = off.data_ptr<float>();
+  const int32_t low = static_cast<int32_t>(lo);
+  gemm_blocks(words.data(), M, K4, packed.data_ptr<int8_t>(), Nb, n, vnni,
+              [&](const int32_t* acc, int rows, int64_t outs, int64_t o0, int64_t m0) {
+                gemm_requantize_rows(acc, rows, outs, o0, C, Mu, O, low, Y + m0 * n, n);
+              });
   return y;
 }
 
