@@ -54,7 +54,12 @@ from modelzip.core.compressed import drop_decoded_weights
 from modelzip.core.context import replace_module
 from modelzip.core.model_links import unlink
 from modelzip.core.running import model_device
-from modelzip.deploy.chains import link_int8_chain, link_sparse_runs, link_xnor_inputs
+from modelzip.deploy.chains import (
+    link_int8_chain,
+    link_int8_relus,
+    link_sparse_runs,
+    link_xnor_inputs,
+)
 from modelzip.deploy.layer_choice import Pick, choose_form, deployable_layers
 from modelzip.deploy.layout import choose_layout, dense_anchor
 from modelzip.deploy.model_choice import (
@@ -150,6 +155,7 @@ def materialize(
     assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
     model = link_int8_chain(model, args if sample is not None else None, ref, report)
     model = link_xnor_inputs(model, args if sample is not None else None, ref, report)
+    model = link_int8_relus(model, args if sample is not None else None, ref, report)
     if sample is not None and ref is not None:
         model = link_sparse_runs(model, picks, args, ref, reps, choose, report)
     if not others:

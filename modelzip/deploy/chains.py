@@ -1,7 +1,8 @@
 """Links between layers that no layer alone can show pay: static int8 layers handing each other
 uint8 (:mod:`modelzip.quantize.int8_chain`), runs of pruned linears in CSR run as one call
-(:mod:`modelzip.kernels.sparse_chain`) and XNOR convolutions reading the pooling before them
-(:mod:`modelzip.kernels.xnor_inputs`), each kept only if the whole model's output agrees.
+(:mod:`modelzip.kernels.sparse_chain`), XNOR convolutions reading the pooling before them
+(:mod:`modelzip.kernels.xnor_inputs`) and ReLUs run in the dynamic int8 linears before them
+(:mod:`modelzip.kernels.int8_dynamic_relus`), each kept only if the whole model's output agrees.
 """
 
 from __future__ import annotations
@@ -72,6 +73,29 @@ def link_xnor_inputs(
         return undo(linked)
     report.xnor_inputs = what + " them"
     report.note = "; ".join(filter(None, [report.note, f"XNOR inputs: {report.xnor_inputs}"]))
+    return linked
+
+
+def link_int8_relus(
+    model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
+) -> nn.Module:
+    """ReLUs after native dynamic int8 linears run in the kernel's output
+    (:mod:`modelzip.kernels.int8_dynamic_relus`): the same numbers, so kept wherever the model's
+    output on the sample agrees with the unlinked model's (``ref``, the compressed model's,
+    differs from both by the engines' input rounding)."""
+    link, undo = model_link("int8_relus")
+    linked, links, _ = link(model)
+    if not links:
+        return model
+    if args is not None:
+        with torch.no_grad():
+            ref = model(*args)
+    why_not = _disagreement(linked, args, ref, TOLERANCE["float"])
+    if why_not:
+        report.int8_relus = f"unlinked: {why_not}"
+        return undo(linked)
+    report.int8_relus = f"{links} ReLU{'s' if links > 1 else ''} run in the int8 linears before"
+    report.note = "; ".join(filter(None, [report.note, f"int8 ReLUs: {report.int8_relus}"]))
     return linked
 
 

@@ -185,6 +185,10 @@ def choose_model(
         report.xnor_inputs = ""
     elif report.xnor_inputs:
         report.note += f"; XNOR inputs: {report.xnor_inputs}"
+    if key != PER_LAYER:
+        report.int8_relus = ""
+    elif report.int8_relus:
+        report.note += f"; int8 ReLUs: {report.int8_relus}"
     if kind == "channels_last" and winner is model:
         return to_channels_last(model)
     return winner

@@ -212,10 +212,11 @@ void gemv_quantize_row(const float* x, int64_t K, float inv, float zero, float q
   for (; k < K; ++k) codes[k] = gemv_code(x[k], inv, zero, qmax);
 }
 
-// Y[r, o0 + j] = (acc[r, j] - zero * colsum[o]) * scale * w_scale[o] + bias[o], j < outs.
+// Y[r, o0 + j] = (acc[r, j] - zero * colsum[o]) * scale * w_scale[o] + bias[o], j < outs, and
+// with relu at least 0.
 void gemv_store_rows(const int32_t* acc, int rows, int64_t outs, int64_t o0, int32_t zero,
-                     float scale, const int32_t* CS, const float* WS, const float* B, float* Y,
-                     int64_t n) {
+                     float scale, const int32_t* CS, const float* WS, const float* B, bool relu,
+                     float* Y, int64_t n) {
   for (int r = 0; r < rows; ++r) {
     const int32_t* a = acc + r * kGemvOut;
     float* y = Y + r * n + o0;
@@ -228,6 +229,7 @@ void gemv_store_rows(const int32_t* acc, int rows, int64_t outs, int64_t o0, int
                                          _mm512_mullo_epi32(vz, _mm512_loadu_si512(CS + o0 + j)));
       __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(vs, _mm512_loadu_ps(WS + o0 + j)));
       if (B) v = _mm512_add_ps(v, _mm512_loadu_ps(B + o0 + j));
+      if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
       _mm512_storeu_ps(y + j, v);
     }
 #else
@@ -239,13 +241,15 @@ void gemv_store_rows(const int32_t* acc, int rows, int64_t outs, int64_t o0, int
           _mm256_mullo_epi32(vz, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(CS + o0 + j))));
       __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(vs, _mm256_loadu_ps(WS + o0 + j)));
       if (B) v = _mm256_add_ps(v, _mm256_loadu_ps(B + o0 + j));
+      if (relu) v = _mm256_max_ps(v, _mm256_setzero_ps());
       _mm256_storeu_ps(y + j, v);
     }
 #endif
     for (; j < outs; ++j) {
       const int64_t o = o0 + j;
-      const float v = static_cast<float>(a[j] - zero * CS[o]) * scale * WS[o];
-      y[j] = B ? v + B[o] : v;
+      float v = static_cast<float>(a[j] - zero * CS[o]) * scale * WS[o];
+      v = B ? v + B[o] : v;
+      y[j] = relu ? std::max(v, 0.0f) : v;
     }
   }
 }
@@ -320,9 +324,11 @@ torch::Tensor int8_gemv_pack(torch::Tensor codes) {
 
 // y (M, n) = x W^T + bias, x (M, K) float32 quantized here per call (8 bits with VNNI, else 7);
 // packed from int8_gemv_pack, colsum (n) int32 = sum_k W[o, k], w_scale (n) float32, bias (n)
-// float32 or empty. path: 0 VPDPBUSD where the CPU has it, 1 VPMADDUBSW (tests).
+// float32 or empty. path: 0 VPDPBUSD where the CPU has it, 1 VPMADDUBSW (tests). relu: each
+// output clamped at 0 (a ReLU fused into the layer).
 torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor packed, torch::Tensor colsum,
-                        torch::Tensor w_scale, torch::Tensor bias, int64_t n, int64_t path) {
+                        torch::Tensor w_scale, torch::Tensor bias, int64_t n, int64_t path,
+                        bool relu) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "int8_gemv: x must be 2-D float32");
   TORCH_CHECK(packed.dim() == 4 && packed.size(2) == kGemvOut && packed.size(3) == 4,
               "int8_gemv: packed weights of another build (", packed.size(2), " outputs per block)");
@@ -359,7 +365,7 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor packed, torch::Tensor col
   const float* B = bias.numel() ? bias.data_ptr<float>() : nullptr;
   gemm_blocks(words.data(), M, K4, P, Nb, n, vnni,
               [&](const int32_t* acc, int rows, int64_t outs, int64_t o0, int64_t m0) {
-                gemv_store_rows(acc, rows, outs, o0, zero, scale, CS, WS, B, Y + m0 * n, n);
+                gemv_store_rows(acc, rows, outs, o0, zero, scale, CS, WS, B, relu, Y + m0 * n, n);
               });
   return y;
 }
