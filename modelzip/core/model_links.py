@@ -15,6 +15,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from modelzip.core.errors import ModelError
@@ -51,6 +53,16 @@ def module_calls(graph: fx.Graph) -> dict[str, int]:
         if n.op == "call_module":
             calls[str(n.target)] = calls.get(str(n.target), 0) + 1
     return calls
+
+
+def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a ReLU: an ``nn.ReLU`` module, ``torch.relu``/``F.relu`` or the
+    ``relu``/``relu_`` method (the ReLUs links fuse into the layer before them)."""
+    if node.op == "call_module":
+        return type(modules.get(str(node.target))) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, F.relu) and set(node.kwargs) <= {"inplace"}
+    return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
 
 
 class LinkedModel(fx.GraphModule):

@@ -20,6 +20,7 @@ from torch import fx, nn
 from modelzip.core.compact_source import INT8_RELUS_ATTR
 from modelzip.core.model_links import (
     EAGER_ATTR,
+    is_relu,
     module_calls,
     register_link,
     trace_layers,
@@ -44,8 +45,6 @@ def _fuses(m: nn.Module | None) -> bool:
 def link_int8_relus(model: nn.Module) -> tuple[nn.Module, int, str]:
     """Fuse each ReLU whose input is only the output of a native dynamic int8 linear (called
     once) into it: ``(model to run, ReLUs fused, why none)``."""
-    from modelzip.quantize.int8_bn_fold import is_relu
-
     if model.__dict__.get(EAGER_ATTR) is not None:
         return model, 0, "the model is linked already"
     if not any(_fuses(m) for m in model.modules()):

@@ -25,15 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from modelzip.kernels import int8_gemv
+from modelzip.kernels._native import cpu_flags, native, selected_isa
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a static linear this module runs.
 ENGINE = "native"
 
 
 def available() -> bool:
-    """Whether the kernel runs here: the native build computes with VNNI (any rows)."""
-    return int8_gemv.native() is not None and int8_gemv.row_limit() is None
+    """Whether the kernel runs here: the native AVX-512 build, on a CPU with VNNI."""
+    return selected_isa() == "avx512" and "avx512_vnni" in cpu_flags() and native() is not None
 
 
 @dataclasses.dataclass
@@ -114,7 +114,7 @@ def linear_op(
     in), or of a float ``x`` quantized on ``in_grid`` ``(scale, zero, top code)`` by the kernel
     (as ``quantize_per_tensor`` and a clamp at the top code would): a quint8 tensor on the grid
     ``(scale, zero)``."""
-    lib = int8_gemv.native() if available() else None
+    lib = native() if available() else None
     if not x.is_quantized:
         if in_grid is None:
             raise ValueError("a float input to the static int8 linear needs its input grid")

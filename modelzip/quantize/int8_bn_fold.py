@@ -17,12 +17,12 @@ one over uint8 codes (clamping them at the zero point); the engine's ``linear_re
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from modelzip.core.model_links import is_relu
 from modelzip.kernels.int8 import FOLD_ATTR, RELU_ATTR, qparams
 
-__all__ = ["fold_batchnorms", "fuse_relus", "unfold"]
+__all__ = ["fold_batchnorms", "fuse_relus", "is_relu", "unfold"]
 
 
 def _bn_map(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -80,14 +80,6 @@ def fold_batchnorms(
 def _is_identity(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     module = modules.get(str(node.target)) if node.op == "call_module" else None
     return isinstance(module, nn.Identity) and len(node.args) == 1 and not node.kwargs
-
-
-def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return type(modules.get(str(node.target))) is nn.ReLU
-    if node.op == "call_function":
-        return node.target in (torch.relu, F.relu) and set(node.kwargs) <= {"inplace"}
-    return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
 
 
 def fuse_relus(
