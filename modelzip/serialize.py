@@ -45,7 +45,7 @@ from modelzip.core.attention import PackedAttention
 from modelzip.core.compact_source import (
     CHAIN_ATTR,
     DEPLOYED_ATTR,
-    INT8_RELUS_ATTR,
+    INT8_RUNS_ATTR,
     LAYOUT_ATTR,
     ORT_ATTR,
     SPARSE_CHAIN_ATTR,
@@ -269,8 +269,8 @@ def save(model: nn.Module, path: str | Path, *, source: dict[str, Any] | None = 
         meta["sparse_chain"] = True
     if model.__dict__.get(XNOR_INPUTS_ATTR):
         meta["xnor_inputs"] = True
-    if model.__dict__.get(INT8_RELUS_ATTR):
-        meta["int8_relus"] = True
+    if model.__dict__.get(INT8_RUNS_ATTR):
+        meta["int8_runs"] = True
     if model.__dict__.get(ORT_ATTR):
         meta["onnxruntime"] = model.__dict__[ORT_ATTR]
     params = list(model.parameters())
@@ -483,10 +483,10 @@ def _deploy_again(
         from modelzip.core.model_links import model_link
 
         model = model_link("xnor_inputs")[0](model.eval())[0]
-    if meta.get("int8_relus") is True:
+    if meta.get("int8_runs") is True:
         from modelzip.core.model_links import model_link
 
-        model = model_link("int8_relus")[0](model.eval())[0]
+        model = model_link("int8_runs")[0](model.eval())[0]
     if meta.get("layout") == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         model.__dict__[LAYOUT_ATTR] = "channels_last"

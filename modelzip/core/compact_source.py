@@ -39,8 +39,8 @@ SPARSE_CHAIN_ATTR = "_modelzip_sparse_chain"
 #: (:mod:`modelzip.kernels.xnor_inputs`); saved with it, linked again on load.
 XNOR_INPUTS_ATTR = "_modelzip_xnor_inputs"
 #: Set on a deployed model whose ReLUs run in the native dynamic int8 linears before them
-#: (:mod:`modelzip.kernels.int8_dynamic_relus`); saved with it, linked again on load.
-INT8_RELUS_ATTR = "_modelzip_int8_relus"
+#: (:mod:`modelzip.kernels.int8_dynamic_runs`); saved with it, linked again on load.
+INT8_RUNS_ATTR = "_modelzip_int8_runs"
 #: Set on the eager model of a deployment run whole by onnxruntime
 #: (:mod:`modelzip.export.ort_link`): ``{"input_shape": [...]}``, the input's shape without the
 #: batch that the graph is exported for; saved with it, exported and linked again on load.

@@ -56,7 +56,7 @@ from modelzip.core.model_links import unlink
 from modelzip.core.running import model_device
 from modelzip.deploy.chains import (
     link_int8_chain,
-    link_int8_relus,
+    link_int8_runs,
     link_sparse_runs,
     link_xnor_inputs,
 )
@@ -155,7 +155,7 @@ def materialize(
     assemble(model, {p.name: (p.chosen, p.entry.form) for p in picks}, picks, copy_layers=False)
     model = link_int8_chain(model, args if sample is not None else None, ref, report)
     model = link_xnor_inputs(model, args if sample is not None else None, ref, report)
-    model = link_int8_relus(model, args if sample is not None else None, ref, report)
+    model = link_int8_runs(model, args if sample is not None else None, ref, report)
     if sample is not None and ref is not None:
         model = link_sparse_runs(model, picks, args, ref, reps, choose, report)
     if not others:

@@ -1,8 +1,8 @@
 """Links between layers that no layer alone can show pay: static int8 layers handing each other
 uint8 (:mod:`modelzip.quantize.int8_chain`), runs of pruned linears in CSR run as one call
 (:mod:`modelzip.kernels.sparse_chain`), XNOR convolutions reading the pooling before them
-(:mod:`modelzip.kernels.xnor_inputs`) and ReLUs run in the dynamic int8 linears before them
-(:mod:`modelzip.kernels.int8_dynamic_relus`), each kept only if the whole model's output agrees.
+(:mod:`modelzip.kernels.xnor_inputs`) and dynamic int8 linears with their ReLUs run as one call
+(:mod:`modelzip.kernels.int8_dynamic_runs`), each kept only if the whole model's output agrees.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modelzip.core.compact_source import remember_source
+from modelzip.core.compact_source import INT8_RUNS_ATTR, remember_source
 from modelzip.core.context import replace_module
 from modelzip.core.forms import candidates, declared_forms
 from modelzip.core.model_links import model_link
@@ -76,14 +76,14 @@ def link_xnor_inputs(
     return linked
 
 
-def link_int8_relus(
+def link_int8_runs(
     model: nn.Module, args: tuple[Any, ...] | None, ref: Any, report: MaterializeReport
 ) -> nn.Module:
-    """ReLUs after native dynamic int8 linears run in the kernel's output
-    (:mod:`modelzip.kernels.int8_dynamic_relus`): the same numbers, so kept wherever the model's
-    output on the sample agrees with the unlinked model's (``ref``, the compressed model's,
-    differs from both by the engines' input rounding)."""
-    link, undo = model_link("int8_relus")
+    """Native dynamic int8 linears linked (:mod:`modelzip.kernels.int8_dynamic_runs`): the ReLUs
+    after them in the kernel's output, runs of them as one call. The same numbers, so kept
+    wherever the model's output on the sample agrees with the unlinked model's (``ref``, the
+    compressed model's, differs from both by the engines' input rounding)."""
+    link, undo = model_link("int8_runs")
     linked, links, _ = link(model)
     if not links:
         return model
@@ -92,10 +92,10 @@ def link_int8_relus(
             ref = model(*args)
     why_not = _disagreement(linked, args, ref, TOLERANCE["float"])
     if why_not:
-        report.int8_relus = f"unlinked: {why_not}"
+        report.int8_runs = f"unlinked: {why_not}"
         return undo(linked)
-    report.int8_relus = f"{links} ReLU{'s' if links > 1 else ''} run in the int8 linears before"
-    report.note = "; ".join(filter(None, [report.note, f"int8 ReLUs: {report.int8_relus}"]))
+    report.int8_runs = str(linked.__dict__.get(INT8_RUNS_ATTR, ""))
+    report.note = "; ".join(filter(None, [report.note, f"int8 linears: {report.int8_runs}"]))
     return linked
 
 

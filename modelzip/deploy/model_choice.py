@@ -186,9 +186,9 @@ def choose_model(
     elif report.xnor_inputs:
         report.note += f"; XNOR inputs: {report.xnor_inputs}"
     if key != PER_LAYER:
-        report.int8_relus = ""
-    elif report.int8_relus:
-        report.note += f"; int8 ReLUs: {report.int8_relus}"
+        report.int8_runs = ""
+    elif report.int8_runs:
+        report.note += f"; int8 linears: {report.int8_runs}"
     if kind == "channels_last" and winner is model:
         return to_channels_last(model)
     return winner

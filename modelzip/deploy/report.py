@@ -49,8 +49,8 @@ class MaterializeReport:
     #: (:mod:`modelzip.kernels.xnor_inputs`).
     xnor_inputs: str = ""
     #: ReLUs run in the native dynamic int8 linears before them
-    #: (:mod:`modelzip.kernels.int8_dynamic_relus`).
-    int8_relus: str = ""
+    #: (:mod:`modelzip.kernels.int8_dynamic_runs`).
+    int8_runs: str = ""
     #: The whole-model candidate kept (``"per-layer"``, ``"static int8"``, ``"dense"``) and each
     #: candidate's median milliseconds on the sample (in its faster layout); empty when there was
     #: one candidate only.
@@ -79,8 +79,8 @@ class MaterializeReport:
             lines.append(f"sparse chain: {self.sparse_chain}")
         if self.xnor_inputs:
             lines.append(f"XNOR inputs: {self.xnor_inputs}")
-        if self.int8_relus:
-            lines.append(f"int8 ReLUs: {self.int8_relus}")
+        if self.int8_runs:
+            lines.append(f"int8 linears: {self.int8_runs}")
         if self.note:
             lines.append(self.note)
         if self.max_rel_error is not None:

@@ -211,7 +211,7 @@ class DynamicLinearEngine:
 
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
 #: op clamps the output at the zero point in its requantization; the ReLU node is dropped). On a
-#: dynamic one on the native kernel (:mod:`.int8_dynamic_relus`): the kernel clamps its output.
+#: dynamic one on the native kernel (:mod:`.int8_dynamic_runs`): the kernel clamps its output.
 RELU_ATTR = "_modelzip_int8_relu"
 
 
@@ -469,7 +469,7 @@ class Int8Format(WeightFormat):
         return qy if emit else _as_input(qy.dequantize(), x, self.codes)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # A dynamic layer whose ReLU a model link fused (modelzip.kernels.int8_dynamic_relus)
+        # A dynamic layer whose ReLU a model link fused (modelzip.kernels.int8_dynamic_runs)
         # applies it here: in the kernel's output where the engine can, else after.
         relu = self.activations == "dynamic" and bool(self.__dict__.get(RELU_ATTR))
         if not self._on_engine(x):

@@ -91,7 +91,7 @@ class NativeGemvLinear(DynamicLinearEngine):
         return self._packed
 
     #: Takes ``relu=True``: the kernel clamps its output at 0 (a ReLU fused by
-    #: :mod:`modelzip.kernels.int8_dynamic_relus`).
+    #: :mod:`modelzip.kernels.int8_dynamic_runs`).
     fuses_relu = True
 
     def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:

@@ -97,6 +97,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "int8 codes (N, K) packed for int8_gemv (this build's blocks of outputs)");
   m.def("int8_gemv", &MODELZIP_ISA::int8_gemv,
         "dynamic int8 linear: float in (8-bit codes with VNNI, else 7), float out");
+  m.def("int8_gemv_chain", &MODELZIP_ISA::int8_gemv_chain,
+        "dynamic int8 linears one after the other in one call");
   m.def("int8_gemm_static", &MODELZIP_ISA::int8_gemm_static,
         "static int8 linear: quint8 or float in (fixed grid), quint8 out (VNNI only)");
   m.def("uint8_max_pool2x2", &MODELZIP_ISA::uint8_max_pool2x2,

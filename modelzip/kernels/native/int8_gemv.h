@@ -370,6 +370,21 @@ torch::Tensor int8_gemv(torch::Tensor x, torch::Tensor packed, torch::Tensor col
   return y;
 }
 
+// Layers of int8_gemv one after the other (a run of dynamic int8 linears, each output the next
+// one's input) in one call: the Python between the calls ran from cold caches.
+torch::Tensor int8_gemv_chain(torch::Tensor x, std::vector<torch::Tensor> packed,
+                              std::vector<torch::Tensor> colsum, std::vector<torch::Tensor> w_scale,
+                              std::vector<torch::Tensor> bias, std::vector<int64_t> n,
+                              std::vector<bool> relu, int64_t path) {
+  const size_t layers = packed.size();
+  TORCH_CHECK(layers > 0 && colsum.size() == layers && w_scale.size() == layers &&
+                  bias.size() == layers && n.size() == layers && relu.size() == layers,
+              "int8_gemv_chain: one packed, colsum, scale, bias, n and relu per layer");
+  for (size_t i = 0; i < layers; ++i)
+    x = int8_gemv(x, packed[i], colsum[i], w_scale[i], bias[i], n[i], path, relu[i]);
+  return x;
+}
+
 // Static int8 linear: x (M, K) quint8 codes, or float32 quantized here on the fixed grid
 // (in_mul = 1 / scale, in_zero, qmax), times the packed codes; each output requantized as
 // clamp(round((acc - corr[o]) * mult[o] + off[o]), lo, 255) (corr = in_zero * colsum,

@@ -1,7 +1,9 @@
-"""ReLUs run in the output of the dynamic int8 linears on the native kernel before them
-(:mod:`modelzip.kernels.int8_dynamic_relus`): the same outputs as the unlinked model, on the
-kernel and where it does not run (fbgemm then, the ReLU after it); only ReLUs that read nothing
-but such a layer, called once; chosen by deploy, saved, loaded and undone."""
+"""Dynamic int8 linears on the native kernel linked (:mod:`modelzip.kernels.int8_dynamic_runs`):
+ReLUs run in their output and runs of them as one call, with the same outputs as the unlinked
+model, on the kernel and where it does not run (fbgemm then, the ReLU after it) or not for this
+input (more rows than the limit); only ReLUs and layers that read nothing but such a layer,
+called once; chosen by deploy, saved, loaded and undone; the run's arguments follow changed
+weights."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import torch
 from torch import fx, nn
 
 import modelzip
+from modelzip.core.compact_source import INT8_RUNS_ATTR
 from modelzip.core.context import replace_module
 from modelzip.core.forms import build_form
 from modelzip.core.model_links import model_link
 from modelzip.kernels import int8_gemv as gemv
 from modelzip.kernels.int8 import ENGINE_ATTR, RELU_ATTR
-from modelzip.kernels.int8_dynamic_relus import link_int8_relus, unlink
+from modelzip.kernels.int8_dynamic_runs import Int8Run, link_int8_runs, unlink
 from modelzip.models import create
 from modelzip.quantize.int8 import Int8Linear
 from modelzip.quantize.int8_method import Int8Config
@@ -45,28 +48,69 @@ def _relu_nodes(model: nn.Module) -> int:
     return sum(1 for n in model.graph.nodes if n.op == "call_module" and "relu" in str(n.target))
 
 
-@pytest.mark.parametrize("native", ["here", "absent"])
+def _runs(model: nn.Module) -> list[Int8Run]:
+    return [m for m in model.modules() if isinstance(m, Int8Run)]
+
+
+@pytest.mark.parametrize("native", ["here", "absent", "past the row limit"])
 def test_linked_outputs_are_the_unlinked_ones(monkeypatch, native):
-    """Both ReLUs of LeNet-300 fused (fc1, fc2); the outputs equal the model with its ReLUs,
-    on the kernel's clamp and, without the native kernels, on fbgemm with the ReLU after."""
+    """Both ReLUs of LeNet-300 fused (fc1, fc2) and its three linears one run; the outputs equal
+    the model with its ReLUs: on the kernel's chain, and layer by layer where the native kernels
+    are absent (fbgemm, the ReLU after it) or the input has more rows than they take."""
     if native == "absent":
         monkeypatch.setattr(gemv, "native", lambda: None)
+    if native == "past the row limit":
+        monkeypatch.setattr(gemv, "row_limit", lambda: 2)
     model, x = _lenet300()
     _on_native(model, ("fc1", "fc2", "fc3"))
     with torch.no_grad():
         ref, ref1 = model(x), model(x[:1])  # the input's grid is the batch's: one row its own
-    linked, links, why = link_int8_relus(model)
-    assert (links, why) == (2, "")
+    linked, links, why = link_int8_runs(model)
+    assert (links, why) == (2 + 3, "")
+    assert (
+        linked.__dict__[INT8_RUNS_ATTR]
+        == "2 ReLUs run in the layers before; 3 layers run as 1 call"
+    )
     assert _relu_nodes(linked) == 0
+    [run] = _runs(linked)
+    assert list(run.layers) == [model.fc1, model.fc2, model.fc3]  # shared, not copied
     assert model.fc1.__dict__[RELU_ATTR] and model.fc2.__dict__[RELU_ATTR]
     assert RELU_ATTR not in model.fc3.__dict__
+    assert linked.get_submodule("fc2") is model.fc2  # the model's names still resolve
+    assert [n for n, _ in linked.named_children()][:5] == [n for n, _ in model.named_children()][:5]
     with torch.no_grad():
         assert torch.equal(linked(x), ref)
         assert torch.equal(linked(x[:1]), ref1)
+        seen = []  # a hook on a layer: the run calls the layers one by one, the hook fires
+        handle = model.fc2.register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+        assert torch.equal(linked(x), ref) and seen == [torch.Size([5, 300])]
+        handle.remove()
     eager = unlink(linked)
     assert eager is model and RELU_ATTR not in model.fc1.__dict__
     with torch.no_grad():
         assert torch.equal(eager(x), ref)
+
+
+@pytest.mark.skipif(gemv.native() is None, reason="no native build runs on this CPU")
+def test_a_run_follows_changed_weights():
+    """The run keeps its kernel arguments while the layers' tensors are unchanged and makes
+    them again when one changes (here fc2's codes, in place)."""
+    model, x = _lenet300()
+    _on_native(model, ("fc1", "fc2", "fc3"))
+    linked, _, _ = link_int8_runs(model)
+    [run] = _runs(linked)
+    h = x[:2].flatten(1)  # within every build's row limit
+    with torch.no_grad():
+        run(h)
+        first = run._args
+        run(h)
+        assert run._args is first
+        model.fc2.codes.neg_()
+        expected = h
+        for layer in run.layers:  # each on its own engine state, rebuilt for the new codes
+            expected = layer(expected)
+        assert torch.equal(run(h), expected)
+        assert run._args is not first
 
 
 def test_only_relus_that_read_a_native_layer_alone():
@@ -74,7 +118,7 @@ def test_only_relus_that_read_a_native_layer_alone():
     keeps it; so does a layer called twice."""
     model, _ = _lenet300()
     _on_native(model, ("fc2",))
-    _, links, why = link_int8_relus(model)
+    _, links, why = link_int8_runs(model)
     assert (links, why) == (1, "")  # fc2's alone: fc1 runs fbgemm
     assert RELU_ATTR not in model.fc1.__dict__
     unlink(model)
@@ -98,20 +142,21 @@ def test_only_relus_that_read_a_native_layer_alone():
 
     square = _on_native(_dynamic(nn.Sequential(nn.Linear(8, 8)), torch.randn(4, 8)), ("0",))[0]
     for wrapper in (Tap(square), Twice(square)):
-        _, links, why = link_int8_relus(wrapper)
+        _, links, why = link_int8_runs(wrapper)
         assert links == 0 and why.startswith("no ReLU")
 
 
 def test_nothing_to_link_says_why():
     model, _ = _lenet300()  # every linear on fbgemm
-    assert link_int8_relus(model) == (model, 0, "no dynamic int8 linear on the native kernel")
+    assert link_int8_runs(model) == (model, 0, "no dynamic int8 linear on the native kernel")
 
 
 @pytest.mark.skipif(gemv.native() is None, reason="no native build runs on this CPU")
 def test_deploy_links_saves_and_loads(fake_deploy_clock, tmp_path):
     """The native form measured faster (a fake clock) on every linear: deploy fuses the two
-    ReLUs and says so; the file records the link and the loaded model makes it again, with the
-    same outputs; trainable() gives back the layers with their ReLUs."""
+    ReLUs, runs the three layers as one call and says so; the file records the link and the
+    loaded model makes it again, with the same outputs; trainable() gives back the layers with
+    their ReLUs."""
     from modelzip.deploy import materialize, trainable
 
     model, x = _lenet300()
@@ -123,12 +168,13 @@ def test_deploy_links_saves_and_loads(fake_deploy_clock, tmp_path):
     )
     fast, report = materialize(model, x)
     assert isinstance(fast, fx.GraphModule) and _relu_nodes(fast) == 0
-    assert report.int8_relus == "2 ReLUs run in the int8 linears before"
-    assert "int8 ReLUs: 2 ReLUs" in str(report)
+    assert report.int8_runs == "2 ReLUs run in the layers before; 3 layers run as 1 call"
+    assert "int8 linears: 2 ReLUs" in str(report)
+    assert len(_runs(fast)) == 1
     with torch.no_grad():
         y = fast(x)
     loaded = modelzip.load(modelzip.save(fast, tmp_path / "f.mzip"))
-    assert isinstance(loaded, fx.GraphModule) and _relu_nodes(loaded) == 0
+    assert isinstance(loaded, fx.GraphModule) and _relu_nodes(loaded) == 0 and _runs(loaded)
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
     back = trainable(fast)
@@ -137,4 +183,4 @@ def test_deploy_links_saves_and_loads(fake_deploy_clock, tmp_path):
 
 
 def test_registered_as_a_model_link():
-    assert model_link("int8_relus") == (link_int8_relus, unlink)
+    assert model_link("int8_runs") == (link_int8_runs, unlink)
