@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +64,35 @@ def is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_function":
         return node.target in (torch.relu, F.relu) and set(node.kwargs) <= {"inplace"}
     return node.op == "call_method" and node.target in ("relu", "relu_") and not node.kwargs
+
+
+def constant_affine(node: Any) -> tuple[Any, float, float, list[fx.Node]]:
+    """The arithmetic with constant numbers that ends at ``node`` (``x - m``, ``x + c``,
+    ``x * a``, ``x / s``, each value read only by the next, as a model's normalization traces):
+    ``(x's node, a, b, the nodes)``, ``node``'s value being ``x·a + b``; ``(node, 1, 0, [])``
+    where there is none."""
+    scale, shift, nodes = 1.0, 0.0, []
+    while isinstance(node, fx.Node) and node.op == "call_function" and len(node.users) == 1:
+        a, b = (*node.args, None, None)[:2]
+        if not isinstance(a, fx.Node) or isinstance(b, bool) or not isinstance(b, (int, float)):
+            break
+        if node.kwargs or len(node.args) != 2:
+            break
+        if node.target is operator.sub:
+            op_scale, op_shift = 1.0, -float(b)
+        elif node.target is operator.add:
+            op_scale, op_shift = 1.0, float(b)
+        elif node.target is operator.mul:
+            op_scale, op_shift = float(b), 0.0
+        elif node.target is operator.truediv and b != 0:
+            op_scale, op_shift = 1.0 / float(b), 0.0
+        else:
+            break
+        # node = inner·op_scale + op_shift, and the outer ops apply (scale, shift) to node
+        scale, shift = scale * op_scale, shift + scale * op_shift
+        nodes.append(node)
+        node = a
+    return node, scale, shift, nodes
 
 
 class LinkedModel(fx.GraphModule):

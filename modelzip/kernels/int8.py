@@ -215,6 +215,13 @@ class DynamicLinearEngine:
 RELU_ATTR = "_modelzip_int8_relu"
 
 
+#: On a static int8 conv on the native first-layer kernel that the int8 chain linked to the
+#: normalization before it (``(x - mean) / std`` with constant numbers): ``(a, b)``, its input
+#: is ``x·a + b`` of what it is given; the kernel does that in its input quantization (one
+#: multiply-add per value it reads anyway) and the normalization's nodes are dropped.
+INPUT_AFFINE_ATTR = "_modelzip_int8_input_affine"
+
+
 def _direct(op: Any) -> Any:
     """The C++ callable behind a resolved op overload: calling the overload itself first checks
     in Python whether an argument is a tracing placeholder of a packed weight (about 3 µs a
@@ -449,7 +456,13 @@ class Int8Format(WeightFormat):
             packs[key] = packed
         return packed
 
-    def _run(self, ops: tuple[Any, Any, Any], x: torch.Tensor, build: Callable[[], Any]) -> Any:
+    def _run(
+        self,
+        ops: tuple[Any, Any, Any],
+        x: torch.Tensor,
+        build: Callable[[], Any],
+        in_affine: tuple[float, float] | None = None,
+    ) -> Any:
         """``x`` through the engine: ``ops`` are the dynamic op, the static one and the static
         one with the ReLU in its requantization (a chained layer whose ReLU was fused,
         :data:`RELU_ATTR`). A chained layer writes its output on the next layer's input grid and
@@ -463,8 +476,10 @@ class Int8Format(WeightFormat):
         if ops[1] is _CONV_OPS[1]:
             packed = self._packed_for_call(x, (scale, zero, op is ops[2]), build)
         if getattr(op, "takes_float", False):  # quantizes a float input itself
-            qy = op(x, packed, scale, zero, in_grid=in_grid)
+            kw = {"in_affine": in_affine} if in_affine is not None else {}
+            qy = op(x, packed, scale, zero, in_grid=in_grid, **kw)
         else:
+            x = x if in_affine is None else x * in_affine[0] + in_affine[1]
             qy = op(self._quantize_input(x, in_grid), packed, scale, zero)
         return qy if emit else _as_input(qy.dequantize(), x, self.codes)
 
@@ -498,10 +513,14 @@ class Int8Format(WeightFormat):
     def conv2d(
         self, x: torch.Tensor, geometry: ConvGeometry, bias: torch.Tensor | None
     ) -> torch.Tensor:
+        affine = self.__dict__.get(INPUT_AFFINE_ATTR)
+        g, engine = geometry, self.__dict__.get(ENGINE_ATTR)
+        native = engine == "native" and self.activations == "static"
+        if affine is not None and not (native and self._on_engine(x, g) and not x.is_quantized):
+            x, affine = x * affine[0] + affine[1], None  # only the native kernel takes it
         if not self._on_engine(x, geometry):
             return self._simulated(x, lambda v: WeightFormat.conv2d(self, v, geometry, bias))
-        g, engine = geometry, self.__dict__.get(ENGINE_ATTR)
-        if engine == "native" and self.activations == "static":
+        if native:
             from modelzip.kernels import int8_small_conv as small
 
             def build() -> Any:
@@ -509,7 +528,7 @@ class Int8Format(WeightFormat):
                 args = (g.stride, g.padding, g.dilation, g.groups)
                 return small.prepack(*w, *args, lambda: prepack_conv2d(*w, *args))  # type: ignore[arg-type]
 
-            return self._run((None, small.conv_op, small.conv_relu_op), x, build)
+            return self._run((None, small.conv_op, small.conv_relu_op), x, build, affine)
         return self._run(_CONV_OPS, x, lambda: prepack_conv2d(
             *self._weights(bias), g.stride, g.padding, g.dilation, g.groups, engine  # type: ignore[arg-type]
         ))  # fmt: skip

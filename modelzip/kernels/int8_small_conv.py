@@ -127,11 +127,13 @@ def conv_op(
     zero: int,
     relu: bool = False,
     in_grid: tuple[float, int, int] | None = None,
+    in_affine: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """``quantized::conv2d`` (or ``conv2d_relu``) on the native kernel of a quint8 ``x`` (N, C,
     H, W), or of a float ``x`` quantized on ``in_grid`` ``(scale, zero, top code)`` by the kernel
-    as it reads the image (as ``quantize_per_tensor`` and a clamp at the top code would): a quint8
-    tensor on the grid ``(scale, zero)``, channels-last."""
+    as it reads the image (as ``quantize_per_tensor`` and a clamp at the top code would), after
+    ``x·a + b`` where ``in_affine`` is ``(a, b)`` (a normalization the int8 chain linked): a
+    quint8 tensor on the grid ``(scale, zero)``, channels-last."""
     from modelzip.kernels._native import native
 
     lib = native()
@@ -139,6 +141,8 @@ def conv_op(
         if in_grid is None:
             raise ValueError("a float input to the first-layer int8 conv needs its input grid")
         in_scale, in_zero, qmax = in_grid
+        if lib is None and in_affine is not None:
+            x = x * in_affine[0] + in_affine[1]
         if lib is None:
             with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
                 warnings.simplefilter("ignore")
@@ -146,17 +150,22 @@ def conv_op(
             qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
             return _fallback(qx, packed, scale, zero, relu)
         mul = 1.0 / float(np.float32(in_scale))  # PyTorch inverts the float32 scale
+        add = 0.0
+        if in_affine is not None:  # round((x·a + b)·mul): one multiply-add per value
+            mul, add = mul * in_affine[0], mul * in_affine[1]
         x = x.float().contiguous()
     else:
         if lib is None:
             return _fallback(x, packed, scale, zero, relu)
-        in_scale, in_zero, qmax, mul = float(x.q_scale()), int(x.q_zero_point()), 255, 1.0
+        if in_affine is not None:
+            raise ValueError("a quint8 input to the first-layer int8 conv takes no input affine")
+        in_scale, in_zero, qmax, mul, add = float(x.q_scale()), int(x.q_zero_point()), 255, 1.0, 0.0
         x = x.contiguous()
     corr, mult, off = packed.grids(in_scale, in_zero, scale, zero)
     ph, pw = packed.padding
     return lib.int8_conv_small_k(
         x, packed.codes, corr, mult, off, ph, pw, in_zero, zero if relu else 0, PATH,
-        mul, 0.0, qmax, scale, zero,
+        mul, add, qmax, scale, zero,
     )  # fmt: skip
 
 
@@ -166,9 +175,10 @@ def conv_relu_op(
     scale: float,
     zero: int,
     in_grid: tuple[float, int, int] | None = None,
+    in_affine: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """:func:`conv_op` with the ReLU in the requantization (codes clamped at the zero point)."""
-    return conv_op(x, packed, scale, zero, relu=True, in_grid=in_grid)
+    return conv_op(x, packed, scale, zero, relu=True, in_grid=in_grid, in_affine=in_affine)
 
 
 #: The ops quantize a float input themselves (``modelzip.kernels.int8.Int8Format._run``).

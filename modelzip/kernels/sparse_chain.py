@@ -16,7 +16,6 @@ deployed file records the link and makes it again on load (as the int8 chain doe
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from torch import fx, nn
 from modelzip.core.compact_source import SPARSE_CHAIN_ATTR
 from modelzip.core.model_links import (
     EAGER_ATTR,
+    constant_affine,
     register_link,
     trace_layers,
     unwrap_linked,
@@ -197,7 +197,7 @@ def _input_prologue(
     """The ops before a run that the run can absorb: a flatten and, before it, arithmetic with
     constant numbers (a normalization ``(x - mean) / std``), each read only by the next. Returns
     (the run's new input, scale, shift, flatten) for ``input * scale + shift``."""
-    node, flatten = run_start.args[0], False
+    node = run_start.args[0]
     if not isinstance(node, fx.Node) or len(node.users) != 1:
         return run_start.args[0], 1.0, 0.0, False  # type: ignore[return-value]
     m = modules.get(str(node.target)) if node.op == "call_module" else None
@@ -207,24 +207,8 @@ def _input_prologue(
     )
     if not is_flatten:
         return run_start.args[0], 1.0, 0.0, False  # type: ignore[return-value]
-    flatten, scale, shift = True, 1.0, 0.0
-    start = node.args[0]
-    while isinstance(start, fx.Node) and start.op == "call_function" and len(start.users) == 1:
-        a, b = (*start.args, None, None)[:2]
-        if not isinstance(a, fx.Node) or not isinstance(b, (int, float)) or start.kwargs:
-            break
-        if start.target is operator.sub:
-            scale, shift = scale, shift - b * scale
-        elif start.target is operator.add:
-            scale, shift = scale, shift + b * scale
-        elif start.target is operator.mul:
-            scale = scale * b
-        elif start.target is operator.truediv and b != 0:
-            scale = scale / b
-        else:
-            break
-        start = a
-    return start, scale, shift, flatten  # type: ignore[return-value]
+    start, scale, shift, _ = constant_affine(node.args[0])
+    return start, scale, shift, True
 
 
 def unchain(model: nn.Module) -> nn.Module:

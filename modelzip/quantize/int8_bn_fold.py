@@ -12,6 +12,12 @@ A ReLU after a static int8 layer is a pass over the whole activation, and after 
 one over uint8 codes (clamping them at the zero point); the engine's ``linear_relu`` and
 ``conv2d_relu`` do that clamp in their requantization, as PyTorch's FX ``convert`` fuses them
 (:func:`fuse_relus`, :data:`~modelzip.kernels.int8.RELU_ATTR`, the same way as the BN fold).
+
+A model that normalizes its input (``(x - mean) / std``, the zoo's ``Normalize``) passes the
+image twice through float before the first conv quantizes it; the native first-layer kernel
+quantizes as ``round(x·mul + add)`` anyway, so the normalization folds into its ``mul`` and
+``add`` (:func:`fold_input_affines`, :data:`~modelzip.kernels.int8.INPUT_AFFINE_ATTR`): on the
+small ResNet at batch 64 its two passes took 0.16 ms of 3.9.
 """
 
 from __future__ import annotations
@@ -19,10 +25,10 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from modelzip.core.model_links import is_relu
-from modelzip.kernels.int8 import FOLD_ATTR, RELU_ATTR, qparams
+from modelzip.core.model_links import constant_affine, is_relu
+from modelzip.kernels.int8 import ENGINE_ATTR, FOLD_ATTR, INPUT_AFFINE_ATTR, RELU_ATTR, qparams
 
-__all__ = ["fold_batchnorms", "fuse_relus", "is_relu", "unfold"]
+__all__ = ["fold_batchnorms", "fold_input_affines", "fuse_relus", "is_relu", "unfold"]
 
 
 def _bn_map(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -106,9 +112,35 @@ def fuse_relus(
     return fused
 
 
+def fold_input_affines(
+    graph: fx.Graph, modules: dict[str, nn.Module], is_static: object, calls: dict[str, int]
+) -> int:
+    """Fold the arithmetic with constant numbers before each static int8 conv on the native
+    first-layer kernel (called once; a normalization ``(x - mean) / std``) into that conv's
+    input quantization (:data:`~modelzip.kernels.int8.INPUT_AFFINE_ATTR`), and drop its nodes
+    from ``graph``. Returns how many convs."""
+    folded = 0
+    for node in list(graph.nodes):
+        conv = modules.get(str(node.target)) if node.op == "call_module" else None
+        if not is_static(conv) or calls.get(str(node.target), 0) != 1:  # type: ignore[operator]
+            continue
+        if conv.__dict__.get(ENGINE_ATTR) != "native" or len(node.args) != 1 or node.kwargs:  # type: ignore[union-attr]
+            continue
+        start, scale, shift, nodes = constant_affine(node.args[0])
+        if not nodes:
+            continue
+        node.args = (start,)
+        for n in nodes:
+            graph.erase_node(n)
+        conv.__dict__[INPUT_AFFINE_ATTR] = (scale, shift)  # type: ignore[union-attr]
+        folded += 1
+    return folded
+
+
 def unfold(model: nn.Module) -> None:
     """Clear every fold: the layers compute their own output again (their BN and ReLU run
     after)."""
     for m in model.modules():
         m.__dict__.pop(FOLD_ATTR, None)
         m.__dict__.pop(RELU_ATTR, None)
+        m.__dict__.pop(INPUT_AFFINE_ATTR, None)

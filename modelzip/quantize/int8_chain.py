@@ -43,7 +43,13 @@ from modelzip.core.compact_source import CHAIN_ATTR
 from modelzip.core.model_links import LinkedModel, module_calls, register_link, trace_layers
 from modelzip.kernels._native import native
 from modelzip.kernels.int8 import EMIT_ATTR
-from modelzip.quantize.int8_bn_fold import fold_batchnorms, fuse_relus, is_relu, unfold
+from modelzip.quantize.int8_bn_fold import (
+    fold_batchnorms,
+    fold_input_affines,
+    fuse_relus,
+    is_relu,
+    unfold,
+)
 
 #: On a chained GraphModule: the eager model it was traced from (same layers).
 EAGER_ATTR = "_modelzip_eager"
@@ -324,6 +330,7 @@ def chain_static_int8(model: nn.Module) -> tuple[nn.Module, int, str]:
     modules = dict(model.named_modules())
     folds = fold_batchnorms(graph, modules, _is_static, calls)
     folds += fuse_relus(graph, modules, _is_static, calls)
+    folds += fold_input_affines(graph, modules, _is_static, calls)
     info = _Graph(model, graph)
     quantized = info.quantized_nodes()
     links = 0

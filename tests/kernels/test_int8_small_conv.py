@@ -182,3 +182,23 @@ def test_a_float_input_is_quantized_in_the_kernel_as_pytorch_does(qmax):
         assert torch.equal(got.int_repr(), ref.int_repr())
     with pytest.raises(ValueError, match="input grid"):
         small.conv_op(x, packed, 0.05, 100)
+
+
+@needs_native
+def test_an_input_affine_runs_in_the_quantization():
+    """``in_affine`` (a, b): the kernel quantizes ``x·a + b`` as it reads ``x`` (the int8
+    chain's folded normalization): the codes of quantizing ``x·a + b`` first, at most one apart
+    (float rounding of the product at a tie); refused for a quint8 input."""
+    codes, scale, bias, g = _case(1, 12, (3, 3), seed=6)
+    packed = small.prepack(codes, scale, bias, (1, 1), (1, 1), (1, 1), 1)
+    x = torch.rand(3, 1, 9, 21, generator=g)
+    a, b = 1 / 0.3081, -0.1307 / 0.3081
+    grid = (0.021, 20, 255)
+    ref = small.conv_op(x * a + b, packed, 0.05, 100, in_grid=grid)
+    got = small.conv_op(x, packed, 0.05, 100, in_grid=grid, in_affine=(a, b))
+    diff = (got.int_repr().int() - ref.int_repr().int()).abs()
+    assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 0.01
+    relu = small.conv_relu_op(x, packed, 0.05, 100, in_grid=grid, in_affine=(a, b))
+    assert int(relu.int_repr().min()) >= 100
+    with pytest.raises(ValueError, match="no input affine"):
+        small.conv_op(_quantized(x, 0.01, 0), packed, 0.05, 100, in_affine=(a, b))

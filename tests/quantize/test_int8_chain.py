@@ -213,3 +213,28 @@ def test_pools_of_uint8_run_on_the_codes_in_place(monkeypatch, kernel):
     _, small, _ = _static("lenet5", x)
     calls = [n.target for n in small.graph.nodes if n.op == "call_function"]
     assert calls.count(quantized_max_pool2x2) == 2
+
+
+def test_a_normalization_folds_into_the_native_first_conv():
+    """The zoo's ``(x - mean) / std`` before a first conv on the native kernel runs in its input
+    quantization (no sub/div node left; the conv reads the raw image), with the chain's
+    outputs; undone with the chain. Elsewhere (no native build) the conv is on PyTorch's engine
+    and the normalization stays."""
+    from modelzip.kernels.int8 import ENGINE_ATTR, INPUT_AFFINE_ATTR
+    from modelzip.models.common import MNIST_MEAN, MNIST_STD
+
+    x = torch.rand(8, 1, 28, 28)
+    _, small, _ = _static("resnet_small", x)
+    conv1 = small.get_submodule("conv1")
+    if conv1.__dict__.get(ENGINE_ATTR) != "native":
+        assert INPUT_AFFINE_ATTR not in conv1.__dict__
+        return
+    a, b = conv1.__dict__[INPUT_AFFINE_ATTR]
+    assert a == pytest.approx(1 / MNIST_STD) and b == pytest.approx(-MNIST_MEAN / MNIST_STD)
+    assert "sub" not in small.code and "truediv" not in small.code
+    assert next(n for n in small.graph.nodes if n.op == "call_module").target == "conv1"
+    unchained = trainable(small).eval()
+    assert INPUT_AFFINE_ATTR not in unchained.get_submodule("conv1").__dict__
+    with torch.inference_mode():
+        got, ref = small(x), unchained(x)
+    assert float((got - ref).abs().max()) <= 0.05 * float(ref.abs().max())
