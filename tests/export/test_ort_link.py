@@ -265,3 +265,21 @@ def test_the_command_line_compresses_into_it_and_eval_runs_it(ort_clock, capsys,
     stats = json.loads(capsys.readouterr().out)
     assert stats["accuracy"] is not None and stats["latency_ms"] is not None
     assert any(runs)  # the session ran eval's batches
+
+
+def test_not_kept_when_faster_only_within_the_margin(ort_clock, monkeypatch) -> None:
+    """1% faster is within the measurement's noise: the whole model stays in PyTorch, and the
+    note says why; past the margin it moves (the tests above, 2× apart)."""
+    from modelzip.deploy import runtime_choice
+
+    ort_clock(ort_faster=True)
+
+    def cost(m: torch.nn.Module) -> float:
+        return (1.98 if isinstance(m, OrtModel) else 2.0) / 1e3
+
+    monkeypatch.setattr(
+        deploy_timing, "time_interleaved", lambda ms, x, **kw: [Timing((cost(m),)) for m in ms]
+    )
+    model, report = _static(create("lenet300").eval(), _sample())
+    assert not isinstance(model, OrtModel)
+    assert f"within the {runtime_choice.MARGIN:.0%} margin" in report.deploy_note
