@@ -876,7 +876,7 @@ keyed by input shape, grids and threads) and rebuilds it at every call that diff
 layer was first called on the deploy sample, another batch size, and paid the rebuild at every
 timed call (4-8% per conv on the VGG). Each input shape now gets its own prepacked weight. FX's
 weights are first called at the timed batch: that was most of why `torch.ao` FX static ran the VGG
-and the ResNet 8% faster than modelzip; now 0.99× (a tie) and 1.04× (`engines`, 2 threads).
+and the ResNet 8% faster than modelzip; after it 0.99× (a tie) and 1.04× (`engines`, 2 threads).
 (2) The first-layer int8 conv (`int8:static native`, `modelzip/kernels/int8_small_conv.py`)
 quantizes its float input itself and writes straight into a quantized tensor: PyTorch's wrap of
 its uint8 result copied it element by element, 0.33 ms for LeNet-5's conv1 at batch 64, longer
@@ -886,21 +886,30 @@ missed 1.6× at 1.55× until its kept widths became multiples of 16: oneDNN's AV
 work on blocks of 16 channels and computed the 24- and 40-channel layers of channel_prune's
 default rounding (multiples of 8) as 32 and 48. Kept 16/48/96 wide (`round_to` 16) with its
 first conv whole: 1.94× fewer MACs, 1.74× (2026-12-06; `round_to`'s docstring tells users).
-Against `torch.ao` and onnxruntime (`engines`, 2 threads) two kernels of 2026-12-06 count. (3) A
-few-row dynamic int8 linear (`int8:native linear_dynamic`, `native/int8_gemv.h`, deploy's choice
-at batch 1): at batch 1 the product streams the MLP's 25 MB of int8 weights once per call; the
-kernel read a 4096×4096 layer cycled through 8 copies at 27-28 GB/s, fbgemm at 25-26, and a
-plain float sum of the same bytes at 29; with the weights in the L3 it runs 1.35× fbgemm
-(1.9× on 4096×1024). The MLP at batch 1 moves by 10-20% between runs with what stayed cached
-(the eight engines timed side by side evict each other's; the fp32 anchor 4.9-5.5 ms): this
-run's 1.18× `torch.ao` and 1.15× onnxruntime are partly that luck; the runs before gave
-0.95-0.97×. (4) 2×2 max pooling of the int8 chain's uint8 codes on a native kernel
-(`native/uint8_pool.h`): the VGG's two pools 0.45 → 0.1 ms, and static int8 against FX from
-0.985× to 1.05× on the VGG (LeNet-5 1.25 → 1.47×); two `--quick` runs after it (fewer rounds)
-gave 1.10× and 0.95× on the VGG, 1.02× and 0.99× on the ResNet: within ±5% these are ties.
-The miss: dynamic int8 against onnxruntime on the MLP at batch 64, 0.99×: deploy runs that
-model whole on onnxruntime (measured 2-5% faster than its PyTorch deployment), on the same
-MLAS kernels as the competitor: a tie.
+Against `torch.ao` and onnxruntime (`engines`, 2 threads) these changes of 2026-12-06 count.
+(3) modelzip's dynamic int8 linear (`int8:native linear_dynamic`, `native/int8_gemv.h`). At batch
+1 the product streams the MLP's 25 MB of codes once per call; the kernel read a 4096×4096 layer
+cycled through 8 copies at 27-28 GB/s, fbgemm at 25-26, a plain float sum of the same bytes at
+29; with the caches flushed before each call the whole MLP ran 1.51 ms against onnxruntime's 1.59
+and `torch.ao`'s 1.86. With VNNI the kernel also runs many rows, in tiles of 6 rows × 64 outputs:
+the 4096×4096 layer at batch 64 in 2.6 ms, 90% of the two cores' `VPDPBUSD` peak (462 GMAC/s,
+measured with a loop of independent `VPDPBUSD`s), against fbgemm's 3.2 and onnxruntime's 3.3
+(MLAS reached 67% of the peak). The static int8 linear runs the same blocks on the int8 chain's
+uint8 codes (`int8:static native`, VNNI only). Deploy links the dynamic ones (`int8_runs`): a
+ReLU after one runs in its output, and a run of them runs as one native call: at batch 1 the
+Python between kernel calls ran from cold caches, about 35 µs a layer. Before these, dynamic int8
+on the MLP at batch 64 tied onnxruntime (0.99×: deploy ran it whole on onnxruntime, the same MLAS
+kernels as the competitor) and static int8 tied FX (1.00×). Deploy now moves a model to
+onnxruntime only when measured more than 3% faster: at batch 1 its choice flipped between runs
+of the same model on differences of 2-10%. (4) 2×2 max pooling of the int8 chain's uint8 codes
+on a native kernel (`native/uint8_pool.h`): the VGG's two pools 0.45 → 0.1 ms, static int8
+against FX from 0.985× to 1.05× on the VGG. (5) The small ResNet's normalization (`(x - mean) /
+std` in the zoo models) runs in its first conv's input quantization (the native first-layer
+kernel quantizes as `round(x·mul + add)` anyway): 0.16 ms of 3.9, static int8 against FX
+1.03× → 1.08× in one measurement. The engine comparisons move by 5-10% between runs: of four
+`engines` runs since (3), the MLP at batch 1, dynamic, against onnxruntime gave 1.09×, 0.93×
+(deploy had moved it to onnxruntime on a 2% difference: before the margin), 1.14× and 1.08×; the
+small ResNet against FX 0.98× (before (5)), 1.05×, 1.09× and 1.11×. The table is the last run.
 XNOR-Net on the wide LeNet-5 meets 3× here (3.58×) with the native sign packing and the
 XNOR-inputs link; on the AVX2 machine it ran 1.78× before them. With both timing fixes the three
 evals of a file agree within about 5% (the ResNet's static int8 file: 2.73-2.86×; before:
