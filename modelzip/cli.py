@@ -296,7 +296,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for s in report.skipped:
         print(f"skipped {s.name} ({s.method}): {s.reason}")
     for row in report.deployment:
-        print(f"deployed {row['name']}: {row['before']} -> {row['after']} ({row['reason']})")
+        print(_deployed_line(row))
     if report.deploy_note:
         print(report.deploy_note)
     if report.speedup is not None:
@@ -326,6 +326,14 @@ def _sample_from_source(model):
     from modelzip.models.shapes import sample_input
 
     return sample_input(model)
+
+
+def _deployed_line(row: dict[str, Any]) -> str:
+    """One layer of the deployment: the classes and, where it is not the class's own or plain
+    dense code, the kernel it runs on (several engines run an ``Int8Linear``)."""
+    kernel = str(row.get("kernel") or "")
+    on = f" on {kernel}" if kernel not in ("", "unchanged", "dense") else ""
+    return f"deployed {row['name']}: {row['before']} -> {row['after']}{on} ({row['reason']})"
 
 
 def _print_stats_table(title: str, rows: list[tuple[str, Any]]) -> None:

@@ -213,3 +213,17 @@ def test_malformed_npz_gives_clear_error(capsys, tmp_path, trained):
     np.savez(path, x_train=np.zeros((4, 8, 8)), y_train=np.zeros(4, dtype=np.int64))
     code, _, err = run(capsys, "eval", trained, "--dataset", str(path))
     assert code == 2 and "x_test" in err and "Traceback" not in err
+
+
+def test_a_deployed_line_names_the_engine():
+    """Several engines run an Int8Linear: compress's line says which one a layer got; a layer
+    left as it is, or made plain dense, needs no name."""
+    from modelzip.cli import _deployed_line
+
+    row = {"name": "fc1", "before": "Int8Linear", "after": "Int8Linear",
+           "kernel": "native linear_dynamic", "reason": "measured 1.20× faster"}  # fmt: skip
+    assert _deployed_line(row) == (
+        "deployed fc1: Int8Linear -> Int8Linear on native linear_dynamic (measured 1.20× faster)"
+    )
+    for kernel in ("unchanged", "dense", ""):
+        assert " on " not in _deployed_line({**row, "kernel": kernel})
