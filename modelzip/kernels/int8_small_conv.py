@@ -18,12 +18,12 @@ runs, on PyTorch's default engine.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
+
+from modelzip.kernels.int8_engine_fallback import engine_op, inverse_scale, quantize_on_grid
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a conv this module runs.
 ENGINE = "native"
@@ -111,13 +111,7 @@ def prepack(
     return SmallKPacked(codes, s, b, _pair(padding), make_fallback)
 
 
-def _fallback(qx: torch.Tensor, packed: SmallKPacked, scale: float, zero: int, relu: bool) -> Any:
-    if packed.make_fallback is None:
-        raise RuntimeError("the native kernels do not run here and no fallback weight was given")
-    if packed.fallback is None:
-        packed.fallback = packed.make_fallback()
-    op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
-    return op(qx, packed.fallback, scale, zero)
+_OPS = (torch.ops.quantized.conv2d, torch.ops.quantized.conv2d_relu)
 
 
 def conv_op(
@@ -141,22 +135,17 @@ def conv_op(
         if in_grid is None:
             raise ValueError("a float input to the first-layer int8 conv needs its input grid")
         in_scale, in_zero, qmax = in_grid
-        if lib is None and in_affine is not None:
-            x = x * in_affine[0] + in_affine[1]
         if lib is None:
-            with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-                warnings.simplefilter("ignore")
-                qx = torch.quantize_per_tensor(x, in_scale, in_zero, torch.quint8)
-            qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
-            return _fallback(qx, packed, scale, zero, relu)
-        mul = 1.0 / float(np.float32(in_scale))  # PyTorch inverts the float32 scale
+            x = x if in_affine is None else x * in_affine[0] + in_affine[1]
+            return engine_op(_OPS, quantize_on_grid(x, in_grid), packed, scale, zero, relu)
+        mul = inverse_scale(in_scale)
         add = 0.0
         if in_affine is not None:  # round((x·a + b)·mul): one multiply-add per value
             mul, add = mul * in_affine[0], mul * in_affine[1]
         x = x.float().contiguous()
     else:
         if lib is None:
-            return _fallback(x, packed, scale, zero, relu)
+            return engine_op(_OPS, x, packed, scale, zero, relu)
         if in_affine is not None:
             raise ValueError("a quint8 input to the first-layer int8 conv takes no input affine")
         in_scale, in_zero, qmax, mul, add = float(x.q_scale()), int(x.q_zero_point()), 255, 1.0, 0.0

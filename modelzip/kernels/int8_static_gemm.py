@@ -18,14 +18,13 @@ on PyTorch's default engine where the kernel does not.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
 from modelzip.kernels._native import cpu_flags, native, selected_isa
+from modelzip.kernels.int8_engine_fallback import engine_op, inverse_scale, quantize_on_grid
 
 #: The value of :data:`modelzip.kernels.int8.ENGINE_ATTR` on a static linear this module runs.
 ENGINE = "native"
@@ -91,15 +90,7 @@ def prepack(
     return StaticGemmPacked(codes.detach().cpu().to(torch.int8).contiguous(), s, b, make_fallback)
 
 
-def _fallback(
-    qx: torch.Tensor, packed: StaticGemmPacked, scale: float, zero: int, relu: bool
-) -> Any:
-    if packed.make_fallback is None:
-        raise RuntimeError("the native int8 GEMM does not run here and no fallback weight given")
-    if packed.fallback is None:
-        packed.fallback = packed.make_fallback()
-    op = torch.ops.quantized.linear_relu if relu else torch.ops.quantized.linear
-    return op(qx, packed.fallback, scale, zero)
+_OPS = (torch.ops.quantized.linear, torch.ops.quantized.linear_relu)
 
 
 def linear_op(
@@ -120,16 +111,12 @@ def linear_op(
             raise ValueError("a float input to the static int8 linear needs its input grid")
         in_scale, in_zero, qmax = in_grid
         if lib is None:
-            with warnings.catch_warnings():  # quantized-tensor constructors warn of deprecation
-                warnings.simplefilter("ignore")
-                qx = torch.quantize_per_tensor(x, in_scale, in_zero, torch.quint8)
-            qx = qx if qmax == 255 else torch.clamp(qx, max=(qmax - in_zero) * in_scale)
-            return _fallback(qx, packed, scale, zero, relu)
-        mul = 1.0 / float(np.float32(in_scale))  # PyTorch inverts the float32 scale
+            return engine_op(_OPS, quantize_on_grid(x, in_grid), packed, scale, zero, relu)
+        mul = inverse_scale(in_scale)
         x = x.float().contiguous()
     else:
         if lib is None:
-            return _fallback(x, packed, scale, zero, relu)
+            return engine_op(_OPS, x, packed, scale, zero, relu)
         in_scale, in_zero, qmax, mul = float(x.q_scale()), int(x.q_zero_point()), 255, 1.0
     corr, mult, off = packed.grids(in_scale, in_zero, scale, zero)
     return lib.int8_gemm_static(
