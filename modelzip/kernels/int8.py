@@ -210,8 +210,7 @@ class DynamicLinearEngine:
 
 
 #: On a static int8 layer whose following ReLU the int8 chain fused: True (the engine's ``_relu``
-#: op clamps the output at the zero point in its requantization; the ReLU node is dropped). On a
-#: dynamic one on the native kernel (:mod:`.int8_dynamic_runs`): the kernel clamps its output.
+#: op clamps the output at the zero point in its requantization; the ReLU node is dropped).
 RELU_ATTR = "_modelzip_int8_relu"
 
 
@@ -484,19 +483,12 @@ class Int8Format(WeightFormat):
         return qy if emit else _as_input(qy.dequantize(), x, self.codes)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        # A dynamic layer whose ReLU a model link fused (modelzip.kernels.int8_dynamic_runs)
-        # applies it here: in the kernel's output where the engine can, else after.
-        relu = self.activations == "dynamic" and bool(self.__dict__.get(RELU_ATTR))
         if not self._on_engine(x):
-            y = self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
-            return torch.relu(y) if relu else y
+            return self._simulated(x, lambda v: WeightFormat.linear(self, v, bias))
         flat = (x if x.dim() == 2 else x.reshape(-1, x.shape[-1])).contiguous()
         engine = DYNAMIC_LINEAR_ENGINES.get(self.__dict__.get(ENGINE_ATTR))  # type: ignore[arg-type]
         if engine is not None and self.activations == "dynamic":
-            run = self._engine_state(lambda: engine(*self._weights(bias)))[0]
-            fused = relu and getattr(run, "fuses_relu", False)
-            y = run(flat, relu=True) if fused else run(flat)
-            relu = relu and not fused
+            y = self._engine_state(lambda: engine(*self._weights(bias)))[0](flat)
         elif self.__dict__.get(ENGINE_ATTR) == "native" and self.activations == "static":
             from modelzip.kernels import int8_static_gemm as gemm
 
@@ -507,7 +499,6 @@ class Int8Format(WeightFormat):
             y = self._run((None, gemm.linear_op, gemm.linear_relu_op), flat, build)
         else:
             y = self._run(_LINEAR_OPS, flat, lambda: prepack_linear(*self._weights(bias)))
-        y = torch.relu(y) if relu else y
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
     def conv2d(

@@ -12,7 +12,9 @@ streams megabytes of codes through the caches and the layer's Python (module cal
 dispatch) then runs from cold caches, about 35 µs a layer on that MLP (0.1 ms of 0.5), where a
 loop of the bare kernel calls paid nothing. So a run of such layers, each output read only by the
 next (ReLUs fused), becomes one :class:`Int8Run`, whose forward is one native call over all of
-them (``int8_gemv_chain``) for the inputs the kernel takes, and the layers one by one otherwise.
+them (``int8_gemv_chain``) for the inputs the kernel takes, and the layers one by one (each
+fused ReLU after its layer) otherwise; a single layer with a fused ReLU is a run of one. The
+ReLUs are the run's, not notes on the layers: a layer replaced later keeps its ReLU.
 
 A linked model runs as a ``torch.fx.GraphModule`` of its eager model (sharing its layers) without
 those ReLU nodes and with each run as one module; the eager model is kept (``_modelzip_eager``)
@@ -38,7 +40,7 @@ from modelzip.core.model_links import (
     wrap_linked,
 )
 from modelzip.kernels import int8_gemv
-from modelzip.kernels.int8 import ENGINE_ATTR, RELU_ATTR
+from modelzip.kernels.int8 import ENGINE_ATTR
 
 
 def _fuses(m: nn.Module | None) -> bool:
@@ -56,12 +58,17 @@ class Int8Run(nn.Module):
     """Dynamic int8 linears on the native kernel (each with its fused ReLU, if any) run as one
     native call; the layers are shared with the eager model, not copied. Inputs the kernel does
     not take (more rows than :func:`~modelzip.kernels.int8_gemv.row_limit`, autograd, another
-    dtype, no native build, a forward hook on a layer) go through the layers one by one."""
+    dtype, no native build, a forward hook on a layer, a layer since put on another engine) go
+    through the layers one by one."""
 
-    def __init__(self, layers: list[nn.Module]) -> None:
+    def __init__(self, layers: list[nn.Module], relu: list[bool]) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self._args: tuple[Any, tuple[Any, ...], tuple[list[Any], ...]] | None = None
+        #: Whether a ReLU follows each layer (fused: in the kernel's output, or after the layer
+        #: on the layer-by-layer path). Kept here, not on the layers: a later deploy may replace
+        #: a layer (every alias of it) by another form, and the ReLU must stay.
+        self.relu = tuple(bool(r) for r in relu)
+        self._args: tuple[Any, tuple[Any, ...], tuple[list[Any], ...] | None] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # A copy or pickle makes its kernel arguments again (they hold the loaded build).
@@ -80,23 +87,26 @@ class Int8Run(nn.Module):
 
     def _key(self) -> tuple[Any, ...]:
         """What the kernel arguments were made from: each layer's tensors (their versions) and
-        notes (engine, ReLU). Cheaper than asking every layer for its engine state: this code
-        runs right after megabytes of codes went through the caches."""
+        engine. Cheaper than asking every layer for its engine state: this code runs right after
+        megabytes of codes went through the caches."""
         return tuple(
-            (t, t._version, m.__dict__.get(ENGINE_ATTR), m.__dict__.get(RELU_ATTR))
+            (t, t._version, m.__dict__.get(ENGINE_ATTR))
             for m in self.layers
             for t in (m.codes, m.scale, m.bias)
             if t is not None
         )
 
-    def _native_args(self, lib: Any) -> tuple[list[Any], ...]:
+    def _native_args(self, lib: Any) -> tuple[list[Any], ...] | None:
+        """The kernel's arguments, or None when a layer no longer runs on the native kernel
+        (a later deploy replaced it, every alias of it included, by another engine's)."""
         key = self._key()
         if self._args is None or self._args[0] is not lib or self._args[1] != key:
-            self._args = (lib, key, self._make_args(lib))
+            args = self._make_args(lib) if all(_fuses(m) for m in self.layers) else None
+            self._args = (lib, key, args)
         return self._args[2]
 
     def _make_args(self, lib: Any) -> tuple[list[Any], ...]:
-        packed, colsum, scale, bias, outs, relu = [], [], [], [], [], []
+        packed, colsum, scale, bias, outs = [], [], [], [], []
         for layer in self.layers:
             # The layer's own engine state (rebuilt when its tensors change), as its call uses.
             run = layer._engine_state(  # type: ignore[operator]
@@ -108,31 +118,34 @@ class Int8Run(nn.Module):
             scale.append(run.scale)
             bias.append(b)
             outs.append(int(run.codes.shape[0]))
-            relu.append(bool(layer.__dict__.get(RELU_ATTR)))
-        return packed, colsum, scale, bias, outs, relu
+        return packed, colsum, scale, bias, outs, list(self.relu)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = int8_gemv.native()
         limit = int8_gemv.row_limit() if lib is not None else 0
-        if (
-            lib is not None
+        args = (
+            self._native_args(lib)
+            if lib is not None
             and not self._hooked()
             and x.dim() == 2
             and x.dtype == torch.float32
             and x.device.type == "cpu"
             and not torch.is_grad_enabled()
             and (limit is None or x.shape[0] <= limit)
-        ):
-            return lib.int8_gemv_chain(x.contiguous(), *self._native_args(lib), int8_gemv.PATH)
-        for layer in self.layers:
+            else None
+        )
+        if args is not None:
+            return lib.int8_gemv_chain(x.contiguous(), *args, int8_gemv.PATH)
+        for layer, relu in zip(self.layers, self.relu, strict=True):
             x = layer(x)
+            x = torch.relu(x) if relu else x
         return x
 
 
-def _fused_relus(graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int]) -> int:
+def _fused_relus(graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int]) -> set[str]:
     """Drop each ReLU whose input is only the output of a native dynamic int8 linear called
-    once, marking the linear; returns how many."""
-    fused = 0
+    once; returns those linears' names (their runs apply the ReLU)."""
+    fused: set[str] = set()
     for node in list(graph.nodes):
         if not is_relu(node, modules) or len(node.args) != 1:
             continue
@@ -145,16 +158,15 @@ def _fused_relus(graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str
             continue
         node.replace_all_uses_with(src)
         graph.erase_node(node)
-        modules[name].__dict__[RELU_ATTR] = True
-        fused += 1
+        fused.add(name)
     return fused
 
 
 def _runs(
-    graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int]
+    graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int], relus: set[str]
 ) -> list[list[fx.Node]]:
     """Maximal chains of native dynamic int8 linears, each called once, whose outputs only the
-    next one reads."""
+    next one reads: those of two layers or more, and single layers with a fused ReLU."""
 
     def layer(node: Any) -> bool:
         return (
@@ -176,7 +188,7 @@ def _runs(
             if not layer(nxt) or nxt.args[0] is not run[-1]:
                 break
             run.append(nxt)
-        if len(run) >= 2:
+        if len(run) >= 2 or str(run[0].target) in relus:
             runs.append(run)
             taken.update(run)
     return runs
@@ -195,16 +207,17 @@ def link_int8_runs(model: nn.Module) -> tuple[nn.Module, int, str]:
         return model, 0, why
     modules = dict(model.named_modules())
     calls = module_calls(graph)
-    relus = _fused_relus(graph, modules, calls)
-    runs = _runs(graph, modules, calls)
-    if not relus and not runs:
+    fused = _fused_relus(graph, modules, calls)
+    runs = _runs(graph, modules, calls, fused)
+    if not runs:
         return model, 0, "no ReLU or next layer reads only a native dynamic int8 linear"
     root = nn.Module()
     for name, m in model.named_children():
         root.add_module(name, m)
     for i, run in enumerate(runs):
         name = f"_int8_run{i}"
-        root.add_module(name, Int8Run([modules[str(n.target)] for n in run]))
+        names = [str(n.target) for n in run]
+        root.add_module(name, Int8Run([modules[n] for n in names], [n in fused for n in names]))
         with graph.inserting_before(run[0]):
             one = graph.call_module(name, run[0].args)
         run[-1].replace_all_uses_with(one)
@@ -219,12 +232,12 @@ def link_int8_runs(model: nn.Module) -> tuple[nn.Module, int, str]:
     linked._modules.clear()
     for name, m in [*model.named_children(), *rest.items()]:
         linked._modules.setdefault(name, m)
-    joined = sum(len(r) for r in runs)
+    joined, relus = sum(len(r) for r in runs), len(fused)
     what = []
     if relus:
         what.append(f"{relus} ReLU{'s' if relus != 1 else ''} run in the layers before")
-    if runs:
-        what.append(f"{joined} layers run as {len(runs)} call{'s' if len(runs) > 1 else ''}")
+    what.append(f"{joined} layer{'s' if joined > 1 else ''} run as {len(runs)} call"
+                + ("s" if len(runs) > 1 else ""))  # fmt: skip
     linked.__dict__[INT8_RUNS_ATTR] = "; ".join(what)
     return linked, relus + joined, ""
 
@@ -232,11 +245,7 @@ def link_int8_runs(model: nn.Module) -> tuple[nn.Module, int, str]:
 def unlink(model: nn.Module) -> nn.Module:
     """The eager model a linked GraphModule was traced from (its ReLUs run again), or ``model``
     itself."""
-    model = unwrap_linked(model, INT8_RUNS_ATTR)
-    for m in model.modules():
-        if _fuses(m):
-            m.__dict__.pop(RELU_ATTR, None)
-    return model
+    return unwrap_linked(model, INT8_RUNS_ATTR)
 
 
 register_link("int8_runs", link_int8_runs, unlink)

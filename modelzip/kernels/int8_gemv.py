@@ -90,11 +90,7 @@ class NativeGemvLinear(DynamicLinearEngine):
             self._packed = (mod, mod.int8_gemv_pack(self.codes), colsum, bias)
         return self._packed
 
-    #: Takes ``relu=True``: the kernel clamps its output at 0 (a ReLU fused by
-    #: :mod:`modelzip.kernels.int8_dynamic_runs`).
-    fuses_relu = True
-
-    def __call__(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mod = native()
         if mod is not None and self._limit[0] is not mod:
             self._limit = (mod, row_limit())
@@ -102,11 +98,10 @@ class NativeGemvLinear(DynamicLinearEngine):
         if mod is None or (limit is not None and x.shape[0] > limit):
             if self._fbgemm is None:
                 self._fbgemm = prepack_linear(self.codes, self.scale, self.bias)
-            y = linear_dynamic(x, self._fbgemm)
-            return torch.relu(y) if relu else y
+            return linear_dynamic(x, self._fbgemm)
         _, packed, colsum, bias = self._native_state(mod)
         n = self.codes.shape[0]
-        return mod.int8_gemv(x.float(), packed, colsum, self.scale, bias, n, PATH, relu)
+        return mod.int8_gemv(x.float(), packed, colsum, self.scale, bias, n, PATH, False)
 
 
 DYNAMIC_LINEAR_ENGINES[ENGINE] = NativeGemvLinear

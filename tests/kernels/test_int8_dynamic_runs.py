@@ -74,8 +74,8 @@ def test_linked_outputs_are_the_unlinked_ones(monkeypatch, native):
     assert _relu_nodes(linked) == 0
     [run] = _runs(linked)
     assert list(run.layers) == [model.fc1, model.fc2, model.fc3]  # shared, not copied
-    assert model.fc1.__dict__[RELU_ATTR] and model.fc2.__dict__[RELU_ATTR]
-    assert RELU_ATTR not in model.fc3.__dict__
+    assert run.relu == (True, True, False)  # the run's, not notes on the layers
+    assert not any(RELU_ATTR in m.__dict__ for m in run.layers)
     assert linked.get_submodule("fc2") is model.fc2  # the model's names still resolve
     assert [n for n, _ in linked.named_children()][:5] == [n for n, _ in model.named_children()][:5]
     with torch.no_grad():
@@ -86,9 +86,30 @@ def test_linked_outputs_are_the_unlinked_ones(monkeypatch, native):
         assert torch.equal(linked(x), ref) and seen == [torch.Size([5, 300])]
         handle.remove()
     eager = unlink(linked)
-    assert eager is model and RELU_ATTR not in model.fc1.__dict__
+    assert eager is model and isinstance(eager.relu1, nn.ReLU)
     with torch.no_grad():
         assert torch.equal(eager(x), ref)
+
+
+def test_a_layer_replaced_later_keeps_its_relu():
+    """A later deploy may put a run's layer (every alias of it) on another engine: the run then
+    goes layer by layer and still applies the ReLU fused after it."""
+    from modelzip.kernels.int8_gemv import ENGINE as NATIVE_ENGINE
+
+    model, x = _lenet300()
+    _on_native(model, ("fc1", "fc2", "fc3"))
+    with torch.no_grad():
+        ref = model(x)
+    linked, _, _ = link_int8_runs(model)
+    fbgemm = build_form(model.fc1, "int8:x86 linear_dynamic")
+    assert fbgemm.__dict__.get(ENGINE_ATTR) != NATIVE_ENGINE
+    replace_module(linked, "fc1", fbgemm)  # what deploy's assemble does: every alias
+    [run] = _runs(linked)
+    assert run.layers[0] is fbgemm
+    with torch.no_grad():
+        got = linked(x)
+    assert float((got - ref).abs().max()) <= 0.05 * float(ref.abs().max())  # fbgemm's 7 bits
+    assert run._args is None or run._args[2] is None  # never on the kernel with fbgemm's layer
 
 
 @pytest.mark.skipif(gemv.native() is None, reason="no native build runs on this CPU")
@@ -107,21 +128,31 @@ def test_a_run_follows_changed_weights():
         assert run._args is first
         model.fc2.codes.neg_()
         expected = h
-        for layer in run.layers:  # each on its own engine state, rebuilt for the new codes
+        for layer, relu in zip(run.layers, run.relu, strict=True):  # rebuilt for the new codes
             expected = layer(expected)
+            expected = expected.relu() if relu else expected
         assert torch.equal(run(h), expected)
         assert run._args is not first
 
 
 def test_only_relus_that_read_a_native_layer_alone():
-    """fc1 on fbgemm (not native) keeps its ReLU; a layer whose output another node also reads
-    keeps it; so does a layer called twice."""
-    model, _ = _lenet300()
+    """fc1 on fbgemm (not native) keeps its ReLU; fc2's ReLU runs in it (a run of one layer);
+    a layer whose output another node also reads keeps it; so does a layer called twice."""
+    model, x = _lenet300()
     _on_native(model, ("fc2",))
-    _, links, why = link_int8_runs(model)
-    assert (links, why) == (1, "")  # fc2's alone: fc1 runs fbgemm
-    assert RELU_ATTR not in model.fc1.__dict__
-    unlink(model)
+    with torch.no_grad():
+        ref = model(x)
+    linked, links, why = link_int8_runs(model)
+    assert (links, why) == (1 + 1, "")  # fc2's ReLU, fc2 as a run of one
+    assert (
+        linked.__dict__[INT8_RUNS_ATTR] == "1 ReLU run in the layers before; 1 layer run as 1 call"
+    )
+    [run] = _runs(linked)
+    assert list(run.layers) == [model.fc2] and run.relu == (True,)
+    assert _relu_nodes(linked) == 1  # fc1's
+    with torch.no_grad():
+        assert torch.equal(linked(x), ref)
+    unlink(linked)
 
     class Tap(nn.Module):
         def __init__(self, fc: nn.Module) -> None:
@@ -178,8 +209,7 @@ def test_deploy_links_saves_and_loads(fake_deploy_clock, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
     back = trainable(fast)
-    assert not any(m.__dict__.get(RELU_ATTR) for m in back.modules())
-    assert isinstance(back.relu1, nn.ReLU)
+    assert isinstance(back.relu1, nn.ReLU) and not _runs(back)
 
 
 def test_registered_as_a_model_link():
