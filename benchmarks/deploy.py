@@ -906,10 +906,11 @@ on a native kernel (`native/uint8_pool.h`): the VGG's two pools 0.45 → 0.1 ms,
 against FX from 0.985× to 1.05× on the VGG. (5) The small ResNet's normalization (`(x - mean) /
 std` in the zoo models) runs in its first conv's input quantization (the native first-layer
 kernel quantizes as `round(x·mul + add)` anyway): 0.16 ms of 3.9, static int8 against FX
-1.03× → 1.08× in one measurement. The engine comparisons move by 5-10% between runs: of four
+1.03× → 1.08× in one measurement. The engine comparisons move by 5-10% between runs: of five
 `engines` runs since (3), the MLP at batch 1, dynamic, against onnxruntime gave 1.09×, 0.93×
-(deploy had moved it to onnxruntime on a 2% difference: before the margin), 1.14× and 1.08×; the
-small ResNet against FX 0.98× (before (5)), 1.05×, 1.09× and 1.11×. The table is the last run.
+(deploy had moved it to onnxruntime on a 2% difference: before the margin), 1.14×, 1.08× and
+1.05×; the small ResNet against FX 0.98× (before (5)), 1.05×, 1.09×, 1.11× and 1.06×. The table
+is the last run.
 XNOR-Net on the wide LeNet-5 meets 3× here (3.58×) with the native sign packing and the
 XNOR-inputs link; on the AVX2 machine it ran 1.78× before them. With both timing fixes the three
 evals of a file agree within about 5% (the ResNet's static int8 file: 2.73-2.86×; before:
