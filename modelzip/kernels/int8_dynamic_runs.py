@@ -100,7 +100,7 @@ class Int8Run(nn.Module):
         """The kernel's arguments, or None when a layer no longer runs on the native kernel
         (a later deploy replaced it, every alias of it included, by another engine's)."""
         key = self._key()
-        if self._args is None or self._args[0] is not lib or self._args[1] != key:
+        if self._args is None or self._args[0] is not lib or not _same(self._args[1], key):
             args = self._make_args(lib) if all(_fuses(m) for m in self.layers) else None
             self._args = (lib, key, args)
         return self._args[2]
@@ -140,6 +140,14 @@ class Int8Run(nn.Module):
             x = layer(x)
             x = torch.relu(x) if relu else x
         return x
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Two keys of :meth:`Int8Run._key`: the same tensors (by identity: ``==`` on tensors compares
+    their values), versions and engines."""
+    return len(a) == len(b) and all(
+        x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b, strict=True)
+    )
 
 
 def _fused_relus(graph: fx.Graph, modules: dict[str, nn.Module], calls: dict[str, int]) -> set[str]:
