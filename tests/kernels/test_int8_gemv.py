@@ -83,6 +83,7 @@ def test_nan_constant_and_per_tensor_inputs():
     assert torch.equal(run(nan), run(zeroed))
     with pytest.raises(RuntimeError, match="features"):
         run(torch.zeros(1, 40))
+    assert run(torch.zeros(0, 24)).shape == (0, 16)  # an empty batch
 
 
 @needs_native

@@ -79,6 +79,8 @@ def test_a_float_input_is_quantized_on_its_grid_in_the_kernel(qmax):
     assert _codes_differ(got, gemm.linear_op(qx, packed, 0.1, 20)) == 0
     with pytest.raises(ValueError, match="input grid"):
         gemm.linear_op(x, packed, 0.1, 20)
+    empty = gemm.linear_op(x[:0], packed, 0.1, 20, in_grid=(0.04, 60, qmax))
+    assert empty.shape == (0, 40) and empty.is_quantized
 
 
 def test_where_the_kernel_does_not_run_pytorchs_engine_does(monkeypatch):

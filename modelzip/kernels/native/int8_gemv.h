@@ -262,8 +262,10 @@ void gemm_blocks(const uint32_t* words, int64_t M, int64_t K4, const int8_t* P, 
   // A thread gets at least 1 MB of codes times row tiles: waking a second one from a passive
   // wait took longer than LeNet-300's 300 x 784 layer alone at batch 1 (0.05 ms on 2 threads,
   // 0.01 on one); at batch 256 the same layer is 43 passes over its codes, one per tile of rows.
+  if (M == 0 || Nb == 0) return;  // an empty batch: nothing to compute (and no division by 0)
   const int64_t tiles = (M + kGemvRows - 1) / kGemvRows;
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / (K4 * kGemvOut * 4 * tiles));
+  const int64_t bytes = std::max<int64_t>(1, K4 * kGemvOut * 4 * tiles);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 20) / bytes);
   at::parallel_for(0, Nb, grain, [&](int64_t b0, int64_t b1) {
     alignas(64) int32_t acc[kGemvRows * kGemvOut];
     for (int64_t nb = b0; nb < b1; ++nb) {
